@@ -1,0 +1,114 @@
+//! [`ChatTemplate`]: renders a conversation into the prompt text a chat model was trained on.
+//!
+//! Templates are the Jinja sources HF ships in `tokenizer_config.json` and GGUF files carry in
+//! `tokenizer.chat_template`. They are rendered with `minijinja` set up as HF `transformers`
+//! sets up Jinja2: `trim_blocks` and `lstrip_blocks` on, Python string methods available
+//! (`minijinja-contrib` pycompat), and a `raise_exception(msg)` function.
+
+use crate::error::Result;
+use crate::tokenizer::Tokenizer;
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The message text.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message with the given role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+/// The Llama 3 Instruct template (Meta-Llama-3-8B-Instruct `tokenizer_config.json`).
+pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+const TEMPLATE_NAME: &str = "chat";
+
+/// A compiled chat template plus the BOS/EOS texts it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles a Jinja chat template.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
+            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
+        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+    }
+
+    /// The built-in Llama 3 Instruct template.
+    pub fn llama3() -> ChatTemplate {
+        ChatTemplate::new(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>").expect("the built-in Llama 3 template compiles")
+    }
+
+    /// The tokenizer's own template (GGUF `tokenizer.chat_template`), or the Llama 3 template
+    /// when it has none; `bos_token`/`eos_token` are the texts of its BOS/EOS tokens.
+    pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let text = |id: Option<u32>| {
+            id.and_then(|id| tokenizer.piece_bytes(id)).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+        };
+        match tokenizer.chat_template() {
+            Some(source) => ChatTemplate::new(source, &text(tokenizer.bos_id()), &text(tokenizer.eos_id())),
+            None => Ok(ChatTemplate::llama3()),
+        }
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's reply starts.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self.env.get_template(TEMPLATE_NAME)?;
+        Ok(template.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_template_renders() {
+        let t = ChatTemplate::llama3();
+        let out = t.render(&[ChatMessage::new("user", " hi ")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
+        let err = t.render(&[], false).unwrap_err().to_string();
+        assert!(err.contains("no system role"), "{err}");
+    }
+
+    #[test]
+    fn bad_template_is_an_error() {
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+}
