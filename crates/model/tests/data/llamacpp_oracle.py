@@ -93,7 +93,7 @@ def compact_json(obj):
     return enc(obj, 0) + "\n"
 
 
-def self_consistency(pairs):
+def self_consistency(pairs, what):
     """Compare llama.cpp's one-batch forward (a) with one-token-per-decode (b) over the same
     tokens: argmax agreement, |logit difference| of a's top-1 token, and the top-2 margins
     (in a) at positions where the argmax flips. This is the oracle's own noise floor: an
@@ -111,7 +111,7 @@ def self_consistency(pairs):
     d = np.concatenate(diffs)
     return {
         "compare": "one llama_decode over all tokens (M = n) vs one token per llama_decode (M = 1), "
-                   "same tokens (prompt_ids + greedy_ids of every prompt), same context settings",
+                   f"same tokens ({what}), same context settings",
         "positions": int(n),
         "argmax_agreement": round(1 - len(flips) / n, 5),
         "argmax_flips": len(flips),

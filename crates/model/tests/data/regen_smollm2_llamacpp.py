@@ -138,7 +138,7 @@ def main():
               f"min margin {min(margin):.4f}, tf/inc mismatches {tf_mismatch}", file=sys.stderr)
 
     n_pos = sum(len(r["argmax"]) for r in records)
-    self_consistency = oracle.self_consistency(self_stats)
+    self_consistency = oracle.self_consistency(self_stats, "prompt_ids + greedy_ids of every prompt")
     doc = {
         "oracle": {
             "name": "llama.cpp",
