@@ -1,1 +1,17 @@
 #![doc = include_str!("../README.md")]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod error;
+pub mod interp;
+pub mod ir;
+pub mod jit;
+pub mod kernel;
+pub mod quant;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use ir::{Expr, NodeId, VarId};
+pub use jit::Isa;
+pub use kernel::{KernelCache, SgemmDesc, SgemmKernel};
+pub use schedule::{Annot, Loop, Schedule, Tail};

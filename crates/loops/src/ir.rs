@@ -1,0 +1,633 @@
+//! The tensor-expression IR: nodes over named index variables.
+//!
+//! Invariants (checked by [`Expr::verify`]):
+//! - nodes are in topological order: a node refers only to nodes before it;
+//! - every node has an iteration space, the list of variables it is indexed by; an elementwise
+//!   node's space is the union of its arguments' spaces (broadcast), a [`Op::Reduce`] keeps the
+//!   listed variables and reduces over the ones that vanish;
+//! - reads go through views (offset + one stride per index variable) that stay inside the buffer;
+//! - the output node is `F32` and is written through its own view.
+//!
+//! Semantics are those of [`crate::interp`]; in particular `Reduce(Add, Mul(a, b))` is contracted:
+//! the accumulator is updated with one fused multiply-add per point, `acc = fma(a, b, acc)`, in
+//! increasing order of the reduced variables. Every backend keeps that order, which makes every
+//! kernel of the matmul family bit-identical to the interpreter and batch-invariant.
+
+use crate::error::{Error, Result};
+use crate::quant::QuantType;
+use std::fmt;
+
+/// Handle of an index variable (an index into [`Expr::vars`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VarId(pub u32);
+/// Handle of a node (an index into [`Expr::nodes`]); valid across schedule edits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+/// Handle of an input buffer (an index into [`Expr::inputs`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InputId(pub u32);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "%{}", self.0)
+    }
+}
+
+/// An index variable with its extent (it ranges over `0..extent`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Var {
+    /// Name, for printing and schedule text (`m`, `n`, `k`).
+    pub name: String,
+    /// Number of values.
+    pub extent: usize,
+}
+
+/// Scalar type of a node's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scalar {
+    /// IEEE single precision; every operation rounds to f32.
+    F32,
+    /// Exact integers (quantized codes and their dot products).
+    I32,
+}
+
+/// How an input buffer stores its elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    /// Plain `f32` elements.
+    F32,
+    /// GGML-style blocks of 32 quantized elements.
+    Quant(QuantType),
+}
+
+impl fmt::Display for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::F32 => write!(f, "f32"),
+            Storage::Quant(q) => write!(f, "{q}"),
+        }
+    }
+}
+
+/// An input buffer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Input {
+    /// Name, for errors (`a`, `w`).
+    pub name: String,
+    /// Element type.
+    pub storage: Storage,
+    /// Length in elements (`F32`) or in blocks (`Quant`).
+    pub len: usize,
+}
+
+/// What a read of a quantized buffer yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantPart {
+    /// The dequantized `f32` value; index `[row, col]`.
+    Value,
+    /// The integer code as it enters a dot product (`q - 8` for Q4_0, `q` otherwise); index
+    /// `[row, block, lane]` with `lane` of extent 32.
+    Code,
+    /// The block scale `d`; index `[row, block]`.
+    Scale,
+    /// The block offset `m` (Q4_1) or the block sum `d * sum(q)` (Q8Act); index `[row, block]`.
+    Min,
+}
+
+/// How a read maps its index variables to a buffer position.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `F32` buffer: element `offset + sum(strides[i] * index[i])` (transposes and slices are
+    /// strides and offsets).
+    Strided {
+        /// First element.
+        offset: usize,
+        /// One stride per index variable, in elements.
+        strides: Vec<isize>,
+    },
+    /// Quantized buffer of rows of blocks; row `r` starts at block `r * row_stride_blocks`.
+    Quant {
+        /// Which part of a block is read.
+        part: QuantPart,
+        /// Blocks from one row to the next.
+        row_stride_blocks: usize,
+    },
+}
+
+/// Elementwise unary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    /// `-x`
+    Neg,
+    /// `e^x`
+    Exp,
+    /// `1/sqrt(x)`
+    Rsqrt,
+    /// `x / (1 + e^-x)`
+    Silu,
+}
+
+/// Elementwise binary operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    /// `a + b`
+    Add,
+    /// `a - b`
+    Sub,
+    /// `a * b`
+    Mul,
+    /// `a / b`
+    Div,
+    /// `max(a, b)`
+    Max,
+}
+
+/// Reductions over the variables that vanish from a node's space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    /// Sum (starting at 0).
+    Add,
+    /// Maximum (starting at -inf).
+    Max,
+}
+
+/// A node's operation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Read an input through a view, indexed by `index` (one variable per view dimension).
+    Read {
+        /// The buffer.
+        input: InputId,
+        /// Index variables, in view-dimension order.
+        index: Vec<VarId>,
+        /// How the index maps to the buffer.
+        access: Access,
+    },
+    /// Elementwise unary.
+    Unary(UnaryOp, NodeId),
+    /// Elementwise binary (broadcasting over the union of spaces).
+    Binary(BinaryOp, NodeId, NodeId),
+    /// Reduce the argument to the space `keep` (a subset of the argument's space).
+    Reduce {
+        /// The reduction.
+        op: ReduceOp,
+        /// What is reduced.
+        arg: NodeId,
+        /// The variables that remain.
+        keep: Vec<VarId>,
+    },
+    /// Convert an `I32` node to `F32` (exact for |x| < 2^24).
+    ToF32(NodeId),
+}
+
+impl Op {
+    /// Short name for errors and printing.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Read { .. } => "read",
+            Op::Unary(..) => "unary",
+            Op::Binary(..) => "binary",
+            Op::Reduce { .. } => "reduce",
+            Op::ToF32(_) => "to_f32",
+        }
+    }
+}
+
+/// A node: an operation, its space (derived) and its scalar type (derived).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Node {
+    /// The operation.
+    pub op: Op,
+    /// Output space: the variables that index this node's values.
+    pub space: Vec<VarId>,
+    /// Value type.
+    pub scalar: Scalar,
+}
+
+/// A tensor expression: variables, inputs, nodes and an output view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Expr {
+    /// Index variables.
+    pub vars: Vec<Var>,
+    /// Input buffers.
+    pub inputs: Vec<Input>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+    /// The node written to the output buffer.
+    pub output: NodeId,
+    /// Output view: offset and one stride per variable of the output node's space.
+    pub out_offset: usize,
+    /// Output strides, in elements.
+    pub out_strides: Vec<isize>,
+    /// Output buffer length in elements.
+    pub out_len: usize,
+}
+
+/// Builds an [`Expr`] node by node, deriving spaces and scalar types.
+#[derive(Default)]
+pub struct Builder {
+    vars: Vec<Var>,
+    inputs: Vec<Input>,
+    nodes: Vec<Node>,
+}
+
+impl Builder {
+    /// An empty expression.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds an index variable.
+    pub fn var(&mut self, name: &str, extent: usize) -> VarId {
+        self.vars.push(Var { name: name.to_string(), extent });
+        VarId(self.vars.len() as u32 - 1)
+    }
+    /// Adds an input buffer.
+    pub fn input(&mut self, name: &str, storage: Storage, len: usize) -> InputId {
+        self.inputs.push(Input { name: name.to_string(), storage, len });
+        InputId(self.inputs.len() as u32 - 1)
+    }
+    fn push(&mut self, op: Op, space: Vec<VarId>, scalar: Scalar) -> NodeId {
+        self.nodes.push(Node { op, space, scalar });
+        NodeId(self.nodes.len() as u32 - 1)
+    }
+    fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+    /// Reads an `F32` input with strides (one per index variable).
+    pub fn read(&mut self, input: InputId, index: &[VarId], offset: usize, strides: &[isize]) -> NodeId {
+        let access = Access::Strided { offset, strides: strides.to_vec() };
+        self.push(Op::Read { input, index: index.to_vec(), access }, dedup(index), Scalar::F32)
+    }
+    /// Reads a part of a quantized input.
+    pub fn read_quant(&mut self, input: InputId, part: QuantPart, index: &[VarId], row_stride_blocks: usize) -> NodeId {
+        let scalar = if part == QuantPart::Code { Scalar::I32 } else { Scalar::F32 };
+        let access = Access::Quant { part, row_stride_blocks };
+        self.push(Op::Read { input, index: index.to_vec(), access }, dedup(index), scalar)
+    }
+    /// Elementwise unary.
+    pub fn unary(&mut self, op: UnaryOp, a: NodeId) -> NodeId {
+        let n = self.node(a);
+        let (space, scalar) = (n.space.clone(), n.scalar);
+        self.push(Op::Unary(op, a), space, scalar)
+    }
+    /// Elementwise binary.
+    pub fn binary(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
+        let mut space = self.node(a).space.clone();
+        for v in &self.node(b).space {
+            if !space.contains(v) {
+                space.push(*v);
+            }
+        }
+        let scalar = self.node(a).scalar;
+        self.push(Op::Binary(op, a, b), space, scalar)
+    }
+    /// Reduces `a` to the space `keep`.
+    pub fn reduce(&mut self, op: ReduceOp, a: NodeId, keep: &[VarId]) -> NodeId {
+        let scalar = self.node(a).scalar;
+        self.push(Op::Reduce { op, arg: a, keep: keep.to_vec() }, keep.to_vec(), scalar)
+    }
+    /// Converts an integer node to `F32`.
+    pub fn to_f32(&mut self, a: NodeId) -> NodeId {
+        let space = self.node(a).space.clone();
+        self.push(Op::ToF32(a), space, Scalar::F32)
+    }
+    /// Finishes with `output` written through a view, and verifies the expression.
+    pub fn finish(self, output: NodeId, out_offset: usize, out_strides: &[isize], out_len: usize) -> Result<Expr> {
+        let e = Expr {
+            vars: self.vars,
+            inputs: self.inputs,
+            nodes: self.nodes,
+            output,
+            out_offset,
+            out_strides: out_strides.to_vec(),
+            out_len,
+        };
+        e.verify()?;
+        Ok(e)
+    }
+}
+
+fn dedup(index: &[VarId]) -> Vec<VarId> {
+    let mut out: Vec<VarId> = Vec::new();
+    for v in index {
+        if !out.contains(v) {
+            out.push(*v);
+        }
+    }
+    out
+}
+
+impl Expr {
+    /// The node with handle `id`.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+    /// The variable with handle `id`.
+    pub fn var(&self, id: VarId) -> &Var {
+        &self.vars[id.0 as usize]
+    }
+    /// The space a node's loops iterate: its own space, plus the reduced variables for a reduce.
+    pub fn iter_space(&self, id: NodeId) -> Vec<VarId> {
+        let node = self.node(id);
+        match &node.op {
+            Op::Reduce { arg, keep, .. } => {
+                let mut s = keep.clone();
+                for v in &self.node(*arg).space {
+                    if !s.contains(v) {
+                        s.push(*v);
+                    }
+                }
+                s
+            }
+            _ => node.space.clone(),
+        }
+    }
+    /// The variables a reduce node sums (or maxes) over; empty for other nodes.
+    pub fn reduced_vars(&self, id: NodeId) -> Vec<VarId> {
+        match &self.node(id).op {
+            Op::Reduce { arg, keep, .. } => self.node(*arg).space.iter().copied().filter(|v| !keep.contains(v)).collect(),
+            _ => Vec::new(),
+        }
+    }
+    /// The nodes that use `id` as an argument.
+    pub fn users(&self, id: NodeId) -> Vec<NodeId> {
+        (0..self.nodes.len() as u32)
+            .map(NodeId)
+            .filter(|&u| args(&self.node(u).op).contains(&id))
+            .collect()
+    }
+    /// Floating-point operations of one evaluation (2 per multiply-add point of a reduce).
+    pub fn flops(&self) -> u64 {
+        let mut total = 0u64;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let points: u64 = self.iter_space(NodeId(i as u32)).iter().map(|v| self.var(*v).extent as u64).product();
+            total += match n.op {
+                Op::Read { .. } => 0,
+                Op::Reduce { .. } => points,
+                _ => points,
+            };
+        }
+        total
+    }
+
+    /// Checks every invariant listed in the module doc; the error names the node.
+    pub fn verify(&self) -> Result<()> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let check_node = |id: NodeId| -> Result<&Node> {
+                if (id.0 as usize) < i {
+                    Ok(&self.nodes[id.0 as usize])
+                } else {
+                    Err(Error::DanglingRef { node: i, what: "node", index: id.0 as usize })
+                }
+            };
+            for v in &node.space {
+                if v.0 as usize >= self.vars.len() {
+                    return Err(Error::DanglingRef { node: i, what: "variable", index: v.0 as usize });
+                }
+            }
+            let name = node.op.name();
+            match &node.op {
+                Op::Read { input, index, access } => {
+                    let inp = self.inputs.get(input.0 as usize).ok_or(Error::DanglingRef {
+                        node: i,
+                        what: "input",
+                        index: input.0 as usize,
+                    })?;
+                    if index.iter().any(|v| v.0 as usize >= self.vars.len()) {
+                        return Err(Error::bad_node(i, name, "index names an unknown variable"));
+                    }
+                    self.verify_read(i, inp, index, access, node.scalar)?;
+                }
+                Op::Unary(op, a) => {
+                    let a = check_node(*a)?;
+                    if a.scalar != Scalar::F32 && *op != UnaryOp::Neg {
+                        return Err(Error::bad_node(i, name, format!("{op:?} needs an F32 argument")));
+                    }
+                    if node.space != a.space || node.scalar != a.scalar {
+                        return Err(Error::bad_node(i, name, "space or type differs from the argument"));
+                    }
+                }
+                Op::Binary(op, a, b) => {
+                    let (a, b) = (check_node(*a)?, check_node(*b)?);
+                    if a.scalar != b.scalar || node.scalar != a.scalar {
+                        return Err(Error::bad_node(i, name, format!("{op:?} mixes {:?} and {:?}", a.scalar, b.scalar)));
+                    }
+                    if node.scalar == Scalar::I32 && matches!(op, BinaryOp::Div) {
+                        return Err(Error::bad_node(i, name, "integer division is not supported"));
+                    }
+                    let covers = |s: &[VarId]| s.iter().all(|v| node.space.contains(v));
+                    if !covers(&a.space) || !covers(&b.space) || node.space.len() != dedup(&[a.space.clone(), b.space.clone()].concat()).len() {
+                        return Err(Error::bad_node(i, name, "space is not the union of the arguments' spaces"));
+                    }
+                }
+                Op::Reduce { arg, keep, .. } => {
+                    let a = check_node(*arg)?;
+                    if let Some(v) = keep.iter().find(|v| !a.space.contains(v)) {
+                        return Err(Error::bad_node(i, name, format!("kept variable {:?} is not in the argument's space", self.vars[v.0 as usize].name)));
+                    }
+                    if &node.space != keep || node.scalar != a.scalar {
+                        return Err(Error::bad_node(i, name, "space differs from the kept variables"));
+                    }
+                }
+                Op::ToF32(a) => {
+                    let a = check_node(*a)?;
+                    if a.scalar != Scalar::I32 || node.scalar != Scalar::F32 || node.space != a.space {
+                        return Err(Error::bad_node(i, name, "to_f32 takes an I32 node and keeps its space"));
+                    }
+                }
+            }
+        }
+        let out = self.nodes.get(self.output.0 as usize).ok_or(Error::DanglingRef {
+            node: self.nodes.len(),
+            what: "output node",
+            index: self.output.0 as usize,
+        })?;
+        if out.scalar != Scalar::F32 {
+            return Err(Error::bad_node(self.output.0 as usize, "output", "the output must be F32"));
+        }
+        if self.out_strides.len() != out.space.len() {
+            return Err(Error::bad_node(
+                self.output.0 as usize,
+                "output",
+                format!("output view has {} strides for a space of {} variables", self.out_strides.len(), out.space.len()),
+            ));
+        }
+        let extents: Vec<usize> = out.space.iter().map(|v| self.var(*v).extent).collect();
+        check_view("output", self.out_offset, &self.out_strides, &extents, self.out_len)
+    }
+
+    fn verify_read(&self, i: usize, inp: &Input, index: &[VarId], access: &Access, scalar: Scalar) -> Result<()> {
+        let extents: Vec<usize> = index.iter().map(|v| self.var(*v).extent).collect();
+        match (inp.storage, access) {
+            (Storage::F32, Access::Strided { offset, strides }) => {
+                if strides.len() != index.len() {
+                    return Err(Error::bad_node(i, "read", format!("{} strides for {} index variables", strides.len(), index.len())));
+                }
+                if scalar != Scalar::F32 {
+                    return Err(Error::bad_node(i, "read", "an f32 read yields F32"));
+                }
+                check_view(&inp.name, *offset, strides, &extents, inp.len)
+            }
+            (Storage::Quant(q), Access::Quant { part, row_stride_blocks }) => {
+                let want_rank = match part {
+                    QuantPart::Value => 2,
+                    QuantPart::Code => 3,
+                    QuantPart::Scale | QuantPart::Min => 2,
+                };
+                if index.len() != want_rank {
+                    return Err(Error::bad_node(i, "read", format!("{part:?} of {q} takes {want_rank} index variables, got {}", index.len())));
+                }
+                if *part == QuantPart::Min && !q.has_min() {
+                    return Err(Error::bad_node(i, "read", format!("{q} has no min/sum field")));
+                }
+                let blocks_per_row = match part {
+                    QuantPart::Value => extents[1].div_ceil(32),
+                    _ => extents[1],
+                };
+                if *part == QuantPart::Code && extents[2] != 32 {
+                    return Err(Error::bad_node(i, "read", format!("the lane variable of a code read must have extent 32, got {}", extents[2])));
+                }
+                if blocks_per_row > *row_stride_blocks {
+                    return Err(Error::bad_node(i, "read", format!("rows of {blocks_per_row} blocks overlap with a row stride of {row_stride_blocks}")));
+                }
+                let reach = (extents[0].max(1) - 1) * row_stride_blocks + blocks_per_row;
+                if extents[0] > 0 && reach > inp.len {
+                    return Err(Error::ViewOutOfBounds { tensor: inp.name.clone(), reach: reach as i64, len: inp.len });
+                }
+                Ok(())
+            }
+            (storage, _) => Err(Error::InputType { name: inp.name.clone(), want: format!("{access:?}"), got: storage.to_string() }),
+        }
+    }
+}
+
+fn check_view(name: &str, offset: usize, strides: &[isize], extents: &[usize], len: usize) -> Result<()> {
+    if extents.contains(&0) {
+        return Ok(());
+    }
+    let (mut lo, mut hi) = (offset as i64, offset as i64);
+    for (&s, &e) in strides.iter().zip(extents) {
+        let span = s as i64 * (e as i64 - 1);
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    if lo < 0 {
+        return Err(Error::ViewOutOfBounds { tensor: name.to_string(), reach: lo, len });
+    }
+    if hi >= len as i64 {
+        return Err(Error::ViewOutOfBounds { tensor: name.to_string(), reach: hi, len });
+    }
+    Ok(())
+}
+
+/// The nodes an operation reads.
+pub fn args(op: &Op) -> Vec<NodeId> {
+    match op {
+        Op::Read { .. } => vec![],
+        Op::Unary(_, a) | Op::ToF32(a) => vec![*a],
+        Op::Binary(_, a, b) => vec![*a, *b],
+        Op::Reduce { arg, .. } => vec![*arg],
+    }
+}
+
+impl fmt::Display for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |s: &[VarId]| s.iter().map(|v| self.var(*v).name.as_str()).collect::<Vec<_>>().join(",");
+        for (i, n) in self.nodes.iter().enumerate() {
+            write!(f, "%{i}[{}]:{:?} = ", names(&n.space), n.scalar)?;
+            match &n.op {
+                Op::Read { input, index, access } => {
+                    let inp = &self.inputs[input.0 as usize];
+                    match access {
+                        Access::Strided { offset, strides } => write!(f, "read {}[{}] (offset {offset}, strides {strides:?})", inp.name, names(index))?,
+                        Access::Quant { part, .. } => write!(f, "read {}.{part:?}[{}] ({})", inp.name, names(index), inp.storage)?,
+                    }
+                }
+                Op::Unary(op, a) => write!(f, "{op:?}({a})")?,
+                Op::Binary(op, a, b) => write!(f, "{op:?}({a}, {b})")?,
+                Op::Reduce { op, arg, .. } => {
+                    write!(f, "reduce_{op:?}({arg}) over [{}]", names(&self.reduced_vars(NodeId(i as u32))))?
+                }
+                Op::ToF32(a) => write!(f, "to_f32({a})")?,
+            }
+            writeln!(f)?;
+        }
+        write!(f, "out = %{}", self.output.0)
+    }
+}
+
+/// Common expressions.
+pub mod library {
+    use super::*;
+
+    /// `C[m, n] = sum_k A[m, k] * B[k, n]`, row-major, with leading dimensions equal to the
+    /// widths. Nodes: `%0 = A`, `%1 = B`, `%2 = mul`, `%3 = reduce`.
+    pub fn matmul(m: usize, n: usize, k: usize) -> Result<Expr> {
+        matmul_strided(m, n, k, k, 1, n)
+    }
+
+    /// Matmul where `A[m, k]` is at `m * a_row + k * a_col` (so `a_col = m_len, a_row = 1` reads a
+    /// transposed A), `B[k, n]` at `k * ldb + n`, and `C` row-major.
+    pub fn matmul_strided(m: usize, n: usize, k: usize, a_row: usize, a_col: usize, ldb: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
+        let a_len = if m == 0 || k == 0 { 0 } else { (m - 1) * a_row + (k - 1) * a_col + 1 };
+        let ia = b.input("a", Storage::F32, a_len);
+        let ib = b.input("b", Storage::F32, if k == 0 { 0 } else { (k - 1) * ldb + n });
+        let ra = b.read(ia, &[vm, vk], 0, &[a_row as isize, a_col as isize]);
+        let rb = b.read(ib, &[vk, vn], 0, &[ldb as isize, 1]);
+        let p = b.binary(BinaryOp::Mul, ra, rb);
+        let c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
+        b.finish(c, 0, &[n as isize, 1], m * n)
+    }
+
+    /// Quantized matmul in int8 dot-product form: `W` is `n` rows of `k/32` blocks of type `wq`,
+    /// `X` is `m` rows of [`QuantType::Q8Act`] blocks (activations quantized per block of 32),
+    /// `C[m, n] = sum_kb (d_w d_x) * sum_lane(code_w * code_x)` (+ `sum_kb m_w * s_x` for Q4_1).
+    pub fn qmatmul(wq: QuantType, m: usize, n: usize, k: usize) -> Result<Expr> {
+        if k % 32 != 0 {
+            return Err(Error::BadShape { op: "qmatmul", reason: format!("k = {k} is not a multiple of 32") });
+        }
+        let nb = k / 32;
+        let mut b = Builder::new();
+        let (vm, vn, vb, vl) = (b.var("m", m), b.var("n", n), b.var("kb", nb), b.var("kl", 32));
+        let iw = b.input("w", Storage::Quant(wq), n * nb);
+        let ix = b.input("x", Storage::Quant(QuantType::Q8Act), m * nb);
+        let cw = b.read_quant(iw, QuantPart::Code, &[vn, vb, vl], nb);
+        let cx = b.read_quant(ix, QuantPart::Code, &[vm, vb, vl], nb);
+        let p = b.binary(BinaryOp::Mul, cw, cx);
+        let s = b.reduce(ReduceOp::Add, p, &[vm, vn, vb]);
+        let sf = b.to_f32(s);
+        let dw = b.read_quant(iw, QuantPart::Scale, &[vn, vb], nb);
+        let dx = b.read_quant(ix, QuantPart::Scale, &[vm, vb], nb);
+        let dd = b.binary(BinaryOp::Mul, dw, dx);
+        let t = b.binary(BinaryOp::Mul, sf, dd);
+        let mut out = b.reduce(ReduceOp::Add, t, &[vm, vn]);
+        if wq.has_min() {
+            let mw = b.read_quant(iw, QuantPart::Min, &[vn, vb], nb);
+            let sx = b.read_quant(ix, QuantPart::Min, &[vm, vb], nb);
+            let u = b.binary(BinaryOp::Mul, mw, sx);
+            let r = b.reduce(ReduceOp::Add, u, &[vm, vn]);
+            out = b.binary(BinaryOp::Add, out, r);
+        }
+        b.finish(out, 0, &[n as isize, 1], m * n)
+    }
+
+    /// `Y[m, n] = sum_k dequant(W)[n, k] * X[m, k]`: dequantize-then-dot form, reference for the
+    /// int8 form's approximation error.
+    pub fn dequant_matmul(wq: QuantType, m: usize, n: usize, k: usize) -> Result<Expr> {
+        let nb = k.div_ceil(32);
+        let mut b = Builder::new();
+        let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
+        let iw = b.input("w", Storage::Quant(wq), n * nb);
+        let ix = b.input("x", Storage::F32, m * k);
+        let w = b.read_quant(iw, QuantPart::Value, &[vn, vk], nb);
+        let x = b.read(ix, &[vm, vk], 0, &[k as isize, 1]);
+        let p = b.binary(BinaryOp::Mul, x, w);
+        let c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
+        b.finish(c, 0, &[n as isize, 1], m * n)
+    }
+}

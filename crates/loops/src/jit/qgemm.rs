@@ -1,0 +1,1 @@
+//! Quantized GEMV / small-M GEMM (VNNI); see the module docs once implemented.

@@ -1,0 +1,525 @@
+//! f32 matmul lowered from a schedule to AVX-512 or AVX2 machine code.
+//!
+//! Accepted schedules (of the reduce node of [`crate::ir::library::matmul_strided`]): any outer
+//! loops over `m`, `n`, `k` (splits with tails, any order, the outermost may be parallel),
+//! followed by the micro-kernel suffix
+//!
+//! ```text
+//! k/1[:uU]  m/1:reg  n/V:reg  n/1:vec      (V = 16 for AVX-512, 8 for AVX2; the two
+//!                                          register-tile loops in either order)
+//! ```
+//!
+//! The register tile is the chunk of `m` x `n` the outer loops leave: its accumulators stay in
+//! vector registers for the whole `k` chunk (`vfmadd231ps` with an embedded broadcast of `A`
+//! on AVX-512). Shapes are compile-time constants, so every tail is a separately emitted
+//! copy of the body: partial row tiles use fewer accumulators, partial column vectors use a
+//! k-mask (AVX-512) or `vmaskmovps` (AVX2). When `k` is split by outer loops, a tile loads its
+//! accumulators from `C` unless it is the first `k` chunk; every output is one fma chain over
+//! `k` in increasing order, the interpreter's order, so results are bit-identical to it.
+//!
+//! The generated function is `extern "C" fn(a, b, c, lo, count, run_tail)`: it runs iterations
+//! `lo..lo + count` of the outermost loop's full iterations, then its tail iteration if
+//! `run_tail != 0`; threads split the outermost loop this way.
+
+use super::{asm_err, Isa};
+use crate::error::{Error, Result};
+use crate::ir::{Access, BinaryOp, Expr, NodeId, Op, ReduceOp, VarId};
+use crate::schedule::{Annot, Loop, Schedule};
+use iced_x86::code_asm::*;
+
+/// The matmul a schedule is lowered for, read off the expression.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulShape {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Columns of B and C.
+    pub n: usize,
+    /// The reduction length.
+    pub k: usize,
+    /// Elements between rows of A.
+    pub a_row: usize,
+    /// Elements between columns of A.
+    pub a_col: usize,
+    /// Elements between rows of B (columns are contiguous).
+    pub ldb: usize,
+    /// Elements between rows of C (columns are contiguous).
+    pub ldc: usize,
+    /// Variable handles of m, n, k.
+    pub vars: [VarId; 3],
+    /// The reduce node.
+    pub node: NodeId,
+}
+
+/// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C.
+pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
+    let unsupported = |reason: &str| Error::Unsupported { backend: "sgemm", reason: reason.to_string() };
+    let out = expr.output;
+    let Op::Reduce { op: ReduceOp::Add, arg, keep } = &expr.node(out).op else {
+        return Err(unsupported("the output is not a sum reduction"));
+    };
+    let Op::Binary(BinaryOp::Mul, ra, rb) = expr.node(*arg).op else {
+        return Err(unsupported("the reduction is not over a product"));
+    };
+    let (Op::Read { index: ia, access: Access::Strided { offset: 0, strides: sa }, .. }, Op::Read { index: ib, access: Access::Strided { offset: 0, strides: sb }, .. }) =
+        (&expr.node(ra).op, &expr.node(rb).op)
+    else {
+        return Err(unsupported("operands are not f32 reads at offset 0"));
+    };
+    if keep.len() != 2 || ia.len() != 2 || ib.len() != 2 {
+        return Err(unsupported("not a 2-d matmul"));
+    }
+    let (vm, vn) = (keep[0], keep[1]);
+    let vk = ia[1];
+    if ia[0] != vm || ib[0] != vk || ib[1] != vn || vk == vm || vk == vn {
+        return Err(unsupported("operands are not A[m,k] and B[k,n]"));
+    }
+    if sb[1] != 1 || expr.out_strides[1] != 1 || expr.out_offset != 0 {
+        return Err(unsupported("B and C need unit column stride"));
+    }
+    if sa[0] < 0 || sa[1] < 0 || sb[0] < 0 || expr.out_strides[0] < 0 {
+        return Err(unsupported("negative strides"));
+    }
+    Ok(MatmulShape {
+        m: expr.var(vm).extent,
+        n: expr.var(vn).extent,
+        k: expr.var(vk).extent,
+        a_row: sa[0] as usize,
+        a_col: sa[1] as usize,
+        ldb: sb[0] as usize,
+        ldc: expr.out_strides[0] as usize,
+        vars: [vm, vn, vk],
+        node: out,
+    })
+}
+
+/// A schedule checked against what the code generator can emit.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The matmul.
+    pub shape: MatmulShape,
+    /// Loops above the micro-kernel, outer to inner, as (var 0=m 1=n 2=k, step).
+    pub outer: Vec<(usize, usize)>,
+    /// k unroll factor in the micro-kernel.
+    pub unroll: usize,
+    /// Largest register tile: rows.
+    pub tile_rows: usize,
+    /// Largest register tile: vectors per row.
+    pub tile_vecs: usize,
+    /// Target.
+    pub isa: Isa,
+}
+
+impl Plan {
+    /// Checks `schedule` (validated first) and extracts the loop structure.
+    pub fn new(expr: &Expr, schedule: &Schedule, isa: Isa) -> Result<Plan> {
+        schedule.validate(expr)?;
+        let shape = matmul_shape(expr)?;
+        if !matches!(isa, Isa::Avx512 | Isa::Avx2) {
+            return Err(Error::Unsupported { backend: "sgemm", reason: format!("no code generator for {isa}") });
+        }
+        let lanes = isa.lanes();
+        let loops = &schedule.node(shape.node).loops;
+        let unsupported = |reason: String| Error::Unsupported { backend: "sgemm", reason };
+        let var_idx = |l: &Loop| shape.vars.iter().position(|v| *v == l.var).expect("validated: loops use m, n, k");
+        let suffix_err = || {
+            unsupported(format!(
+                "the innermost loops must be `k/1[:uN] [m/1:reg] [n/{lanes}:reg] n/1:vec` (register tiles in either order) for {isa}; got `{}`",
+                schedule.node_text(expr, shape.node)
+            ))
+        };
+        let mut idx = loops.len();
+        let vec_ok = idx > 0 && var_idx(&loops[idx - 1]) == 1 && loops[idx - 1].step == 1 && loops[idx - 1].annot == Annot::Vectorize;
+        if !vec_ok {
+            return Err(suffix_err());
+        }
+        idx -= 1;
+        let (mut reg_m, mut reg_n) = (false, false);
+        while idx > 0 && loops[idx - 1].annot == Annot::RegisterTile {
+            let l = &loops[idx - 1];
+            match (var_idx(l), l.step) {
+                (0, 1) if !reg_m => reg_m = true,
+                (1, s) if s == lanes && !reg_n => reg_n = true,
+                _ => return Err(suffix_err()),
+            }
+            idx -= 1;
+        }
+        if idx == 0 || var_idx(&loops[idx - 1]) != 2 || loops[idx - 1].step != 1 {
+            return Err(suffix_err());
+        }
+        let kloop = &loops[idx - 1];
+        let unroll = match kloop.annot {
+            Annot::Unroll(u) => u as usize,
+            Annot::Serial => 1,
+            a => return Err(unsupported(format!("the k/1 loop cannot be {a:?}"))),
+        };
+        let outer_loops = &loops[..idx - 1];
+        let mut outer = Vec::new();
+        for (i, l) in outer_loops.iter().enumerate() {
+            match l.annot {
+                Annot::Serial | Annot::Unroll(_) => {}
+                Annot::Parallel if i == 0 => {}
+                a => return Err(unsupported(format!("outer loop {i} cannot be {a:?}"))),
+            }
+            outer.push((var_idx(l), l.step));
+        }
+        let extents = [shape.m, shape.n, shape.k];
+        let chunk = |v: usize| outer.iter().rev().find(|(w, _)| *w == v).map_or(extents[v], |(_, s)| (*s).min(extents[v]));
+        let tile_rows = chunk(0);
+        let tile_vecs = chunk(1).div_ceil(lanes);
+        if !reg_m && tile_rows > 1 {
+            return Err(unsupported(format!("without an m/1:reg loop the outer loops must walk m down to 1 row (chunk is {tile_rows})")));
+        }
+        if !reg_n && tile_vecs > 1 {
+            return Err(unsupported(format!("without an n/{lanes}:reg loop the n chunk must fit one vector (chunk is {})", chunk(1))));
+        }
+        let needed = tile_rows * tile_vecs + tile_vecs + usize::from(isa == Isa::Avx2) + usize::from(isa == Isa::Avx2);
+        if needed > isa.n_vregs() {
+            return Err(Error::RegisterTileTooLarge { rows: tile_rows, vectors: tile_vecs, needed, available: isa.n_vregs(), isa: isa.to_string() });
+        }
+        let max_disp = [shape.a_row * tile_rows + shape.a_col * unroll, shape.ldb * unroll + chunk(1), shape.ldc * tile_rows + chunk(1)];
+        if max_disp.iter().any(|d| d * 4 > i32::MAX as usize / 2) {
+            return Err(unsupported("strides too large for 32-bit displacements".into()));
+        }
+        Ok(Plan { shape, outer, unroll, tile_rows, tile_vecs, isa })
+    }
+
+    /// Full iterations of the outermost loop (threads split these) and whether it has a tail.
+    pub fn outer_iterations(&self) -> (usize, bool) {
+        match self.outer.first() {
+            None => (1, false),
+            Some(&(v, step)) => {
+                let e = [self.shape.m, self.shape.n, self.shape.k][v];
+                (e / step, e % step != 0)
+            }
+        }
+    }
+
+    /// Whether the outermost loop can be split among threads (not a reduction loop).
+    pub fn parallel_ok(&self) -> bool {
+        self.outer.first().is_some_and(|&(v, _)| v != 2)
+    }
+}
+
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
+    zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+];
+const YMM: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+
+// Register roles: rdi = A cursor, rsi = B cursor, rdx = C cursor, r10 = k offset (elements),
+// r11 / rax = A / B cursors inside the micro-kernel, rbx = k counter, rcx/r8/r9 = lo, count,
+// run_tail. Outer loop counters live on the stack.
+struct Gen<'p> {
+    a: CodeAssembler,
+    plan: &'p Plan,
+    has_outer_k: bool,
+}
+
+/// Emits the machine code of `plan` (assembled at address 0, position-independent).
+pub fn generate(plan: &Plan) -> Result<Vec<u8>> {
+    let mut g = Gen { a: CodeAssembler::new(64).map_err(asm_err)?, plan, has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2) };
+    g.emit().map_err(asm_err)?;
+    g.a.assemble(0).map_err(asm_err)
+}
+
+type R = std::result::Result<(), iced_x86::IcedError>;
+
+impl Gen<'_> {
+    fn emit(&mut self) -> R {
+        let n_slots = self.plan.outer.len() + 8;
+        self.a.push(rbx)?;
+        self.a.sub(rsp, (8 * n_slots) as i32)?;
+        self.a.xor(r10d, r10d)?;
+        let extents = [self.plan.shape.m, self.plan.shape.n, self.plan.shape.k];
+        if self.plan.outer.is_empty() {
+            self.micro(extents[0], extents[1], extents[2])?;
+        } else {
+            self.outermost(extents)?;
+        }
+        self.a.add(rsp, (8 * n_slots) as i32)?;
+        self.a.pop(rbx)?;
+        self.a.vzeroupper()?;
+        self.a.ret()
+    }
+
+    /// Bytes a pointer moves per element of variable `v`: (A, B, C).
+    fn deltas(&self, v: usize) -> [i64; 3] {
+        let s = &self.plan.shape;
+        match v {
+            0 => [4 * s.a_row as i64, 0, 4 * s.ldc as i64],
+            1 => [0, 4, 4],
+            _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0],
+        }
+    }
+
+    fn advance(&mut self, v: usize, elems: i64) -> R {
+        if elems == 0 {
+            return Ok(());
+        }
+        let d = self.deltas(v);
+        for (reg, dd) in [rdi, rsi, rdx].into_iter().zip(d) {
+            if dd != 0 {
+                self.a.add(reg, (dd * elems) as i32)?;
+            }
+        }
+        if v == 2 && self.has_outer_k {
+            self.a.add(r10, elems as i32)?;
+        }
+        Ok(())
+    }
+
+    fn outermost(&mut self, extents: [usize; 3]) -> R {
+        let (v, step) = self.plan.outer[0];
+        let full = extents[v] / step;
+        let tail = extents[v] % step;
+        // Skip to iteration `lo`.
+        let d = self.deltas(v);
+        for (reg, dd) in [rdi, rsi, rdx].into_iter().zip(d) {
+            if dd != 0 {
+                self.a.imul_3(r11, rcx, (dd * step as i64) as i32)?;
+                self.a.add(reg, r11)?;
+            }
+        }
+        if v == 2 {
+            self.a.imul_3(r11, rcx, step as i32)?;
+            self.a.add(r10, r11)?;
+        }
+        self.a.mov(qword_ptr(rsp + 8), r9)?;
+        self.a.mov(qword_ptr(rsp), r8)?;
+        let mut after = self.a.create_label();
+        let mut top = self.a.create_label();
+        if full > 0 {
+            self.a.test(r8, r8)?;
+            self.a.jz(after)?;
+            self.a.set_label(&mut top)?;
+            let mut sub = extents;
+            sub[v] = step;
+            self.level(1, sub)?;
+            self.advance(v, step as i64)?;
+            self.a.dec(qword_ptr(rsp))?;
+            self.a.jnz(top)?;
+        }
+        self.a.set_label(&mut after)?;
+        self.a.nop()?;
+        if tail > 0 {
+            let mut done = self.a.create_label();
+            self.a.cmp(qword_ptr(rsp + 8), 0)?;
+            self.a.je(done)?;
+            let mut sub = extents;
+            sub[v] = tail;
+            self.level(1, sub)?;
+            self.a.set_label(&mut done)?;
+            self.a.nop()?;
+        }
+        Ok(())
+    }
+
+    fn level(&mut self, level: usize, chunk: [usize; 3]) -> R {
+        if level == self.plan.outer.len() {
+            return self.micro(chunk[0], chunk[1], chunk[2]);
+        }
+        let (v, step) = self.plan.outer[level];
+        let c = chunk[v];
+        let full = c / step;
+        let tail = c % step;
+        let slot = 8 * (level as i32 + 2);
+        let mut sub = chunk;
+        sub[v] = step;
+        if full == 1 {
+            self.level(level + 1, sub)?;
+        } else if full > 1 {
+            self.a.mov(qword_ptr(rsp + slot), full as i32)?;
+            let mut top = self.a.create_label();
+            self.a.set_label(&mut top)?;
+            self.level(level + 1, sub)?;
+            self.advance(v, step as i64)?;
+            self.a.dec(qword_ptr(rsp + slot))?;
+            self.a.jnz(top)?;
+            self.advance(v, -((full * step) as i64))?;
+        }
+        if tail > 0 {
+            self.advance(v, (full * step) as i64)?;
+            sub[v] = tail;
+            self.level(level + 1, sub)?;
+            self.advance(v, -((full * step) as i64))?;
+        }
+        Ok(())
+    }
+
+    fn micro(&mut self, rows: usize, cols: usize, ck: usize) -> R {
+        let isa = self.plan.isa;
+        let lanes = isa.lanes();
+        let nv = cols.div_ceil(lanes);
+        let rem = cols % lanes;
+        let s = self.plan.shape;
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        // Register map: accumulators 0..rows*nv, then B vectors, then (AVX2) broadcast and mask.
+        let acc = |i: usize, j: usize| i * nv + j;
+        let breg = |j: usize| rows * nv + j;
+        let (bcast, mask) = (rows * nv + nv, rows * nv + nv + 1);
+        if rem > 0 {
+            match isa {
+                Isa::Avx512 => {
+                    self.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
+                    self.a.kmovw(k1, eax)?;
+                }
+                _ => {
+                    // Build the lane mask on the stack: `rem` lanes of -1, then zeros.
+                    // Stack frame: [0] count, [8] run_tail, [16 + 8 * level] loop counters, then
+                    // 32 bytes of mask.
+                    let base = 8 * (self.plan.outer.len() as i32 + 3);
+                    for l in 0..8 {
+                        self.a.mov(dword_ptr(rsp + (base + 4 * l as i32)), if l < rem { -1 } else { 0 })?;
+                    }
+                    self.a.vmovdqu(YMM[mask], ymmword_ptr(rsp + base))?;
+                }
+            }
+        }
+        let c_disp = |i: usize, j: usize| (4 * (i * s.ldc + j * lanes)) as i32;
+        let last_masked = |j: usize| rem > 0 && j == nv - 1;
+        // Initialize accumulators: zero for the first k chunk, else load C.
+        let zero = |g: &mut Self| -> R {
+            for i in 0..rows {
+                for j in 0..nv {
+                    match isa {
+                        Isa::Avx512 => g.a.vpxord(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[acc(i, j)])?,
+                        _ => g.a.vxorps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[acc(i, j)])?,
+                    }
+                }
+            }
+            Ok(())
+        };
+        if self.has_outer_k {
+            let mut load = self.a.create_label();
+            let mut go = self.a.create_label();
+            self.a.test(r10, r10)?;
+            self.a.jnz(load)?;
+            zero(self)?;
+            self.a.jmp(go)?;
+            self.a.set_label(&mut load)?;
+            for i in 0..rows {
+                for j in 0..nv {
+                    let m = rdx + c_disp(i, j);
+                    match (isa, last_masked(j)) {
+                        (Isa::Avx512, false) => self.a.vmovups(ZMM[acc(i, j)], zmmword_ptr(m))?,
+                        (Isa::Avx512, true) => self.a.vmovups(ZMM[acc(i, j)].k1().z(), zmmword_ptr(m))?,
+                        (_, false) => self.a.vmovups(YMM[acc(i, j)], ymmword_ptr(m))?,
+                        (_, true) => self.a.vmaskmovps(YMM[acc(i, j)], YMM[mask], ymmword_ptr(m))?,
+                    }
+                }
+            }
+            self.a.set_label(&mut go)?;
+            self.a.nop()?;
+        } else {
+            zero(self)?;
+        }
+        // The k loop.
+        self.a.mov(r11, rdi)?;
+        self.a.mov(rax, rsi)?;
+        let u = self.plan.unroll.min(ck.max(1));
+        let iters = ck / u;
+        let step = |g: &mut Self, t: usize| -> R {
+            for j in 0..nv {
+                let m = rax + (4 * (t * s.ldb + j * lanes)) as i32;
+                match (isa, last_masked(j)) {
+                    (Isa::Avx512, false) => g.a.vmovups(ZMM[breg(j)], zmmword_ptr(m))?,
+                    (Isa::Avx512, true) => g.a.vmovups(ZMM[breg(j)].k1().z(), zmmword_ptr(m))?,
+                    (_, false) => g.a.vmovups(YMM[breg(j)], ymmword_ptr(m))?,
+                    (_, true) => g.a.vmaskmovps(YMM[breg(j)], YMM[mask], ymmword_ptr(m))?,
+                }
+            }
+            for i in 0..rows {
+                let am = r11 + (4 * (i * s.a_row + t * s.a_col)) as i32;
+                match isa {
+                    Isa::Avx512 => {
+                        for j in 0..nv {
+                            g.a.vfmadd231ps(ZMM[acc(i, j)], ZMM[breg(j)], dword_bcst(am))?;
+                        }
+                    }
+                    _ => {
+                        g.a.vbroadcastss(YMM[bcast], dword_ptr(am))?;
+                        for j in 0..nv {
+                            g.a.vfmadd231ps(YMM[acc(i, j)], YMM[breg(j)], YMM[bcast])?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        };
+        if iters > 0 {
+            let mut top = self.a.create_label();
+            if iters > 1 {
+                self.a.mov(ebx, iters as i32)?;
+                self.a.set_label(&mut top)?;
+            }
+            for t in 0..u {
+                step(self, t)?;
+            }
+            if iters > 1 {
+                self.a.add(r11, (4 * u * s.a_col) as i32)?;
+                self.a.add(rax, (4 * u * s.ldb) as i32)?;
+                self.a.dec(ebx)?;
+                self.a.jnz(top)?;
+            } else {
+                self.a.add(r11, (4 * u * s.a_col) as i32)?;
+                self.a.add(rax, (4 * u * s.ldb) as i32)?;
+            }
+        }
+        for t in 0..ck - iters * u {
+            step(self, t)?;
+        }
+        for i in 0..rows {
+            for j in 0..nv {
+                let m = rdx + c_disp(i, j);
+                match (isa, last_masked(j)) {
+                    (Isa::Avx512, false) => self.a.vmovups(zmmword_ptr(m), ZMM[acc(i, j)])?,
+                    (Isa::Avx512, true) => self.a.vmovups(zmmword_ptr(m).k1(), ZMM[acc(i, j)])?,
+                    (_, false) => self.a.vmovups(ymmword_ptr(m), YMM[acc(i, j)])?,
+                    (_, true) => self.a.vmaskmovps(ymmword_ptr(m), YMM[mask], YMM[acc(i, j)])?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A good schedule for `m x n x k` on `isa` without search: a register tile sized for the
+/// rows available, `n` blocked by the tile width, `k` blocked when long.
+pub fn default_schedule_text(m: usize, n: usize, k: usize, isa: Isa) -> String {
+    let lanes = isa.lanes();
+    let regs = isa.n_vregs();
+    let extra = if isa == Isa::Avx2 { 2 } else { 0 };
+    // (rows, vectors): prefer 6x4 on AVX-512 (24 accumulators), fewer rows for small m.
+    let (rows, vecs) = match isa {
+        Isa::Avx512 if m >= 6 => (6, 4),
+        Isa::Avx2 if m >= 6 => (6, 2),
+        _ => {
+            let rows = m.clamp(1, 8);
+            let vecs = ((regs - extra) / (rows + 1)).clamp(1, 8);
+            (rows, vecs)
+        }
+    };
+    let vecs = vecs.min(n.div_ceil(lanes)).max(1);
+    let nr = vecs * lanes;
+    let mut s = String::new();
+    if n > nr {
+        s.push_str(&format!("n/{nr} "));
+    }
+    if k > 512 {
+        s.push_str("k/256 ");
+    }
+    if m > rows || m == 1 {
+        s.push_str(&format!("m/{rows} "));
+    }
+    s.push_str("k/1:u4 ");
+    if m.min(rows) > 1 {
+        s.push_str("m/1:reg ");
+    }
+    if n.min(nr) > lanes {
+        s.push_str(&format!("n/{lanes}:reg "));
+    }
+    s.push_str("n/1:vec");
+    s
+}

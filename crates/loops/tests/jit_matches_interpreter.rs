@@ -1,0 +1,137 @@
+//! Every JIT sgemm kernel equals the interpreter bit for bit, under random valid schedules,
+//! odd sizes and tails, with every buffer ending at a guard page.
+
+use peregrine_loops::interp::{self, Buffer};
+use peregrine_loops::ir::library::matmul;
+use peregrine_loops::jit::exec_mem::GuardedF32;
+use peregrine_loops::{Isa, SgemmDesc, SgemmKernel};
+use proptest::prelude::*;
+
+fn fill(buf: &mut [f32], seed: u64) {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    for v in buf {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *v = ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+    }
+}
+
+/// A random schedule in the family the code generator accepts.
+fn schedule_strategy(lanes: usize, max_rows: usize, max_vecs: usize) -> impl Strategy<Value = String> {
+    (1..=max_rows, 1..=max_vecs, 0..3usize, 0..3usize, 0..3usize, any::<u64>(), 1..=8u8).prop_map(move |(rows, vecs, fm, fn_, fk, perm, unroll)| {
+        let nr = vecs * lanes;
+        let mut blocks = Vec::new();
+        if fm > 0 {
+            blocks.push(format!("m/{}", rows * (fm + 1)));
+        }
+        if fn_ > 0 {
+            blocks.push(format!("n/{}", nr * (fn_ + 1)));
+        }
+        if fk > 0 {
+            blocks.push(format!("k/{}", 3 + 4 * fk));
+        }
+        let mut tiles = [format!("m/{rows}"), format!("n/{nr}")];
+        if perm & 1 == 1 {
+            blocks.reverse();
+        }
+        if perm & 2 == 2 && blocks.len() > 1 {
+            blocks.swap(0, 1);
+        }
+        if perm & 4 == 4 {
+            tiles.reverse();
+        }
+        let mut regs = Vec::new();
+        if rows > 1 {
+            regs.push("m/1:reg".to_string());
+        }
+        if vecs > 1 {
+            regs.push(format!("n/{lanes}:reg"));
+        }
+        if perm & 8 == 8 {
+            regs.reverse();
+        }
+        let reg = regs.join(" ");
+        format!("{} {} k/1:u{unroll} {reg} n/1:vec", blocks.join(" "), tiles.join(" "))
+    })
+}
+
+fn check(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64) -> Result<(), TestCaseError> {
+    let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.to_string()) };
+    let kernel = SgemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{m}x{n}x{k} {isa} `{text}`: {e}")))?;
+    let (mut a, mut b, mut c) = (GuardedF32::new(m * k).unwrap(), GuardedF32::new(k * n).unwrap(), GuardedF32::new(m * n).unwrap());
+    fill(a.as_mut_slice(), seed);
+    fill(b.as_mut_slice(), seed + 1);
+    c.as_mut_slice().fill(f32::NAN);
+    kernel.run(a.as_slice(), b.as_slice(), c.as_mut_slice()).unwrap();
+    let expr = matmul(m, n, k).unwrap();
+    let sched = desc.schedule(&expr).unwrap();
+    let mut want = vec![0f32; m * n];
+    interp::run(&expr, &sched, &[Buffer::F32(a.as_slice()), Buffer::F32(b.as_slice())], &mut want).unwrap();
+    let got = c.as_slice();
+    for i in 0..m * n {
+        prop_assert!(got[i].to_bits() == want[i].to_bits(), "{m}x{n}x{k} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}", got[i], want[i]);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #[test]
+    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>()) {
+        if Isa::Avx512.available() {
+            check(m, n, k, Isa::Avx512, &text, seed)?;
+        }
+    }
+
+    #[test]
+    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>()) {
+        if Isa::Avx2.available() {
+            check(m, n, k, Isa::Avx2, &text, seed)?;
+        }
+    }
+}
+
+#[test]
+fn default_schedules_on_odd_shapes() {
+    for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+        if !isa.available() {
+            continue;
+        }
+        for (m, n, k) in [(1, 1, 1), (1, 577, 33), (7, 17, 9), (13, 130, 600), (64, 64, 64), (5, 192, 576)] {
+            let desc = SgemmDesc { m, n, k, isa, schedule: None };
+            check(m, n, k, isa, &desc.schedule_text(), 7).unwrap();
+        }
+    }
+}
+
+#[test]
+fn threads_give_the_same_bits() {
+    let (m, n, k) = (37, 200, 50);
+    let l = Isa::detect().lanes();
+    let desc = SgemmDesc { m, n, k, isa: Isa::detect(), schedule: Some(format!("n/{}:par m/5 n/{} k/1:u2 m/1:reg n/{l}:reg n/1:vec", 6 * l, 3 * l)) };
+    if Isa::detect() == Isa::Portable {
+        return;
+    }
+    let kernel = SgemmKernel::compile(&desc).unwrap();
+    let (mut a, mut b) = (vec![0f32; m * k], vec![0f32; k * n]);
+    fill(&mut a, 1);
+    fill(&mut b, 2);
+    let mut c1 = vec![0f32; m * n];
+    let mut c3 = vec![1f32; m * n];
+    kernel.run(&a, &b, &mut c1).unwrap();
+    kernel.run_threads(&a, &b, &mut c3, 3).unwrap();
+    assert_eq!(c1, c3);
+}
+
+#[test]
+fn wrong_buffer_lengths_are_errors() {
+    let kernel = SgemmKernel::compile(&SgemmDesc::new(4, 4, 4)).unwrap();
+    let err = kernel.run(&[0.0; 16], &[0.0; 15], &mut [0.0; 16]).unwrap_err();
+    assert!(err.to_string().contains("expected 16 elements, got 15"), "{err}");
+}
+
+#[test]
+fn oversized_register_tile_is_rejected_before_codegen() {
+    let desc = SgemmDesc { m: 64, n: 64, k: 8, isa: Isa::Avx512, schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()) };
+    let err = SgemmKernel::compile(&desc).err().expect("16x4 tile does not fit");
+    assert!(matches!(err, peregrine_loops::Error::RegisterTileTooLarge { needed: 68, available: 32, .. }), "{err}");
+}
