@@ -83,6 +83,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Reading GGUF metadata failed.
+    #[error("reading tokenizer metadata: {0}")]
+    Gguf(#[from] peregrine_formats::Error),
     /// A GGUF metadata value has a shape we cannot use.
     #[error("tokenizer metadata key {key:?}: {problem}")]
     BadKey {

@@ -4,6 +4,7 @@
 
 mod chat;
 mod error;
+mod gguf;
 mod pretokenize;
 mod rank_bpe;
 mod special;
