@@ -52,7 +52,7 @@ pub enum Error {
         version: u32,
     },
     /// A count or length in the file exceeds what the remaining bytes could hold.
-    #[error("{}: {what} at offset {offset} is {count}, but the rest of the file can hold at most {max}", .path.display())]
+    #[error("{}: {what} at offset {offset} is {count}, more than the {max} that the remaining bytes could hold (corrupt or truncated file)", .path.display())]
     CountTooLarge {
         /// The file.
         path: PathBuf,

@@ -517,9 +517,9 @@ impl<'a> Parser<'a> {
 
     /// A GGUF string: u64 length, then that many UTF-8 bytes.
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
-        let len_offset = self.pos as u64;
         let len = self.u64(|| format!("length of {}", what()))?;
-        self.check_count(len, 1, len_offset, || format!("length of {}", what()))?;
+        // `take` checks `len` against the remaining bytes before slicing; nothing is allocated
+        // until the bytes are known to exist.
         let bytes_offset = self.pos as u64;
         let bytes = self.take(len, what)?;
         match std::str::from_utf8(bytes) {

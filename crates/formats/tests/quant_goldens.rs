@@ -80,3 +80,11 @@ fn every_smollm2_tensor_dequantizes_like_gguf_quants() -> Result<()> {
     assert_eq!(n_checked, 272);
     Ok(())
 }
+
+#[test]
+fn sha256_known_vectors() {
+    assert_eq!(hex_encode(&sha256(b"")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(hex_encode(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    let long = vec![b'a'; 1000];
+    assert_eq!(hex_encode(&sha256(&long)), "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3");
+}
