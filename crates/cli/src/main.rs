@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod json;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -23,6 +24,8 @@ enum Cmd {
     Inspect(cmd::inspect::Args),
     /// Tokenize text with a model file's tokenizer.
     Tokenize(cmd::tokenize::Args),
+    /// Measure prefill and decode speed, the cost of verifying k tokens, and peak memory.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Inspect(args) => cmd::inspect::run(args),
         Cmd::Tokenize(args) => cmd::tokenize::run(args),
+        Cmd::Bench(args) => cmd::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

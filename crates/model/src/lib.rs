@@ -1,1 +1,14 @@
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+pub mod kv_cache;
+pub mod model;
+pub mod sampling;
+pub mod weights;
+
+pub use error::{Error, Result};
+pub use kv_cache::KvCache;
+pub use model::{ForwardOptions, LogitRows, Model, SeqInput, Workspace};
+pub use sampling::{Sampler, SamplingParams};

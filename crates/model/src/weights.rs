@@ -1,0 +1,322 @@
+//! Where each weight of a Llama model lives: a GGUF file, or safetensors + `config.json`.
+//!
+//! Matrices stay in the file's mapping in their stored type (quantized blocks, f16, bf16, f32);
+//! only the small norm vectors and RoPE factors are copied out as f32.
+
+use crate::{Error, Result};
+use peregrine_formats::names::LlamaTensor;
+use peregrine_formats::safetensors_io::{Dtype, SafetensorsFile};
+use peregrine_formats::{GgmlType, GgufFile, ModelConfig, RopeScaling, TensorInfo};
+use peregrine_tensor::ops::RopeLayout;
+use peregrine_tensor::WeightMatrix;
+use std::path::{Path, PathBuf};
+
+/// The opened model file.
+pub enum Source {
+    /// A GGUF file (weights, config and tokenizer in one).
+    Gguf(GgufFile),
+    /// A safetensors checkpoint with its Hugging Face `config.json`.
+    Safetensors(SafetensorsFile),
+}
+
+impl Source {
+    /// Path of the weights file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Gguf(g) => g.path(),
+            Source::Safetensors(s) => s.path(),
+        }
+    }
+    /// The GGUF file, when the model came from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self {
+            Source::Gguf(g) => Some(g),
+            Source::Safetensors(_) => None,
+        }
+    }
+}
+
+/// A matrix resolved at load: type, shape and where its bytes are.
+#[derive(Clone, Debug)]
+pub struct MatrixLoc {
+    ty: GgmlType,
+    n_rows: usize,
+    n_cols: usize,
+    at: Located,
+}
+
+#[derive(Clone, Debug)]
+enum Located {
+    Gguf(TensorInfo),
+    Safetensors(String),
+}
+
+impl MatrixLoc {
+    /// Output features.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    /// Storage type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// The matrix as a kernel operand.
+    pub fn matrix<'s>(&'s self, source: &'s Source) -> WeightMatrix<'s> {
+        let bytes = match (&self.at, source) {
+            (Located::Gguf(info), Source::Gguf(g)) => g.tensor_data(info),
+            (Located::Safetensors(name), Source::Safetensors(s)) => {
+                s.tensor(name).expect("tensor was found at load").data
+            }
+            _ => unreachable!("a MatrixLoc is used with the source it was resolved from"),
+        };
+        WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols).expect("shape was validated at load")
+    }
+}
+
+/// One transformer block's weights.
+pub struct LayerWeights {
+    /// RMSNorm before attention.
+    pub attn_norm: Vec<f32>,
+    /// Projections.
+    pub wq: MatrixLoc,
+    /// Key projection.
+    pub wk: MatrixLoc,
+    /// Value projection.
+    pub wv: MatrixLoc,
+    /// Attention output projection.
+    pub wo: MatrixLoc,
+    /// RMSNorm before the FFN.
+    pub ffn_norm: Vec<f32>,
+    /// SwiGLU gate.
+    pub w_gate: MatrixLoc,
+    /// SwiGLU up.
+    pub w_up: MatrixLoc,
+    /// SwiGLU down.
+    pub w_down: MatrixLoc,
+}
+
+/// Every weight of the model, resolved and shape-checked.
+pub struct LlamaWeights {
+    /// Token embedding table (`vocab` rows of `hidden`).
+    pub token_embd: MatrixLoc,
+    /// Final norm.
+    pub output_norm: Vec<f32>,
+    /// LM head (the embedding table when tied).
+    pub output: MatrixLoc,
+    /// Per-frequency RoPE divisors (Llama 3 scaling), if any.
+    pub rope_freq_factors: Option<Vec<f32>>,
+    /// How Q/K dimensions pair up for RoPE in this file.
+    pub rope_layout: RopeLayout,
+    /// Blocks.
+    pub layers: Vec<LayerWeights>,
+}
+
+/// Opens a model: a `.gguf` file, or a `.safetensors` file (with `config.json` beside it) or a
+/// directory holding `model.safetensors` and `config.json`.
+pub fn open(path: &Path) -> Result<(Source, ModelConfig)> {
+    let is_gguf = path.extension().is_some_and(|e| e == "gguf");
+    if is_gguf {
+        let file = GgufFile::open(path)?;
+        let config = file.model_config()?;
+        return Ok((Source::Gguf(file), config));
+    }
+    let (weights, config_path) = if path.is_dir() {
+        (path.join("model.safetensors"), path.join("config.json"))
+    } else {
+        (path.to_path_buf(), path.with_file_name("config.json"))
+    };
+    if weights.extension().is_none_or(|e| e != "safetensors") {
+        // Not a known extension: let the GGUF parser say what is wrong with it.
+        let file = GgufFile::open(path)?;
+        let config = file.model_config()?;
+        return Ok((Source::Gguf(file), config));
+    }
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|cause| peregrine_formats::Error::Io { path: config_path.clone(), cause })?;
+    let config = ModelConfig::from_hf_config_json_at(&text, &config_path)?;
+    Ok((Source::Safetensors(SafetensorsFile::open(&weights)?), config))
+}
+
+impl LlamaWeights {
+    /// Resolves and checks every tensor the config implies.
+    pub fn load(source: &Source, cfg: &ModelConfig) -> Result<Self> {
+        let path = source.path().to_path_buf();
+        if cfg.architecture != "llama" {
+            return Err(Error::UnsupportedArchitecture { path, architecture: cfg.architecture.clone() });
+        }
+        let h = cfg.hidden_size;
+        let q_dim = cfg.n_heads * cfg.head_dim;
+        let kv_dim = cfg.n_kv_heads * cfg.head_dim;
+        let r = Resolver { source, path: &path };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let at = Some(l);
+            layers.push(LayerWeights {
+                attn_norm: r.vector(LlamaTensor::AttnNorm, at, h)?,
+                wq: r.matrix(LlamaTensor::AttnQ, at, q_dim, h)?,
+                wk: r.matrix(LlamaTensor::AttnK, at, kv_dim, h)?,
+                wv: r.matrix(LlamaTensor::AttnV, at, kv_dim, h)?,
+                wo: r.matrix(LlamaTensor::AttnOutput, at, h, q_dim)?,
+                ffn_norm: r.vector(LlamaTensor::FfnNorm, at, h)?,
+                w_gate: r.matrix(LlamaTensor::FfnGate, at, cfg.ffn_size, h)?,
+                w_up: r.matrix(LlamaTensor::FfnUp, at, cfg.ffn_size, h)?,
+                w_down: r.matrix(LlamaTensor::FfnDown, at, h, cfg.ffn_size)?,
+            });
+        }
+        let token_embd = r.matrix(LlamaTensor::TokenEmbd, None, cfg.vocab_size, h)?;
+        let output = if r.exists(LlamaTensor::Output) {
+            r.matrix(LlamaTensor::Output, None, cfg.vocab_size, h)?
+        } else {
+            token_embd.clone()
+        };
+        let rope_freq_factors = match source {
+            Source::Gguf(_) if r.exists(LlamaTensor::RopeFreqs) => {
+                Some(r.vector(LlamaTensor::RopeFreqs, None, cfg.head_dim / 2)?)
+            }
+            Source::Safetensors(_) => match cfg.rope_scaling {
+                Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
+                    Some(llama3_freq_factors(cfg, factor, low_freq_factor, high_freq_factor, original_context_length))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let rope_layout = match source {
+            Source::Gguf(_) => RopeLayout::Adjacent,
+            Source::Safetensors(_) => RopeLayout::Halves,
+        };
+        Ok(Self {
+            token_embd,
+            output_norm: r.vector(LlamaTensor::OutputNorm, None, h)?,
+            output,
+            rope_freq_factors,
+            rope_layout,
+            layers,
+        })
+    }
+}
+
+/// The divisors Llama 3.1 applies to RoPE frequencies, as `convert_hf_to_gguf.py` computes them
+/// for the `rope_freqs` tensor.
+fn llama3_freq_factors(cfg: &ModelConfig, factor: f32, low: f32, high: f32, original_ctx: usize) -> Vec<f32> {
+    let low_wavelen = original_ctx as f32 / low;
+    let high_wavelen = original_ctx as f32 / high;
+    (0..cfg.head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / cfg.rope_base.powf(2.0 * i as f32 / cfg.head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (original_ctx as f32 / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
+}
+
+struct Resolver<'a> {
+    source: &'a Source,
+    path: &'a PathBuf,
+}
+
+impl Resolver<'_> {
+    fn name(&self, kind: LlamaTensor, layer: Option<usize>) -> String {
+        match self.source {
+            Source::Gguf(_) => kind.gguf_name(layer),
+            Source::Safetensors(_) => kind.hf_name(layer),
+        }
+    }
+
+    fn exists(&self, kind: LlamaTensor) -> bool {
+        let name = self.name(kind, None);
+        match self.source {
+            Source::Gguf(g) => g.tensor(&name).is_some(),
+            Source::Safetensors(s) => s.tensor(&name).is_ok(),
+        }
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor { path: self.path.clone(), name: name.to_string() }
+    }
+
+    fn mismatch(&self, name: &str, got: Vec<u64>, expected: Vec<u64>) -> Error {
+        Error::ShapeMismatch { path: self.path.clone(), name: name.to_string(), got, expected }
+    }
+
+    /// A matrix of `n_rows` outputs by `n_cols` inputs (GGUF dims `[n_cols, n_rows]`).
+    fn matrix(&self, kind: LlamaTensor, layer: Option<usize>, n_rows: usize, n_cols: usize) -> Result<MatrixLoc> {
+        let name = self.name(kind, layer);
+        let expected = vec![n_cols as u64, n_rows as u64];
+        let (ty, at) = match self.source {
+            Source::Gguf(g) => {
+                let info = g.tensor(&name).ok_or_else(|| self.missing(&name))?;
+                if info.dims != expected {
+                    return Err(self.mismatch(&name, info.dims.clone(), expected));
+                }
+                (info.ggml_type, Located::Gguf(info.clone()))
+            }
+            Source::Safetensors(s) => {
+                let t = s.tensor(&name).map_err(|_| self.missing(&name))?;
+                let got: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+                if got != expected {
+                    return Err(self.mismatch(&name, got, expected));
+                }
+                let ty = match t.dtype {
+                    Dtype::F32 => GgmlType::F32,
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    other => {
+                        return Err(Error::Format(peregrine_formats::Error::UnsupportedDtype {
+                            path: self.path.clone(),
+                            name,
+                            dtype: format!("{other:?}"),
+                            expected: "F32, F16 or BF16",
+                        }))
+                    }
+                };
+                (ty, Located::Safetensors(name.clone()))
+            }
+        };
+        let loc = MatrixLoc { ty, n_rows, n_cols, at };
+        // Validate the byte length once, here, so `MatrixLoc::matrix` cannot fail later.
+        loc.clone().into_checked(self.source)?;
+        Ok(loc)
+    }
+
+    /// A vector of `len` values, copied out as f32.
+    fn vector(&self, kind: LlamaTensor, layer: Option<usize>, len: usize) -> Result<Vec<f32>> {
+        let name = self.name(kind, layer);
+        let values = match self.source {
+            Source::Gguf(g) => {
+                let info = g.tensor(&name).ok_or_else(|| self.missing(&name))?;
+                if info.n_elements() != len as u64 {
+                    return Err(self.mismatch(&name, info.dims.clone(), vec![len as u64]));
+                }
+                g.tensor_to_f32(info)?
+            }
+            Source::Safetensors(s) => {
+                let t = s.tensor(&name).map_err(|_| self.missing(&name))?;
+                if t.n_elements() != len {
+                    return Err(self.mismatch(&name, t.shape.iter().map(|&d| d as u64).collect(), vec![len as u64]));
+                }
+                t.to_f32(self.path)?
+            }
+        };
+        Ok(values)
+    }
+}
+
+impl MatrixLoc {
+    fn into_checked(self, source: &Source) -> Result<()> {
+        let bytes = match (&self.at, source) {
+            (Located::Gguf(info), Source::Gguf(g)) => g.tensor_data(info),
+            (Located::Safetensors(name), Source::Safetensors(s)) => s.tensor(name)?.data,
+            _ => unreachable!("resolved from this source"),
+        };
+        WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols)?;
+        Ok(())
+    }
+}

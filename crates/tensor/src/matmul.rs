@@ -1,0 +1,234 @@
+//! `y = x · Wᵀ` for weights that stay in their file layout (quantized or not), over a thread pool.
+//!
+//! Q4_0, Q4_1 and Q8_0 weights run on 8-bit activations ([`QuantizedRows`]) with the VNNI
+//! kernels of [`crate::qdot`]. Every other type (f32, f16, bf16, K-quants, Q5_x) dequantizes one
+//! weight row at a time into a per-thread buffer and takes f32 dot products: the model is never
+//! copied to f32 as a whole.
+//!
+//! Work is split over output features (weight rows), never over the reduction, so each output
+//! value is computed by the same instructions whatever M, the thread count or the split.
+
+use crate::act_q8::QuantizedRows;
+use crate::lanes::dot16;
+use crate::pool::{split_range, ThreadPool};
+use crate::qdot::{avx512_available, dot_rows, QuantKind};
+use crate::{Error, Result};
+use peregrine_formats::GgmlType;
+use std::sync::Mutex;
+
+/// A weight matrix of `n_rows` output features by `n_cols` inputs, in its GGML layout.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightMatrix<'a> {
+    ty: GgmlType,
+    data: &'a [u8],
+    n_rows: usize,
+    n_cols: usize,
+    row_bytes: usize,
+}
+
+impl<'a> WeightMatrix<'a> {
+    /// Wraps `data` (row-major GGML blocks) after checking its length against the shape.
+    pub fn new(ty: GgmlType, data: &'a [u8], n_rows: usize, n_cols: usize) -> Result<Self> {
+        let row_bytes = ty
+            .row_bytes(n_cols as u64)
+            .map_err(|_| Error::Shape(format!("{n_cols} columns is not a whole number of {} blocks", ty.name())))?
+            as usize;
+        let want = row_bytes.checked_mul(n_rows).ok_or_else(|| Error::Shape("matrix size overflows".into()))?;
+        if data.len() != want {
+            return Err(Error::Shape(format!(
+                "{} matrix {n_rows}x{n_cols} needs {want} bytes, got {}",
+                ty.name(),
+                data.len()
+            )));
+        }
+        Ok(Self { ty, data, n_rows, n_cols, row_bytes })
+    }
+    /// Output features.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    /// Input features.
+    pub fn n_cols(&self) -> usize {
+        self.n_cols
+    }
+    /// Storage type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    /// Bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    /// The VNNI kernel for this matrix, if one applies.
+    fn quant_kind(&self) -> Option<QuantKind> {
+        if self.n_cols % 64 != 0 {
+            return None;
+        }
+        match self.ty {
+            GgmlType::Q4_0 => Some(QuantKind::Q4_0),
+            GgmlType::Q4_1 => Some(QuantKind::Q4_1),
+            GgmlType::Q8_0 => Some(QuantKind::Q8_0),
+            _ => None,
+        }
+    }
+}
+
+/// Buffers reused across matmuls: quantized activations and per-thread dequantized rows.
+pub struct MatmulScratch {
+    acts: QuantizedRows,
+    row_bufs: Vec<Mutex<Vec<f32>>>,
+    use_avx512: bool,
+}
+
+impl MatmulScratch {
+    /// Scratch for `n_threads` threads and rows of up to `max_cols` values.
+    pub fn new(n_threads: usize, max_cols: usize) -> Self {
+        Self::with_isa(n_threads, max_cols, avx512_available())
+    }
+    /// As [`MatmulScratch::new`], choosing the kernel path (`false` = portable) explicitly.
+    pub fn with_isa(n_threads: usize, max_cols: usize, use_avx512: bool) -> Self {
+        Self {
+            acts: QuantizedRows::default(),
+            row_bufs: (0..n_threads.max(1)).map(|_| Mutex::new(vec![0f32; max_cols])).collect(),
+            use_avx512: use_avx512 && avx512_available(),
+        }
+    }
+}
+
+/// One output of a fused matmul: `out` (`m × w.n_rows()`, row-major) receives `x · wᵀ`.
+pub struct MatmulTarget<'w, 'o> {
+    /// The weights.
+    pub w: WeightMatrix<'w>,
+    /// The destination, `m * w.n_rows()` values.
+    pub out: &'o mut [f32],
+}
+
+/// Output pointers shared with the workers; each writes a disjoint set of columns.
+struct OutPtr {
+    ptr: *mut f32,
+    n_rows: usize,
+}
+// SAFETY: workers write disjoint (token, row) cells, chosen by a static split of rows.
+unsafe impl Sync for OutPtr {}
+// SAFETY: as above.
+unsafe impl Send for OutPtr {}
+
+/// Tokens per kernel call and weight rows per cache block.
+const TOKENS_PER_CALL: usize = 4;
+const ROWS_PER_BLOCK: usize = 32;
+
+/// Computes every target's `out = x · wᵀ` in one pool job (e.g. Q, K and V together).
+///
+/// `x` holds `m` rows of `k` values; every target's weights have `k` columns.
+pub fn matmul(
+    pool: &ThreadPool,
+    scratch: &mut MatmulScratch,
+    x: &[f32],
+    m: usize,
+    targets: &mut [MatmulTarget<'_, '_>],
+) -> Result<()> {
+    let k = targets.first().map_or(0, |t| t.w.n_cols);
+    if x.len() != m * k {
+        return Err(Error::Shape(format!("matmul: x has {} values, expected {m}x{k}", x.len())));
+    }
+    for t in targets.iter() {
+        if t.w.n_cols != k || t.out.len() != m * t.w.n_rows {
+            return Err(Error::Shape(format!(
+                "matmul: weights {}x{} and output of {} values do not fit x of {m}x{k}",
+                t.w.n_rows,
+                t.w.n_cols,
+                t.out.len()
+            )));
+        }
+        if t.w.quant_kind().is_none() && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len()) {
+            return Err(Error::Shape(format!("matmul: {k} columns exceed the scratch row buffer")));
+        }
+    }
+    if targets.iter().any(|t| t.w.quant_kind().is_some()) {
+        scratch.acts.quantize(x, m, k);
+    }
+    let mut outs = [const { None::<(WeightMatrix<'_>, OutPtr)> }; 4];
+    if targets.len() > outs.len() {
+        return Err(Error::Shape(format!("matmul: at most {} fused targets", outs.len())));
+    }
+    for (slot, t) in outs.iter_mut().zip(targets.iter_mut()) {
+        *slot = Some((t.w, OutPtr { ptr: t.out.as_mut_ptr(), n_rows: t.w.n_rows }));
+    }
+    let outs = &outs[..targets.len()];
+    let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows).sum();
+    let scratch = &*scratch;
+    pool.run(|thread_idx| {
+        let mine = split_range(total_rows, 16, thread_idx, pool.n_threads());
+        let mut base = 0;
+        for (w, out) in outs.iter().flatten() {
+            let lo = mine.start.max(base);
+            let hi = mine.end.min(base + w.n_rows);
+            if lo < hi {
+                compute_rows(scratch, thread_idx, w, out, x, m, lo - base..hi - base);
+            }
+            base += w.n_rows;
+        }
+    });
+    Ok(())
+}
+
+fn compute_rows(
+    scratch: &MatmulScratch,
+    thread_idx: usize,
+    w: &WeightMatrix<'_>,
+    out: &OutPtr,
+    x: &[f32],
+    m: usize,
+    rows: std::ops::Range<usize>,
+) {
+    let write = |t: usize, r: usize, v: f32| {
+        debug_assert!(t < m && r < out.n_rows);
+        // SAFETY: `t < m` and `r < n_rows`, so the cell is inside the `m * n_rows` output, and
+        // only this thread owns row `r` (static split).
+        unsafe { *out.ptr.add(t * out.n_rows + r) = v };
+    };
+    match w.quant_kind() {
+        Some(kind) => {
+            let mut res = [0f32; TOKENS_PER_CALL];
+            for block_start in rows.clone().step_by(ROWS_PER_BLOCK) {
+                let block = block_start..(block_start + ROWS_PER_BLOCK).min(rows.end);
+                for t0 in (0..m).step_by(TOKENS_PER_CALL) {
+                    let n = (m - t0).min(TOKENS_PER_CALL);
+                    for r in block.clone() {
+                        dot_rows(kind, scratch.use_avx512, w.row(r), &scratch.acts, t0, &mut res[..n]);
+                        for (i, &v) in res[..n].iter().enumerate() {
+                            write(t0 + i, r, v);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            let mut buf = scratch.row_bufs[thread_idx].lock().unwrap_or_else(|e| e.into_inner());
+            let k = w.n_cols;
+            for r in rows {
+                peregrine_formats::quant::dequantize_row(w.ty, w.row(r), &mut buf[..k])
+                    .expect("row length was validated by WeightMatrix::new");
+                for t in 0..m {
+                    write(t, r, dot_f32(&buf[..k], &x[t * k..(t + 1) * k]));
+                }
+            }
+        }
+    }
+}
+
+/// [`dot16`] compiled with AVX-512 + FMA where the CPU has them (identical results either way).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { dot_f32_avx512(a, b) };
+    }
+    dot16(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
+    dot16(a, b)
+}
