@@ -17,7 +17,7 @@ fn section_boundaries(bytes: &[u8]) -> (Vec<usize>, usize) {
         match type_id {
             0 | 1 | 7 => pos + 1,
             2 | 3 => pos + 2,
-            4 | 5 | 6 => pos + 4,
+            4..=6 => pos + 4,
             10..=12 => pos + 8,
             8 => pos + 8 + u64_at(pos),
             9 => {
