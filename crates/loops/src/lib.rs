@@ -9,6 +9,7 @@ pub mod jit;
 pub mod kernel;
 pub mod quant;
 pub mod schedule;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use ir::{Expr, NodeId, VarId};

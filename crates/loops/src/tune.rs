@@ -1,0 +1,215 @@
+//! A simple schedule search for sgemm, cached on disk.
+//!
+//! Greedy coordinate search over the schedule space the code generator accepts: register tile
+//! (rows x vectors), k unroll, k blocking, n blocking and the order of the outer loops. Every
+//! candidate is compiled (well under a millisecond) and timed on this machine; the best is
+//! written to `<cache_dir>/sgemm-<m>x<n>x<k>-<isa>-<COMPILER_VERSION>.sched`, so a later call
+//! returns it without searching. Candidates never change results (every schedule is
+//! bit-identical, see [`crate::ir`]), so no validation run is needed.
+
+use crate::error::{Error, Result};
+use crate::jit::Isa;
+use crate::kernel::{SgemmDesc, SgemmKernel};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Bumped whenever code generation changes, so stale tuned schedules are not reused.
+pub const COMPILER_VERSION: &str = concat!("loops-", env!("CARGO_PKG_VERSION"), "-cg1");
+
+/// Tuning options.
+#[derive(Clone, Debug)]
+pub struct TuneConfig {
+    /// Where tuned schedules are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Seconds of timing per candidate (best of 3 batches of about this length / 3).
+    pub secs_per_candidate: f64,
+}
+
+impl Default for TuneConfig {
+    fn default() -> Self {
+        TuneConfig { cache_dir: None, secs_per_candidate: 0.006 }
+    }
+}
+
+/// The outcome of a search.
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    /// Schedule text of the reduce node.
+    pub schedule: String,
+    /// Measured GFLOP/s of the best candidate (0 when read from the cache).
+    pub gflops: f64,
+    /// Candidates timed (0 when read from the cache).
+    pub n_tried: usize,
+    /// Whether the result came from the disk cache.
+    pub cached: bool,
+}
+
+/// The knobs of a candidate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Knobs {
+    rows: usize,
+    vecs: usize,
+    unroll: usize,
+    kc: usize,
+    nc_vecs: usize,
+    m_outer: bool,
+}
+
+impl Knobs {
+    fn text(&self, m: usize, n: usize, k: usize, lanes: usize) -> String {
+        let nr = self.vecs * lanes;
+        let nc = self.nc_vecs * lanes;
+        let mut outer: Vec<String> = Vec::new();
+        let mut blocks: Vec<String> = Vec::new();
+        if nc > nr && n > nr {
+            blocks.push(format!("n/{nc}"));
+        }
+        if self.kc < k {
+            blocks.push(format!("k/{}", self.kc));
+        }
+        outer.extend(blocks);
+        let rows_loop = (m > self.rows || m == 1).then(|| format!("m/{}", self.rows));
+        let cols_loop = (n > nr).then(|| format!("n/{nr}"));
+        let tiles: Vec<String> = if self.m_outer { [rows_loop, cols_loop] } else { [cols_loop, rows_loop] }.into_iter().flatten().collect();
+        outer.extend(tiles);
+        outer.push(format!("k/1:u{}", self.unroll));
+        if m.min(self.rows) > 1 {
+            outer.push("m/1:reg".into());
+        }
+        if n.min(nr) > lanes {
+            outer.push(format!("n/{lanes}:reg"));
+        }
+        outer.push("n/1:vec".into());
+        outer.join(" ")
+    }
+}
+
+fn cache_path(cfg: &TuneConfig, m: usize, n: usize, k: usize, isa: Isa) -> Option<PathBuf> {
+    cfg.cache_dir.as_ref().map(|d| d.join(format!("sgemm-{m}x{n}x{k}-{isa}-{COMPILER_VERSION}.sched")))
+}
+
+/// The best schedule found for `m x n x k` on `isa` (from the cache when present).
+pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> Result<Tuned> {
+    isa.check()?;
+    if let Some(p) = cache_path(cfg, m, n, k, isa) {
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            let text = text.trim().to_string();
+            // A cached schedule must still compile; otherwise search again.
+            if SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(text.clone()) }).is_ok() {
+                return Ok(Tuned { schedule: text, gflops: 0.0, n_tried: 0, cached: true });
+            }
+        }
+    }
+    if isa == Isa::Portable {
+        return Ok(Tuned { schedule: "m/1 n/1 k/1".into(), gflops: 0.0, n_tried: 0, cached: false });
+    }
+    let lanes = isa.lanes();
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut c = vec![0f32; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let mut n_tried = 0;
+    let mut measure = |kn: &Knobs| -> Option<f64> {
+        let desc = SgemmDesc { m, n, k, isa, schedule: Some(kn.text(m, n, k, lanes)) };
+        let kernel = SgemmKernel::compile(&desc).ok()?;
+        n_tried += 1;
+        kernel.run(&a, &b, &mut c).ok()?;
+        let t0 = Instant::now();
+        let mut reps = 1usize;
+        kernel.run(&a, &b, &mut c).ok()?;
+        let one = t0.elapsed().as_secs_f64().max(1e-7);
+        reps = reps.max((cfg.secs_per_candidate / 3.0 / one) as usize);
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                kernel.run(&a, &b, &mut c).ok()?;
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        Some(flops / best / 1e9)
+    };
+    let regs = isa.n_vregs() - if isa == Isa::Avx2 { 2 } else { 0 };
+    let max_vecs = n.div_ceil(lanes);
+    let mut best = Knobs { rows: 1, vecs: 1, unroll: 4, kc: k, nc_vecs: 1, m_outer: false };
+    let mut best_g = 0.0;
+    // Stage 1: register tile.
+    for rows in [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14] {
+        if rows > m.max(1) && rows != m.min(14) {
+            continue;
+        }
+        for vecs in 1..=max_vecs.min(8) {
+            if rows * vecs + vecs > regs || rows * vecs < 4.min(m.min(rows) * max_vecs) {
+                continue;
+            }
+            let kn = Knobs { rows: rows.min(m.max(1)), vecs, nc_vecs: vecs, ..best };
+            if let Some(g) = measure(&kn) {
+                if g > best_g {
+                    best_g = g;
+                    best = kn;
+                }
+            }
+        }
+    }
+    // Stage 2: unroll, loop order, k blocking, n blocking.
+    let mut stage = |cands: Vec<Knobs>, best: &mut Knobs, best_g: &mut f64| {
+        for kn in cands {
+            if let Some(g) = measure(&kn) {
+                if g > *best_g * 1.01 {
+                    *best_g = g;
+                    *best = kn;
+                }
+            }
+        }
+    };
+    let b0 = best;
+    stage([1, 2, 8].iter().map(|&u| Knobs { unroll: u, ..b0 }).collect(), &mut best, &mut best_g);
+    let b0 = best;
+    stage(vec![Knobs { m_outer: !b0.m_outer, ..b0 }], &mut best, &mut best_g);
+    let b0 = best;
+    stage([64, 128, 256, 512].iter().filter(|&&kc| kc < k).map(|&kc| Knobs { kc, ..b0 }).collect(), &mut best, &mut best_g);
+    let b0 = best;
+    stage(
+        [2, 4, 8, 16].iter().map(|&f| b0.vecs * f).filter(|&v| v < max_vecs).map(|nc_vecs| Knobs { nc_vecs, ..b0 }).collect(),
+        &mut best,
+        &mut best_g,
+    );
+    if best_g == 0.0 {
+        return Err(Error::Unsupported { backend: "tuner", reason: format!("no candidate compiled for {m}x{n}x{k} on {isa}") });
+    }
+    let schedule = best.text(m, n, k, lanes);
+    tracing::debug!(m, n, k, %isa, gflops = best_g, n_tried, schedule = %schedule, "tuned sgemm");
+    if let Some(p) = cache_path(cfg, m, n, k, isa) {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(&p, format!("{schedule}\n")) {
+            tracing::warn!(path = %p.display(), error = %e, "could not cache the tuned schedule");
+        }
+    }
+    Ok(Tuned { schedule, gflops: best_g, n_tried, cached: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knob_texts_are_valid_schedules() {
+        let isa = Isa::Avx512;
+        for (m, n, k) in [(1, 576, 576), (64, 64, 64), (7, 100, 300), (256, 256, 256)] {
+            for rows in [1, 3, 6, 14] {
+                for vecs in [1, 2] {
+                    for m_outer in [false, true] {
+                        let kn = Knobs { rows: rows.min(m), vecs, unroll: 4, kc: 128, nc_vecs: vecs * 4, m_outer };
+                        let text = kn.text(m, n, k, 16);
+                        let expr = crate::ir::library::matmul(m, n, k).unwrap();
+                        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.clone()) };
+                        let sched = desc.schedule(&expr).unwrap();
+                        crate::jit::sgemm::Plan::new(&expr, &sched, isa).unwrap_or_else(|e| panic!("{m}x{n}x{k} `{text}`: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
