@@ -413,6 +413,14 @@ impl GgufFile {
             .expect("TensorInfo passed to tensor_data must come from this GgufFile")
     }
 
+    /// Tells the OS this process no longer needs `info`'s pages resident (e.g. after the tensor
+    /// was repacked into another layout). Later reads still work: pages come back from the file.
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        if let (Ok(start), Ok(len)) = (usize::try_from(info.offset), usize::try_from(info.n_bytes)) {
+            self.backing.release(start..start.saturating_add(len));
+        }
+    }
+
     /// Dequantizes a whole tensor to `f32` (row-major, `n_elements` values).
     pub fn tensor_to_f32(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let n_elements = usize::try_from(info.n_elements()).map_err(|_| Error::DimsOverflow {

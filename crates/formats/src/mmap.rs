@@ -37,3 +37,28 @@ impl Backing {
         }
     }
 }
+
+impl Backing {
+    /// Drops the resident pages of `range` from this process (the kernel re-reads them from the
+    /// file if they are touched again). A no-op for owned buffers or on error: it only lowers
+    /// memory use, never changes what is read.
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Backing::Mmap(map) = self {
+            const PAGE: usize = 4096;
+            // Only whole pages inside the range: neighbours may still be in use.
+            let start = range.start.div_ceil(PAGE) * PAGE;
+            let end = (range.end / PAGE) * PAGE;
+            if start < end && end <= map.len() {
+                // SAFETY: MADV_DONTNEED is "unchecked" in memmap2 because on a private *writable*
+                // mapping it discards modifications. This map is read-only and file-backed, so the
+                // pages are simply reloaded from the file on the next access; no `&[u8]` handed out
+                // can observe a change.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+}
+
