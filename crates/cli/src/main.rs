@@ -26,6 +26,8 @@ enum Cmd {
     Tokenize(cmd::tokenize::Args),
     /// Measure prefill and decode speed, the cost of verifying k tokens, and peak memory.
     Bench(cmd::bench::Args),
+    /// Benchmark and inspect generated kernels (sgemm; GFLOP/s, compile time, assembly).
+    Kernels(cmd::kernels::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(args) => cmd::inspect::run(args),
         Cmd::Tokenize(args) => cmd::tokenize::run(args),
         Cmd::Bench(args) => cmd::bench::run(args),
+        Cmd::Kernels(args) => cmd::kernels::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

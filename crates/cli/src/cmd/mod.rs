@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod common;
 pub mod inspect;
+pub mod kernels;
 pub mod tokenize;
