@@ -147,7 +147,7 @@ impl LlamaTensor {
     }
 }
 
-/// GGUF metadata keys. `{arch}` keys are built with [`arch_key`].
+/// GGUF metadata keys. `{arch}` keys are built with [`arch_key`](keys::arch_key).
 pub mod keys {
     /// `general.architecture` (`"llama"`).
     pub const GENERAL_ARCHITECTURE: &str = "general.architecture";
