@@ -80,6 +80,8 @@ def main():
     ap.add_argument("--models", default=None,
                     help="directory with the generated files (default: run scripts/gen-llama3-random)")
     ap.add_argument("--out", default=str(HERE / "llama3_random_llamacpp.json"))
+    ap.add_argument("--threads", type=int, default=N_THREADS,
+                    help="llama.cpp threads (the logits do not depend on it: 1 and 2 checked equal)")
     args = ap.parse_args()
 
     if args.models is None:
@@ -105,7 +107,7 @@ def main():
     t0 = time.time()
     for path in files:
         llm = Llama(str(path), n_ctx=N_TOKENS, n_batch=N_TOKENS, n_ubatch=N_TOKENS,
-                    n_threads=N_THREADS, n_threads_batch=N_THREADS, logits_all=True,
+                    n_threads=args.threads, n_threads_batch=args.threads, logits_all=True,
                     flash_attn=False, verbose=False)
         # llama.cpp's own tokenization of the text (BOS is in the text: add_special=False).
         lc_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
@@ -148,7 +150,7 @@ def main():
             "bindings": f"llama-cpp-python {oracle.LLAMA_CPP_PYTHON} ctypes API (Llama, logits_all=True)",
             "build": "scripts/build-llama-cpp: cmake " + oracle.BUILD_FLAGS,
             "system_info": oracle.system_info(llama_cpp),
-            "n_threads": N_THREADS,
+            "n_threads": args.threads,
             "n_ctx": N_TOKENS, "n_batch": N_TOKENS, "n_ubatch": N_TOKENS,
             "flash_attn": False,
             "kv_cache_type": "f16",

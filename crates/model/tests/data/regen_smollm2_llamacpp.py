@@ -46,13 +46,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     ap.add_argument("--out", default=str(HERE / "smollm2_llamacpp.json"))
+    ap.add_argument("--threads", type=int, default=N_THREADS,
+                    help="llama.cpp threads (the logits do not depend on it: 1 and 2 checked equal)")
     args = ap.parse_args()
 
     llama_cpp = oracle.load_llama_cpp()
     from llama_cpp import Llama
 
-    llm = Llama(args.model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=N_THREADS,
-                n_threads_batch=N_THREADS, logits_all=True, flash_attn=False, verbose=False)
+    llm = Llama(args.model, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, n_threads=args.threads,
+                n_threads_batch=args.threads, logits_all=True, flash_attn=False, verbose=False)
     vocab = llm._model.vocab
     template = llm.metadata["tokenizer.chat_template"]
 
@@ -148,7 +150,7 @@ def main():
                         "loaded from the unpacked sdist, LLAMA_CPP_LIB_PATH = the build's bin dir",
             "build": "scripts/build-llama-cpp: cmake " + oracle.BUILD_FLAGS,
             "system_info": oracle.system_info(llama_cpp),
-            "n_threads": N_THREADS,
+            "n_threads": args.threads,
             "n_ctx": N_CTX, "n_batch": N_CTX, "n_ubatch": N_CTX,
             "flash_attn": False,
             "kv_cache_type": "f16",
