@@ -3,8 +3,7 @@
 use std::process::{Command, Output};
 
 fn peregrine(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_peregrine")).args(args).output().expect("running peregrine");
-    out
+    Command::new(env!("CARGO_BIN_EXE_peregrine")).args(args).output().expect("running peregrine")
 }
 
 fn describe(args: &[&str], out: &Output) -> String {

@@ -200,7 +200,7 @@ impl Segment<'_> {
                 }
                 if pos + 2 < self.end {
                     let next2 = self.cpts[pos + 2];
-                    if (next == 'r' && next2 == 'e') || (next == 'v' && next2 == 'e') || (next == 'l' && next2 == 'l') {
+                    if matches!((next, next2), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
                         pos += add(pos + 3, lens);
                         continue;
                     }
@@ -298,7 +298,7 @@ impl Segment<'_> {
                 }
                 if pos + 2 < self.end {
                     let next2 = lower(self.cpts[pos + 2]);
-                    if (next == 'r' && next2 == 'e') || (next == 'v' && next2 == 'e') || (next == 'l' && next2 == 'l') {
+                    if matches!((next, next2), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
                         pos += add(pos + 3, lens);
                         continue;
                     }

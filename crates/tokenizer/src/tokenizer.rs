@@ -125,7 +125,7 @@ const LLAMA3_N_SPECIALS: usize = 256;
 
 enum BpeModel {
     /// Merges-list BPE over the byte-level alphabet (GGUF), through HF `tokenizers`.
-    Merges(tokenizers::models::bpe::BPE),
+    Merges(Box<tokenizers::models::bpe::BPE>),
     /// tiktoken rank BPE over raw bytes.
     Ranks(RankBpe),
 }
@@ -285,7 +285,7 @@ impl Tokenizer {
         stop_ids.dedup();
 
         Ok(Tokenizer {
-            model: BpeModel::Merges(bpe),
+            model: BpeModel::Merges(Box::new(bpe)),
             pre: PreTokenizer::llama_cpp(info.kind),
             piece_data,
             piece_offsets,
