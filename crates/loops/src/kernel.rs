@@ -59,7 +59,23 @@ impl SgemmDesc {
     }
 }
 
-type SgemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize);
+type SgemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize, *mut f32);
+
+thread_local! {
+    /// Per-thread scratch for packed operands; grows to the largest kernel's need, then stays.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `n` floats.
+fn with_scratch<T>(n: usize, f: impl FnOnce(*mut f32) -> T) -> T {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < n {
+            s.resize(n, 0.0);
+        }
+        f(s.as_mut_ptr())
+    })
+}
 
 /// A compiled f32 matmul.
 pub struct SgemmKernel {
@@ -107,10 +123,13 @@ impl SgemmKernel {
             None => portable::sgemm(a, b, c, self.desc.m, self.desc.n, self.desc.k),
             Some((_, entry, plan)) => {
                 let (full, tail) = plan.outer_iterations();
-                // SAFETY: the code was generated for `self.desc`'s shape, whose buffer lengths
-                // `check` matched; it reads `a` and `b` and writes `c` only within those lengths
-                // (tails are masked), and visits iterations 0..full plus the tail.
-                unsafe { entry(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0, full, usize::from(tail)) };
+                with_scratch(plan.scratch_floats, |scratch| {
+                    // SAFETY: the code was generated for `self.desc`'s shape, whose buffer
+                    // lengths `check` matched; it reads `a` and `b` and writes `c` only within
+                    // those lengths (tails are masked), writes at most `plan.scratch_floats`
+                    // floats of `scratch`, and visits iterations 0..full plus the tail.
+                    unsafe { entry(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0, full, usize::from(tail), scratch) }
+                });
             }
         }
         Ok(())
@@ -128,16 +147,19 @@ impl SgemmKernel {
         let c_addr = c.as_mut_ptr() as usize;
         let (pa, pb) = (a.as_ptr() as usize, b.as_ptr() as usize);
         let entry = *entry;
+        let scratch_floats = plan.scratch_floats;
         std::thread::scope(|s| {
             for t in 0..n_threads {
                 let lo = full * t / n_threads;
                 let hi = full * (t + 1) / n_threads;
                 let last = t == n_threads - 1;
                 s.spawn(move || {
-                    // SAFETY: as in `run`; threads get disjoint ranges of the outermost loop,
-                    // which is over m or n (not k), so they write disjoint parts of `c`, and
-                    // `c` outlives the scope.
-                    unsafe { entry(pa as *const f32, pb as *const f32, c_addr as *mut f32, lo, hi - lo, usize::from(tail && last)) };
+                    with_scratch(scratch_floats, |scratch| {
+                        // SAFETY: as in `run` (each thread has its own scratch); threads get
+                        // disjoint ranges of the outermost loop, which is over m or n (not k),
+                        // so they write disjoint parts of `c`, and `c` outlives the scope.
+                        unsafe { entry(pa as *const f32, pb as *const f32, c_addr as *mut f32, lo, hi - lo, usize::from(tail && last), scratch) }
+                    });
                 });
             }
         });

@@ -15,4 +15,4 @@ pub use error::{Error, Result};
 pub use ir::{Expr, NodeId, VarId};
 pub use jit::Isa;
 pub use kernel::{KernelCache, SgemmDesc, SgemmKernel};
-pub use schedule::{Annot, Loop, Schedule, Tail};
+pub use schedule::{Annot, Loop, Pack, Schedule, Tail};

@@ -13,7 +13,7 @@
 //! return a new schedule and never mutate; [`Schedule::validate`] says what is wrong with one.
 
 use crate::error::{Error, Result};
-use crate::ir::{Expr, NodeId, VarId};
+use crate::ir::{Expr, InputId, NodeId, VarId};
 use std::fmt;
 
 /// What happens when a loop's step does not divide its chunk.
@@ -62,6 +62,17 @@ pub struct Fusion {
     pub depth: usize,
 }
 
+/// Operand packing: at the start of each iteration of the loop at depth `depth` (0 = once,
+/// before all loops), the part of `input` the inner loops read is copied into a contiguous
+/// scratch buffer in the order they read it (fewer TLB and cache-set conflicts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Pack {
+    /// The input packed.
+    pub input: InputId,
+    /// Number of enclosing loops.
+    pub depth: usize,
+}
+
 /// The schedule of one node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NodeSchedule {
@@ -69,6 +80,8 @@ pub struct NodeSchedule {
     pub loops: Vec<Loop>,
     /// Fusion into another node, if any.
     pub fusion: Option<Fusion>,
+    /// Operands packed, if any.
+    pub packs: Vec<Pack>,
 }
 
 /// Schedules of all nodes of an expression (indexed by [`NodeId`]).
@@ -89,6 +102,7 @@ impl Schedule {
                     .map(|var| Loop { var, step: 1, tail: Tail::Exact, annot: Annot::Serial })
                     .collect(),
                 fusion: None,
+                packs: Vec::new(),
             })
             .collect();
         Schedule { nodes }
@@ -143,6 +157,15 @@ impl Schedule {
     pub fn fuse(&self, node: NodeId, into: NodeId, depth: usize) -> Result<Schedule> {
         self.with_node(node, |ns| {
             ns.fusion = Some(Fusion { into, depth });
+            Ok(())
+        })
+    }
+
+    /// Packs `input` at loop depth `depth` of `node`.
+    pub fn pack(&self, node: NodeId, input: InputId, depth: usize) -> Result<Schedule> {
+        self.with_node(node, |ns| {
+            ns.packs.retain(|p| p.input != input);
+            ns.packs.push(Pack { input, depth });
             Ok(())
         })
     }
@@ -205,6 +228,16 @@ impl Schedule {
         // Chunk sizes each variable's next loop may see.
         let mut chunks: Vec<(VarId, Vec<usize>, usize)> = space.iter().map(|&v| (v, vec![expr.var(v).extent], usize::MAX)).collect();
         let mut n_vectorized = 0;
+        for p in &ns.packs {
+            if p.input.0 as usize >= expr.inputs.len() || p.depth > ns.loops.len() {
+                return Err(Error::BadAnnotation {
+                    node,
+                    loop_idx: p.depth,
+                    var: String::new(),
+                    reason: format!("pack of input #{} at depth {} is out of range", p.input.0, p.depth),
+                });
+            }
+        }
         for (loop_idx, l) in ns.loops.iter().enumerate() {
             let Some(entry) = chunks.iter_mut().find(|(v, _, _)| *v == l.var) else {
                 return Err(Error::UnknownVar {
@@ -294,6 +327,9 @@ impl Schedule {
         if let Some(f) = ns.fusion {
             parts.push(format!("@{}/{}", f.into, f.depth));
         }
+        for p in &ns.packs {
+            parts.push(format!("pack:{}@{}", expr.inputs[p.input.0 as usize].name, p.depth));
+        }
         parts.join(" ")
     }
 
@@ -302,7 +338,15 @@ impl Schedule {
         let perr = |reason: String| Error::ParseSchedule { text: text.to_string(), reason };
         let mut loops = Vec::new();
         let mut fusion = None;
+        let mut packs = Vec::new();
         for tok in text.split_whitespace() {
+            if let Some(p) = tok.strip_prefix("pack:") {
+                let (name, depth) = p.split_once('@').ok_or_else(|| perr(format!("pack {tok:?} is not pack:INPUT@DEPTH")))?;
+                let input = expr.inputs.iter().position(|i| i.name == name).ok_or_else(|| perr(format!("unknown input {name:?}")))?;
+                let depth = depth.parse().map_err(|_| perr(format!("bad depth in {tok:?}")))?;
+                packs.push(Pack { input: InputId(input as u32), depth });
+                continue;
+            }
             if let Some(f) = tok.strip_prefix("@%") {
                 let (into, depth) = f.split_once('/').ok_or_else(|| perr(format!("fusion {tok:?} is not @%NODE/DEPTH")))?;
                 let into = into.parse().map_err(|_| perr(format!("bad node in {tok:?}")))?;
@@ -339,6 +383,7 @@ impl Schedule {
         self.with_node(node, |ns| {
             ns.loops = loops;
             ns.fusion = fusion;
+            ns.packs = packs;
             Ok(())
         })
     }
@@ -352,6 +397,9 @@ impl Schedule {
                 Annot::Serial => String::new(),
                 a => format!(" [{a:?}]"),
             };
+            for p in self.node(node).packs.iter().filter(|p| p.depth == depth) {
+                out.push_str(&format!("{:indent$}pack {}\n", "", expr.inputs[p.input.0 as usize].name, indent = 2 * depth));
+            }
             out.push_str(&format!("{:indent$}for {} step {}{tail}{annot}\n", "", expr.var(l.var).name, l.step, indent = 2 * depth));
         }
         out.push_str(&format!("{:indent$}{} = ...\n", "", node, indent = 2 * self.node(node).loops.len()));
@@ -437,7 +485,7 @@ mod tests {
     #[test]
     fn text_round_trips() {
         let e = matmul(64, 64, 64).unwrap();
-        let text = "n/32 k/16! m/4 k/1:u4 m/1:reg n/16:reg n/1:vec";
+        let text = "n/32 k/16! m/4 k/1:u4 m/1:reg n/16:reg n/1:vec pack:b@2";
         let s = Schedule::naive(&e).with_node_text(&e, NodeId(3), text).unwrap();
         s.validate(&e).unwrap();
         assert_eq!(s.node_text(&e, NodeId(3)), text);

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 /// Bumped whenever code generation changes, so stale tuned schedules are not reused.
-pub const COMPILER_VERSION: &str = concat!("loops-", env!("CARGO_PKG_VERSION"), "-cg1");
+pub const COMPILER_VERSION: &str = concat!("loops-", env!("CARGO_PKG_VERSION"), "-cg2");
 
 /// Tuning options.
 #[derive(Clone, Debug)]
@@ -53,6 +53,7 @@ struct Knobs {
     kc: usize,
     nc_vecs: usize,
     m_outer: bool,
+    pack: bool,
 }
 
 impl Knobs {
@@ -67,6 +68,7 @@ impl Knobs {
         if self.kc < k {
             blocks.push(format!("k/{}", self.kc));
         }
+        let pack_depth = blocks.len();
         outer.extend(blocks);
         let rows_loop = (m > self.rows || m == 1).then(|| format!("m/{}", self.rows));
         let cols_loop = (n > nr).then(|| format!("n/{nr}"));
@@ -80,6 +82,9 @@ impl Knobs {
             outer.push(format!("n/{lanes}:reg"));
         }
         outer.push("n/1:vec".into());
+        if self.pack && lanes == 16 {
+            outer.push(format!("pack:b@{pack_depth}"));
+        }
         outer.join(" ")
     }
 }
@@ -131,7 +136,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     };
     let regs = isa.n_vregs() - if isa == Isa::Avx2 { 2 } else { 0 };
     let max_vecs = n.div_ceil(lanes);
-    let mut best = Knobs { rows: 1, vecs: 1, unroll: 4, kc: k, nc_vecs: 1, m_outer: false };
+    let mut best = Knobs { rows: 1, vecs: 1, unroll: 4, kc: k, nc_vecs: 1, m_outer: false, pack: false };
     let mut best_g = 0.0;
     // Stage 1: register tile.
     for rows in [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14] {
@@ -139,7 +144,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
             continue;
         }
         for vecs in 1..=max_vecs.min(8) {
-            if rows * vecs + vecs > regs || rows * vecs < 4.min(m.min(rows) * max_vecs) {
+            if rows * vecs + vecs + usize::from(isa == Isa::Avx512 && vecs > 1) > regs || rows * vecs < 4.min(m.min(rows) * max_vecs) {
                 continue;
             }
             let kn = Knobs { rows: rows.min(m.max(1)), vecs, nc_vecs: vecs, ..best };
@@ -162,6 +167,10 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
             }
         }
     };
+    let b0 = best;
+    if isa == Isa::Avx512 && m > b0.rows {
+        stage(vec![Knobs { pack: true, ..b0 }], &mut best, &mut best_g);
+    }
     let b0 = best;
     stage([1, 2, 8].iter().map(|&u| Knobs { unroll: u, ..b0 }).collect(), &mut best, &mut best_g);
     let b0 = best;
@@ -201,7 +210,7 @@ mod tests {
             for rows in [1, 3, 6, 14] {
                 for vecs in [1, 2] {
                     for m_outer in [false, true] {
-                        let kn = Knobs { rows: rows.min(m), vecs, unroll: 4, kc: 128, nc_vecs: vecs * 4, m_outer };
+                        let kn = Knobs { rows: rows.min(m), vecs, unroll: 4, kc: 128, nc_vecs: vecs * 4, m_outer, pack: m_outer };
                         let text = kn.text(m, n, k, 16);
                         let expr = crate::ir::library::matmul(m, n, k).unwrap();
                         let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.clone()) };

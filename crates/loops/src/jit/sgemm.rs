@@ -23,7 +23,7 @@
 
 use super::{asm_err, Isa};
 use crate::error::{Error, Result};
-use crate::ir::{Access, BinaryOp, Expr, NodeId, Op, ReduceOp, VarId};
+use crate::ir::{Access, BinaryOp, Expr, InputId, NodeId, Op, ReduceOp, VarId};
 use crate::schedule::{Annot, Loop, Schedule};
 use iced_x86::code_asm::*;
 
@@ -48,6 +48,8 @@ pub struct MatmulShape {
     pub vars: [VarId; 3],
     /// The reduce node.
     pub node: NodeId,
+    /// The input read as B.
+    pub b_input: InputId,
 }
 
 /// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C.
@@ -60,7 +62,7 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
     let Op::Binary(BinaryOp::Mul, ra, rb) = expr.node(*arg).op else {
         return Err(unsupported("the reduction is not over a product"));
     };
-    let (Op::Read { index: ia, access: Access::Strided { offset: 0, strides: sa }, .. }, Op::Read { index: ib, access: Access::Strided { offset: 0, strides: sb }, .. }) =
+    let (Op::Read { index: ia, access: Access::Strided { offset: 0, strides: sa }, .. }, Op::Read { input: b_input, index: ib, access: Access::Strided { offset: 0, strides: sb } }) =
         (&expr.node(ra).op, &expr.node(rb).op)
     else {
         return Err(unsupported("operands are not f32 reads at offset 0"));
@@ -89,6 +91,7 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
         ldc: expr.out_strides[0] as usize,
         vars: [vm, vn, vk],
         node: out,
+        b_input: *b_input,
     })
 }
 
@@ -107,6 +110,12 @@ pub struct Plan {
     pub tile_vecs: usize,
     /// Target.
     pub isa: Isa,
+    /// B packed at this outer-loop depth, if at all.
+    pub pack_b: Option<usize>,
+    /// Width of a packed B tile (the register tile's n chunk).
+    pub pack_nr: usize,
+    /// Scratch floats the packed B needs.
+    pub scratch_floats: usize,
 }
 
 impl Plan {
@@ -172,7 +181,9 @@ impl Plan {
         if !reg_n && tile_vecs > 1 {
             return Err(unsupported(format!("without an n/{lanes}:reg loop the n chunk must fit one vector (chunk is {})", chunk(1))));
         }
-        let needed = tile_rows * tile_vecs + tile_vecs + usize::from(isa == Isa::Avx2) + usize::from(isa == Isa::Avx2);
+        // Accumulators, one B vector per column vector, a broadcast register (AVX2, or AVX-512
+        // with several vectors per row) and the AVX2 lane mask.
+        let needed = tile_rows * tile_vecs + tile_vecs + usize::from(isa == Isa::Avx2 || tile_vecs > 1) + usize::from(isa == Isa::Avx2);
         if needed > isa.n_vregs() {
             return Err(Error::RegisterTileTooLarge { rows: tile_rows, vectors: tile_vecs, needed, available: isa.n_vregs(), isa: isa.to_string() });
         }
@@ -180,7 +191,35 @@ impl Plan {
         if max_disp.iter().any(|d| d * 4 > i32::MAX as usize / 2) {
             return Err(unsupported("strides too large for 32-bit displacements".into()));
         }
-        Ok(Plan { shape, outer, unroll, tile_rows, tile_vecs, isa })
+        let sched = schedule.node(shape.node);
+        let mut pack_b = None;
+        let mut scratch_floats = 0;
+        for p in &sched.packs {
+            if p.input != shape.b_input {
+                return Err(unsupported("only B can be packed".into()));
+            }
+            if isa != Isa::Avx512 {
+                return Err(unsupported(format!("packing is not implemented for {isa}")));
+            }
+            if p.depth > outer.len() {
+                return Err(unsupported(format!("B must be packed above the micro-kernel (depth <= {})", outer.len())));
+            }
+            let last_n = outer.iter().rposition(|(v, _)| *v == 1);
+            for (i, &(v, _)) in outer.iter().enumerate().skip(p.depth) {
+                if v == 2 || (v == 1 && Some(i) != last_n) {
+                    return Err(unsupported(format!(
+                        "below the packing depth {} only m loops and the n tile loop may run (loop {i} is over {})",
+                        p.depth,
+                        ["m", "n", "k"][v]
+                    )));
+                }
+            }
+            let at = |v: usize| outer[..p.depth].iter().rev().find(|(w, _)| *w == v).map_or(extents[v], |(_, s)| (*s).min(extents[v]));
+            scratch_floats = at(1).div_ceil(chunk(1)) * chunk(1) * at(2);
+            pack_b = Some(p.depth);
+        }
+        let pack_nr = chunk(1);
+        Ok(Plan { shape, outer, unroll, tile_rows, tile_vecs, isa, pack_b, pack_nr, scratch_floats })
     }
 
     /// Full iterations of the outermost loop (threads split these) and whether it has a tail.
@@ -213,11 +252,19 @@ struct Gen<'p> {
     a: CodeAssembler,
     plan: &'p Plan,
     has_outer_k: bool,
+    /// While emitting below the packing depth: the packed k chunk.
+    packed_ck: Option<usize>,
 }
+
+// Stack frame: [0] count, [8] run_tail, [16] scratch, [24] saved B cursor, [32 + 8 * level]
+// loop counters, then 32 bytes for the AVX2 lane mask.
+const SLOT_SCRATCH: i32 = 16;
+const SLOT_SAVED_B: i32 = 24;
+const SLOT_LOOPS: i32 = 32;
 
 /// Emits the machine code of `plan` (assembled at address 0, position-independent).
 pub fn generate(plan: &Plan) -> Result<Vec<u8>> {
-    let mut g = Gen { a: CodeAssembler::new(64).map_err(asm_err)?, plan, has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2) };
+    let mut g = Gen { a: CodeAssembler::new(64).map_err(asm_err)?, plan, has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2), packed_ck: None };
     g.emit().map_err(asm_err)?;
     g.a.assemble(0).map_err(asm_err)
 }
@@ -226,15 +273,26 @@ type R = std::result::Result<(), iced_x86::IcedError>;
 
 impl Gen<'_> {
     fn emit(&mut self) -> R {
-        let n_slots = self.plan.outer.len() + 8;
+        let n_slots = self.plan.outer.len() + 9;
         self.a.push(rbx)?;
         self.a.sub(rsp, (8 * n_slots) as i32)?;
+        // The 7th argument (scratch) sits above the return address and rbx.
+        self.a.mov(r11, qword_ptr(rsp + (8 * n_slots + 16) as i32))?;
+        self.a.mov(qword_ptr(rsp + SLOT_SCRATCH), r11)?;
+        self.a.mov(qword_ptr(rsp + 8), r9)?;
+        self.a.mov(qword_ptr(rsp), r8)?;
         self.a.xor(r10d, r10d)?;
         let extents = [self.plan.shape.m, self.plan.shape.n, self.plan.shape.k];
+        if self.plan.pack_b == Some(0) {
+            self.pack(extents)?;
+        }
         if self.plan.outer.is_empty() {
             self.micro(extents[0], extents[1], extents[2])?;
         } else {
             self.outermost(extents)?;
+        }
+        if self.plan.pack_b == Some(0) {
+            self.unpack()?;
         }
         self.a.add(rsp, (8 * n_slots) as i32)?;
         self.a.pop(rbx)?;
@@ -247,7 +305,7 @@ impl Gen<'_> {
         let s = &self.plan.shape;
         match v {
             0 => [4 * s.a_row as i64, 0, 4 * s.ldc as i64],
-            1 => [0, 4, 4],
+            1 => [0, 4 * self.packed_ck.unwrap_or(1) as i64, 4],
             _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0],
         }
     }
@@ -284,13 +342,11 @@ impl Gen<'_> {
             self.a.imul_3(r11, rcx, step as i32)?;
             self.a.add(r10, r11)?;
         }
-        self.a.mov(qword_ptr(rsp + 8), r9)?;
-        self.a.mov(qword_ptr(rsp), r8)?;
         let mut after = self.a.create_label();
         let mut top = self.a.create_label();
         if full > 0 {
-            self.a.test(r8, r8)?;
-            self.a.jz(after)?;
+            self.a.cmp(qword_ptr(rsp), 0)?;
+            self.a.je(after)?;
             self.a.set_label(&mut top)?;
             let mut sub = extents;
             sub[v] = step;
@@ -314,7 +370,60 @@ impl Gen<'_> {
         Ok(())
     }
 
+    /// Copies the B chunk (`chunk[1]` columns x `chunk[2]` rows at the B cursor) into the
+    /// scratch as tiles of `pack_nr` columns, each `chunk[2]` rows of `pack_nr` floats, then
+    /// points the B cursor at the scratch.
+    fn pack(&mut self, chunk: [usize; 3]) -> R {
+        let (cn, ck, nr) = (chunk[1], chunk[2], self.plan.pack_nr);
+        let lanes = 16;
+        self.a.mov(qword_ptr(rsp + SLOT_SAVED_B), rsi)?;
+        self.a.mov(r8, rsi)?;
+        self.a.mov(r9, qword_ptr(rsp + SLOT_SCRATCH))?;
+        self.a.mov(ebx, ck as i32)?;
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top)?;
+        for t in 0..cn.div_ceil(nr) {
+            let width = nr.min(cn - t * nr);
+            for j in 0..width.div_ceil(lanes) {
+                let cols = lanes.min(width - j * lanes);
+                let src = r8 + (4 * (t * nr + j * lanes)) as i32;
+                let dst = r9 + (4 * (t * ck * nr + j * lanes)) as i32;
+                if cols == lanes {
+                    self.a.vmovups(zmm31, zmmword_ptr(src))?;
+                    self.a.vmovups(zmmword_ptr(dst), zmm31)?;
+                } else {
+                    self.a.mov(r11d, ((1u32 << cols) - 1) as i32)?;
+                    self.a.kmovw(k2, r11d)?;
+                    self.a.vmovups(zmm31.k2().z(), zmmword_ptr(src))?;
+                    self.a.vmovups(zmmword_ptr(dst).k2(), zmm31)?;
+                }
+            }
+        }
+        self.a.add(r8, (4 * self.plan.shape.ldb) as i32)?;
+        self.a.add(r9, (4 * nr) as i32)?;
+        self.a.dec(ebx)?;
+        self.a.jnz(top)?;
+        self.a.mov(rsi, qword_ptr(rsp + SLOT_SCRATCH))?;
+        self.packed_ck = Some(ck);
+        Ok(())
+    }
+
+    fn unpack(&mut self) -> R {
+        self.a.mov(rsi, qword_ptr(rsp + SLOT_SAVED_B))?;
+        self.packed_ck = None;
+        Ok(())
+    }
+
     fn level(&mut self, level: usize, chunk: [usize; 3]) -> R {
+        if self.plan.pack_b == Some(level) && level > 0 {
+            self.pack(chunk)?;
+            self.level_body(level, chunk)?;
+            return self.unpack();
+        }
+        self.level_body(level, chunk)
+    }
+
+    fn level_body(&mut self, level: usize, chunk: [usize; 3]) -> R {
         if level == self.plan.outer.len() {
             return self.micro(chunk[0], chunk[1], chunk[2]);
         }
@@ -322,7 +431,7 @@ impl Gen<'_> {
         let c = chunk[v];
         let full = c / step;
         let tail = c % step;
-        let slot = 8 * (level as i32 + 2);
+        let slot = SLOT_LOOPS + 8 * level as i32;
         let mut sub = chunk;
         sub[v] = step;
         if full == 1 {
@@ -369,7 +478,7 @@ impl Gen<'_> {
                     // Build the lane mask on the stack: `rem` lanes of -1, then zeros.
                     // Stack frame: [0] count, [8] run_tail, [16 + 8 * level] loop counters, then
                     // 32 bytes of mask.
-                    let base = 8 * (self.plan.outer.len() as i32 + 3);
+                    let base = SLOT_LOOPS + 8 * self.plan.outer.len() as i32;
                     for l in 0..8 {
                         self.a.mov(dword_ptr(rsp + (base + 4 * l as i32)), if l < rem { -1 } else { 0 })?;
                     }
@@ -418,11 +527,12 @@ impl Gen<'_> {
         // The k loop.
         self.a.mov(r11, rdi)?;
         self.a.mov(rax, rsi)?;
+        let ldb = if self.packed_ck.is_some() { self.plan.pack_nr } else { s.ldb };
         let u = self.plan.unroll.min(ck.max(1));
         let iters = ck / u;
         let step = |g: &mut Self, t: usize| -> R {
             for j in 0..nv {
-                let m = rax + (4 * (t * s.ldb + j * lanes)) as i32;
+                let m = rax + (4 * (t * ldb + j * lanes)) as i32;
                 match (isa, last_masked(j)) {
                     (Isa::Avx512, false) => g.a.vmovups(ZMM[breg(j)], zmmword_ptr(m))?,
                     (Isa::Avx512, true) => g.a.vmovups(ZMM[breg(j)].k1().z(), zmmword_ptr(m))?,
@@ -433,9 +543,13 @@ impl Gen<'_> {
             for i in 0..rows {
                 let am = r11 + (4 * (i * s.a_row + t * s.a_col)) as i32;
                 match isa {
+                    Isa::Avx512 if nv == 1 => g.a.vfmadd231ps(ZMM[acc(i, 0)], ZMM[breg(0)], dword_bcst(am))?,
                     Isa::Avx512 => {
+                        // One broadcast feeds the row's vectors (an embedded broadcast would
+                        // reload A for each).
+                        g.a.vbroadcastss(ZMM[bcast], dword_ptr(am))?;
                         for j in 0..nv {
-                            g.a.vfmadd231ps(ZMM[acc(i, j)], ZMM[breg(j)], dword_bcst(am))?;
+                            g.a.vfmadd231ps(ZMM[acc(i, j)], ZMM[breg(j)], ZMM[bcast])?;
                         }
                     }
                     _ => {
@@ -459,12 +573,12 @@ impl Gen<'_> {
             }
             if iters > 1 {
                 self.a.add(r11, (4 * u * s.a_col) as i32)?;
-                self.a.add(rax, (4 * u * s.ldb) as i32)?;
+                self.a.add(rax, (4 * u * ldb) as i32)?;
                 self.a.dec(ebx)?;
                 self.a.jnz(top)?;
             } else {
                 self.a.add(r11, (4 * u * s.a_col) as i32)?;
-                self.a.add(rax, (4 * u * s.ldb) as i32)?;
+                self.a.add(rax, (4 * u * ldb) as i32)?;
             }
         }
         for t in 0..ck - iters * u {
@@ -493,6 +607,7 @@ pub fn default_schedule_text(m: usize, n: usize, k: usize, isa: Isa) -> String {
     let extra = if isa == Isa::Avx2 { 2 } else { 0 };
     // (rows, vectors): prefer 6x4 on AVX-512 (24 accumulators), fewer rows for small m.
     let (rows, vecs) = match isa {
+        Isa::Avx512 if m >= 14 => (14, 2),
         Isa::Avx512 if m >= 6 => (6, 4),
         Isa::Avx2 if m >= 6 => (6, 2),
         _ => {
@@ -521,5 +636,10 @@ pub fn default_schedule_text(m: usize, n: usize, k: usize, isa: Isa) -> String {
         s.push_str(&format!("n/{lanes}:reg "));
     }
     s.push_str("n/1:vec");
+    // Pack the B panel under the n and k blocks when enough row tiles reuse it.
+    if isa == Isa::Avx512 && m >= 2 * rows && k >= 32 {
+        let depth = usize::from(n > nr) + usize::from(k > 512);
+        s.push_str(&format!(" pack:b@{depth}"));
+    }
     s
 }
