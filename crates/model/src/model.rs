@@ -175,9 +175,9 @@ impl Model {
                 &ws.xn[..m * h],
                 m,
                 &mut [
-                    MatmulTarget { w: lw.wq.matrix(src), out: &mut ws.q[..m * q_dim] },
-                    MatmulTarget { w: lw.wk.matrix(src), out: &mut ws.k[..m * kv_dim] },
-                    MatmulTarget { w: lw.wv.matrix(src), out: &mut ws.v[..m * kv_dim] },
+                    MatmulTarget { w: lw.wq.weights(src), out: &mut ws.q[..m * q_dim] },
+                    MatmulTarget { w: lw.wk.weights(src), out: &mut ws.k[..m * kv_dim] },
+                    MatmulTarget { w: lw.wv.weights(src), out: &mut ws.v[..m * kv_dim] },
                 ],
             )?;
             for r in 0..m {
@@ -191,7 +191,7 @@ impl Model {
                 &mut ws.mm,
                 &ws.attn[..m * q_dim],
                 m,
-                &mut [MatmulTarget { w: lw.wo.matrix(src), out: &mut ws.xn[..m * h] }],
+                &mut [MatmulTarget { w: lw.wo.weights(src), out: &mut ws.xn[..m * h] }],
             )?;
             ops::add_in_place(&mut ws.x[..m * h], &ws.xn[..m * h]);
 
@@ -203,8 +203,8 @@ impl Model {
                 &ws.xn[..m * h],
                 m,
                 &mut [
-                    MatmulTarget { w: lw.w_gate.matrix(src), out: &mut ws.gate[..m * f] },
-                    MatmulTarget { w: lw.w_up.matrix(src), out: &mut ws.up[..m * f] },
+                    MatmulTarget { w: lw.w_gate.weights(src), out: &mut ws.gate[..m * f] },
+                    MatmulTarget { w: lw.w_up.weights(src), out: &mut ws.up[..m * f] },
                 ],
             )?;
             ops::silu_mul(&mut ws.gate[..m * f], &ws.up[..m * f]);
@@ -213,7 +213,7 @@ impl Model {
                 &mut ws.mm,
                 &ws.gate[..m * f],
                 m,
-                &mut [MatmulTarget { w: lw.w_down.matrix(src), out: &mut ws.xn[..m * h] }],
+                &mut [MatmulTarget { w: lw.w_down.weights(src), out: &mut ws.xn[..m * h] }],
             )?;
             ops::add_in_place(&mut ws.x[..m * h], &ws.xn[..m * h]);
         }
@@ -369,7 +369,7 @@ impl Model {
                 &mut ws.mm,
                 &ws.head_in[..n * h],
                 n,
-                &mut [MatmulTarget { w: self.weights.output.matrix(&self.source), out: &mut ws.logits[..n * vocab] }],
+                &mut [MatmulTarget { w: self.weights.output.weights(&self.source), out: &mut ws.logits[..n * vocab] }],
             )?;
         }
         Ok(())

@@ -8,8 +8,10 @@ use peregrine_formats::names::LlamaTensor;
 use peregrine_formats::safetensors_io::{Dtype, SafetensorsFile};
 use peregrine_formats::{GgmlType, GgufFile, ModelConfig, RopeScaling, TensorInfo};
 use peregrine_tensor::ops::RopeLayout;
-use peregrine_tensor::WeightMatrix;
+use peregrine_tensor::qdot::QuantKind;
+use peregrine_tensor::{PackedMatrix, WeightMatrix, Weights};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The opened model file.
 pub enum Source {
@@ -37,12 +39,14 @@ impl Source {
 }
 
 /// A matrix resolved at load: type, shape and where its bytes are.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MatrixLoc {
     ty: GgmlType,
     n_rows: usize,
     n_cols: usize,
     at: Located,
+    /// The matrix in 16-row tiles, when it was repacked at load.
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 #[derive(Clone, Debug)]
@@ -60,7 +64,34 @@ impl MatrixLoc {
     pub fn ty(&self) -> GgmlType {
         self.ty
     }
-    /// The matrix as a kernel operand.
+    /// The matmul operand: the repacked tiles when there are some, else the file's rows.
+    pub fn weights<'s>(&'s self, source: &'s Source) -> Weights<'s> {
+        match &self.packed {
+            Some(p) => Weights::Packed(p),
+            None => Weights::Rows(self.matrix(source)),
+        }
+    }
+
+    /// Repacks a Q4_0/Q4_1/Q8_0 matrix into 16-row tiles (the fast kernels' layout) and lets
+    /// the file's copy of its pages go, so resident memory stays about one model's worth.
+    fn pack(&mut self, source: &Source) {
+        let kind = match self.ty {
+            GgmlType::Q4_0 => QuantKind::Q4_0,
+            GgmlType::Q4_1 => QuantKind::Q4_1,
+            GgmlType::Q8_0 => QuantKind::Q8_0,
+            _ => return,
+        };
+        if self.n_rows % peregrine_tensor::packed::TILE_ROWS != 0 || self.n_cols % 32 != 0 {
+            return;
+        }
+        let w = self.matrix(source);
+        self.packed = Some(Arc::new(PackedMatrix::pack(kind, self.n_rows, self.n_cols, |r| w.row(r))));
+        if let (Located::Gguf(info), Source::Gguf(g)) = (&self.at, source) {
+            g.release_tensor_pages(info);
+        }
+    }
+
+    /// The matrix in the file's layout (for row lookups such as embeddings).
     pub fn matrix<'s>(&'s self, source: &'s Source) -> WeightMatrix<'s> {
         let bytes = match (&self.at, source) {
             (Located::Gguf(info), Source::Gguf(g)) => g.tensor_data(info),
@@ -164,11 +195,18 @@ impl LlamaWeights {
             });
         }
         let token_embd = r.matrix(LlamaTensor::TokenEmbd, None, cfg.vocab_size, h)?;
-        let output = if r.exists(LlamaTensor::Output) {
+        let mut output = if r.exists(LlamaTensor::Output) {
             r.matrix(LlamaTensor::Output, None, cfg.vocab_size, h)?
         } else {
             token_embd.clone()
         };
+        // Repack every matmul weight; the embedding table stays in the file for row lookups.
+        output.pack(source);
+        for lw in &mut layers {
+            for m in [&mut lw.wq, &mut lw.wk, &mut lw.wv, &mut lw.wo, &mut lw.w_gate, &mut lw.w_up, &mut lw.w_down] {
+                m.pack(source);
+            }
+        }
         let rope_freq_factors = match source {
             Source::Gguf(_) if r.exists(LlamaTensor::RopeFreqs) => {
                 Some(r.vector(LlamaTensor::RopeFreqs, None, cfg.head_dim / 2)?)
@@ -280,7 +318,7 @@ impl Resolver<'_> {
                 (ty, Located::Safetensors(name.clone()))
             }
         };
-        let loc = MatrixLoc { ty, n_rows, n_cols, at };
+        let loc = MatrixLoc { ty, n_rows, n_cols, at, packed: None };
         // Validate the byte length once, here, so `MatrixLoc::matrix` cannot fail later.
         loc.clone().into_checked(self.source)?;
         Ok(loc)

@@ -29,6 +29,10 @@ pub struct QuantizedRows {
     /// Per group of 4 values, `-128 * sum(q)`: the correction that turns `vpdpbusd` on
     /// `w + 128` (unsigned) into the signed dot product for Q8_0 weights.
     corr4: Vec<i32>,
+    /// Per block: scale, `d * sum(q)` and `sum(q)`, for the 16-row tile kernels.
+    d_blk: Vec<f32>,
+    s_blk: Vec<f32>,
+    sum_blk: Vec<i32>,
 }
 
 impl QuantizedRows {
@@ -60,9 +64,35 @@ impl QuantizedRows {
         &self.corr4[row * n..(row + 1) * n]
     }
 
-    /// Quantizes `m` rows of `x` (row-major, `k` each). `k` must be a multiple of 64.
+    /// Scale, `d * sum(q)` and `sum(q)` of block `blk` of row `row`.
+    #[inline(always)]
+    pub fn block(&self, row: usize, blk: usize) -> (f32, f32, i32) {
+        let i = row * (self.k / QK) + blk;
+        (self.d_blk[i], self.s_blk[i], self.sum_blk[i])
+    }
+
+    /// Quantizes `m` rows of `x` (row-major, `k` each). `k` must be a multiple of 32; the
+    /// pair vectors of the row kernels are filled when it is a multiple of 64.
     pub fn quantize(&mut self, x: &[f32], m: usize, k: usize) {
-        assert!(k % 64 == 0, "QuantizedRows needs k % 64 == 0, got {k}");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was just detected.
+            unsafe { self.quantize_avx512(x, m, k) };
+            return;
+        }
+        self.quantize_portable(x, m, k);
+    }
+
+    /// The same code compiled for AVX-512, so rounding and scans vectorise (identical results).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma")]
+    fn quantize_avx512(&mut self, x: &[f32], m: usize, k: usize) {
+        self.quantize_portable(x, m, k);
+    }
+
+    #[inline(always)]
+    fn quantize_portable(&mut self, x: &[f32], m: usize, k: usize) {
+        assert!(k % QK == 0, "QuantizedRows needs k % 32 == 0, got {k}");
         assert_eq!(x.len(), m * k, "QuantizedRows::quantize: x has {} values, expected {m}x{k}", x.len());
         self.k = k;
         self.m = m;
@@ -71,11 +101,22 @@ impl QuantizedRows {
         resize(&mut self.d_pairs, m * n_pairs * PAIR_LANES, 0.0);
         resize(&mut self.s_pairs, m * n_pairs * PAIR_LANES, 0.0);
         resize(&mut self.corr4, m * k / 4, 0);
+        resize(&mut self.d_blk, m * k / QK, 0.0);
+        resize(&mut self.s_blk, m * k / QK, 0.0);
+        resize(&mut self.sum_blk, m * k / QK, 0);
+        let with_pairs = k % 64 == 0;
         for row in 0..m {
             let xr = &x[row * k..(row + 1) * k];
             let qr = &mut self.qs[row * k..(row + 1) * k];
             for blk in 0..k / QK {
-                let (d, s) = quantize_block(&xr[blk * QK..(blk + 1) * QK], &mut qr[blk * QK..(blk + 1) * QK]);
+                let (d, s, sum) = quantize_block(&xr[blk * QK..(blk + 1) * QK], &mut qr[blk * QK..(blk + 1) * QK]);
+                let i = row * (k / QK) + blk;
+                self.d_blk[i] = d;
+                self.s_blk[i] = s;
+                self.sum_blk[i] = sum;
+                if !with_pairs {
+                    continue;
+                }
                 let pair = blk / 2;
                 let half = (blk % 2) * 8;
                 let base = (row * n_pairs + pair) * PAIR_LANES + half;
@@ -97,9 +138,20 @@ fn resize<T: Copy>(v: &mut Vec<T>, n: usize, fill: T) {
     }
 }
 
-/// Quantizes one block of 32; returns the f16-rounded scale and `d * sum(q)` (f16-rounded).
-fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
-    let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+/// Quantizes one block of 32; returns the f16-rounded scale, `d * sum(q)` (f16-rounded) and
+/// `sum(q)`.
+#[inline(always)]
+fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
+    // Lane-wise maxima with plain comparisons, so the scan vectorises (NaN inputs are not
+    // expected; a NaN lane simply never wins).
+    let mut lanes = [0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut sum = 0i32;
@@ -111,7 +163,7 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32) {
     }
     let d16 = f16::from_f32(d).to_f32();
     let s16 = f16::from_f32(sum as f32 * d).to_f32();
-    (d16, s16)
+    (d16, s16, sum)
 }
 
 #[cfg(test)]

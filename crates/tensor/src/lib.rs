@@ -8,11 +8,13 @@ pub mod attention;
 pub mod lanes;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod qdot;
 
 pub use attention::{attention, AttentionScratch, AttentionSeq, AttentionShape, Visibility};
-pub use matmul::{matmul, MatmulScratch, MatmulTarget, WeightMatrix};
+pub use matmul::{matmul, MatmulScratch, MatmulTarget, WeightMatrix, Weights};
+pub use packed::PackedMatrix;
 pub use pool::ThreadPool;
 
 /// Errors from kernels: shapes that do not fit. Messages name the operation and the sizes.

@@ -9,6 +9,7 @@
 //! value is computed by the same instructions whatever M, the thread count or the split.
 
 use crate::act_q8::QuantizedRows;
+use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS};
 use crate::lanes::dot16;
 use crate::pool::{split_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
@@ -95,10 +96,42 @@ impl MatmulScratch {
     }
 }
 
+/// Weights as a matmul operand: repacked 16-row tiles, or rows in the file's layout.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// Repacked at load (Q4_0/Q4_1/Q8_0 with rows a multiple of 16): the fast path.
+    Packed(&'a PackedMatrix),
+    /// In the file's layout: VNNI per-row kernels for Q4_0/Q4_1/Q8_0, else f32 dot products.
+    Rows(WeightMatrix<'a>),
+}
+
+impl Weights<'_> {
+    /// Output features.
+    pub fn n_rows(&self) -> usize {
+        match self {
+            Weights::Packed(p) => p.n_rows(),
+            Weights::Rows(w) => w.n_rows,
+        }
+    }
+    /// Input features.
+    pub fn n_cols(&self) -> usize {
+        match self {
+            Weights::Packed(p) => p.n_cols(),
+            Weights::Rows(w) => w.n_cols,
+        }
+    }
+    fn needs_quantized_acts(&self) -> bool {
+        match self {
+            Weights::Packed(_) => true,
+            Weights::Rows(w) => w.quant_kind().is_some(),
+        }
+    }
+}
+
 /// One output of a fused matmul: `out` (`m × w.n_rows()`, row-major) receives `x · wᵀ`.
 pub struct MatmulTarget<'w, 'o> {
     /// The weights.
-    pub w: WeightMatrix<'w>,
+    pub w: Weights<'w>,
     /// The destination, `m * w.n_rows()` values.
     pub out: &'o mut [f32],
 }
@@ -127,49 +160,71 @@ pub fn matmul(
     m: usize,
     targets: &mut [MatmulTarget<'_, '_>],
 ) -> Result<()> {
-    let k = targets.first().map_or(0, |t| t.w.n_cols);
+    let k = targets.first().map_or(0, |t| t.w.n_cols());
     if x.len() != m * k {
         return Err(Error::Shape(format!("matmul: x has {} values, expected {m}x{k}", x.len())));
     }
     for t in targets.iter() {
-        if t.w.n_cols != k || t.out.len() != m * t.w.n_rows {
+        if t.w.n_cols() != k || t.out.len() != m * t.w.n_rows() {
             return Err(Error::Shape(format!(
                 "matmul: weights {}x{} and output of {} values do not fit x of {m}x{k}",
-                t.w.n_rows,
-                t.w.n_cols,
+                t.w.n_rows(),
+                t.w.n_cols(),
                 t.out.len()
             )));
         }
-        if t.w.quant_kind().is_none() && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len()) {
+        if !t.w.needs_quantized_acts() && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len()) {
             return Err(Error::Shape(format!("matmul: {k} columns exceed the scratch row buffer")));
         }
     }
-    if targets.iter().any(|t| t.w.quant_kind().is_some()) {
+    if targets.iter().any(|t| t.w.needs_quantized_acts()) {
         scratch.acts.quantize(x, m, k);
     }
-    let mut outs = [const { None::<(WeightMatrix<'_>, OutPtr)> }; 4];
+    let mut outs = [const { None::<(Weights<'_>, OutPtr)> }; 4];
     if targets.len() > outs.len() {
         return Err(Error::Shape(format!("matmul: at most {} fused targets", outs.len())));
     }
     for (slot, t) in outs.iter_mut().zip(targets.iter_mut()) {
-        *slot = Some((t.w, OutPtr { ptr: t.out.as_mut_ptr(), n_rows: t.w.n_rows }));
+        *slot = Some((t.w, OutPtr { ptr: t.out.as_mut_ptr(), n_rows: t.w.n_rows() }));
     }
     let outs = &outs[..targets.len()];
-    let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows).sum();
+    let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows()).sum();
     let scratch = &*scratch;
     pool.run(|thread_idx| {
-        let mine = split_range(total_rows, 16, thread_idx, pool.n_threads());
+        // Shares are whole tiles (every packed matrix has a multiple of 16 rows).
+        let mine = split_range(total_rows, TILE_ROWS, thread_idx, pool.n_threads());
         let mut base = 0;
         for (w, out) in outs.iter().flatten() {
             let lo = mine.start.max(base);
-            let hi = mine.end.min(base + w.n_rows);
+            let hi = mine.end.min(base + w.n_rows());
             if lo < hi {
-                compute_rows(scratch, thread_idx, w, out, x, m, lo - base..hi - base);
+                let rows = lo - base..hi - base;
+                match w {
+                    Weights::Packed(p) => compute_tiles(scratch, p, out, m, rows),
+                    Weights::Rows(w) => compute_rows(scratch, thread_idx, w, out, x, m, rows),
+                }
             }
-            base += w.n_rows;
+            base += w.n_rows();
         }
     });
     Ok(())
+}
+
+fn compute_tiles(scratch: &MatmulScratch, p: &PackedMatrix, out: &OutPtr, m: usize, rows: std::ops::Range<usize>) {
+    debug_assert!(rows.start % TILE_ROWS == 0 && rows.end % TILE_ROWS == 0);
+    let mut res = [0f32; 64];
+    for g in rows.start / TILE_ROWS..rows.end / TILE_ROWS {
+        for t0 in (0..m).step_by(TOKENS_PER_CALL) {
+            let n = (m - t0).min(TOKENS_PER_CALL);
+            tile_dot(p, g, &scratch.acts, t0, n, scratch.use_avx512, &mut res);
+            for t in 0..n {
+                // SAFETY: token `t0 + t < m` and rows `16g..16g+16 < n_rows`: inside the
+                // `m * n_rows` output; this thread alone owns tile `g` (static split).
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add((t0 + t) * out.n_rows + g * TILE_ROWS), TILE_ROWS) };
+                dst.copy_from_slice(&res[t * TILE_ROWS..(t + 1) * TILE_ROWS]);
+            }
+        }
+    }
 }
 
 fn compute_rows(

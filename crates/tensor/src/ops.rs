@@ -7,6 +7,23 @@ use crate::lanes::sum_squares16;
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row (rows of `weight.len()` values).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { rms_norm_avx512(x, weight, eps, out) };
+    }
+    rms_norm_portable(x, weight, eps, out);
+}
+
+/// The same code compiled with AVX-512 and FMA (identical results: no reassociation).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn rms_norm_avx512(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    rms_norm_portable(x, weight, eps, out);
+}
+
+#[inline(always)]
+fn rms_norm_portable(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let mean = sum_squares16(xr) / n as f32;
@@ -26,6 +43,22 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 
 /// `gate = silu(gate) * up`, the SwiGLU activation, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { silu_mul_avx512(gate, up) };
+    }
+    silu_mul_portable(gate, up);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+fn silu_mul_avx512(gate: &mut [f32], up: &[f32]) {
+    silu_mul_portable(gate, up);
+}
+
+#[inline(always)]
+fn silu_mul_portable(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         let v = *g;
         *g = v / (1.0 + (-v).exp()) * u;

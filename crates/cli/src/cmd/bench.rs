@@ -50,7 +50,7 @@ pub fn run(args: Args) -> Result<()> {
     let repeats = args.repeats.max(1);
     let bar = progress_bar((repeats * (2 + COST_CURVE_K.len())) as u64, "bench");
 
-    let mut run_chunk = |ws: &mut Workspace, cache: &mut peregrine_model::KvCache, toks: &[u32], start: u32, logits| {
+    let run_chunk = |ws: &mut Workspace, cache: &mut peregrine_model::KvCache, toks: &[u32], start: u32, logits| {
         let positions: Vec<u32> = (start..start + toks.len() as u32).collect();
         let mut seqs = [SeqInput { cache, tokens: toks, positions: &positions, tree: None, logits }];
         model.forward(ws, &mut seqs, &full)
