@@ -1,1 +1,465 @@
-//! Quantized GEMV / small-M GEMM (VNNI); see the module docs once implemented.
+//! Quantized weights (Q4_0, Q4_1, Q8_0) times int8-quantized activations, AVX-512 VNNI.
+//!
+//! Computes [`crate::ir::library::qmatmul`] exactly as the interpreter does:
+//! for output row `i` and weight row `r`, per block `kb`, the exact integer dot
+//! `s = sum_lane code_w * code_x` (`vpdpbusd`), then `acc = fma(f32(s), d_w * d_x, acc)` and, for
+//! Q4_1, `acc2 = fma(m_w, s_x, acc2)`, in increasing `kb`; `y = acc (+ acc2)`. Each output depends
+//! only on its own activation row, so results are bit-identical for every M (batch invariance).
+//!
+//! Weights are repacked once ([`PackedWeights::pack`]) into panels of 16 rows, one row per
+//! 32-bit lane: per block, 16 f16 scales, (Q4_1) 16 f16 mins, then the codes so that one
+//! `vpdpbusd` with a broadcast 4-byte group of activations advances all 16 rows by 4 elements.
+//! 4-bit codes keep GGML's density (a byte holds elements `4h + b` and `16 + 4h + b`); Q8_0
+//! codes are stored `+ 128` (unsigned) and corrected by `128 * sum(code_x)`, Q4_0's `q - 8`
+//! by `8 * sum(code_x)`; both corrections are exact integers.
+//!
+//! `vpdpbusd` takes unsigned bytes on one side: nibbles and offset Q8_0 codes are unsigned,
+//! activation codes (-127..127) signed.
+
+use super::{asm_err, Isa};
+use crate::error::{Error, Result};
+use crate::quant::{BlockRef, QuantType, BLOCK};
+use iced_x86::code_asm::*;
+
+/// Bytes of the activation block (see [`crate::quant`]).
+const ACT_BLOCK: usize = 48;
+
+/// A 64-byte aligned chunk of packed weights.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Weights repacked for [`QGemmKernel`]: `n` rows of `k` (a multiple of 32) in panels of 16 rows.
+pub struct PackedWeights {
+    ty: QuantType,
+    n: usize,
+    k: usize,
+    lines: Vec<Line>,
+}
+
+/// Bytes of one panel-block: scales, mins, codes.
+fn panel_block_bytes(ty: QuantType) -> usize {
+    match ty {
+        QuantType::Q4_0 => 32 + 256,
+        QuantType::Q4_1 => 32 + 32 + 256,
+        QuantType::Q8_0 => 32 + 512,
+        QuantType::Q8Act => 0,
+    }
+}
+
+fn codes_offset(ty: QuantType) -> usize {
+    if ty == QuantType::Q4_1 {
+        64
+    } else {
+        32
+    }
+}
+
+impl PackedWeights {
+    /// Repacks `n` rows of GGML blocks (`n * k / 32` blocks of `ty`, row-major).
+    pub fn pack(ty: QuantType, n: usize, k: usize, ggml: &[u8]) -> Result<Self> {
+        if ty == QuantType::Q8Act || k % BLOCK != 0 || n == 0 {
+            return Err(Error::BadShape { op: "qgemm pack", reason: format!("{ty} weights of {n} x {k}: need Q4_0/Q4_1/Q8_0, n > 0, k a multiple of 32") });
+        }
+        let nb = k / BLOCK;
+        let want = n * nb * ty.block_bytes();
+        if ggml.len() != want {
+            return Err(Error::BufferLen { what: format!("{ty} weights {n} x {k} bytes"), want, got: ggml.len() });
+        }
+        let pbb = panel_block_bytes(ty);
+        let n_panels = n.div_ceil(16);
+        let total = n_panels * nb * pbb;
+        let mut lines = vec![Line([0; 64]); total.div_ceil(64)];
+        // SAFETY: `Line` is 64 plain bytes with no padding, so the Vec's storage is
+        // `lines.len() * 64` initialized bytes, borrowed mutably only here.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) };
+        let co = codes_offset(ty);
+        for r in 0..n {
+            let (p, lane) = (r / 16, r % 16);
+            for kb in 0..nb {
+                let blk = BlockRef::at(ty, ggml, r * nb + kb);
+                let base = (p * nb + kb) * pbb;
+                bytes[base + 2 * lane..base + 2 * lane + 2].copy_from_slice(&blk.bytes[0..2]);
+                if ty == QuantType::Q4_1 {
+                    bytes[base + 32 + 2 * lane..base + 32 + 2 * lane + 2].copy_from_slice(&blk.bytes[2..4]);
+                }
+                let codes = base + co;
+                match ty {
+                    QuantType::Q8_0 => {
+                        for g in 0..8 {
+                            for b in 0..4 {
+                                bytes[codes + 64 * g + 4 * lane + b] = (blk.raw(4 * g + b) + 128) as u8;
+                            }
+                        }
+                    }
+                    _ => {
+                        for h in 0..4 {
+                            for b in 0..4 {
+                                let lo = blk.raw(4 * h + b) as u8;
+                                let hi = blk.raw(16 + 4 * h + b) as u8;
+                                bytes[codes + 64 * h + 4 * lane + b] = lo | (hi << 4);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(PackedWeights { ty, n, k, lines })
+    }
+    /// Weight type.
+    pub fn quant(&self) -> QuantType {
+        self.ty
+    }
+    /// Rows.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Columns.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Bytes of packed data (what a GEMV streams).
+    pub fn len_bytes(&self) -> usize {
+        self.n.div_ceil(16) * (self.k / BLOCK) * panel_block_bytes(self.ty)
+    }
+    fn as_ptr(&self) -> *const u8 {
+        self.lines.as_ptr().cast()
+    }
+}
+
+/// Activations quantized per block of 32 ([`QuantType::Q8Act`]), `m` rows of `k`.
+pub struct ActsQ8 {
+    bytes: Vec<u8>,
+    m: usize,
+    k: usize,
+}
+
+impl ActsQ8 {
+    /// Quantizes `x` (`m` rows of `k`, `k` a multiple of 32).
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Result<Self> {
+        let mut a = ActsQ8 { bytes: Vec::new(), m: 0, k };
+        a.requantize(x, m)?;
+        Ok(a)
+    }
+    /// Re-quantizes into the same buffer (no allocation once it is large enough).
+    pub fn requantize(&mut self, x: &[f32], m: usize) -> Result<()> {
+        if self.k % BLOCK != 0 || x.len() != m * self.k {
+            return Err(Error::BufferLen { what: format!("activations {m} x {} (k a multiple of 32)", self.k), want: m * self.k, got: x.len() });
+        }
+        self.bytes.resize(m * self.k / BLOCK * ACT_BLOCK, 0);
+        crate::quant::quantize_q8act(x, self.k, &mut self.bytes);
+        self.m = m;
+        Ok(())
+    }
+    /// The raw Q8Act blocks (row-major), as the interpreter reads them.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+    /// Rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+}
+
+/// What a quantized matmul kernel computes: `y[m, n] = W[n, k] · x[m, k]` (W quantized, x
+/// quantized per block), see the module doc.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QGemmDesc {
+    /// Weight block type.
+    pub quant: QuantType,
+    /// Activation rows.
+    pub m: usize,
+    /// Weight rows (outputs per activation row).
+    pub n: usize,
+    /// Reduction length (a multiple of 32).
+    pub k: usize,
+    /// Activation rows per register tile.
+    pub m_tile: usize,
+    /// 16-row weight panels per register tile.
+    pub n_panels: usize,
+}
+
+impl QGemmDesc {
+    /// A description with the default register tile for `m`.
+    pub fn new(quant: QuantType, m: usize, n: usize, k: usize) -> Self {
+        let (m_tile, n_panels) = match (quant, m) {
+            (QuantType::Q4_1, 1) => (1, 8),
+            (_, 1) => (1, 8),
+            (QuantType::Q4_1, 2..=3) => (m, 3),
+            (_, 2..=3) => (m, 4),
+            (QuantType::Q4_1, _) => (4, 2),
+            _ => (4, 3),
+        };
+        QGemmDesc { quant, m, n, k, m_tile, n_panels }
+    }
+
+    fn regs_needed(&self) -> usize {
+        let per = if self.quant == QuantType::Q4_1 { 2 } else { 1 };
+        self.m_tile * self.n_panels * per + self.m_tile + 7
+    }
+}
+
+type QGemmFn = unsafe extern "C" fn(*const u8, *const u8, *mut f32);
+
+/// A compiled quantized matmul (AVX-512 VNNI).
+pub struct QGemmKernel {
+    desc: QGemmDesc,
+    code: std::sync::Arc<super::exec_mem::ExecutableCode>,
+    entry: QGemmFn,
+    /// Milliseconds spent generating and assembling.
+    pub compile_ms: f64,
+}
+
+impl QGemmKernel {
+    /// Compiles `desc`; errors on shapes, register tiles that do not fit, or a CPU without VNNI.
+    pub fn compile(desc: &QGemmDesc) -> Result<Self> {
+        let t0 = std::time::Instant::now();
+        Isa::Avx512.check()?;
+        if desc.quant == QuantType::Q8Act || desc.k % BLOCK != 0 || desc.k == 0 || desc.n == 0 || desc.m == 0 {
+            return Err(Error::BadShape { op: "qgemm", reason: format!("{} {}x{}x{}: need a weight type, positive sizes, k a multiple of 32", desc.quant, desc.m, desc.n, desc.k) });
+        }
+        if desc.m_tile == 0 || desc.n_panels == 0 || desc.regs_needed() > 32 {
+            return Err(Error::RegisterTileTooLarge { rows: desc.m_tile, vectors: desc.n_panels, needed: desc.regs_needed(), available: 32, isa: "avx512".into() });
+        }
+        let bytes = generate(desc).map_err(asm_err)?;
+        let code = std::sync::Arc::new(super::exec_mem::CodeBuffer::new(&bytes)?.finalize()?);
+        // SAFETY: `code` holds a complete SysV function generated by `generate` with exactly
+        // this signature; the Arc stored beside the pointer keeps it mapped.
+        let entry: QGemmFn = unsafe { std::mem::transmute::<*const u8, QGemmFn>(code.entry()) };
+        Ok(QGemmKernel { desc: desc.clone(), code, entry, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// The description.
+    pub fn desc(&self) -> &QGemmDesc {
+        &self.desc
+    }
+
+    /// The generated machine code.
+    pub fn code(&self) -> &[u8] {
+        self.code.bytes()
+    }
+
+    /// `y = W · x` for all `m` rows.
+    pub fn run(&self, w: &PackedWeights, x: &ActsQ8, y: &mut [f32]) -> Result<()> {
+        let d = &self.desc;
+        if w.ty != d.quant || w.n != d.n || w.k != d.k {
+            return Err(Error::BadShape { op: "qgemm", reason: format!("weights are {} {}x{}, kernel wants {} {}x{}", w.ty, w.n, w.k, d.quant, d.n, d.k) });
+        }
+        if x.m != d.m || x.k != d.k {
+            return Err(Error::BufferLen { what: format!("qgemm activations (k = {})", d.k), want: d.m * d.k, got: x.m * x.k });
+        }
+        if y.len() != d.m * d.n {
+            return Err(Error::BufferLen { what: "qgemm output".into(), want: d.m * d.n, got: y.len() });
+        }
+        Isa::Avx512.check()?;
+        // SAFETY: the code was generated for `self.desc`, which the checks above matched
+        // against `w` (n.div_ceil(16) panels of k/32 blocks), `x` (m rows of k/32 blocks) and
+        // `y` (m * n floats); it reads only those and writes `y` with masked tails.
+        unsafe { (self.entry)(w.as_ptr(), x.bytes.as_ptr(), y.as_mut_ptr()) };
+        Ok(())
+    }
+}
+
+/// The portable path: the same arithmetic in the same order, in plain Rust.
+pub fn qgemm_portable(ty: QuantType, n: usize, k: usize, w_ggml: &[u8], x: &ActsQ8, y: &mut [f32]) {
+    let nb = k / BLOCK;
+    for i in 0..x.m {
+        for r in 0..n {
+            let (mut acc, mut acc2) = (0f32, 0f32);
+            for kb in 0..nb {
+                let wb = BlockRef::at(ty, w_ggml, r * nb + kb);
+                let xb = BlockRef::at(QuantType::Q8Act, &x.bytes, i * nb + kb);
+                let s: i32 = (0..BLOCK).map(|l| wb.code(l) * xb.code(l)).sum();
+                acc = (s as f32).mul_add(wb.scale() * xb.scale(), acc);
+                if ty == QuantType::Q4_1 {
+                    acc2 = wb.min().mul_add(xb.min(), acc2);
+                }
+            }
+            y[i * n + r] = if ty == QuantType::Q4_1 { acc + acc2 } else { acc };
+        }
+    }
+}
+
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
+    zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+];
+
+type R = std::result::Result<(), iced_x86::IcedError>;
+
+struct QGen<'d> {
+    a: CodeAssembler,
+    d: &'d QGemmDesc,
+}
+
+// Registers: rdi = W, rsi = X, rdx = Y (arguments); r12 = W panel-group cursor, rbx = Y group
+// cursor, r13 = group counter, r11 = X row-tile cursor, r9 = Y tile cursor, rcx = m-tile
+// counter, r8 = W block cursor, rax = X block cursor, r10 = block counter.
+// Vector registers: 31 = 0x0F bytes, 30 = d_w, 29 = m_w, 28 = codes, 27 = high nibbles,
+// 26 = d_w * d_x, 25 = correction; accumulators from 0.
+fn generate(d: &QGemmDesc) -> R2<Vec<u8>> {
+    let mut g = QGen { a: CodeAssembler::new(64)?, d };
+    g.emit()?;
+    g.a.assemble(0)
+}
+type R2<T> = std::result::Result<T, iced_x86::IcedError>;
+
+impl QGen<'_> {
+    fn emit(&mut self) -> R {
+        let d = self.d;
+        self.a.push(rbx)?;
+        self.a.push(r12)?;
+        self.a.push(r13)?;
+        self.a.mov(eax, 0x0F0F_0F0F)?;
+        self.a.vpbroadcastd(zmm31, eax)?;
+        self.a.mov(r12, rdi)?;
+        self.a.mov(rbx, rdx)?;
+        let n_panels = d.n.div_ceil(16);
+        // The partial panel (n % 16 != 0) always falls in the statically emitted last group.
+        let full_groups = if d.n % 16 != 0 { (n_panels - 1) / d.n_panels } else { n_panels / d.n_panels };
+        let tail_panels = n_panels - full_groups * d.n_panels;
+        if full_groups > 0 {
+            self.a.mov(r13d, full_groups as i32)?;
+            let mut top = self.a.create_label();
+            self.a.set_label(&mut top)?;
+            self.group(d.n_panels, false)?;
+            self.a.dec(r13d)?;
+            self.a.jnz(top)?;
+        }
+        if tail_panels > 0 {
+            self.group(tail_panels, d.n % 16 != 0)?;
+        }
+        self.a.pop(r13)?;
+        self.a.pop(r12)?;
+        self.a.pop(rbx)?;
+        self.a.vzeroupper()?;
+        self.a.ret()
+    }
+
+    fn group(&mut self, np: usize, last_partial: bool) -> R {
+        let d = self.d;
+        let nb = d.k / BLOCK;
+        let pbb = panel_block_bytes(d.quant);
+        self.a.mov(r11, rsi)?;
+        self.a.mov(r9, rbx)?;
+        let full_tiles = d.m / d.m_tile;
+        let tail_rows = d.m % d.m_tile;
+        if full_tiles > 0 {
+            self.a.mov(ecx, full_tiles as i32)?;
+            let mut top = self.a.create_label();
+            self.a.set_label(&mut top)?;
+            self.tile(np, d.m_tile, last_partial)?;
+            self.a.add(r11, (d.m_tile * nb * ACT_BLOCK) as i32)?;
+            self.a.add(r9, (d.m_tile * d.n * 4) as i32)?;
+            self.a.dec(ecx)?;
+            self.a.jnz(top)?;
+        }
+        if tail_rows > 0 {
+            self.tile(np, tail_rows, last_partial)?;
+        }
+        self.a.add(r12, (np * nb * pbb) as i32)?;
+        self.a.add(rbx, (np * 16 * 4) as i32)?;
+        Ok(())
+    }
+
+    fn tile(&mut self, np: usize, mt: usize, last_partial: bool) -> R {
+        let d = self.d;
+        let ty = d.quant;
+        let nb = d.k / BLOCK;
+        let pbb = panel_block_bytes(ty);
+        let row_bytes = nb * ACT_BLOCK;
+        let has_min = ty == QuantType::Q4_1;
+        let acc = |i: usize, p: usize| ZMM[i * np + p];
+        let acc2 = |i: usize, p: usize| ZMM[mt * np + i * np + p];
+        let sumi = |i: usize| ZMM[mt * np * (1 + usize::from(has_min)) + i];
+        for i in 0..mt {
+            for p in 0..np {
+                self.a.vpxord(acc(i, p), acc(i, p), acc(i, p))?;
+                if has_min {
+                    self.a.vpxord(acc2(i, p), acc2(i, p), acc2(i, p))?;
+                }
+            }
+        }
+        self.a.mov(r8, r12)?;
+        self.a.mov(rax, r11)?;
+        self.a.mov(r10d, nb as i32)?;
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top)?;
+        let co = codes_offset(ty);
+        for p in 0..np {
+            let pb = (p * nb * pbb) as i32;
+            for i in 0..mt {
+                self.a.vpxord(sumi(i), sumi(i), sumi(i))?;
+            }
+            match ty {
+                QuantType::Q8_0 => {
+                    for g in 0..8 {
+                        self.a.vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * g) as i32))?;
+                        for i in 0..mt {
+                            self.a.vpdpbusd(sumi(i), zmm28, dword_bcst(rax + (i * row_bytes + 16 + 4 * g) as i32))?;
+                        }
+                    }
+                }
+                _ => {
+                    for h in 0..4 {
+                        self.a.vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * h) as i32))?;
+                        self.a.vpsrlw(zmm27, zmm28, 4)?;
+                        self.a.vpandd(zmm28, zmm28, zmm31)?;
+                        self.a.vpandd(zmm27, zmm27, zmm31)?;
+                        for i in 0..mt {
+                            let xb = i * row_bytes + 16;
+                            self.a.vpdpbusd(sumi(i), zmm28, dword_bcst(rax + (xb + 4 * h) as i32))?;
+                            self.a.vpdpbusd(sumi(i), zmm27, dword_bcst(rax + (xb + 16 + 4 * h) as i32))?;
+                        }
+                    }
+                }
+            }
+            let shift = match ty {
+                QuantType::Q4_0 => Some(3),
+                QuantType::Q8_0 => Some(7),
+                _ => None,
+            };
+            self.a.vcvtph2ps(zmm30, ymmword_ptr(r8 + pb))?;
+            if has_min {
+                self.a.vcvtph2ps(zmm29, ymmword_ptr(r8 + pb + 32))?;
+            }
+            for i in 0..mt {
+                let xr = (i * row_bytes) as i32;
+                if let Some(sh) = shift {
+                    self.a.vpbroadcastd(zmm25, dword_ptr(rax + xr + 8))?;
+                    self.a.vpslld(zmm25, zmm25, sh)?;
+                    self.a.vpsubd(sumi(i), sumi(i), zmm25)?;
+                }
+                self.a.vcvtdq2ps(sumi(i), sumi(i))?;
+                self.a.vmulps(zmm26, zmm30, dword_bcst(rax + xr))?;
+                self.a.vfmadd231ps(acc(i, p), sumi(i), zmm26)?;
+                if has_min {
+                    self.a.vfmadd231ps(acc2(i, p), zmm29, dword_bcst(rax + xr + 4))?;
+                }
+            }
+        }
+        self.a.add(r8, pbb as i32)?;
+        self.a.add(rax, ACT_BLOCK as i32)?;
+        self.a.dec(r10d)?;
+        self.a.jnz(top)?;
+        let rem = d.n % 16;
+        if last_partial {
+            self.a.mov(r10d, ((1u32 << rem) - 1) as i32)?;
+            self.a.kmovw(k1, r10d)?;
+        }
+        for i in 0..mt {
+            for p in 0..np {
+                if has_min {
+                    self.a.vaddps(acc(i, p), acc(i, p), acc2(i, p))?;
+                }
+                let m = r9 + (4 * (i * d.n + 16 * p)) as i32;
+                if last_partial && p == np - 1 {
+                    self.a.vmovups(zmmword_ptr(m).k1(), acc(i, p))?;
+                } else {
+                    self.a.vmovups(zmmword_ptr(m), acc(i, p))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
