@@ -10,5 +10,5 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
-pub use model::{ForwardOptions, LogitRows, Model, SeqInput, Workspace};
+pub use model::{ForwardOptions, LoadOptions, LogitRows, Model, SeqInput, Workspace};
 pub use sampling::{Sampler, SamplingParams};

@@ -31,6 +31,23 @@ pub struct Model {
     pool: ThreadPool,
 }
 
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Threads that run each forward.
+    pub n_threads: usize,
+    /// Keep activations in f32 for every matmul (reference numerics; slower). By default
+    /// Q4_0/Q4_1/Q8_0 matmuls quantize activations to 8 bits, as llama.cpp does, for integer
+    /// dot products.
+    pub f32_activations: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { n_threads: 1, f32_activations: false }
+    }
+}
+
 /// Which rows of a sequence's new tokens get logits.
 #[derive(Clone, Copy, Debug)]
 pub enum LogitRows<'a> {
@@ -75,8 +92,14 @@ pub struct ForwardOptions<'a> {
 impl Model {
     /// Loads a model file (GGUF, or safetensors with `config.json`) and starts `n_threads` threads.
     pub fn load(path: &Path, n_threads: usize) -> Result<Self> {
+        Self::load_with(path, &LoadOptions { n_threads, ..LoadOptions::default() })
+    }
+
+    /// Loads with explicit options.
+    pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let n_threads = opts.n_threads;
         let (source, config) = weights::open(path)?;
-        let weights = LlamaWeights::load(&source, &config)?;
+        let weights = LlamaWeights::load(&source, &config, opts.f32_activations)?;
         let freq_scale = match config.rope_scaling {
             Some(RopeScaling::Linear { factor }) if factor > 0.0 => 1.0 / factor,
             _ => 1.0,

@@ -47,6 +47,8 @@ pub struct MatrixLoc {
     at: Located,
     /// The matrix in 16-row tiles, when it was repacked at load.
     packed: Option<Arc<PackedMatrix>>,
+    /// Reference numerics: f32 activations, no 8-bit kernels.
+    f32_activations: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -81,7 +83,7 @@ impl MatrixLoc {
             GgmlType::Q8_0 => QuantKind::Q8_0,
             _ => return,
         };
-        if self.n_rows % peregrine_tensor::packed::TILE_ROWS != 0 || self.n_cols % 32 != 0 {
+        if self.f32_activations || self.n_rows % peregrine_tensor::packed::TILE_ROWS != 0 || self.n_cols % 32 != 0 {
             return;
         }
         let w = self.matrix(source);
@@ -100,7 +102,12 @@ impl MatrixLoc {
             }
             _ => unreachable!("a MatrixLoc is used with the source it was resolved from"),
         };
-        WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols).expect("shape was validated at load")
+        let w = WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols).expect("shape was validated at load");
+        if self.f32_activations {
+            w.with_f32_activations()
+        } else {
+            w
+        }
     }
 }
 
@@ -169,8 +176,9 @@ pub fn open(path: &Path) -> Result<(Source, ModelConfig)> {
 }
 
 impl LlamaWeights {
-    /// Resolves and checks every tensor the config implies.
-    pub fn load(source: &Source, cfg: &ModelConfig) -> Result<Self> {
+    /// Resolves and checks every tensor the config implies. With `f32_activations`, matmuls
+    /// keep activations in f32 (the reference numerics) instead of the 8-bit kernels.
+    pub fn load(source: &Source, cfg: &ModelConfig, f32_activations: bool) -> Result<Self> {
         let path = source.path().to_path_buf();
         if cfg.architecture != "llama" {
             return Err(Error::UnsupportedArchitecture { path, architecture: cfg.architecture.clone() });
@@ -178,7 +186,7 @@ impl LlamaWeights {
         let h = cfg.hidden_size;
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
-        let r = Resolver { source, path: &path };
+        let r = Resolver { source, path: &path, f32_activations };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let at = Some(l);
@@ -258,6 +266,7 @@ fn llama3_freq_factors(cfg: &ModelConfig, factor: f32, low: f32, high: f32, orig
 struct Resolver<'a> {
     source: &'a Source,
     path: &'a PathBuf,
+    f32_activations: bool,
 }
 
 impl Resolver<'_> {
@@ -318,7 +327,7 @@ impl Resolver<'_> {
                 (ty, Located::Safetensors(name.clone()))
             }
         };
-        let loc = MatrixLoc { ty, n_rows, n_cols, at, packed: None };
+        let loc = MatrixLoc { ty, n_rows, n_cols, at, packed: None, f32_activations: self.f32_activations };
         // Validate the byte length once, here, so `MatrixLoc::matrix` cannot fail later.
         loc.clone().into_checked(self.source)?;
         Ok(loc)

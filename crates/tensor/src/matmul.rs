@@ -25,9 +25,17 @@ pub struct WeightMatrix<'a> {
     n_rows: usize,
     n_cols: usize,
     row_bytes: usize,
+    f32_activations: bool,
 }
 
 impl<'a> WeightMatrix<'a> {
+    /// Computes with f32 activations (weights dequantized row by row) even where an 8-bit
+    /// VNNI kernel exists: the reference numerics, slower.
+    pub fn with_f32_activations(mut self) -> Self {
+        self.f32_activations = true;
+        self
+    }
+
     /// Wraps `data` (row-major GGML blocks) after checking its length against the shape.
     pub fn new(ty: GgmlType, data: &'a [u8], n_rows: usize, n_cols: usize) -> Result<Self> {
         let row_bytes = ty
@@ -42,7 +50,7 @@ impl<'a> WeightMatrix<'a> {
                 data.len()
             )));
         }
-        Ok(Self { ty, data, n_rows, n_cols, row_bytes })
+        Ok(Self { ty, data, n_rows, n_cols, row_bytes, f32_activations: false })
     }
     /// Output features.
     pub fn n_rows(&self) -> usize {
@@ -62,7 +70,7 @@ impl<'a> WeightMatrix<'a> {
     }
     /// The VNNI kernel for this matrix, if one applies.
     fn quant_kind(&self) -> Option<QuantKind> {
-        if self.n_cols % 64 != 0 {
+        if self.n_cols % 64 != 0 || self.f32_activations {
             return None;
         }
         match self.ty {
