@@ -127,7 +127,7 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// The value read.
-        alignment: u64,
+        alignment: i128,
     },
     /// A GGML type id that this crate does not know (conversion without file context).
     #[error("unknown GGML type id {type_id}")]

@@ -631,7 +631,7 @@ impl<'a> Parser<'a> {
         };
         match u64::try_from(int) {
             Ok(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => Ok(a),
-            _ => Err(Error::BadAlignment { path: self.path.to_path_buf(), alignment: int.clamp(0, u64::MAX.into()) as u64 }),
+            _ => Err(Error::BadAlignment { path: self.path.to_path_buf(), alignment: int }),
         }
     }
 
