@@ -24,9 +24,13 @@ enum Sub {
 
 #[derive(clap::Args)]
 struct KernelArgs {
-    /// The operation.
-    #[arg(long, default_value = "sgemm", value_parser = ["sgemm"])]
+    /// The operation: `sgemm` (f32), or `qgemv` (quantized weights x int8 activations, VNNI;
+    /// with --m > 1 it is the small-M GEMM).
+    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv"])]
     op: String,
+    /// Weight block type for `qgemv`: q4_0, q4_1 or q8_0.
+    #[arg(long, default_value = "q4_1")]
+    quant: String,
     /// Rows of A and C.
     #[arg(long, default_value_t = 256)]
     m: usize,
@@ -73,6 +77,12 @@ struct BenchJson {
     compile_ms: f64,
     tune_ms: f64,
     schedule: String,
+    /// `qgemv` only: weight bytes streamed per second (weights cold: rotated copies > L3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gbs: Option<f64>,
+    /// `qgemv` only: this core's DRAM read bandwidth, measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dram_gbs: Option<f64>,
 }
 
 /// Runs `peregrine kernels`.
@@ -117,6 +127,9 @@ fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
 }
 
 fn bench(a: KernelArgs) -> Result<()> {
+    if a.op == "qgemv" {
+        return bench_qgemv(a);
+    }
     let (desc, tune_ms) = describe(&a)?;
     let kernel = SgemmKernel::compile(&desc).with_context(|| format!("compiling sgemm {}x{}x{} with `{}`", a.m, a.n, a.k, desc.schedule_text()))?;
     let (m, n, k) = (a.m, a.n, a.k);
@@ -153,6 +166,8 @@ fn bench(a: KernelArgs) -> Result<()> {
         compile_ms: kernel.compile_ms,
         tune_ms,
         schedule: desc.schedule_text(),
+        gbs: None,
+        dram_gbs: None,
     };
     let mut stdout = std::io::stdout().lock();
     if a.json {
@@ -168,7 +183,119 @@ fn bench(a: KernelArgs) -> Result<()> {
     Ok(())
 }
 
+/// Best seconds per call of `f` over 9 batches of about `min_secs / 10` each.
+fn best_secs(min_secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let t0 = Instant::now();
+    let mut reps = 0usize;
+    while t0.elapsed().as_secs_f64() < min_secs / 10.0 {
+        f()?;
+        reps += 1;
+    }
+    let reps = reps.max(1);
+    let mut best = f64::INFINITY;
+    for _ in 0..9 {
+        let t = Instant::now();
+        for _ in 0..reps {
+            f()?;
+        }
+        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+    }
+    Ok(best)
+}
+
+/// Single-thread DRAM read bandwidth: sums a 256 MiB buffer.
+fn dram_read_gbs() -> Result<f64> {
+    let words = vec![1u64; 32 << 20];
+    let secs = best_secs(1.0, || {
+        let mut acc = [0u64; 8];
+        for chunk in words.chunks_exact(8) {
+            for (a, w) in acc.iter_mut().zip(chunk) {
+                *a = a.wrapping_add(*w);
+            }
+        }
+        std::hint::black_box(acc);
+        Ok(())
+    })?;
+    Ok((words.len() * 8) as f64 / secs / 1e9)
+}
+
+fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_loops::QuantType)> {
+    let quant = peregrine_loops::QuantType::parse(&a.quant).with_context(|| format!("unknown --quant {:?} (q4_0, q4_1, q8_0)", a.quant))?;
+    if a.k % 32 != 0 || a.m == 0 || a.n == 0 || a.k == 0 {
+        bail!("qgemv needs positive sizes and --k a multiple of 32");
+    }
+    Ok((peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k), quant))
+}
+
+fn bench_qgemv(a: KernelArgs) -> Result<()> {
+    use peregrine_loops::{quant::quantize_ggml, ActsQ8, PackedWeights, QGemmKernel};
+    let (desc, quant) = qgemv_parts(&a)?;
+    let (m, n, k) = (a.m, a.n, a.k);
+    let kernel = QGemmKernel::compile(&desc).context("compiling qgemv")?;
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let ggml = quantize_ggml(quant, &w);
+    drop(w);
+    let one = PackedWeights::pack(quant, n, k, &ggml)?;
+    // Enough copies that the weights come from DRAM on every call (L3 is 32 MiB here).
+    let n_copies = (128usize << 20).div_ceil(one.len_bytes()).clamp(1, 64);
+    let mut copies = vec![one];
+    for _ in 1..n_copies {
+        copies.push(PackedWeights::pack(quant, n, k, &ggml)?);
+    }
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let xq = ActsQ8::quantize(&x, m, k)?;
+    let mut y = vec![0f32; m * n];
+    let mut idx = 0;
+    let secs = best_secs(a.min_secs, || {
+        idx = (idx + 1) % copies.len();
+        kernel.run(&copies[idx], &xq, &mut y)?;
+        Ok(())
+    })?;
+    let bytes = copies[0].len_bytes() as f64;
+    let gbs = bytes / secs / 1e9;
+    let dram = dram_read_gbs()?;
+    let out = BenchJson {
+        op: format!("qgemv-{quant}"),
+        m,
+        n,
+        k,
+        threads: 1,
+        isa: "avx512-vnni".into(),
+        gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
+        compile_ms: kernel.compile_ms,
+        tune_ms: 0.0,
+        schedule: format!("m_tile={} n_panels={}", desc.m_tile, desc.n_panels),
+        gbs: Some(gbs),
+        dram_gbs: Some(dram),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut stdout, &out)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(
+            stdout,
+            "qgemv {quant} {m}x{n}x{k}: {gbs:.1} GB/s of weights ({:.0}% of DRAM read {dram:.1} GB/s), {:.1} GFLOP/s, compile {:.3} ms",
+            100.0 * gbs / dram,
+            out.gflops,
+            out.compile_ms
+        )?;
+    }
+    Ok(())
+}
+
 fn show(a: KernelArgs) -> Result<()> {
+    if a.op == "qgemv" {
+        let (desc, _) = qgemv_parts(&a)?;
+        let kernel = peregrine_loops::QGemmKernel::compile(&desc)?;
+        let expr = peregrine_loops::ir::library::qmatmul(desc.quant, desc.m, desc.n, desc.k)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "# expression\n{expr}\n")?;
+        writeln!(out, "# register tile: {} activation rows x {} panels of 16 weight rows\n", desc.m_tile, desc.n_panels)?;
+        writeln!(out, "# code: {} bytes, compiled in {:.3} ms\n{}", kernel.code().len(), kernel.compile_ms, jit::disassemble(kernel.code()))?;
+        return Ok(());
+    }
     let (desc, _) = describe(&a)?;
     let expr = desc.expr()?;
     let schedule = desc.schedule(&expr)?;
