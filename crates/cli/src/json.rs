@@ -27,3 +27,44 @@ pub struct BenchReport {
     /// Size of the model file.
     pub file_mb: f64,
 }
+
+/// `peregrine generate --json`.
+#[derive(Serialize)]
+pub struct GenerateReport {
+    /// Generated text (without a stop string or stop token).
+    pub text: String,
+    /// Generated token ids.
+    pub tokens: Vec<u32>,
+    /// Prompt tokens.
+    pub n_prompt: usize,
+    /// Generated tokens.
+    pub n_generated: usize,
+    /// Prompt throughput.
+    pub prefill_tok_s: f64,
+    /// Generation throughput.
+    pub decode_tok_s: f64,
+    /// `max_tokens`, `stop_token`, `stop_string` or `context_full`.
+    pub stop_reason: &'static str,
+}
+
+impl GenerateReport {
+    /// The report of one generation.
+    pub fn new(g: &peregrine_model::Generation) -> Self {
+        use peregrine_model::StopReason;
+        let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
+        Self {
+            text: g.text.clone(),
+            tokens: g.tokens.clone(),
+            n_prompt: g.n_prompt,
+            n_generated: g.tokens.len(),
+            prefill_tok_s: rate(g.n_prompt_computed, g.prefill_s),
+            decode_tok_s: rate(g.tokens.len(), g.decode_s),
+            stop_reason: match g.stop_reason {
+                StopReason::MaxTokens => "max_tokens",
+                StopReason::StopToken(_) => "stop_token",
+                StopReason::StopString(_) => "stop_string",
+                StopReason::ContextFull => "context_full",
+            },
+        }
+    }
+}

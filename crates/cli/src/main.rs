@@ -24,6 +24,10 @@ enum Cmd {
     Inspect(cmd::inspect::Args),
     /// Tokenize text with a model file's tokenizer.
     Tokenize(cmd::tokenize::Args),
+    /// Generate text from a prompt.
+    Generate(cmd::generate::Args),
+    /// Chat interactively, one message per line.
+    Chat(cmd::chat::Args),
     /// Measure prefill and decode speed, the cost of verifying k tokens, and peak memory.
     Bench(cmd::bench::Args),
     /// Benchmark and inspect generated kernels (sgemm; GFLOP/s, compile time, assembly).
@@ -37,6 +41,8 @@ fn main() -> ExitCode {
         Cmd::Inspect(args) => cmd::inspect::run(args),
         Cmd::Tokenize(args) => cmd::tokenize::run(args),
         Cmd::Bench(args) => cmd::bench::run(args),
+        Cmd::Generate(args) => cmd::generate::run(args),
+        Cmd::Chat(args) => cmd::chat::run(args),
         Cmd::Kernels(args) => cmd::kernels::run(args),
     };
     match result {

@@ -8,6 +8,9 @@ pub enum Error {
     /// The model file could not be read or parsed.
     #[error(transparent)]
     Format(#[from] peregrine_formats::Error),
+    /// The tokenizer could not be built or used.
+    #[error(transparent)]
+    Tokenizer(#[from] peregrine_tokenizer::Error),
     /// A kernel rejected its operands.
     #[error(transparent)]
     Kernel(#[from] peregrine_tensor::Error),

@@ -117,7 +117,7 @@ def self_consistency(pairs, what):
         "argmax_flips": len(flips),
         "flip_top2_margin_max": round(max(flips), 4) if flips else None,
         "flip_top2_margin_median": round(float(np.median(flips)), 4) if flips else None,
-        "top1_abs_logit_diff": {q: round(float(np.quantile(d, p)), 4) for q, p in
+        "top1_abs_logit_diff": {q: round(float(np.quantile(d, p)), 6) for q, p in
                                 (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))},
         "exactly_equal_rows": int((d == 0).sum()),
     }

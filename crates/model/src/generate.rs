@@ -1,0 +1,268 @@
+//! Plain (non-speculative) generation: prefill, then one token per forward until a stop.
+//!
+//! A [`Session`] owns one sequence's KV cache and remembers which tokens it holds, so a chat
+//! that re-renders the whole conversation each turn only computes the new suffix: the common
+//! prefix stays cached, the rest is rolled back (`KvCache::truncate`).
+
+use crate::model::{ForwardOptions, LogitRows, Model, SeqInput, Workspace};
+use crate::sampling::{Sampler, SamplingParams};
+use crate::{Error, KvCache, Result};
+use peregrine_tokenizer::Tokenizer;
+use std::time::Instant;
+
+/// Prompt tokens per prefill forward (longer prompts run in chunks of this size).
+pub const PREFILL_CHUNK: usize = 512;
+
+/// What to generate.
+#[derive(Clone, Debug, Default)]
+pub struct GenerateParams {
+    /// Stop after this many new tokens.
+    pub max_tokens: usize,
+    /// How tokens are picked.
+    pub sampling: SamplingParams,
+    /// Stop when the text contains one of these (the stop string is not part of the output).
+    pub stop_strings: Vec<String>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_tokens` reached.
+    MaxTokens,
+    /// An end-of-generation token (EOS, end of turn).
+    StopToken(u32),
+    /// One of the stop strings appeared.
+    StopString(String),
+    /// The context is full.
+    ContextFull,
+}
+
+/// The result of one `generate` call.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (without a final stop token).
+    pub tokens: Vec<u32>,
+    /// Their text, cut before any stop string.
+    pub text: String,
+    /// Prompt tokens.
+    pub n_prompt: usize,
+    /// Prompt tokens computed (the rest were already cached).
+    pub n_prompt_computed: usize,
+    /// Seconds spent on the prompt.
+    pub prefill_s: f64,
+    /// Seconds spent generating.
+    pub decode_s: f64,
+    /// Why it stopped.
+    pub stop_reason: StopReason,
+}
+
+/// One sequence being generated: its cache, buffers, and the tokens the cache holds.
+pub struct Session {
+    cache: KvCache,
+    ws: Workspace,
+    history: Vec<u32>,
+}
+
+impl Session {
+    /// A session with room for `context` tokens.
+    pub fn new(model: &Model, context: usize) -> Self {
+        Self {
+            cache: model.new_cache(context),
+            ws: model.new_workspace(PREFILL_CHUNK.min(context.max(1)), 1, context),
+            history: Vec::with_capacity(context),
+        }
+    }
+
+    /// Tokens currently cached.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Generates after `prompt` (the whole sequence so far: a cached common prefix is reused),
+    /// calling `on_text` with each piece of text as soon as it is final.
+    pub fn generate(
+        &mut self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation> {
+        params.sampling.validate().map_err(Error::InvalidRequest)?;
+        let capacity = self.cache.capacity();
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= capacity {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens but the context holds {capacity} (and one more is needed to generate)",
+                prompt.len()
+            )));
+        }
+        let start = Instant::now();
+        let common = self.history.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        // Keep at least one token to compute so there are logits to sample from.
+        let keep = common.min(prompt.len() - 1);
+        self.cache.truncate(keep);
+        self.history.truncate(keep);
+        let n_prompt_computed = prompt.len() - keep;
+        let mut pos = keep;
+        while pos < prompt.len() {
+            let end = (pos + PREFILL_CHUNK).min(prompt.len());
+            let logits = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+            self.step(model, &prompt[pos..end], pos, logits)?;
+            pos = end;
+        }
+        let prefill_s = start.elapsed().as_secs_f64();
+
+        let decode_start = Instant::now();
+        let mut sampler = Sampler::new(params.sampling.clone(), model.config().vocab_size);
+        let mut stream = tokenizer.stream_decoder();
+        let mut text = StopScanner::new(&params.stop_strings);
+        let mut tokens = Vec::with_capacity(params.max_tokens);
+        let stop_reason = loop {
+            if tokens.len() >= params.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            let next = sampler.sample(self.ws.logits(0), &self.history);
+            if tokenizer.stop_ids().contains(&next) {
+                break StopReason::StopToken(next);
+            }
+            tokens.push(next);
+            if let Some(piece) = stream.push(next) {
+                if let Some(stop) = text.push(&piece, on_text) {
+                    break StopReason::StopString(stop);
+                }
+            }
+            if self.history.len() + 1 >= capacity {
+                break StopReason::ContextFull;
+            }
+            self.step(model, &[next], self.history.len(), LogitRows::Last)?;
+        };
+        if !matches!(stop_reason, StopReason::StopString(_)) {
+            if let Some(rest) = stream.finish() {
+                if let Some(stop) = text.push(&rest, on_text) {
+                    return Ok(self.finish(tokens, text, prompt.len(), n_prompt_computed, prefill_s, decode_start, StopReason::StopString(stop)));
+                }
+            }
+            text.flush(on_text);
+        }
+        Ok(self.finish(tokens, text, prompt.len(), n_prompt_computed, prefill_s, decode_start, stop_reason))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        tokens: Vec<u32>,
+        text: StopScanner<'_>,
+        n_prompt: usize,
+        n_prompt_computed: usize,
+        prefill_s: f64,
+        decode_start: Instant,
+        stop_reason: StopReason,
+    ) -> Generation {
+        Generation {
+            tokens,
+            text: text.into_text(),
+            n_prompt,
+            n_prompt_computed,
+            prefill_s,
+            decode_s: decode_start.elapsed().as_secs_f64(),
+            stop_reason,
+        }
+    }
+
+    /// One forward over `tokens` at positions `pos..`, appending them to the history.
+    fn step(&mut self, model: &Model, tokens: &[u32], pos: usize, logits: LogitRows<'_>) -> Result<()> {
+        let mut positions = [0u32; PREFILL_CHUNK];
+        for (i, p) in positions[..tokens.len()].iter_mut().enumerate() {
+            *p = (pos + i) as u32;
+        }
+        let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+        let mut seqs = [SeqInput { cache: &mut self.cache, tokens, positions: &positions[..tokens.len()], tree: None, logits }];
+        model.forward(&mut self.ws, &mut seqs, &opts)?;
+        self.history.extend_from_slice(tokens);
+        Ok(())
+    }
+}
+
+/// Accumulates generated text, holding back just enough to catch a stop string that spans
+/// several tokens, and releases the rest to the caller.
+struct StopScanner<'a> {
+    stops: &'a [String],
+    text: String,
+    /// Bytes of `text` already given to the caller.
+    emitted: usize,
+    hold: usize,
+}
+
+impl<'a> StopScanner<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(0).saturating_sub(1);
+        Self { stops, text: String::new(), emitted: 0, hold }
+    }
+
+    /// Adds `piece`; returns the stop string if one now appears (text is cut before it).
+    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> Option<String> {
+        let search_from = self.emitted.saturating_sub(self.hold);
+        self.text.push_str(piece);
+        let found = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|at| (search_from + at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = found {
+            self.text.truncate(at);
+            self.flush(on_text);
+            return Some(stop.clone());
+        }
+        let mut safe = self.text.len().saturating_sub(self.hold);
+        while !self.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        if safe > self.emitted {
+            on_text(&self.text[self.emitted..safe]);
+            self.emitted = safe;
+        }
+        None
+    }
+
+    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
+        if self.text.len() > self.emitted {
+            on_text(&self.text[self.emitted..]);
+            self.emitted = self.text.len();
+        }
+    }
+
+    fn into_text(self) -> String {
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_string_across_pieces_is_cut_and_never_emitted() {
+        let stops = vec!["</end>".to_string()];
+        let mut s = StopScanner::new(&stops);
+        let mut out = String::new();
+        let mut emit = |t: &str| out.push_str(t);
+        assert_eq!(s.push("hello </e", &mut emit), None);
+        assert_eq!(s.push("nd> more", &mut emit), Some("</end>".to_string()));
+        assert_eq!(out, "hello ");
+        assert_eq!(s.into_text(), "hello ");
+    }
+
+    #[test]
+    fn without_stops_everything_streams() {
+        let mut s = StopScanner::new(&[]);
+        let mut out = String::new();
+        let mut emit = |t: &str| out.push_str(t);
+        s.push("a", &mut emit);
+        s.push("é", &mut emit);
+        assert_eq!(out, "aé");
+    }
+}
