@@ -3,10 +3,13 @@
 //! Templates are the Jinja sources HF ships in `tokenizer_config.json` and GGUF files carry in
 //! `tokenizer.chat_template`. They are rendered with `minijinja` set up as HF `transformers`
 //! sets up Jinja2: `trim_blocks` and `lstrip_blocks` on, Python string methods available
-//! (`minijinja-contrib` pycompat), and a `raise_exception(msg)` function.
+//! (`minijinja-contrib` pycompat), a `raise_exception(msg)` function, and HF's `tojson`
+//! (Python `json.dumps(x, ensure_ascii=False, indent=indent)`: `", "` and `": "` separators, no
+//! HTML escaping, unlike minijinja's own `tojson`).
 
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
+use minijinja::value::{Kwargs, Value};
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 
 /// One message of a conversation.
@@ -53,6 +56,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_filter("tojson", tojson);
         env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
         Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
     }
@@ -86,6 +90,49 @@ impl ChatTemplate {
     }
 }
 
+/// serde_json formatting with Python's default separators (`", "`, `": "`).
+struct PythonCompact;
+
+impl serde_json::ser::Formatter for PythonCompact {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            w.write_all(b", ")
+        }
+    }
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+}
+
+/// HF `transformers`' `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=indent)`.
+fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let to_err = |e: serde_json::Error| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
+    let mut out = Vec::new();
+    match indent {
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonCompact);
+            serde::Serialize::serialize(&value, &mut ser).map_err(to_err)?;
+        }
+        Some(n) => {
+            let spaces = vec![b' '; n];
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&spaces));
+            serde::Serialize::serialize(&value, &mut ser).map_err(to_err)?;
+        }
+    }
+    Ok(Value::from_safe_string(String::from_utf8(out).expect("serde_json writes UTF-8")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +152,13 @@ mod tests {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], false).unwrap_err().to_string();
         assert!(err.contains("no system role"), "{err}");
+    }
+
+    #[test]
+    fn tojson_is_python_json_dumps() {
+        let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "").unwrap();
+        let out = t.render(&[ChatMessage::new("user", "<b>&'é")], false).unwrap();
+        assert_eq!(out, "[{\"role\": \"user\", \"content\": \"<b>&'é\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<b>&'é\"\n}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 Templates: SmolLM2-135M-Instruct's `tokenizer.chat_template` (read from the GGUF with the `gguf`
 package) and the Llama 3 Instruct template (Meta-Llama-3-8B-Instruct tokenizer_config.json; the
 same text as peregrine_tokenizer::chat::LLAMA3_TEMPLATE). Jinja2 is set up as HF transformers
-does (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols, raise_exception).
+does (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols, raise_exception,
+its `tojson` filter). A third template, `tojson_probe`, exercises `tojson` and string methods.
 """
 import argparse
 import json
@@ -44,12 +45,21 @@ CONVERSATIONS = [
 ]
 
 
+TOJSON_PROBE = "{%- for m in messages %}{{ m | tojson }}\n{{ m | tojson(indent=2) }}\n{{ m['role'].upper() }} {{ m['content'].strip().split(' ') | length }}\n{% endfor %}{{ messages | tojson }}"
+
+
+def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # transformers.utils.chat_template_utils._compile_jinja_template's tojson
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 def raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
 
 def render(source, messages, add_generation_prompt, bos, eos):
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     return env.from_string(source).render(
         messages=messages, add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos
@@ -77,6 +87,7 @@ def main():
     templates = {
         "smollm2": {"source": smol_source, "bos_token": smol_bos, "eos_token": smol_eos},
         "llama3": {"source": LLAMA3_TEMPLATE, "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
+        "tojson_probe": {"source": TOJSON_PROBE, "bos_token": "<s>", "eos_token": "</s>"},
     }
     cases = []
     for name, t in templates.items():
