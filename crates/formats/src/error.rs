@@ -51,6 +51,14 @@ pub enum Error {
         /// The version read.
         version: u32,
     },
+    /// The file is a big-endian GGUF (its version reads byte-swapped).
+    #[error("{}: big-endian GGUF (version {version}) is not supported; convert it to little-endian", .path.display())]
+    BigEndian {
+        /// The file.
+        path: PathBuf,
+        /// The version, read big-endian.
+        version: u32,
+    },
     /// A count or length in the file exceeds what the remaining bytes could hold.
     #[error("{}: {what} at offset {offset} is {count}, more than the {max} that the remaining bytes could hold (corrupt or truncated file)", .path.display())]
     CountTooLarge {
@@ -359,6 +367,7 @@ impl Error {
             | Error::Truncated { path, .. }
             | Error::BadMagic { path, .. }
             | Error::UnsupportedVersion { path, .. }
+            | Error::BigEndian { path, .. }
             | Error::CountTooLarge { path, .. }
             | Error::InvalidUtf8 { path, .. }
             | Error::UnknownValueType { path, .. }

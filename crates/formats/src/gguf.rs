@@ -1,7 +1,7 @@
 //! The GGUF reader: header, metadata, tensor infos, and memory-mapped tensor data.
 //!
 //! Layout (versions 2 and 3, little-endian; version 3 only adds big-endian files, which we
-//! reject):
+//! recognise and reject with [`Error::BigEndian`]):
 //!
 //! ```text
 //! "GGUF" u32:version u64:n_tensors u64:n_kv
@@ -548,6 +548,10 @@ impl<'a> Parser<'a> {
         }
         let version = self.u32(|| "version".to_string())?;
         if version != 2 && version != 3 {
+            let swapped = version.swap_bytes();
+            if swapped == 2 || swapped == 3 {
+                return Err(Error::BigEndian { path: self.path.to_path_buf(), version: swapped });
+            }
             return Err(Error::UnsupportedVersion { path: self.path.to_path_buf(), version });
         }
         let n_tensors_offset = self.pos as u64;

@@ -50,11 +50,14 @@ fn wrong_magic() {
 
 #[test]
 fn unsupported_versions() {
-    for version in [0u32, 1, 4, u32::MAX, 0x0300_0000 /* big-endian v3 */] {
+    for version in [0u32, 1, 4, u32::MAX, 0x0100_0000 /* big-endian v1 */] {
         let mut bytes = minimal().build();
         bytes[4..8].copy_from_slice(&version.to_le_bytes());
         assert!(matches!(parse_err(bytes), Error::UnsupportedVersion { version: v, .. } if v == version));
     }
+    let mut bytes = minimal().build();
+    bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
+    assert!(matches!(parse_err(bytes), Error::BigEndian { version: 3, .. }));
 }
 
 #[test]

@@ -63,3 +63,11 @@ fn smollm2_tensors_dequantize() -> Result<()> {
     assert!(q.iter().all(|v| v.is_finite() && v.abs() < 100.0));
     Ok(())
 }
+
+#[test]
+fn gguf_file_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GgufFile>();
+    assert_send_sync::<peregrine_formats::safetensors_io::SafetensorsFile>();
+    assert_send_sync::<peregrine_formats::Error>();
+}
