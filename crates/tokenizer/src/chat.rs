@@ -2,7 +2,8 @@
 //!
 //! Templates are the Jinja sources HF ships in `tokenizer_config.json` and GGUF files carry in
 //! `tokenizer.chat_template`. They are rendered with `minijinja` set up as HF `transformers`
-//! sets up Jinja2: `trim_blocks` and `lstrip_blocks` on, Python string methods available
+//! sets up Jinja2: `trim_blocks` and `lstrip_blocks` on, `{% break %}`/`{% continue %}`
+//! (Jinja2's loopcontrols), Python string methods available
 //! (`minijinja-contrib` pycompat), a `raise_exception(msg)` function, and HF's `tojson`
 //! (Python `json.dumps(x, ensure_ascii=False, indent=indent)`: `", "` and `": "` separators, no
 //! HTML escaping, unlike minijinja's own `tojson`).
@@ -32,6 +33,9 @@ impl ChatMessage {
 pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 const TEMPLATE_NAME: &str = "chat";
+/// Instructions one render may execute (minijinja fuel): far above any real conversation,
+/// low enough that a hostile template stops in well under a second.
+const TEMPLATE_FUEL: u64 = 20_000_000;
 
 /// A compiled chat template plus the BOS/EOS texts it may refer to.
 pub struct ChatTemplate {
@@ -50,6 +54,8 @@ impl ChatTemplate {
     /// Compiles a Jinja chat template.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate> {
         let mut env = Environment::new();
+        // Templates come from model files: bound the work one render may do.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -159,6 +165,12 @@ mod tests {
         let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "").unwrap();
         let out = t.render(&[ChatMessage::new("user", "<b>&'é")], false).unwrap();
         assert_eq!(out, "[{\"role\": \"user\", \"content\": \"<b>&'é\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<b>&'é\"\n}");
+    }
+
+    #[test]
+    fn runaway_template_runs_out_of_fuel() {
+        let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "", "").unwrap();
+        assert!(t.render(&[], false).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ Templates: SmolLM2-135M-Instruct's `tokenizer.chat_template` (read from the GGUF
 package) and the Llama 3 Instruct template (Meta-Llama-3-8B-Instruct tokenizer_config.json; the
 same text as peregrine_tokenizer::chat::LLAMA3_TEMPLATE). Jinja2 is set up as HF transformers
 does (ImmutableSandboxedEnvironment, trim_blocks, lstrip_blocks, loopcontrols, raise_exception,
-its `tojson` filter). A third template, `tojson_probe`, exercises `tojson` and string methods.
+its `tojson` filter). A third template, `tojson_probe`, exercises `tojson`, loop controls and string methods.
 """
 import argparse
 import json
@@ -45,7 +45,7 @@ CONVERSATIONS = [
 ]
 
 
-TOJSON_PROBE = "{%- for m in messages %}{{ m | tojson }}\n{{ m | tojson(indent=2) }}\n{{ m['role'].upper() }} {{ m['content'].strip().split(' ') | length }}\n{% endfor %}{{ messages | tojson }}"
+TOJSON_PROBE = "{%- for m in messages %}{% if loop.index0 > 2 %}{% break %}{% endif %}{% if m['content'] == '' %}{% continue %}{% endif %}{{ m | tojson }}\n{{ m | tojson(indent=2) }}\n{{ m['role'].upper() }} {{ m['content'].strip().split(' ') | length }}\n{% endfor %}{{ messages | tojson }}"
 
 
 def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
