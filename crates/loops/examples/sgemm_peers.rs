@@ -37,24 +37,31 @@ fn best_secs(mut f: impl FnMut()) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
-    let shapes_path = arg("--shapes").expect("--shapes FILE");
+    let one = arg("--one").map(|t| {
+        let v: Vec<usize> = t.split(',').map(|x| x.parse().expect("--one M,N,K")).collect();
+        (v[0], v[1], v[2])
+    });
     let numpy: HashMap<String, f64> = match arg("--numpy") {
         Some(p) => parse_numpy(&std::fs::read_to_string(p).expect("read numpy json")),
         None => HashMap::new(),
     };
     let cache_dir = arg("--cache-dir").map(std::path::PathBuf::from);
-    let shapes: Vec<(usize, usize, usize)> = std::fs::read_to_string(shapes_path)
-        .expect("read shapes")
+    let shapes: Vec<(usize, usize, usize)> = match one {
+        Some(s) => vec![s],
+        None => std::fs::read_to_string(arg("--shapes").expect("--shapes FILE or --one M,N,K")).expect("read shapes")
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let v: Vec<usize> = l.split_whitespace().map(|x| x.parse().expect("number")).collect();
             (v[0], v[1], v[2])
         })
-        .collect();
+        .collect(),
+    };
     let isa = Isa::detect();
-    println!("isa {isa}; GFLOP/s, single thread; ratio = ours / OpenBLAS");
-    println!("{:>6} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>7} {:>7} | {:>8}", "m", "n", "k", "default", "tuned", "openblas", "gemm", "faer", "def/ob", "tun/ob", "comp_ms");
+    if one.is_none() {
+        println!("isa {isa}; GFLOP/s, single thread; ratio = ours / OpenBLAS");
+        println!("{:>6} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>7} {:>7} | {:>8}", "m", "n", "k", "default", "tuned", "openblas", "gemm", "faer", "def/ob", "tun/ob", "comp_ms");
+    }
     let mut ratios_def = Vec::new();
     let mut ratios_tun = Vec::new();
     let mut compile_ms = Vec::new();
@@ -87,6 +94,13 @@ fn main() {
                 faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
             })
             / 1e9;
+        if one.is_some() {
+            println!(
+                "{{\"m\":{m},\"n\":{n},\"k\":{k},\"default\":{g_def:.2},\"tuned\":{g_tun:.2},\"gemm\":{g_gemm:.2},\"faer\":{g_faer:.2},\"compile_ms\":{:.4},\"schedule\":\"{}\"}}",
+                def.compile_ms, tuned.schedule
+            );
+            continue;
+        }
         let ob = numpy.get(&format!("{m} {n} {k}")).copied();
         let (rd, rt) = match ob {
             Some(o) => {
@@ -110,6 +124,9 @@ fn main() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
+    if one.is_some() {
+        return;
+    }
     println!(
         "median ratio to OpenBLAS: default {:.2}, tuned {:.2}; median compile {:.3} ms over {} shapes",
         median(&mut ratios_def),

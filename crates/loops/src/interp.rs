@@ -105,6 +105,7 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
                     };
                 }
                 Op::ToF32(a) => buf[me] = arg(*a) as f32 as f64,
+                Op::Const(bits) => buf[me] = f32::from_bits(*bits) as f64,
                 Op::Reduce { op, arg: a, .. } => {
                     let acc = buf[me];
                     buf[me] = match (op, &expr.node(*a).op) {

@@ -178,6 +178,8 @@ pub enum Op {
     },
     /// Convert an `I32` node to `F32` (exact for |x| < 2^24).
     ToF32(NodeId),
+    /// An `F32` constant (its bit pattern), with an empty space.
+    Const(u32),
 }
 
 impl Op {
@@ -189,6 +191,7 @@ impl Op {
             Op::Binary(..) => "binary",
             Op::Reduce { .. } => "reduce",
             Op::ToF32(_) => "to_f32",
+            Op::Const(_) => "const",
         }
     }
 }
@@ -291,6 +294,10 @@ impl Builder {
         let space = self.node(a).space.clone();
         self.push(Op::ToF32(a), space, Scalar::F32)
     }
+    /// An `F32` constant.
+    pub fn constant(&mut self, value: f32) -> NodeId {
+        self.push(Op::Const(value.to_bits()), Vec::new(), Scalar::F32)
+    }
     /// Finishes with `output` written through a view, and verifies the expression.
     pub fn finish(self, output: NodeId, out_offset: usize, out_strides: &[isize], out_len: usize) -> Result<Expr> {
         let e = Expr {
@@ -362,7 +369,7 @@ impl Expr {
         for (i, n) in self.nodes.iter().enumerate() {
             let points: u64 = self.iter_space(NodeId(i as u32)).iter().map(|v| self.var(*v).extent as u64).product();
             total += match n.op {
-                Op::Read { .. } => 0,
+                Op::Read { .. } | Op::Const(_) => 0,
                 Op::Reduce { .. } => points,
                 _ => points,
             };
@@ -427,6 +434,11 @@ impl Expr {
                     }
                     if &node.space != keep || node.scalar != a.scalar {
                         return Err(Error::bad_node(i, name, "space differs from the kept variables"));
+                    }
+                }
+                Op::Const(_) => {
+                    if !node.space.is_empty() || node.scalar != Scalar::F32 {
+                        return Err(Error::bad_node(i, name, "a constant is an F32 with an empty space"));
                     }
                 }
                 Op::ToF32(a) => {
@@ -526,7 +538,7 @@ fn check_view(name: &str, offset: usize, strides: &[isize], extents: &[usize], l
 /// The nodes an operation reads.
 pub fn args(op: &Op) -> Vec<NodeId> {
     match op {
-        Op::Read { .. } => vec![],
+        Op::Read { .. } | Op::Const(_) => vec![],
         Op::Unary(_, a) | Op::ToF32(a) => vec![*a],
         Op::Binary(_, a, b) => vec![*a, *b],
         Op::Reduce { arg, .. } => vec![*arg],
@@ -552,6 +564,7 @@ impl fmt::Display for Expr {
                     write!(f, "reduce_{op:?}({arg}) over [{}]", names(&self.reduced_vars(NodeId(i as u32))))?
                 }
                 Op::ToF32(a) => write!(f, "to_f32({a})")?,
+                Op::Const(bits) => write!(f, "{}", f32::from_bits(*bits))?,
             }
             writeln!(f)?;
         }
@@ -614,6 +627,53 @@ pub mod library {
             out = b.binary(BinaryOp::Add, out, r);
         }
         b.finish(out, 0, &[n as isize, 1], m * n)
+    }
+
+    /// RMSNorm of `m` rows of `d`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`.
+    pub fn rms_norm(m: usize, d: usize, eps: f32) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vi) = (b.var("m", m), b.var("i", d));
+        let ix = b.input("x", Storage::F32, m * d);
+        let iw = b.input("w", Storage::F32, d);
+        let x = b.read(ix, &[vm, vi], 0, &[d as isize, 1]);
+        let w = b.read(iw, &[vi], 0, &[1]);
+        let sq = b.binary(BinaryOp::Mul, x, x);
+        let ss = b.reduce(ReduceOp::Add, sq, &[vm]);
+        let inv_d = b.constant(1.0 / d as f32);
+        let mean = b.binary(BinaryOp::Mul, ss, inv_d);
+        let e = b.constant(eps);
+        let var = b.binary(BinaryOp::Add, mean, e);
+        let r = b.unary(UnaryOp::Rsqrt, var);
+        let xr = b.binary(BinaryOp::Mul, x, r);
+        let y = b.binary(BinaryOp::Mul, xr, w);
+        b.finish(y, 0, &[d as isize, 1], m * d)
+    }
+
+    /// `y = silu(g) * u` over `m` rows of `d` (the Llama MLP gate).
+    pub fn silu_mul(m: usize, d: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vi) = (b.var("m", m), b.var("i", d));
+        let ig = b.input("g", Storage::F32, m * d);
+        let iu = b.input("u", Storage::F32, m * d);
+        let g = b.read(ig, &[vm, vi], 0, &[d as isize, 1]);
+        let u = b.read(iu, &[vm, vi], 0, &[d as isize, 1]);
+        let s = b.unary(UnaryOp::Silu, g);
+        let y = b.binary(BinaryOp::Mul, s, u);
+        b.finish(y, 0, &[d as isize, 1], m * d)
+    }
+
+    /// Row softmax over `m` rows of `d`: `e = exp(x - max(x))`, `y = e / sum(e)`.
+    pub fn softmax(m: usize, d: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vi) = (b.var("m", m), b.var("i", d));
+        let ix = b.input("x", Storage::F32, m * d);
+        let x = b.read(ix, &[vm, vi], 0, &[d as isize, 1]);
+        let mx = b.reduce(ReduceOp::Max, x, &[vm]);
+        let z = b.binary(BinaryOp::Sub, x, mx);
+        let e = b.unary(UnaryOp::Exp, z);
+        let s = b.reduce(ReduceOp::Add, e, &[vm]);
+        let y = b.binary(BinaryOp::Div, e, s);
+        b.finish(y, 0, &[d as isize, 1], m * d)
     }
 
     /// `Y[m, n] = sum_k dequant(W)[n, k] * X[m, k]`: dequantize-then-dot form, reference for the

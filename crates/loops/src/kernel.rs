@@ -198,8 +198,70 @@ impl KernelCache {
     }
 }
 
-/// Portable Rust kernels with the same semantics (and reduction order) as the JIT ones.
+/// Portable Rust kernels with the same semantics (and reduction order) as the interpreter, so
+/// results are bit-identical to it (`tests/portable_ops_match_interpreter.rs`).
 pub mod portable {
+    /// RMSNorm of rows of `w.len()`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`
+    /// ([`crate::ir::library::rms_norm`]).
+    pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+        let d = w.len();
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let ss = xr.iter().fold(0f32, |acc, v| v.mul_add(*v, acc));
+            let r = 1.0 / (ss * (1.0 / d as f32) + eps).sqrt();
+            for ((yv, xv), wv) in yr.iter_mut().zip(xr).zip(w) {
+                *yv = (xv * r) * wv;
+            }
+        }
+    }
+
+    /// `y = silu(g) * u` ([`crate::ir::library::silu_mul`]).
+    pub fn silu_mul(g: &[f32], u: &[f32], y: &mut [f32]) {
+        for ((yv, gv), uv) in y.iter_mut().zip(g).zip(u) {
+            *yv = (gv / (1.0 + (-gv).exp())) * uv;
+        }
+    }
+
+    /// Softmax of rows of `d` ([`crate::ir::library::softmax`]).
+    pub fn softmax(x: &[f32], d: usize, y: &mut [f32]) {
+        for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+            let mx = xr.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+            let mut s = 0f32;
+            for (yv, xv) in yr.iter_mut().zip(xr) {
+                *yv = (xv - mx).exp();
+                s += *yv;
+            }
+            for yv in yr.iter_mut() {
+                *yv /= s;
+            }
+        }
+    }
+
+    /// Index of the largest element (the first on ties; NaNs never win); `None` when empty.
+    pub fn argmax(x: &[f32]) -> Option<usize> {
+        let mut best: Option<(usize, f32)> = None;
+        for (i, &v) in x.iter().enumerate() {
+            if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+                best = Some((i, v));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// RoPE on adjacent pairs in place: for each head of `head_dim` in `x`, pair `(2i, 2i+1)`
+    /// rotates by `pos * base^(-2i / head_dim)` (GGML's "normal" mode, which SmolLM2's permuted
+    /// Q/K rows expect).
+    pub fn rope_pairs(x: &mut [f32], pos: usize, head_dim: usize, base: f32) {
+        for head in x.chunks_exact_mut(head_dim) {
+            for i in 0..head_dim / 2 {
+                let theta = pos as f32 * base.powf(-2.0 * i as f32 / head_dim as f32);
+                let (s, c) = theta.sin_cos();
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * c - b * s;
+                head[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+
     /// `c = a · b`, one fma chain per output in increasing `k`.
     pub fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
         c.fill(0.0);

@@ -1,0 +1,69 @@
+//! The portable row ops equal the interpreter bit for bit (same operations, same order).
+
+use peregrine_loops::interp::{self, Buffer};
+use peregrine_loops::ir::library;
+use peregrine_loops::kernel::portable;
+use peregrine_loops::Schedule;
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 12) as f32 / 1048576.0 - 0.5) * 6.0).collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn rms_norm_matches() {
+    for (m, d) in [(1, 576), (3, 17), (5, 64)] {
+        let (x, w) = (data(m * d, 1), data(d, 2));
+        let e = library::rms_norm(m, d, 1e-5).unwrap();
+        let mut want = vec![0f32; m * d];
+        interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&x), Buffer::F32(&w)], &mut want).unwrap();
+        let mut got = vec![0f32; m * d];
+        portable::rms_norm(&x, &w, 1e-5, &mut got);
+        assert_eq!(bits(&got), bits(&want), "rms_norm {m}x{d}");
+    }
+}
+
+#[test]
+fn silu_mul_and_softmax_match() {
+    let (m, d) = (4, 37);
+    let (g, u) = (data(m * d, 3), data(m * d, 4));
+    let e = library::silu_mul(m, d).unwrap();
+    let mut want = vec![0f32; m * d];
+    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&g), Buffer::F32(&u)], &mut want).unwrap();
+    let mut got = vec![0f32; m * d];
+    portable::silu_mul(&g, &u, &mut got);
+    assert_eq!(bits(&got), bits(&want), "silu_mul");
+
+    let e = library::softmax(m, d).unwrap();
+    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&g)], &mut want).unwrap();
+    portable::softmax(&g, d, &mut got);
+    assert_eq!(bits(&got), bits(&want), "softmax");
+    for row in got.chunks(d) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn argmax_takes_the_first_maximum_and_skips_nan() {
+    assert_eq!(portable::argmax(&[1.0, 3.0, f32::NAN, 3.0, -1.0]), Some(1));
+    assert_eq!(portable::argmax(&[f32::NAN]), None);
+    assert_eq!(portable::argmax(&[]), None);
+}
+
+#[test]
+fn rope_pairs_rotates_and_keeps_norms() {
+    let mut x = data(128, 5);
+    let before: Vec<f32> = x.chunks(2).map(|p| p[0] * p[0] + p[1] * p[1]).collect();
+    portable::rope_pairs(&mut x, 7, 64, 100000.0);
+    let after: Vec<f32> = x.chunks(2).map(|p| p[0] * p[0] + p[1] * p[1]).collect();
+    for (a, b) in before.iter().zip(&after) {
+        assert!((a - b).abs() <= 1e-4 * a.max(1.0));
+    }
+    // Pair 0 rotates by exactly `pos` radians.
+    let mut y = vec![1.0f32, 0.0];
+    portable::rope_pairs(&mut y, 1, 2, 10000.0);
+    assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6);
+}
