@@ -1,6 +1,7 @@
 //! Micro-benchmarks: sgemm (GFLOP/s via elements = flops), quantized GEMV (GB/s of weights),
 //! and JIT compile time. End-to-end comparisons with peers: `scripts/bench-sgemm-peers` and
 //! `peregrine kernels bench`.
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peregrine_loops::quant::quantize_ggml;
