@@ -32,6 +32,11 @@ pub const MAX_ALIGNMENT: u64 = 1 << 30;
 pub const MAX_DIMS: usize = 4;
 /// How deep arrays of arrays may nest before the parser refuses (guards the stack).
 pub const MAX_ARRAY_DEPTH: usize = 16;
+/// Most array elements, summed over all metadata, that a file may hold (16 Mi). Each parsed
+/// element takes ~32 bytes whatever its size in the file, so this bounds the metadata's memory
+/// (~512 MiB) even for a file of millions of one-byte elements. Real vocabularies hold well
+/// under a million (Llama 3: 128 Ki tokens, 280 Ki merges).
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 24;
 
 /// GGUF metadata value type ids.
 pub(crate) mod value_type {
@@ -453,6 +458,10 @@ struct Parsed {
     tensor_index: HashMap<String, usize>,
 }
 
+/// Most elements reserved up front for a counted sequence; beyond that, vectors grow as
+/// elements actually parse, so memory follows the bytes consumed rather than a claimed count.
+const MAX_PREALLOC: usize = 1 << 16;
+
 /// Smallest encoding of one metadata pair: empty key (8), type (4), one-byte value.
 const MIN_KV_BYTES: u64 = 8 + 4 + 1;
 /// Smallest encoding of one tensor info: empty name (8), n_dims (4), type (4), offset (8).
@@ -463,11 +472,13 @@ struct Parser<'a> {
     bytes: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Array elements the metadata may still hold (see [`MAX_METADATA_ELEMENTS`]).
+    n_elements_left: u64,
 }
 
 impl<'a> Parser<'a> {
     fn new(bytes: &'a [u8], path: &'a Path) -> Self {
-        Parser { bytes, pos: 0, path }
+        Parser { bytes, pos: 0, path, n_elements_left: MAX_METADATA_ELEMENTS }
     }
 
     fn file_len(&self) -> u64 {
@@ -566,9 +577,10 @@ impl<'a> Parser<'a> {
 
         // Re-check now that the metadata is consumed: the infos must fit in what is left.
         self.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, n_tensors_offset, || "tensor count".to_string())?;
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        let mut tensor_index = HashMap::with_capacity(n_tensors as usize);
-        let mut relative_offsets = Vec::with_capacity(n_tensors as usize);
+        let capacity = (n_tensors as usize).min(MAX_PREALLOC);
+        let mut tensors = Vec::with_capacity(capacity);
+        let mut tensor_index = HashMap::with_capacity(capacity);
+        let mut relative_offsets = Vec::with_capacity(capacity);
         for tensor_idx in 0..n_tensors {
             let info_offset = self.pos as u64;
             let (info, relative_offset) = self.tensor_info(tensor_idx, alignment)?;
@@ -603,9 +615,8 @@ impl<'a> Parser<'a> {
     }
 
     fn metadata(&mut self, n_kv: u64) -> Result<(Vec<(String, MetadataValue)>, KeyIndex)> {
-        // n_kv was bounded by the remaining bytes, so these allocations are bounded by the file.
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut key_index = HashMap::with_capacity(n_kv as usize);
+        let mut metadata = Vec::with_capacity((n_kv as usize).min(MAX_PREALLOC));
+        let mut key_index = HashMap::with_capacity((n_kv as usize).min(MAX_PREALLOC));
         for kv_idx in 0..n_kv {
             let kv_offset = self.pos as u64;
             let key = self.string(&|| format!("key of metadata pair {kv_idx}"))?;
@@ -691,7 +702,19 @@ impl<'a> Parser<'a> {
                 let count_offset = self.pos as u64;
                 let count = self.u64(|| format!("length of array {key:?}"))?;
                 self.check_count(count, min_elem_bytes, count_offset, || format!("length of array {key:?}"))?;
-                let mut items = Vec::with_capacity(count as usize);
+                if count > self.n_elements_left {
+                    return Err(Error::CountTooLarge {
+                        path: self.path.to_path_buf(),
+                        what: format!("length of array {key:?} (with the elements before it)"),
+                        offset: count_offset,
+                        count: MAX_METADATA_ELEMENTS - self.n_elements_left + count,
+                        max: MAX_METADATA_ELEMENTS,
+                    });
+                }
+                self.n_elements_left -= count;
+                // Reserve at most MAX_PREALLOC: nested arrays each bounded by the remaining bytes
+                // would otherwise reserve up to MAX_ARRAY_DEPTH times that before failing.
+                let mut items = Vec::with_capacity((count as usize).min(MAX_PREALLOC));
                 for _ in 0..count {
                     items.push(self.value(elem_type, elem_type_offset, key, depth + 1)?);
                 }

@@ -93,6 +93,25 @@ fn absurd_counts() {
 }
 
 #[test]
+fn metadata_element_budget() {
+    // 2^24 + 1 one-byte elements: each would take ~32 B parsed, so the parser refuses.
+    let n = (1u64 << 24) + 1;
+    let mut raw = Raw::header(3, 0, 1);
+    raw.str(b"bytes").u32(9).u32(0).u64(n);
+    raw.0.resize(raw.0.len() + n as usize, 0);
+    assert!(matches!(parse_err(raw.build()), Error::CountTooLarge { count, max, .. } if count == n && max == 1 << 24));
+    // Exactly at the budget, split over two keys, is fine.
+    let half = 1u64 << 23;
+    let mut raw = Raw::header(3, 0, 2);
+    for key in [b"a", b"b"] {
+        raw.str(key).u32(9).u32(0).u64(half);
+        raw.0.resize(raw.0.len() + half as usize, 7);
+    }
+    let gguf = parse(raw.build()).expect("at the budget");
+    assert_eq!(gguf.get("b").and_then(|v| v.as_array()).map(<[_]>::len), Some(half as usize));
+}
+
+#[test]
 fn overflowing_dims() {
     let cases: [&[u64]; 5] = [
         &[1 << 32, 1 << 32],          // element count 2^64
