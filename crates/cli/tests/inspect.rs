@@ -124,3 +124,27 @@ fn corrupt_copies_exit_1_with_a_one_line_error() {
     assert_clean_failure(&dir.0.join("does-not-exist.gguf"), "No such file");
     assert_clean_failure(&dir.write("bad.safetensors", b"not a safetensors file"), "safetensors");
 }
+
+#[test]
+fn inspect_safetensors_with_config_json() {
+    use peregrine_formats::safetensors_io::{Dtype, SafetensorsWriter};
+    let dir = TempDir::new("st");
+    let mut writer = SafetensorsWriter::new();
+    writer.add_f32("model.norm.weight", Dtype::BF16, &[4], &[1.0; 4]).expect("valid tensor");
+    let path = dir.0.join("model.safetensors");
+    writer.write(&path).expect("write safetensors");
+    dir.write(
+        "config.json",
+        br#"{"model_type": "llama", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10, "max_position_embeddings": 32,
+            "tie_word_embeddings": true}"#,
+    );
+    let args = ["inspect", path.to_str().expect("utf-8 path"), "--json"];
+    let out = peregrine(&args);
+    assert!(out.status.success(), "{}", describe(&args, &out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["format"], "safetensors");
+    assert_eq!(v["config"]["n_layers"], 2);
+    assert_eq!(v["config"]["head_dim"], 4);
+    assert_eq!(v["tensors"], serde_json::json!([{"name": "model.norm.weight", "type": "bf16", "shape": [4], "bytes": 8, "offset": 0}]));
+}

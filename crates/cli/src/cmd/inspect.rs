@@ -1,6 +1,7 @@
 //! `peregrine inspect`: a model file's architecture, config, metadata and tensors.
 //!
-//! GGUF files show everything; safetensors files show their tensors (and `__metadata__`).
+//! GGUF files show everything; safetensors files show their tensors, `__metadata__`, and the
+//! config of a `config.json` beside them.
 
 use peregrine_formats::safetensors_io::SafetensorsFile;
 use peregrine_formats::{GgufFile, MetadataValue, ModelConfig, RopeScaling};
@@ -27,7 +28,7 @@ pub struct Args {
 /// `metadata` maps each key to its value; arrays longer than `--max-array-items` become
 /// `{"array_of": TYPE, "len": N, "first": [...]}`. Tensor `shape`s are in GGUF order
 /// (`shape[0]` is the contiguous row length); `bytes` is the tensor's size in the file and
-/// `offset` its absolute file offset.
+/// `offset` its absolute file offset (GGUF; 0 for safetensors).
 #[derive(Serialize)]
 pub struct InspectJson {
     path: String,
@@ -177,15 +178,24 @@ fn inspect_safetensors(args: &Args) -> anyhow::Result<InspectJson> {
             offset: 0,
         });
     }
+    // A Hugging Face checkpoint keeps its hyper-parameters in config.json beside the weights.
+    let config_path = args.path.with_file_name("config.json");
+    let (config, config_error) = match std::fs::read_to_string(&config_path) {
+        Err(_) => (None, None),
+        Ok(text) => match ModelConfig::from_hf_config_json_at(&text, &config_path) {
+            Ok(c) => (Some(ConfigJson::from(&c)), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+    };
     Ok(InspectJson {
         path: args.path.display().to_string(),
         format: "safetensors",
         version: None,
         file_bytes: std::fs::metadata(&args.path)?.len(),
         alignment: None,
-        architecture: None,
-        config: None,
-        config_error: None,
+        architecture: config.as_ref().map(|c| c.architecture.clone()),
+        config,
+        config_error,
         metadata,
         n_tensors: tensors.len(),
         tensors_bytes: tensors.iter().map(|t| t.bytes).sum(),
