@@ -153,7 +153,8 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, f32, i32) {
     }
     let amax = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    // As llama.cpp: `127 / amax`, not `1 / d` (they differ in the last bit, which moves ties).
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut sum = 0i32;
     for (qi, &xi) in q.iter_mut().zip(x) {
         // Round half to even, as `_mm256_round_ps(.., _MM_ROUND_NEAREST)` in llama.cpp's AVX path.
