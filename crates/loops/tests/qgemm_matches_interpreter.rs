@@ -87,3 +87,23 @@ fn bad_shapes_are_errors() {
         assert!(matches!(QGemmKernel::compile(&desc), Err(peregrine_loops::Error::RegisterTileTooLarge { .. })));
     }
 }
+
+#[test]
+fn threads_give_the_same_bits() {
+    if !Isa::Avx512.available() {
+        return;
+    }
+    for (ty, m, n, k) in [(QuantType::Q4_1, 1, 1000, 64), (QuantType::Q8_0, 3, 37, 96), (QuantType::Q4_0, 5, 300, 32)] {
+        let w = quantize_ggml(ty, &data(n * k, 8));
+        let packed = PackedWeights::pack(ty, n, k, &w).unwrap();
+        let x = ActsQ8::quantize(&data(m * k, 9), m, k).unwrap();
+        let kernel = QGemmKernel::compile(&QGemmDesc::new(ty, m, n, k)).unwrap();
+        let mut y1 = vec![0f32; m * n];
+        kernel.run(&packed, &x, &mut y1).unwrap();
+        for threads in [2, 3, 7] {
+            let mut y2 = vec![f32::NAN; m * n];
+            kernel.run_threads(&packed, &x, &mut y2, threads).unwrap();
+            assert_eq!(y1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{ty} {m}x{n}x{k} threads {threads}");
+        }
+    }
+}

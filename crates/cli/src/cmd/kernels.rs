@@ -249,7 +249,11 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
     let mut idx = 0;
     let secs = best_secs(a.min_secs, || {
         idx = (idx + 1) % copies.len();
-        kernel.run(&copies[idx], &xq, &mut y)?;
+        if a.threads > 1 {
+            kernel.run_threads(&copies[idx], &xq, &mut y, a.threads)?;
+        } else {
+            kernel.run(&copies[idx], &xq, &mut y)?;
+        }
         Ok(())
     })?;
     let bytes = copies[0].len_bytes() as f64;
@@ -260,7 +264,7 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         m,
         n,
         k,
-        threads: 1,
+        threads: a.threads.max(1),
         isa: "avx512-vnni".into(),
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
         compile_ms: kernel.compile_ms,

@@ -193,13 +193,21 @@ impl QGemmDesc {
         QGemmDesc { quant, m, n, k, m_tile, n_panels }
     }
 
+    /// Full groups of `n_panels` panels (threads split these), and panels in the last, static
+    /// group (which holds the partial panel when `n % 16 != 0`).
+    fn groups(&self) -> (usize, usize) {
+        let n_panels = self.n.div_ceil(16);
+        let full = if self.n % 16 != 0 { (n_panels - 1) / self.n_panels } else { n_panels / self.n_panels };
+        (full, n_panels - full * self.n_panels)
+    }
+
     fn regs_needed(&self) -> usize {
         let per = if self.quant == QuantType::Q4_1 { 2 } else { 1 };
         self.m_tile * self.n_panels * per + self.m_tile + 7
     }
 }
 
-type QGemmFn = unsafe extern "C" fn(*const u8, *const u8, *mut f32);
+type QGemmFn = unsafe extern "C" fn(*const u8, *const u8, *mut f32, usize, usize);
 
 /// A compiled quantized matmul (AVX-512 VNNI).
 pub struct QGemmKernel {
@@ -241,6 +249,47 @@ impl QGemmKernel {
 
     /// `y = W · x` for all `m` rows.
     pub fn run(&self, w: &PackedWeights, x: &ActsQ8, y: &mut [f32]) -> Result<()> {
+        self.check(w, x, y)?;
+        let (full, tail) = self.desc.groups();
+        // SAFETY: `check` matched the buffers against `self.desc`; groups 0..full plus the
+        // tail are exactly the weight rows of `w` and the columns of `y`.
+        unsafe { self.call(w, x, y.as_mut_ptr(), 0, full, tail > 0) };
+        Ok(())
+    }
+
+    /// Like [`QGemmKernel::run`], with the weight rows split statically among `n_threads`
+    /// scoped threads (each output is computed exactly as in `run`: same bits).
+    pub fn run_threads(&self, w: &PackedWeights, x: &ActsQ8, y: &mut [f32], n_threads: usize) -> Result<()> {
+        self.check(w, x, y)?;
+        let (full, tail) = self.desc.groups();
+        let y_addr = y.as_mut_ptr() as usize;
+        std::thread::scope(|s| {
+            for t in 0..n_threads.max(1) {
+                let (lo, hi) = (full * t / n_threads.max(1), full * (t + 1) / n_threads.max(1));
+                let last = t + 1 == n_threads.max(1);
+                s.spawn(move || {
+                    // SAFETY: as in `run`; threads take disjoint group ranges, so they write
+                    // disjoint columns of `y`, which outlives the scope.
+                    unsafe { self.call(w, x, y_addr as *mut f32, lo, hi - lo, last && tail > 0) };
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// # Safety
+    /// `w`, `x` and the `m * n` floats at `y` must have passed [`QGemmKernel::check`], and
+    /// `lo + count` must not exceed the full groups.
+    unsafe fn call(&self, w: &PackedWeights, x: &ActsQ8, y: *mut f32, lo: usize, count: usize, run_tail: bool) {
+        let d = &self.desc;
+        let group_bytes = d.n_panels * (d.k / BLOCK) * panel_block_bytes(d.quant);
+        // SAFETY: group `lo` starts inside the packed weights and at column `lo * 16 *
+        // n_panels < n` of `y` (the caller's contract); the code reads and writes only the
+        // groups it is told to run.
+        unsafe { (self.entry)(w.as_ptr().add(lo * group_bytes), x.bytes.as_ptr(), y.add(lo * d.n_panels * 16), count, usize::from(run_tail)) }
+    }
+
+    fn check(&self, w: &PackedWeights, x: &ActsQ8, y: &[f32]) -> Result<()> {
         let d = &self.desc;
         if w.ty != d.quant || w.n != d.n || w.k != d.k {
             return Err(Error::BadShape { op: "qgemm", reason: format!("weights are {} {}x{}, kernel wants {} {}x{}", w.ty, w.n, w.k, d.quant, d.n, d.k) });
@@ -251,12 +300,7 @@ impl QGemmKernel {
         if y.len() != d.m * d.n {
             return Err(Error::BufferLen { what: "qgemm output".into(), want: d.m * d.n, got: y.len() });
         }
-        Isa::Avx512.check()?;
-        // SAFETY: the code was generated for `self.desc`, which the checks above matched
-        // against `w` (n.div_ceil(16) panels of k/32 blocks), `x` (m rows of k/32 blocks) and
-        // `y` (m * n floats); it reads only those and writes `y` with masked tails.
-        unsafe { (self.entry)(w.as_ptr(), x.bytes.as_ptr(), y.as_mut_ptr()) };
-        Ok(())
+        Isa::Avx512.check()
     }
 }
 
@@ -310,25 +354,35 @@ impl QGen<'_> {
         self.a.push(rbx)?;
         self.a.push(r12)?;
         self.a.push(r13)?;
+        self.a.push(r14)?;
+        self.a.mov(r13, rcx)?;
+        self.a.mov(r14, r8)?;
         self.a.mov(eax, 0x0F0F_0F0F)?;
         self.a.vpbroadcastd(zmm31, eax)?;
         self.a.mov(r12, rdi)?;
         self.a.mov(rbx, rdx)?;
-        let n_panels = d.n.div_ceil(16);
-        // The partial panel (n % 16 != 0) always falls in the statically emitted last group.
-        let full_groups = if d.n % 16 != 0 { (n_panels - 1) / d.n_panels } else { n_panels / d.n_panels };
-        let tail_panels = n_panels - full_groups * d.n_panels;
+        let (full_groups, tail_panels) = d.groups();
         if full_groups > 0 {
-            self.a.mov(r13d, full_groups as i32)?;
             let mut top = self.a.create_label();
+            let mut after = self.a.create_label();
+            self.a.test(r13, r13)?;
+            self.a.jz(after)?;
             self.a.set_label(&mut top)?;
             self.group(d.n_panels, false)?;
-            self.a.dec(r13d)?;
+            self.a.dec(r13)?;
             self.a.jnz(top)?;
+            self.a.set_label(&mut after)?;
+            self.a.nop()?;
         }
         if tail_panels > 0 {
+            let mut done = self.a.create_label();
+            self.a.test(r14, r14)?;
+            self.a.jz(done)?;
             self.group(tail_panels, d.n % 16 != 0)?;
+            self.a.set_label(&mut done)?;
+            self.a.nop()?;
         }
+        self.a.pop(r14)?;
         self.a.pop(r13)?;
         self.a.pop(r12)?;
         self.a.pop(rbx)?;
