@@ -26,7 +26,13 @@ impl KvCache {
     /// A cache for `n_layers` layers of `kv_dim` values per row, holding up to `capacity` rows.
     pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> Self {
         let layers = (0..n_layers)
-            .map(|_| LayerKv { k: vec![f16::ZERO; capacity * kv_dim], v: vec![f16::ZERO; capacity * kv_dim], len: 0 })
+            // `zeroed_vec` allocates with `alloc_zeroed`, so rows never written cost no
+            // resident memory (`vec![f16::ZERO; n]` would write every element).
+            .map(|_| LayerKv {
+                k: bytemuck::zeroed_vec(capacity * kv_dim),
+                v: bytemuck::zeroed_vec(capacity * kv_dim),
+                len: 0,
+            })
             .collect();
         Self { layers, kv_dim, capacity }
     }

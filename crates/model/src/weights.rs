@@ -209,6 +209,8 @@ impl LlamaWeights {
             token_embd.clone()
         };
         // Repack every matmul weight; the embedding table stays in the file for row lookups.
+        // The largest matrix (the LM head) goes first: the peak while packing is what is already
+        // packed plus the file pages of the matrix being packed.
         output.pack(source);
         for lw in &mut layers {
             for m in [&mut lw.wq, &mut lw.wk, &mut lw.wv, &mut lw.wo, &mut lw.w_gate, &mut lw.w_up, &mut lw.w_down] {
