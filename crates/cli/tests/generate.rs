@@ -185,3 +185,21 @@ fn bench_json_reports_every_field() {
     }
     assert_eq!(curve["1"].as_f64(), Some(1.0));
 }
+
+#[test]
+fn chat_answers_each_line_and_reuses_the_conversation() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
+        .args(["chat", "--model", &model(), "--max-tokens", "8", "--quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    child.stdin.take().unwrap().write_all(b"What is 2+2?\nAnd 3+3?\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().filter(|l| !l.trim().is_empty()).count() >= 2, "a reply per user line: {text:?}");
+}
