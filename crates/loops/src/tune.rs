@@ -21,7 +21,7 @@ pub const COMPILER_VERSION: &str = concat!("loops-", env!("CARGO_PKG_VERSION"), 
 pub struct TuneConfig {
     /// Where tuned schedules are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
-    /// Seconds of timing per candidate (best of 3 batches of about this length / 3).
+    /// Seconds of timing per candidate (best of 5 batches of about this length / 5).
     pub secs_per_candidate: f64,
 }
 
@@ -123,9 +123,9 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
         let mut reps = 1usize;
         kernel.run(&a, &b, &mut c).ok()?;
         let one = t0.elapsed().as_secs_f64().max(1e-7);
-        reps = reps.max((cfg.secs_per_candidate / 3.0 / one) as usize);
+        reps = reps.max((cfg.secs_per_candidate / 5.0 / one) as usize);
         let mut best = f64::INFINITY;
-        for _ in 0..3 {
+        for _ in 0..5 {
             let t = Instant::now();
             for _ in 0..reps {
                 kernel.run(&a, &b, &mut c).ok()?;
