@@ -63,6 +63,7 @@ impl ChatTemplate {
             Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
         });
         env.add_filter("tojson", tojson);
+        env.add_function("strftime_now", |format: String| strftime_utc(&format, now_unix_s()));
         env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
         Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
     }
@@ -139,6 +140,62 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError
     Ok(Value::from_safe_string(String::from_utf8(out).expect("serde_json writes UTF-8")))
 }
 
+fn now_unix_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// HF's `strftime_now(format)` (Llama 3.2 templates put today's date in the system prompt),
+/// in UTC, for the directives those templates use: `%d %m %Y %y %b %B %H %M %S %j %%`.
+fn strftime_utc(format: &str, unix_s: i64) -> String {
+    const MONTHS: [&str; 12] =
+        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    let days = unix_s.div_euclid(86_400);
+    let secs = unix_s.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let cumulative = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = cumulative[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let month_name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year.rem_euclid(100))),
+            Some('b') => out.push_str(&month_name[..3]),
+            Some('B') => out.push_str(month_name),
+            Some('H') => out.push_str(&format!("{:02}", secs / 3600)),
+            Some('M') => out.push_str(&format!("{:02}", secs / 60 % 60)),
+            Some('S') => out.push_str(&format!("{:02}", secs % 60)),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +228,16 @@ mod tests {
     fn runaway_template_runs_out_of_fuel() {
         let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "", "").unwrap();
         assert!(t.render(&[], false).is_err());
+    }
+
+    #[test]
+    fn strftime_matches_python() {
+        // python3 -c "import datetime; print(datetime.datetime.fromtimestamp(1721952000 + 3723, datetime.UTC).strftime('%d %b %Y %B %m %y %H:%M:%S %j %%'))"
+        assert_eq!(strftime_utc("%d %b %Y %B %m %y %H:%M:%S %j %%", 1_721_952_000 + 3_723), "26 Jul 2024 July 07 24 01:02:03 208 %");
+        assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
+        assert_eq!(strftime_utc("%Y-%m-%d %j", 951_782_400), "2000-02-29 060");
+        let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();
+        assert_eq!(t.render(&[], false).unwrap(), "4");
     }
 
     #[test]
