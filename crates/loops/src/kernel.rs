@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::ir::{library, Expr};
 use crate::jit::exec_mem::{CodeBuffer, ExecutableCode};
+use crate::jit::qgemm::{QGemmDesc, QGemmKernel};
 use crate::jit::sgemm::{self, Plan};
 use crate::jit::Isa;
 use crate::schedule::Schedule;
@@ -172,6 +173,7 @@ impl SgemmKernel {
 #[derive(Default)]
 pub struct KernelCache {
     sgemm: Mutex<HashMap<SgemmDesc, Arc<SgemmKernel>>>,
+    qgemm: Mutex<HashMap<QGemmDesc, Arc<QGemmKernel>>>,
 }
 
 impl KernelCache {
@@ -188,9 +190,18 @@ impl KernelCache {
         self.sgemm.lock().expect("kernel cache lock is never poisoned").insert(desc.clone(), k.clone());
         Ok(k)
     }
+    /// The quantized matmul kernel for `desc`, compiling it on first use.
+    pub fn qgemm(&self, desc: &QGemmDesc) -> Result<Arc<QGemmKernel>> {
+        if let Some(k) = self.qgemm.lock().expect("kernel cache lock is never poisoned").get(desc) {
+            return Ok(k.clone());
+        }
+        let k = Arc::new(QGemmKernel::compile(desc)?);
+        self.qgemm.lock().expect("kernel cache lock is never poisoned").insert(desc.clone(), k.clone());
+        Ok(k)
+    }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.sgemm.lock().expect("kernel cache lock is never poisoned").len()
+        self.sgemm.lock().expect("kernel cache lock is never poisoned").len() + self.qgemm.lock().expect("kernel cache lock is never poisoned").len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
@@ -273,6 +284,30 @@ pub mod portable {
                     *cv = av.mul_add(*bv, *cv);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_compiles_once_per_description() {
+        let cache = KernelCache::new();
+        let a = cache.sgemm(&SgemmDesc::new(8, 8, 8)).unwrap();
+        let b = cache.sgemm(&SgemmDesc::new(8, 8, 8)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let mut other = SgemmDesc::new(8, 8, 8);
+        other.schedule = Some("m/1 k/1 n/1:vec".into());
+        if other.isa != Isa::Portable {
+            let c = cache.sgemm(&other).unwrap();
+            assert!(!Arc::ptr_eq(&a, &c), "the schedule is part of the key");
+        }
+        if Isa::Avx512.available() {
+            let q = crate::quant::QuantType::Q4_1;
+            let d = QGemmDesc::new(q, 1, 32, 64);
+            assert!(Arc::ptr_eq(&cache.qgemm(&d).unwrap(), &cache.qgemm(&d).unwrap()));
         }
     }
 }
