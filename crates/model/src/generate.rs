@@ -100,7 +100,12 @@ impl Session {
             )));
         }
         let start = Instant::now();
-        let common = self.history.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .history
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         // Keep at least one token to compute so there are logits to sample from.
         let keep = common.min(prompt.len() - 1);
         self.cache.truncate(keep);
@@ -109,7 +114,11 @@ impl Session {
         let mut pos = keep;
         while pos < prompt.len() {
             let end = (pos + PREFILL_CHUNK).min(prompt.len());
-            let logits = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+            let logits = if end == prompt.len() {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
             self.step(model, &prompt[pos..end], pos, logits)?;
             pos = end;
         }
@@ -142,12 +151,28 @@ impl Session {
         if !matches!(stop_reason, StopReason::StopString(_)) {
             if let Some(rest) = stream.finish() {
                 if let Some(stop) = text.push(&rest, on_text) {
-                    return Ok(self.finish(tokens, text, prompt.len(), n_prompt_computed, prefill_s, decode_start, StopReason::StopString(stop)));
+                    return Ok(self.finish(
+                        tokens,
+                        text,
+                        prompt.len(),
+                        n_prompt_computed,
+                        prefill_s,
+                        decode_start,
+                        StopReason::StopString(stop),
+                    ));
                 }
             }
             text.flush(on_text);
         }
-        Ok(self.finish(tokens, text, prompt.len(), n_prompt_computed, prefill_s, decode_start, stop_reason))
+        Ok(self.finish(
+            tokens,
+            text,
+            prompt.len(),
+            n_prompt_computed,
+            prefill_s,
+            decode_start,
+            stop_reason,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -173,13 +198,29 @@ impl Session {
     }
 
     /// One forward over `tokens` at positions `pos..`, appending them to the history.
-    fn step(&mut self, model: &Model, tokens: &[u32], pos: usize, logits: LogitRows<'_>) -> Result<()> {
+    fn step(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        pos: usize,
+        logits: LogitRows<'_>,
+    ) -> Result<()> {
         let mut positions = [0u32; PREFILL_CHUNK];
         for (i, p) in positions[..tokens.len()].iter_mut().enumerate() {
             *p = (pos + i) as u32;
         }
-        let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
-        let mut seqs = [SeqInput { cache: &mut self.cache, tokens, positions: &positions[..tokens.len()], tree: None, logits }];
+        let opts = ForwardOptions {
+            layers: 0..model.config().n_layers,
+            head: true,
+            taps: &[],
+        };
+        let mut seqs = [SeqInput {
+            cache: &mut self.cache,
+            tokens,
+            positions: &positions[..tokens.len()],
+            tree: None,
+            logits,
+        }];
         model.forward(&mut self.ws, &mut seqs, &opts)?;
         self.history.extend_from_slice(tokens);
         Ok(())
@@ -198,8 +239,18 @@ struct StopScanner<'a> {
 
 impl<'a> StopScanner<'a> {
     fn new(stops: &'a [String]) -> Self {
-        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(0).saturating_sub(1);
-        Self { stops, text: String::new(), emitted: 0, hold }
+        let hold = stops
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        Self {
+            stops,
+            text: String::new(),
+            emitted: 0,
+            hold,
+        }
     }
 
     /// Adds `piece`; returns the stop string if one now appears (text is cut before it).
@@ -210,7 +261,11 @@ impl<'a> StopScanner<'a> {
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|at| (search_from + at, s)))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|at| (search_from + at, s))
+            })
             .min_by_key(|(at, _)| *at);
         if let Some((at, stop)) = found {
             self.text.truncate(at);

@@ -34,7 +34,11 @@ impl KvCache {
                 len: 0,
             })
             .collect();
-        Self { layers, kv_dim, capacity }
+        Self {
+            layers,
+            kv_dim,
+            capacity,
+        }
     }
 
     /// Rows the cache can hold.
@@ -70,7 +74,9 @@ impl KvCache {
     /// `keep` must be increasing (a root-to-leaf path in a topologically ordered tree is).
     pub fn compact(&mut self, base: usize, keep: &[usize]) -> Result<()> {
         if keep.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(Error::InvalidRequest(format!("KvCache::compact: rows {keep:?} are not increasing")));
+            return Err(Error::InvalidRequest(format!(
+                "KvCache::compact: rows {keep:?} are not increasing"
+            )));
         }
         let d = self.kv_dim;
         for l in &mut self.layers {

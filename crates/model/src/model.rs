@@ -16,8 +16,8 @@ use crate::{Error, Result};
 use peregrine_formats::{ModelConfig, RopeScaling};
 use peregrine_tensor::ops::{self, RopeTable};
 use peregrine_tensor::{
-    attention, matmul, AttentionScratch, AttentionSeq, AttentionShape, MatmulScratch, MatmulTarget, ThreadPool,
-    Visibility,
+    attention, matmul, AttentionScratch, AttentionSeq, AttentionShape, MatmulScratch, MatmulTarget,
+    ThreadPool, Visibility,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -44,7 +44,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { n_threads: 1, f32_activations: false }
+        Self {
+            n_threads: 1,
+            f32_activations: false,
+        }
     }
 }
 
@@ -92,7 +95,13 @@ pub struct ForwardOptions<'a> {
 impl Model {
     /// Loads a model file (GGUF, or safetensors with `config.json`) and starts `n_threads` threads.
     pub fn load(path: &Path, n_threads: usize) -> Result<Self> {
-        Self::load_with(path, &LoadOptions { n_threads, ..LoadOptions::default() })
+        Self::load_with(
+            path,
+            &LoadOptions {
+                n_threads,
+                ..LoadOptions::default()
+            },
+        )
     }
 
     /// Loads with explicit options.
@@ -104,7 +113,12 @@ impl Model {
             Some(RopeScaling::Linear { factor }) if factor > 0.0 => 1.0 / factor,
             _ => 1.0,
         };
-        let rope = RopeTable::new(config.head_dim, config.rope_base, freq_scale, weights.rope_freq_factors.as_deref());
+        let rope = RopeTable::new(
+            config.head_dim,
+            config.rope_base,
+            freq_scale,
+            weights.rope_freq_factors.as_deref(),
+        );
         tracing::info!(
             path = %path.display(),
             layers = config.n_layers,
@@ -112,7 +126,13 @@ impl Model {
             threads = n_threads,
             "model loaded"
         );
-        Ok(Self { config, source, weights, rope, pool: ThreadPool::new(n_threads) })
+        Ok(Self {
+            config,
+            source,
+            weights,
+            rope,
+            pool: ThreadPool::new(n_threads),
+        })
     }
 
     /// Hyper-parameters.
@@ -132,12 +152,21 @@ impl Model {
 
     /// A KV cache for one sequence of up to `capacity` tokens.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.config.n_layers, self.config.n_kv_heads * self.config.head_dim, capacity)
+        KvCache::new(
+            self.config.n_layers,
+            self.config.n_kv_heads * self.config.head_dim,
+            capacity,
+        )
     }
 
     /// Buffers for forwards of up to `max_rows` tokens in all, `max_logit_rows` of them with
     /// logits, over contexts of up to `max_ctx` tokens.
-    pub fn new_workspace(&self, max_rows: usize, max_logit_rows: usize, max_ctx: usize) -> Workspace {
+    pub fn new_workspace(
+        &self,
+        max_rows: usize,
+        max_logit_rows: usize,
+        max_ctx: usize,
+    ) -> Workspace {
         let c = &self.config;
         let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
@@ -166,7 +195,12 @@ impl Model {
     }
 
     /// Runs the network over every sequence's new tokens; see the module docs.
-    pub fn forward(&self, ws: &mut Workspace, seqs: &mut [SeqInput<'_>], opts: &ForwardOptions<'_>) -> Result<()> {
+    pub fn forward(
+        &self,
+        ws: &mut Workspace,
+        seqs: &mut [SeqInput<'_>],
+        opts: &ForwardOptions<'_>,
+    ) -> Result<()> {
         let c = &self.config;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let q_dim = c.n_heads * hd;
@@ -180,33 +214,62 @@ impl Model {
         let mut row = 0;
         for s in seqs.iter() {
             for (i, &pos) in s.positions.iter().enumerate() {
-                self.rope.angles(pos, &mut ws.angles[(row + i) * hd..(row + i + 1) * hd]);
+                self.rope
+                    .angles(pos, &mut ws.angles[(row + i) * hd..(row + i + 1) * hd]);
             }
             row += s.tokens.len();
         }
         ws.prepare_taps(opts.taps, m * h);
 
-        let shape = AttentionShape { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: hd };
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: hd,
+        };
         for layer_idx in opts.layers.clone() {
             ws.record_tap(opts.taps, layer_idx, m * h);
             let lw = &self.weights.layers[layer_idx];
             let src = &self.source;
-            ops::rms_norm(&ws.x[..m * h], &lw.attn_norm, c.rms_norm_eps, &mut ws.xn[..m * h]);
+            ops::rms_norm(
+                &ws.x[..m * h],
+                &lw.attn_norm,
+                c.rms_norm_eps,
+                &mut ws.xn[..m * h],
+            );
             matmul(
                 &self.pool,
                 &mut ws.mm,
                 &ws.xn[..m * h],
                 m,
                 &mut [
-                    MatmulTarget { w: lw.wq.weights(src), out: &mut ws.q[..m * q_dim] },
-                    MatmulTarget { w: lw.wk.weights(src), out: &mut ws.k[..m * kv_dim] },
-                    MatmulTarget { w: lw.wv.weights(src), out: &mut ws.v[..m * kv_dim] },
+                    MatmulTarget {
+                        w: lw.wq.weights(src),
+                        out: &mut ws.q[..m * q_dim],
+                    },
+                    MatmulTarget {
+                        w: lw.wk.weights(src),
+                        out: &mut ws.k[..m * kv_dim],
+                    },
+                    MatmulTarget {
+                        w: lw.wv.weights(src),
+                        out: &mut ws.v[..m * kv_dim],
+                    },
                 ],
             )?;
             for r in 0..m {
                 let angles = &ws.angles[r * hd..(r + 1) * hd];
-                ops::rope_row(&mut ws.q[r * q_dim..(r + 1) * q_dim], hd, angles, self.weights.rope_layout);
-                ops::rope_row(&mut ws.k[r * kv_dim..(r + 1) * kv_dim], hd, angles, self.weights.rope_layout);
+                ops::rope_row(
+                    &mut ws.q[r * q_dim..(r + 1) * q_dim],
+                    hd,
+                    angles,
+                    self.weights.rope_layout,
+                );
+                ops::rope_row(
+                    &mut ws.k[r * kv_dim..(r + 1) * kv_dim],
+                    hd,
+                    angles,
+                    self.weights.rope_layout,
+                );
             }
             self.attend(ws, seqs, layer_idx, shape)?;
             matmul(
@@ -214,11 +277,19 @@ impl Model {
                 &mut ws.mm,
                 &ws.attn[..m * q_dim],
                 m,
-                &mut [MatmulTarget { w: lw.wo.weights(src), out: &mut ws.xn[..m * h] }],
+                &mut [MatmulTarget {
+                    w: lw.wo.weights(src),
+                    out: &mut ws.xn[..m * h],
+                }],
             )?;
             ops::add_in_place(&mut ws.x[..m * h], &ws.xn[..m * h]);
 
-            ops::rms_norm(&ws.x[..m * h], &lw.ffn_norm, c.rms_norm_eps, &mut ws.xn[..m * h]);
+            ops::rms_norm(
+                &ws.x[..m * h],
+                &lw.ffn_norm,
+                c.rms_norm_eps,
+                &mut ws.xn[..m * h],
+            );
             let f = c.ffn_size;
             matmul(
                 &self.pool,
@@ -226,8 +297,14 @@ impl Model {
                 &ws.xn[..m * h],
                 m,
                 &mut [
-                    MatmulTarget { w: lw.w_gate.weights(src), out: &mut ws.gate[..m * f] },
-                    MatmulTarget { w: lw.w_up.weights(src), out: &mut ws.up[..m * f] },
+                    MatmulTarget {
+                        w: lw.w_gate.weights(src),
+                        out: &mut ws.gate[..m * f],
+                    },
+                    MatmulTarget {
+                        w: lw.w_up.weights(src),
+                        out: &mut ws.up[..m * f],
+                    },
                 ],
             )?;
             ops::silu_mul(&mut ws.gate[..m * f], &ws.up[..m * f]);
@@ -236,7 +313,10 @@ impl Model {
                 &mut ws.mm,
                 &ws.gate[..m * f],
                 m,
-                &mut [MatmulTarget { w: lw.w_down.weights(src), out: &mut ws.xn[..m * h] }],
+                &mut [MatmulTarget {
+                    w: lw.w_down.weights(src),
+                    out: &mut ws.xn[..m * h],
+                }],
             )?;
             ops::add_in_place(&mut ws.x[..m * h], &ws.xn[..m * h]);
         }
@@ -250,11 +330,19 @@ impl Model {
     }
 
     /// Checks the request against the model, the workspace and the caches; returns the row count.
-    fn validate(&self, ws: &Workspace, seqs: &[SeqInput<'_>], opts: &ForwardOptions<'_>) -> Result<usize> {
+    fn validate(
+        &self,
+        ws: &Workspace,
+        seqs: &[SeqInput<'_>],
+        opts: &ForwardOptions<'_>,
+    ) -> Result<usize> {
         let c = &self.config;
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
         if opts.layers.start > opts.layers.end || opts.layers.end > c.n_layers {
-            return bad(format!("layers {:?} outside 0..{}", opts.layers, c.n_layers));
+            return bad(format!(
+                "layers {:?} outside 0..{}",
+                opts.layers, c.n_layers
+            ));
         }
         if let Some(&t) = opts.taps.iter().find(|&&t| t > c.n_layers) {
             return bad(format!("tap at layer {t} beyond the {} layers", c.n_layers));
@@ -267,15 +355,22 @@ impl Model {
                 return bad(format!("{n} tokens but {} positions", s.positions.len()));
             }
             if let Some(&t) = s.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return bad(format!("token id {t} is outside the vocabulary of {}", c.vocab_size));
+                return bad(format!(
+                    "token id {t} is outside the vocabulary of {}",
+                    c.vocab_size
+                ));
             }
             if let Some(tree) = s.tree {
                 if tree.len() != n || n > 64 {
-                    return bad(format!("a tree of {n} tokens needs {n} masks and at most 64 nodes"));
+                    return bad(format!(
+                        "a tree of {n} tokens needs {n} masks and at most 64 nodes"
+                    ));
                 }
                 for (i, &mask) in tree.iter().enumerate() {
                     if mask >> i & 1 == 0 || (i < 63 && mask >> (i + 1) != 0) {
-                        return bad(format!("tree mask {i} must include itself and only earlier nodes"));
+                        return bad(format!(
+                            "tree mask {i} must include itself and only earlier nodes"
+                        ));
                     }
                 }
             }
@@ -296,13 +391,22 @@ impl Model {
             m += n;
         }
         if m > ws.max_rows {
-            return bad(format!("{m} tokens exceed the workspace's {} rows", ws.max_rows));
+            return bad(format!(
+                "{m} tokens exceed the workspace's {} rows",
+                ws.max_rows
+            ));
         }
         if opts.head && n_logits > ws.max_logit_rows {
-            return bad(format!("{n_logits} logit rows exceed the workspace's {}", ws.max_logit_rows));
+            return bad(format!(
+                "{n_logits} logit rows exceed the workspace's {}",
+                ws.max_logit_rows
+            ));
         }
         if opts.layers.start > 0 && ws.n_rows < m {
-            return bad(format!("resuming at layer {} needs hidden states for {m} rows", opts.layers.start));
+            return bad(format!(
+                "resuming at layer {} needs hidden states for {m} rows",
+                opts.layers.start
+            ));
         }
         Ok(m)
     }
@@ -313,26 +417,43 @@ impl Model {
         let mut row = 0;
         for s in seqs {
             for &t in s.tokens {
-                peregrine_formats::quant::dequantize_row(table.ty(), table.row(t as usize), &mut ws.x[row * h..(row + 1) * h])?;
+                peregrine_formats::quant::dequantize_row(
+                    table.ty(),
+                    table.row(t as usize),
+                    &mut ws.x[row * h..(row + 1) * h],
+                )?;
                 row += 1;
             }
         }
         Ok(())
     }
 
-    fn attend(&self, ws: &mut Workspace, seqs: &mut [SeqInput<'_>], layer_idx: usize, shape: AttentionShape) -> Result<()> {
+    fn attend(
+        &self,
+        ws: &mut Workspace,
+        seqs: &mut [SeqInput<'_>],
+        layer_idx: usize,
+        shape: AttentionShape,
+    ) -> Result<()> {
         let q_dim = shape.n_heads * shape.head_dim;
         let kv_dim = shape.n_kv_heads * shape.head_dim;
         // Append the new keys/values first, remembering where each sequence's prefix ends.
         let mut prefix = [0usize; peregrine_tensor::attention::MAX_SEQS];
         if seqs.len() > prefix.len() {
-            return Err(Error::InvalidRequest(format!("at most {} sequences per forward", prefix.len())));
+            return Err(Error::InvalidRequest(format!(
+                "at most {} sequences per forward",
+                prefix.len()
+            )));
         }
         let mut row = 0;
         for (s, p) in seqs.iter_mut().zip(prefix.iter_mut()) {
             let n = s.tokens.len();
             *p = s.cache.layer_len(layer_idx);
-            s.cache.append(layer_idx, &ws.k[row * kv_dim..(row + n) * kv_dim], &ws.v[row * kv_dim..(row + n) * kv_dim]);
+            s.cache.append(
+                layer_idx,
+                &ws.k[row * kv_dim..(row + n) * kv_dim],
+                &ws.v[row * kv_dim..(row + n) * kv_dim],
+            );
             row += n;
         }
         // A fixed-size array of per-sequence jobs (unused slots empty): no allocation per layer.
@@ -356,9 +477,21 @@ impl Model {
                 out_rest = or;
                 let (k, v) = s.cache.layer(layer_idx);
                 let visibility = s.tree.map_or(Visibility::Causal, Visibility::Tree);
-                *job = AttentionSeq { q, k, v, prefix_len: p, visibility, out };
+                *job = AttentionSeq {
+                    q,
+                    k,
+                    v,
+                    prefix_len: p,
+                    visibility,
+                    out,
+                };
             }
-            attention(&self.pool, &ws.attn_scratch, shape, &mut jobs[..chunk_seqs.len()])?;
+            attention(
+                &self.pool,
+                &ws.attn_scratch,
+                shape,
+                &mut jobs[..chunk_seqs.len()],
+            )?;
         }
         Ok(())
     }
@@ -372,7 +505,12 @@ impl Model {
             let len = s.tokens.len();
             let mut take = |r: usize, ws: &mut Workspace| {
                 let src = (row + r) * h;
-                ops::rms_norm(&ws.x[src..src + h], &self.weights.output_norm, self.config.rms_norm_eps, &mut ws.head_in[n * h..(n + 1) * h]);
+                ops::rms_norm(
+                    &ws.x[src..src + h],
+                    &self.weights.output_norm,
+                    self.config.rms_norm_eps,
+                    &mut ws.head_in[n * h..(n + 1) * h],
+                );
                 n += 1;
             };
             match s.logits {
@@ -392,7 +530,10 @@ impl Model {
                 &mut ws.mm,
                 &ws.head_in[..n * h],
                 n,
-                &mut [MatmulTarget { w: self.weights.output.weights(&self.source), out: &mut ws.logits[..n * vocab] }],
+                &mut [MatmulTarget {
+                    w: self.weights.output.weights(&self.source),
+                    out: &mut ws.logits[..n * vocab],
+                }],
             )?;
         }
         Ok(())
@@ -434,7 +575,11 @@ impl Workspace {
 
     /// Logits of the `i`-th requested row of the last forward.
     pub fn logits(&self, i: usize) -> &[f32] {
-        assert!(i < self.n_logit_rows, "logit row {i} of {}", self.n_logit_rows);
+        assert!(
+            i < self.n_logit_rows,
+            "logit row {i} of {}",
+            self.n_logit_rows
+        );
         let vocab = self.logits.len() / self.max_logit_rows;
         &self.logits[i * vocab..(i + 1) * vocab]
     }
@@ -450,7 +595,10 @@ impl Workspace {
     pub fn set_hidden(&mut self, hidden: &[f32], n_rows: usize) -> Result<()> {
         let h = self.x.len() / self.max_rows;
         if hidden.len() != n_rows * h || n_rows > self.max_rows {
-            return Err(Error::InvalidRequest(format!("set_hidden: {} values for {n_rows} rows of {h}", hidden.len())));
+            return Err(Error::InvalidRequest(format!(
+                "set_hidden: {} values for {n_rows} rows of {h}",
+                hidden.len()
+            )));
         }
         self.x[..hidden.len()].copy_from_slice(hidden);
         self.n_rows = n_rows;

@@ -50,7 +50,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Whether any penalty is active.
     fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
     }
 
     /// Checks ranges; the message names the bad parameter.
@@ -124,8 +126,14 @@ impl Sampler {
             }
         }
         for &(t, count) in &self.recent {
-            let Some(l) = self.logits.get_mut(t as usize) else { continue };
-            *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            let Some(l) = self.logits.get_mut(t as usize) else {
+                continue;
+            };
+            *l = if *l > 0.0 {
+                *l / p.repetition_penalty
+            } else {
+                *l * p.repetition_penalty
+            };
             *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
         }
     }
@@ -133,20 +141,32 @@ impl Sampler {
     fn sample_shaped(&mut self) -> u32 {
         let p = self.params.clone();
         self.candidates.clear();
-        self.candidates.extend(self.logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l, i as u32)));
+        self.candidates.extend(
+            self.logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l, i as u32)),
+        );
         if self.candidates.is_empty() {
             return 0;
         }
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            self.candidates
+                .select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             self.candidates.truncate(p.top_k);
         }
         let needs_sorted = p.top_p < 1.0 || p.min_p > 0.0;
         if needs_sorted {
             self.candidates.sort_unstable_by(by_logit_desc);
             let max = self.candidates[0].0;
-            let total: f64 = self.candidates.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
+            let total: f64 = self
+                .candidates
+                .iter()
+                .map(|&(l, _)| ((l - max) as f64).exp())
+                .sum();
             let mut keep = self.candidates.len();
             if p.top_p < 1.0 {
                 let mut cum = 0.0;
@@ -161,14 +181,26 @@ impl Sampler {
             if p.min_p > 0.0 {
                 // Relative to the top token: p_i / p_max = exp(l_i - max).
                 let floor = (p.min_p as f64).ln();
-                let n_min = self.candidates.iter().take_while(|&&(l, _)| ((l - max) as f64) >= floor).count().max(1);
+                let n_min = self
+                    .candidates
+                    .iter()
+                    .take_while(|&&(l, _)| ((l - max) as f64) >= floor)
+                    .count()
+                    .max(1);
                 keep = keep.min(n_min);
             }
             self.candidates.truncate(keep);
         }
-        let max = self.candidates.iter().fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
+        let max = self
+            .candidates
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
         let inv_t = 1.0 / p.temperature as f64;
-        let total: f64 = self.candidates.iter().map(|&(l, _)| (((l - max) as f64) * inv_t).exp()).sum();
+        let total: f64 = self
+            .candidates
+            .iter()
+            .map(|&(l, _)| (((l - max) as f64) * inv_t).exp())
+            .sum();
         let mut u = self.rng.random::<f64>() * total;
         for &(l, id) in &self.candidates {
             u -= (((l - max) as f64) * inv_t).exp();
@@ -193,9 +225,15 @@ mod tests {
         let logits = [0.0, 3.0, 2.9, -1.0];
         let mut s = sampler(SamplingParams::default());
         assert_eq!(s.sample(&logits, &[]), 1);
-        let mut s = sampler(SamplingParams { repetition_penalty: 1.5, ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            repetition_penalty: 1.5,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits, &[1]), 2, "3.0/1.5 = 2.0 < 2.9");
-        let mut s = sampler(SamplingParams { presence_penalty: 0.2, ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            presence_penalty: 0.2,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits, &[1]), 2);
     }
 
@@ -203,9 +241,21 @@ mod tests {
     fn top_k_one_and_min_p_one_are_greedy() {
         let logits = [0.5, 1.0, 0.9, 0.2];
         for params in [
-            SamplingParams { temperature: 1.0, top_k: 1, ..Default::default() },
-            SamplingParams { temperature: 1.0, min_p: 1.0, ..Default::default() },
-            SamplingParams { temperature: 1.0, top_p: 0.01, ..Default::default() },
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                min_p: 1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 1.0,
+                top_p: 0.01,
+                ..Default::default()
+            },
         ] {
             let mut s = sampler(params);
             for _ in 0..50 {
@@ -217,7 +267,11 @@ mod tests {
     #[test]
     fn temperature_sampling_matches_softmax_frequencies() {
         let logits = [0.0f32, 1.0, 2.0];
-        let mut s = sampler(SamplingParams { temperature: 1.0, seed: 42, ..Default::default() });
+        let mut s = sampler(SamplingParams {
+            temperature: 1.0,
+            seed: 42,
+            ..Default::default()
+        });
         let mut counts = [0u32; 3];
         let n = 60_000;
         for _ in 0..n {
@@ -236,7 +290,12 @@ mod tests {
     #[test]
     fn same_seed_same_tokens() {
         let logits: Vec<f32> = (0..8).map(|i| (i as f32 * 0.7).sin()).collect();
-        let params = SamplingParams { temperature: 0.8, top_p: 0.9, seed: 5, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_p: 0.9,
+            seed: 5,
+            ..Default::default()
+        };
         let mut a = sampler(params.clone());
         let mut b = sampler(params);
         for _ in 0..100 {

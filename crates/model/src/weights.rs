@@ -83,11 +83,21 @@ impl MatrixLoc {
             GgmlType::Q8_0 => QuantKind::Q8_0,
             _ => return,
         };
-        if self.f32_activations || self.n_rows % peregrine_tensor::packed::TILE_ROWS != 0 || self.n_cols % 32 != 0 {
+        if self.f32_activations
+            || !self
+                .n_rows
+                .is_multiple_of(peregrine_tensor::packed::TILE_ROWS)
+            || !self.n_cols.is_multiple_of(32)
+        {
             return;
         }
         let w = self.matrix(source);
-        self.packed = Some(Arc::new(PackedMatrix::pack(kind, self.n_rows, self.n_cols, |r| w.row(r))));
+        self.packed = Some(Arc::new(PackedMatrix::pack(
+            kind,
+            self.n_rows,
+            self.n_cols,
+            |r| w.row(r),
+        )));
         if let (Located::Gguf(info), Source::Gguf(g)) = (&self.at, source) {
             g.release_tensor_pages(info);
         }
@@ -102,7 +112,8 @@ impl MatrixLoc {
             }
             _ => unreachable!("a MatrixLoc is used with the source it was resolved from"),
         };
-        let w = WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols).expect("shape was validated at load");
+        let w = WeightMatrix::new(self.ty, bytes, self.n_rows, self.n_cols)
+            .expect("shape was validated at load");
         if self.f32_activations {
             w.with_f32_activations()
         } else {
@@ -169,10 +180,16 @@ pub fn open(path: &Path) -> Result<(Source, ModelConfig)> {
         let config = file.model_config()?;
         return Ok((Source::Gguf(file), config));
     }
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|cause| peregrine_formats::Error::Io { path: config_path.clone(), cause })?;
+    let text =
+        std::fs::read_to_string(&config_path).map_err(|cause| peregrine_formats::Error::Io {
+            path: config_path.clone(),
+            cause,
+        })?;
     let config = ModelConfig::from_hf_config_json_at(&text, &config_path)?;
-    Ok((Source::Safetensors(SafetensorsFile::open(&weights)?), config))
+    Ok((
+        Source::Safetensors(SafetensorsFile::open(&weights)?),
+        config,
+    ))
 }
 
 impl LlamaWeights {
@@ -181,12 +198,19 @@ impl LlamaWeights {
     pub fn load(source: &Source, cfg: &ModelConfig, f32_activations: bool) -> Result<Self> {
         let path = source.path().to_path_buf();
         if cfg.architecture != "llama" {
-            return Err(Error::UnsupportedArchitecture { path, architecture: cfg.architecture.clone() });
+            return Err(Error::UnsupportedArchitecture {
+                path,
+                architecture: cfg.architecture.clone(),
+            });
         }
         let h = cfg.hidden_size;
         let q_dim = cfg.n_heads * cfg.head_dim;
         let kv_dim = cfg.n_kv_heads * cfg.head_dim;
-        let r = Resolver { source, path: &path, f32_activations };
+        let r = Resolver {
+            source,
+            path: &path,
+            f32_activations,
+        };
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for l in 0..cfg.n_layers {
             let at = Some(l);
@@ -213,7 +237,15 @@ impl LlamaWeights {
         // packed plus the file pages of the matrix being packed.
         output.pack(source);
         for lw in &mut layers {
-            for m in [&mut lw.wq, &mut lw.wk, &mut lw.wv, &mut lw.wo, &mut lw.w_gate, &mut lw.w_up, &mut lw.w_down] {
+            for m in [
+                &mut lw.wq,
+                &mut lw.wk,
+                &mut lw.wv,
+                &mut lw.wo,
+                &mut lw.w_gate,
+                &mut lw.w_up,
+                &mut lw.w_down,
+            ] {
                 m.pack(source);
             }
         }
@@ -222,9 +254,18 @@ impl LlamaWeights {
                 Some(r.vector(LlamaTensor::RopeFreqs, None, cfg.head_dim / 2)?)
             }
             Source::Safetensors(_) => match cfg.rope_scaling {
-                Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context_length }) => {
-                    Some(llama3_freq_factors(cfg, factor, low_freq_factor, high_freq_factor, original_context_length))
-                }
+                Some(RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context_length,
+                }) => Some(llama3_freq_factors(
+                    cfg,
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context_length,
+                )),
                 _ => None,
             },
             _ => None,
@@ -246,7 +287,13 @@ impl LlamaWeights {
 
 /// The divisors Llama 3.1 applies to RoPE frequencies, as `convert_hf_to_gguf.py` computes them
 /// for the `rope_freqs` tensor.
-fn llama3_freq_factors(cfg: &ModelConfig, factor: f32, low: f32, high: f32, original_ctx: usize) -> Vec<f32> {
+fn llama3_freq_factors(
+    cfg: &ModelConfig,
+    factor: f32,
+    low: f32,
+    high: f32,
+    original_ctx: usize,
+) -> Vec<f32> {
     let low_wavelen = original_ctx as f32 / low;
     let high_wavelen = original_ctx as f32 / high;
     (0..cfg.head_dim / 2)
@@ -288,15 +335,29 @@ impl Resolver<'_> {
     }
 
     fn missing(&self, name: &str) -> Error {
-        Error::MissingTensor { path: self.path.clone(), name: name.to_string() }
+        Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        }
     }
 
     fn mismatch(&self, name: &str, got: Vec<u64>, expected: Vec<u64>) -> Error {
-        Error::ShapeMismatch { path: self.path.clone(), name: name.to_string(), got, expected }
+        Error::ShapeMismatch {
+            path: self.path.clone(),
+            name: name.to_string(),
+            got,
+            expected,
+        }
     }
 
     /// A matrix of `n_rows` outputs by `n_cols` inputs (GGUF dims `[n_cols, n_rows]`).
-    fn matrix(&self, kind: LlamaTensor, layer: Option<usize>, n_rows: usize, n_cols: usize) -> Result<MatrixLoc> {
+    fn matrix(
+        &self,
+        kind: LlamaTensor,
+        layer: Option<usize>,
+        n_rows: usize,
+        n_cols: usize,
+    ) -> Result<MatrixLoc> {
         let name = self.name(kind, layer);
         let expected = vec![n_cols as u64, n_rows as u64];
         let (ty, at) = match self.source {
@@ -329,7 +390,14 @@ impl Resolver<'_> {
                 (ty, Located::Safetensors(name.clone()))
             }
         };
-        let loc = MatrixLoc { ty, n_rows, n_cols, at, packed: None, f32_activations: self.f32_activations };
+        let loc = MatrixLoc {
+            ty,
+            n_rows,
+            n_cols,
+            at,
+            packed: None,
+            f32_activations: self.f32_activations,
+        };
         // Validate the byte length once, here, so `MatrixLoc::matrix` cannot fail later.
         loc.clone().into_checked(self.source)?;
         Ok(loc)
@@ -349,7 +417,11 @@ impl Resolver<'_> {
             Source::Safetensors(s) => {
                 let t = s.tensor(&name).map_err(|_| self.missing(&name))?;
                 if t.n_elements() != len {
-                    return Err(self.mismatch(&name, t.shape.iter().map(|&d| d as u64).collect(), vec![len as u64]));
+                    return Err(self.mismatch(
+                        &name,
+                        t.shape.iter().map(|&d| d as u64).collect(),
+                        vec![len as u64],
+                    ));
                 }
                 t.to_f32(self.path)?
             }

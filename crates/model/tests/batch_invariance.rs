@@ -12,12 +12,30 @@ fn model() -> &'static Model {
 }
 
 fn full(model: &Model) -> ForwardOptions<'static> {
-    ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] }
+    ForwardOptions {
+        layers: 0..model.config().n_layers,
+        head: true,
+        taps: &[],
+    }
 }
 
 /// Runs `tokens` at `positions` on `cache` and returns the logits of `rows`.
-fn forward(model: &Model, ws: &mut Workspace, cache: &mut KvCache, tokens: &[u32], positions: &[u32], tree: Option<&[u64]>, rows: &[usize]) -> Vec<Vec<f32>> {
-    let mut seqs = [SeqInput { cache, tokens, positions, tree, logits: LogitRows::Rows(rows) }];
+fn forward(
+    model: &Model,
+    ws: &mut Workspace,
+    cache: &mut KvCache,
+    tokens: &[u32],
+    positions: &[u32],
+    tree: Option<&[u64]>,
+    rows: &[usize],
+) -> Vec<Vec<f32>> {
+    let mut seqs = [SeqInput {
+        cache,
+        tokens,
+        positions,
+        tree,
+        logits: LogitRows::Rows(rows),
+    }];
     model.forward(ws, &mut seqs, &full(model)).expect("forward");
     (0..rows.len()).map(|i| ws.logits(i).to_vec()).collect()
 }
@@ -39,12 +57,19 @@ fn alone(model: &Model, prefix: &[u32], path: &[u32]) -> Vec<f32> {
 /// A random tree in topological order: `parents[i] < i` (node 0 is the root).
 fn tree_strategy(max_nodes: usize) -> impl Strategy<Value = Vec<usize>> {
     (2..=max_nodes).prop_flat_map(|n| {
-        (1..n).map(|i| 0..i).collect::<Vec<_>>().prop_map(|ps| std::iter::once(0).chain(ps).collect())
+        (1..n)
+            .map(|i| 0..i)
+            .collect::<Vec<_>>()
+            .prop_map(|ps| std::iter::once(0).chain(ps).collect())
     })
 }
 
 fn vocab_token(seed: u64, i: usize) -> u32 {
-    ((seed.wrapping_mul(6364136223846793005).wrapping_add(i as u64 * 1442695040888963407) >> 33) % 49152) as u32
+    ((seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(i as u64 * 1442695040888963407)
+        >> 33)
+        % 49152) as u32
 }
 
 proptest! {
@@ -103,19 +128,45 @@ fn prefill_rows_equal_incremental_decoding() {
     let mut chunked = Vec::new();
     let mut start = 0;
     for len in [1usize, 2, 61, 137, 311] {
-        let chunk_rows: Vec<usize> = rows.iter().filter(|&&r| r >= start && r < start + len).map(|&r| r - start).collect();
-        chunked.extend(forward(model, &mut ws, &mut cache, &tokens[start..start + len], &positions[start..start + len], None, &chunk_rows));
+        let chunk_rows: Vec<usize> = rows
+            .iter()
+            .filter(|&&r| r >= start && r < start + len)
+            .map(|&r| r - start)
+            .collect();
+        chunked.extend(forward(
+            model,
+            &mut ws,
+            &mut cache,
+            &tokens[start..start + len],
+            &positions[start..start + len],
+            None,
+            &chunk_rows,
+        ));
         start += len;
     }
-    assert!(prefill == chunked, "512-token prefill and chunked prefill disagree");
+    assert!(
+        prefill == chunked,
+        "512-token prefill and chunked prefill disagree"
+    );
     // One token per forward.
     let mut cache = model.new_cache(1024);
     for (i, &t) in tokens.iter().enumerate() {
         let want_rows: Vec<usize> = if rows.contains(&i) { vec![0] } else { vec![] };
-        let got = forward(model, &mut ws, &mut cache, &[t], &positions[i..i + 1], None, &want_rows);
+        let got = forward(
+            model,
+            &mut ws,
+            &mut cache,
+            &[t],
+            &positions[i..i + 1],
+            None,
+            &want_rows,
+        );
         if let Some(logits) = got.first() {
             let k = rows.iter().position(|&r| r == i).unwrap();
-            assert!(*logits == prefill[k], "row {i}: prefill logits differ from decoding one token at a time");
+            assert!(
+                *logits == prefill[k],
+                "row {i}: prefill logits differ from decoding one token at a time"
+            );
         }
     }
 }
@@ -149,5 +200,8 @@ fn compacted_cache_equals_cache_of_the_accepted_path() {
     let next = vocab_token(9, 0);
     let got = forward(model, &mut ws, &mut cache, &[next], &[43], None, &[0]).remove(0);
     let want = alone(model, &prefix, &[draft[0], draft[3], draft[4], next]);
-    assert!(got == want, "logits after compaction differ from a cache of the accepted path");
+    assert!(
+        got == want,
+        "logits after compaction differ from a cache of the accepted path"
+    );
 }

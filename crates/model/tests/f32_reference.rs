@@ -31,14 +31,23 @@ struct TokenPrompt {
 }
 
 fn read<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = peregrine_testkit::repo_root().join("crates/model/tests/data").join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("golden exists")).expect("golden parses")
+    let path = peregrine_testkit::repo_root()
+        .join("crates/model/tests/data")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("golden exists"))
+        .expect("golden parses")
 }
 
 #[test]
 fn f32_forward_matches_llama_cpp_f32() {
-    let model = Model::load_with(&peregrine_testkit::smollm2_path(), &LoadOptions { n_threads: 2, f32_activations: true })
-        .expect("model loads");
+    let model = Model::load_with(
+        &peregrine_testkit::smollm2_path(),
+        &LoadOptions {
+            n_threads: 2,
+            f32_activations: true,
+        },
+    )
+    .expect("model loads");
     let golden: Golden = read("smollm2_f32_llamacpp.json");
     let tokens: Tokens = read("smollm2_llamacpp.json");
     let (mut agree, mut total) = (0usize, 0usize);
@@ -51,8 +60,24 @@ fn f32_forward_matches_llama_cpp_f32() {
         let mut cache = model.new_cache(1024);
         let mut ws = model.new_workspace(n, n, 1024);
         let positions: Vec<u32> = (0..n as u32).collect();
-        let mut seqs = [SeqInput { cache: &mut cache, tokens: &ids, positions: &positions, tree: None, logits: LogitRows::All }];
-        model.forward(&mut ws, &mut seqs, &ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] }).expect("forward");
+        let mut seqs = [SeqInput {
+            cache: &mut cache,
+            tokens: &ids,
+            positions: &positions,
+            tree: None,
+            logits: LogitRows::All,
+        }];
+        model
+            .forward(
+                &mut ws,
+                &mut seqs,
+                &ForwardOptions {
+                    layers: 0..model.config().n_layers,
+                    head: true,
+                    taps: &[],
+                },
+            )
+            .expect("forward");
         for i in 0..n {
             let logits = ws.logits(i);
             let ours = peregrine_tensor_argmax(logits);
@@ -76,10 +101,21 @@ fn f32_forward_matches_llama_cpp_f32() {
         q(0.99),
         q(1.0)
     );
-    assert!(agree as f64 >= 0.998 * total as f64, "argmax agreement {agree}/{total} below 99.8%");
-    assert!(q(0.5) < 0.02 && q(0.99) < 0.1, "logit errors too large: median {} p99 {}", q(0.5), q(0.99));
+    assert!(
+        agree as f64 >= 0.998 * total as f64,
+        "argmax agreement {agree}/{total} below 99.8%"
+    );
+    assert!(
+        q(0.5) < 0.02 && q(0.99) < 0.1,
+        "logit errors too large: median {} p99 {}",
+        q(0.5),
+        q(0.99)
+    );
     for (source, i, margin) in &flips {
-        assert!(*margin < 0.01, "{source}: position {i} flips at llama.cpp margin {margin}");
+        assert!(
+            *margin < 0.01,
+            "{source}: position {i} flips at llama.cpp margin {margin}"
+        );
     }
 }
 

@@ -43,14 +43,29 @@ struct Bar {
 }
 
 fn check_variant(name: &str, bar: Bar) {
-    let path = peregrine_testkit::repo_root().join("crates/model/tests/data/llama3_random_llamacpp.json");
+    let path =
+        peregrine_testkit::repo_root().join("crates/model/tests/data/llama3_random_llamacpp.json");
     let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let v = golden.variants.iter().find(|v| v.name == name).expect("variant in golden");
+    let v = golden
+        .variants
+        .iter()
+        .find(|v| v.name == name)
+        .expect("variant in golden");
     let file = files_dir().join(&v.file);
     let len = std::fs::metadata(&file)
-        .unwrap_or_else(|_| panic!("{} is missing: run scripts/gen-llama3-random (scripts/test does)", file.display()))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run scripts/gen-llama3-random (scripts/test does)",
+                file.display()
+            )
+        })
         .len();
-    assert_eq!(len, v.bytes, "{}: not the file the golden was made from; rerun scripts/gen-llama3-random", file.display());
+    assert_eq!(
+        len,
+        v.bytes,
+        "{}: not the file the golden was made from; rerun scripts/gen-llama3-random",
+        file.display()
+    );
     let model = Model::load(&file, 2).expect("model loads");
     let ids = &golden.ids;
     let n = ids.len();
@@ -61,8 +76,24 @@ fn check_variant(name: &str, bar: Bar) {
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let positions: Vec<u32> = (start as u32..end as u32).collect();
-        let mut seqs = [SeqInput { cache: &mut cache, tokens: &ids[start..end], positions: &positions, tree: None, logits: LogitRows::All }];
-        model.forward(&mut ws, &mut seqs, &ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] }).unwrap();
+        let mut seqs = [SeqInput {
+            cache: &mut cache,
+            tokens: &ids[start..end],
+            positions: &positions,
+            tree: None,
+            logits: LogitRows::All,
+        }];
+        model
+            .forward(
+                &mut ws,
+                &mut seqs,
+                &ForwardOptions {
+                    layers: 0..model.config().n_layers,
+                    head: true,
+                    taps: &[],
+                },
+            )
+            .unwrap();
         for i in start..end {
             let logits = ws.logits(i - start);
             let ours = peregrine_tensor_argmax(logits);
@@ -84,9 +115,20 @@ fn check_variant(name: &str, bar: Bar) {
         q(0.99),
         q(1.0)
     );
-    assert!(agree as f64 >= bar.min_agreement * n as f64, "{name}: agreement {agree}/{n}");
-    assert!(q(0.5) <= bar.max_median_error, "{name}: median logit error {}", q(0.5));
-    assert!(flips.iter().all(|&(_, m)| m < bar.max_flip_margin), "{name}: a flip at a llama.cpp margin >= {}: {flips:?}", bar.max_flip_margin);
+    assert!(
+        agree as f64 >= bar.min_agreement * n as f64,
+        "{name}: agreement {agree}/{n}"
+    );
+    assert!(
+        q(0.5) <= bar.max_median_error,
+        "{name}: median logit error {}",
+        q(0.5)
+    );
+    assert!(
+        flips.iter().all(|&(_, m)| m < bar.max_flip_margin),
+        "{name}: a flip at a llama.cpp margin >= {}: {flips:?}",
+        bar.max_flip_margin
+    );
 }
 
 fn peregrine_tensor_argmax(x: &[f32]) -> u32 {
@@ -101,15 +143,36 @@ fn peregrine_tensor_argmax(x: &[f32]) -> u32 {
 
 #[test]
 fn llama3_f16_untied() {
-    check_variant("llama3-tiny-f16", Bar { min_agreement: 0.999, max_median_error: 0.01, max_flip_margin: 0.01 });
+    check_variant(
+        "llama3-tiny-f16",
+        Bar {
+            min_agreement: 0.999,
+            max_median_error: 0.01,
+            max_flip_margin: 0.01,
+        },
+    );
 }
 
 #[test]
 fn llama3_1_q8_0_rope_scaling() {
-    check_variant("llama3.1-tiny-q8_0", Bar { min_agreement: 0.95, max_median_error: 0.15, max_flip_margin: 0.7 });
+    check_variant(
+        "llama3.1-tiny-q8_0",
+        Bar {
+            min_agreement: 0.95,
+            max_median_error: 0.15,
+            max_flip_margin: 0.7,
+        },
+    );
 }
 
 #[test]
 fn llama3_2_q4_k_tied_rope_scaling() {
-    check_variant("llama3.2-tiny-q4_k", Bar { min_agreement: 0.96, max_median_error: 0.3, max_flip_margin: 0.9 });
+    check_variant(
+        "llama3.2-tiny-q4_k",
+        Bar {
+            min_agreement: 0.96,
+            max_median_error: 0.3,
+            max_flip_margin: 0.9,
+        },
+    );
 }

@@ -38,7 +38,8 @@ struct Prompt {
 
 fn golden() -> Golden {
     let path = peregrine_testkit::repo_root().join("crates/model/tests/data/smollm2_llamacpp.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("golden exists")).expect("golden parses")
+    serde_json::from_str(&std::fs::read_to_string(path).expect("golden exists"))
+        .expect("golden parses")
 }
 
 fn argmax(x: &[f32]) -> u32 {
@@ -67,9 +68,23 @@ fn smollm2_matches_llama_cpp() {
         let mut cache = model.new_cache(1024);
         let mut ws = model.new_workspace(n, n, 1024);
         let positions: Vec<u32> = (0..n as u32).collect();
-        let mut seqs = [SeqInput { cache: &mut cache, tokens: &ids, positions: &positions, tree: None, logits: LogitRows::All }];
+        let mut seqs = [SeqInput {
+            cache: &mut cache,
+            tokens: &ids,
+            positions: &positions,
+            tree: None,
+            logits: LogitRows::All,
+        }];
         model
-            .forward(&mut ws, &mut seqs, &ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] })
+            .forward(
+                &mut ws,
+                &mut seqs,
+                &ForwardOptions {
+                    layers: 0..model.config().n_layers,
+                    head: true,
+                    taps: &[],
+                },
+            )
             .expect("forward");
         for (i, want) in p.argmax.iter().enumerate() {
             let logits = ws.logits(i);
@@ -87,9 +102,23 @@ fn smollm2_matches_llama_cpp() {
         let mut pos = 0u32;
         while out.len() < p.greedy_ids.len() {
             let positions: Vec<u32> = (pos..pos + next_input.len() as u32).collect();
-            let mut seqs = [SeqInput { cache: &mut cache, tokens: &next_input, positions: &positions, tree: None, logits: LogitRows::Last }];
+            let mut seqs = [SeqInput {
+                cache: &mut cache,
+                tokens: &next_input,
+                positions: &positions,
+                tree: None,
+                logits: LogitRows::Last,
+            }];
             model
-                .forward(&mut ws, &mut seqs, &ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] })
+                .forward(
+                    &mut ws,
+                    &mut seqs,
+                    &ForwardOptions {
+                        layers: 0..model.config().n_layers,
+                        head: true,
+                        taps: &[],
+                    },
+                )
                 .expect("forward");
             pos += next_input.len() as u32;
             let t = argmax(ws.logits(0));
@@ -101,7 +130,10 @@ fn smollm2_matches_llama_cpp() {
             Some(d) => {
                 let at = p.prompt_ids.len() - 1 + d;
                 let margin = p.top2_margin[at];
-                report += &format!("{}: diverges at generated token {d} (llama.cpp top-2 margin {margin:.4})\n", p.source);
+                report += &format!(
+                    "{}: diverges at generated token {d} (llama.cpp top-2 margin {margin:.4})\n",
+                    p.source
+                );
                 if margin > g.oracle_self_consistency.flip_top2_margin_max {
                     not_near_tie.push(format!("{} at token {d} (margin {margin})", p.source));
                 }
@@ -120,6 +152,12 @@ fn smollm2_matches_llama_cpp() {
         g.prompts.len()
     );
     let floor = g.oracle_self_consistency.argmax_agreement - 0.01;
-    assert!(agree as f64 >= floor * total as f64, "teacher-forced argmax agreement {agree}/{total} below {floor}");
-    assert!(not_near_tie.is_empty(), "divergences not at a near-tie: {not_near_tie:?}");
+    assert!(
+        agree as f64 >= floor * total as f64,
+        "teacher-forced argmax agreement {agree}/{total} below {floor}"
+    );
+    assert!(
+        not_near_tie.is_empty(),
+        "divergences not at a near-tie: {not_near_tie:?}"
+    );
 }

@@ -19,7 +19,8 @@ fn unpermute(rows: &[u8], n_rows: usize, row_bytes: usize, n_heads: usize) -> Ve
         for j in 0..hd / 2 {
             for s in 0..2 {
                 let (src, dst) = (h * hd + 2 * j + s, h * hd + s * hd / 2 + j);
-                out[dst * row_bytes..(dst + 1) * row_bytes].copy_from_slice(&rows[src * row_bytes..(src + 1) * row_bytes]);
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&rows[src * row_bytes..(src + 1) * row_bytes]);
             }
         }
     }
@@ -33,13 +34,16 @@ fn safetensors_checkpoint_matches_llama_cpp() {
         None => peregrine_testkit::repo_root().join(".cache"),
     };
     let gguf_path = cache.join("llama3-random/llama3-tiny-f16.gguf");
-    let gguf = GgufFile::open(&gguf_path).unwrap_or_else(|e| panic!("{e} (run scripts/gen-llama3-random)"));
+    let gguf = GgufFile::open(&gguf_path)
+        .unwrap_or_else(|e| panic!("{e} (run scripts/gen-llama3-random)"));
     let cfg = gguf.model_config().unwrap();
     let dir = std::env::temp_dir().join(format!("peregrine-st-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut w = SafetensorsWriter::new();
     for info in gguf.tensors() {
-        let Some((kind, layer)) = LlamaTensor::from_gguf_name(&info.name) else { continue };
+        let Some((kind, layer)) = LlamaTensor::from_gguf_name(&info.name) else {
+            continue;
+        };
         let bytes = gguf.tensor_data(info);
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let (data, dtype) = match info.ggml_type {
@@ -71,16 +75,45 @@ fn safetensors_checkpoint_matches_llama_cpp() {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
 
     let model = Model::load(&dir, 2).expect("safetensors model loads");
-    let golden_path = peregrine_testkit::repo_root().join("crates/model/tests/data/llama3_random_llamacpp.json");
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
-    let v = golden["variants"].as_array().unwrap().iter().find(|v| v["name"] == "llama3-tiny-f16").unwrap();
-    let ids: Vec<u32> = golden["ids"].as_array().unwrap().iter().take(256).map(|x| x.as_u64().unwrap() as u32).collect();
+    let golden_path =
+        peregrine_testkit::repo_root().join("crates/model/tests/data/llama3_random_llamacpp.json");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_path).unwrap()).unwrap();
+    let v = golden["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "llama3-tiny-f16")
+        .unwrap();
+    let ids: Vec<u32> = golden["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(256)
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
     let n = ids.len();
     let mut cache = model.new_cache(n);
     let mut ws = model.new_workspace(n, n, n);
     let positions: Vec<u32> = (0..n as u32).collect();
-    let mut seqs = [SeqInput { cache: &mut cache, tokens: &ids, positions: &positions, tree: None, logits: LogitRows::All }];
-    model.forward(&mut ws, &mut seqs, &ForwardOptions { layers: 0..cfg.n_layers, head: true, taps: &[] }).unwrap();
+    let mut seqs = [SeqInput {
+        cache: &mut cache,
+        tokens: &ids,
+        positions: &positions,
+        tree: None,
+        logits: LogitRows::All,
+    }];
+    model
+        .forward(
+            &mut ws,
+            &mut seqs,
+            &ForwardOptions {
+                layers: 0..cfg.n_layers,
+                head: true,
+                taps: &[],
+            },
+        )
+        .unwrap();
     let mut agree = 0;
     let mut max_err = 0f32;
     for i in 0..n {
@@ -90,11 +123,16 @@ fn safetensors_checkpoint_matches_llama_cpp() {
         let ours = (0..logits.len()).fold(0, |b, j| if logits[j] > logits[b] { j } else { b });
         agree += usize::from(ours == want);
         for pair in top {
-            let (id, l) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            let (id, l) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
             max_err = max_err.max((logits[id] - l).abs());
         }
     }
-    eprintln!("safetensors vs llama.cpp: argmax {agree}/{n}, max |logit error| at top-5 {max_err:.4}");
+    eprintln!(
+        "safetensors vs llama.cpp: argmax {agree}/{n}, max |logit error| at top-5 {max_err:.4}"
+    );
     assert!(agree >= n - 1, "argmax agreement {agree}/{n}");
     assert!(max_err < 0.05, "max logit error {max_err}");
     std::fs::remove_dir_all(&dir).ok();

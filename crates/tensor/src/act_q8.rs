@@ -92,8 +92,16 @@ impl QuantizedRows {
 
     #[inline(always)]
     fn quantize_portable(&mut self, x: &[f32], m: usize, k: usize) {
-        assert!(k % QK == 0, "QuantizedRows needs k % 32 == 0, got {k}");
-        assert_eq!(x.len(), m * k, "QuantizedRows::quantize: x has {} values, expected {m}x{k}", x.len());
+        assert!(
+            k.is_multiple_of(QK),
+            "QuantizedRows needs k % 32 == 0, got {k}"
+        );
+        assert_eq!(
+            x.len(),
+            m * k,
+            "QuantizedRows::quantize: x has {} values, expected {m}x{k}",
+            x.len()
+        );
         self.k = k;
         self.m = m;
         let n_pairs = k / 64;
@@ -104,12 +112,15 @@ impl QuantizedRows {
         resize(&mut self.d_blk, m * k / QK, 0.0);
         resize(&mut self.s_blk, m * k / QK, 0.0);
         resize(&mut self.sum_blk, m * k / QK, 0);
-        let with_pairs = k % 64 == 0;
+        let with_pairs = k.is_multiple_of(64);
         for row in 0..m {
             let xr = &x[row * k..(row + 1) * k];
             let qr = &mut self.qs[row * k..(row + 1) * k];
             for blk in 0..k / QK {
-                let (d, s, sum) = quantize_block(&xr[blk * QK..(blk + 1) * QK], &mut qr[blk * QK..(blk + 1) * QK]);
+                let (d, s, sum) = quantize_block(
+                    &xr[blk * QK..(blk + 1) * QK],
+                    &mut qr[blk * QK..(blk + 1) * QK],
+                );
                 let i = row * (k / QK) + blk;
                 self.d_blk[i] = d;
                 self.s_blk[i] = s;
@@ -173,7 +184,9 @@ mod tests {
 
     #[test]
     fn block_round_trip_is_within_half_a_step() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.173)
+            .collect();
         let mut q = QuantizedRows::default();
         q.quantize(&x, 1, 64);
         for blk in 0..2 {

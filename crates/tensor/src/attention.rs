@@ -70,7 +70,9 @@ impl AttentionScratch {
     /// As [`AttentionScratch::new`] with the kernel path chosen (`false` = portable).
     pub fn with_isa(n_threads: usize, max_ctx: usize, use_avx512: bool) -> Self {
         Self {
-            scores: (0..n_threads.max(1)).map(|_| Mutex::new(vec![0f32; max_ctx])).collect(),
+            scores: (0..n_threads.max(1))
+                .map(|_| Mutex::new(vec![0f32; max_ctx]))
+                .collect(),
             use_avx512: use_avx512 && crate::qdot::avx512_available(),
         }
     }
@@ -93,9 +95,15 @@ pub fn attention(
     shape: AttentionShape,
     seqs: &mut [AttentionSeq<'_>],
 ) -> Result<()> {
-    let AttentionShape { n_heads, n_kv_heads, head_dim } = shape;
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = shape;
     if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
-        return Err(Error::Shape(format!("attention: {n_heads} heads over {n_kv_heads} KV heads of {head_dim}")));
+        return Err(Error::Shape(format!(
+            "attention: {n_heads} heads over {n_kv_heads} KV heads of {head_dim}"
+        )));
     }
     let row_q = n_heads * head_dim;
     let row_kv = n_kv_heads * head_dim;
@@ -106,19 +114,29 @@ pub fn attention(
             return Err(Error::Shape("attention: q/out sizes disagree".into()));
         }
         if s.k.len() < n_rows * row_kv || s.v.len() < n_rows * row_kv {
-            return Err(Error::Shape(format!("attention: cache holds fewer than {n_rows} rows")));
+            return Err(Error::Shape(format!(
+                "attention: cache holds fewer than {n_rows} rows"
+            )));
         }
         if n_rows > scratch.max_ctx() {
-            return Err(Error::Shape(format!("attention: {n_rows} keys exceed the context of {}", scratch.max_ctx())));
+            return Err(Error::Shape(format!(
+                "attention: {n_rows} keys exceed the context of {}",
+                scratch.max_ctx()
+            )));
         }
         if let Visibility::Tree(masks) = s.visibility {
             if masks.len() != n_new || n_new > 64 {
-                return Err(Error::Shape(format!("attention: tree of {n_new} rows needs {n_new} masks (max 64)")));
+                return Err(Error::Shape(format!(
+                    "attention: tree of {n_new} rows needs {n_new} masks (max 64)"
+                )));
             }
         }
     }
     if seqs.len() > MAX_SEQS {
-        return Err(Error::Shape(format!("attention: at most {MAX_SEQS} sequences per call, got {}", seqs.len())));
+        return Err(Error::Shape(format!(
+            "attention: at most {MAX_SEQS} sequences per call, got {}",
+            seqs.len()
+        )));
     }
     // A fixed array, not a Vec: the decode loop allocates nothing per token.
     let mut out_ptrs = [const { OutPtr(std::ptr::null_mut()) }; MAX_SEQS];
@@ -131,7 +149,9 @@ pub fn attention(
     let scale = 1.0 / (head_dim as f32).sqrt();
     pool.run(|thread_idx| {
         let mine = split_range(total, 1, thread_idx, pool.n_threads());
-        let mut scores = scratch.scores[thread_idx].lock().unwrap_or_else(|e| e.into_inner());
+        let mut scores = scratch.scores[thread_idx]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let mut base = 0;
         for (s, out) in seqs.iter().zip(&out_ptrs) {
             let items = s.n_new(&shape) * n_heads;
@@ -141,10 +161,29 @@ pub fn attention(
                 let (row, head) = ((item - base) / n_heads, (item - base) % n_heads);
                 let q = &s.q[row * row_q + head * head_dim..][..head_dim];
                 // SAFETY: (row, head) is in range and owned by this thread alone.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(row * row_q + head * head_dim), head_dim) };
-                let keys = Keys { prefix_len: s.prefix_len, row, visibility: s.visibility };
+                let o = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.0.add(row * row_q + head * head_dim),
+                        head_dim,
+                    )
+                };
+                let keys = Keys {
+                    prefix_len: s.prefix_len,
+                    row,
+                    visibility: s.visibility,
+                };
                 let kv_off = (head / group) * head_dim;
-                attend_one(q, &keys, s, row_kv, kv_off, scale, &mut scores, o, scratch.use_avx512);
+                attend_one(
+                    q,
+                    &keys,
+                    s,
+                    row_kv,
+                    kv_off,
+                    scale,
+                    &mut scores,
+                    o,
+                    scratch.use_avx512,
+                );
             }
             base += items;
         }
@@ -182,7 +221,7 @@ fn attend_one(
     use_avx512: bool,
 ) {
     let hd = q.len();
-    let fast = use_avx512 && hd % LANES == 0;
+    let fast = use_avx512 && hd.is_multiple_of(LANES);
     let mut n = 0;
     for r in keys.iter() {
         let k = &s.k[r * row_kv + kv_off..][..hd];
@@ -247,11 +286,17 @@ mod avx512 {
         for c in 0..q.len() / 16 {
             // SAFETY: chunk `c` is within both slices (length a multiple of 16).
             let (qc, kc) = unsafe {
-                (_mm512_loadu_ps(q.as_ptr().add(16 * c)), _mm256_loadu_si256(k.as_ptr().add(16 * c).cast()))
+                (
+                    _mm512_loadu_ps(q.as_ptr().add(16 * c)),
+                    _mm256_loadu_si256(k.as_ptr().add(16 * c).cast()),
+                )
             };
             acc = _mm512_fmadd_ps(qc, _mm512_cvtph_ps(kc), acc);
         }
-        let a = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps::<1>(acc));
+        let a = _mm256_add_ps(
+            _mm512_castps512_ps256(acc),
+            _mm512_extractf32x8_ps::<1>(acc),
+        );
         let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
         let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
         _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
@@ -279,27 +324,57 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Plain f64 softmax attention for one (row, head), over an explicit key list.
-    fn reference(q: &[f32], keys: &[usize], k: &[f16], v: &[f16], stride: usize, off: usize) -> Vec<f64> {
+    fn reference(
+        q: &[f32],
+        keys: &[usize],
+        k: &[f16],
+        v: &[f16],
+        stride: usize,
+        off: usize,
+    ) -> Vec<f64> {
         let hd = q.len();
         let sc: Vec<f64> = keys
             .iter()
-            .map(|&r| (0..hd).map(|d| q[d] as f64 * k[r * stride + off + d].to_f64()).sum::<f64>() / (hd as f64).sqrt())
+            .map(|&r| {
+                (0..hd)
+                    .map(|d| q[d] as f64 * k[r * stride + off + d].to_f64())
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
             .collect();
         let max = sc.iter().cloned().fold(f64::MIN, f64::max);
         let e: Vec<f64> = sc.iter().map(|s| (s - max).exp()).collect();
         let sum: f64 = e.iter().sum();
-        (0..hd).map(|d| keys.iter().zip(&e).map(|(&r, p)| p * v[r * stride + off + d].to_f64()).sum::<f64>() / sum).collect()
+        (0..hd)
+            .map(|d| {
+                keys.iter()
+                    .zip(&e)
+                    .map(|(&r, p)| p * v[r * stride + off + d].to_f64())
+                    .sum::<f64>()
+                    / sum
+            })
+            .collect()
     }
 
     #[test]
     fn tree_attention_matches_reference_and_paths_agree() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let shape = AttentionShape { n_heads: 4, n_kv_heads: 2, head_dim: 32 };
+        let shape = AttentionShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+        };
         let (prefix, n_new) = (5, 4);
         let row_kv = 64;
-        let k: Vec<f16> = (0..(prefix + n_new) * row_kv).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
-        let v: Vec<f16> = (0..(prefix + n_new) * row_kv).map(|_| f16::from_f32(rng.random_range(-1.0..1.0))).collect();
-        let q: Vec<f32> = (0..n_new * 128).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let k: Vec<f16> = (0..(prefix + n_new) * row_kv)
+            .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+            .collect();
+        let v: Vec<f16> = (0..(prefix + n_new) * row_kv)
+            .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+            .collect();
+        let q: Vec<f32> = (0..n_new * 128)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         // Tree: 0 root; 1, 2 children of 0; 3 child of 2.
         let masks = [0b0001u64, 0b0011, 0b0101, 0b1101];
         let mut results = Vec::new();
@@ -307,15 +382,35 @@ mod tests {
             let pool = ThreadPool::new(2);
             let scratch = AttentionScratch::with_isa(2, 64, avx);
             let mut out = vec![0f32; q.len()];
-            let mut seqs = [AttentionSeq { q: &q, k: &k, v: &v, prefix_len: prefix, visibility: Visibility::Tree(&masks), out: &mut out }];
+            let mut seqs = [AttentionSeq {
+                q: &q,
+                k: &k,
+                v: &v,
+                prefix_len: prefix,
+                visibility: Visibility::Tree(&masks),
+                out: &mut out,
+            }];
             attention(&pool, &scratch, shape, &mut seqs).unwrap();
             results.push(out);
         }
         assert_eq!(results[0], results[1], "portable and AVX-512 paths differ");
         for (row, &mask) in masks.iter().enumerate() {
-            let keys: Vec<usize> = (0..prefix).chain((0..n_new).filter(|&j| mask >> j & 1 == 1).map(|j| prefix + j)).collect();
+            let keys: Vec<usize> = (0..prefix)
+                .chain(
+                    (0..n_new)
+                        .filter(|&j| mask >> j & 1 == 1)
+                        .map(|j| prefix + j),
+                )
+                .collect();
             for head in 0..4 {
-                let want = reference(&q[row * 128 + head * 32..][..32], &keys, &k, &v, row_kv, (head / 2) * 32);
+                let want = reference(
+                    &q[row * 128 + head * 32..][..32],
+                    &keys,
+                    &k,
+                    &v,
+                    row_kv,
+                    (head / 2) * 32,
+                );
                 for d in 0..32 {
                     assert!((results[0][row * 128 + head * 32 + d] as f64 - want[d]).abs() < 1e-5);
                 }

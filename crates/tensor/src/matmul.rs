@@ -9,8 +9,8 @@
 //! value is computed by the same instructions whatever M, the thread count or the split.
 
 use crate::act_q8::QuantizedRows;
-use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS};
 use crate::lanes::dot16;
+use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS};
 use crate::pool::{split_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
@@ -38,11 +38,15 @@ impl<'a> WeightMatrix<'a> {
 
     /// Wraps `data` (row-major GGML blocks) after checking its length against the shape.
     pub fn new(ty: GgmlType, data: &'a [u8], n_rows: usize, n_cols: usize) -> Result<Self> {
-        let row_bytes = ty
-            .row_bytes(n_cols as u64)
-            .map_err(|_| Error::Shape(format!("{n_cols} columns is not a whole number of {} blocks", ty.name())))?
-            as usize;
-        let want = row_bytes.checked_mul(n_rows).ok_or_else(|| Error::Shape("matrix size overflows".into()))?;
+        let row_bytes = ty.row_bytes(n_cols as u64).map_err(|_| {
+            Error::Shape(format!(
+                "{n_cols} columns is not a whole number of {} blocks",
+                ty.name()
+            ))
+        })? as usize;
+        let want = row_bytes
+            .checked_mul(n_rows)
+            .ok_or_else(|| Error::Shape("matrix size overflows".into()))?;
         if data.len() != want {
             return Err(Error::Shape(format!(
                 "{} matrix {n_rows}x{n_cols} needs {want} bytes, got {}",
@@ -50,7 +54,14 @@ impl<'a> WeightMatrix<'a> {
                 data.len()
             )));
         }
-        Ok(Self { ty, data, n_rows, n_cols, row_bytes, f32_activations: false })
+        Ok(Self {
+            ty,
+            data,
+            n_rows,
+            n_cols,
+            row_bytes,
+            f32_activations: false,
+        })
     }
     /// Output features.
     pub fn n_rows(&self) -> usize {
@@ -70,7 +81,7 @@ impl<'a> WeightMatrix<'a> {
     }
     /// The VNNI kernel for this matrix, if one applies.
     fn quant_kind(&self) -> Option<QuantKind> {
-        if self.n_cols % 64 != 0 || self.f32_activations {
+        if !self.n_cols.is_multiple_of(64) || self.f32_activations {
             return None;
         }
         match self.ty {
@@ -98,7 +109,9 @@ impl MatmulScratch {
     pub fn with_isa(n_threads: usize, max_cols: usize, use_avx512: bool) -> Self {
         Self {
             acts: QuantizedRows::default(),
-            row_bufs: (0..n_threads.max(1)).map(|_| Mutex::new(vec![0f32; max_cols])).collect(),
+            row_bufs: (0..n_threads.max(1))
+                .map(|_| Mutex::new(vec![0f32; max_cols]))
+                .collect(),
             use_avx512: use_avx512 && avx512_available(),
         }
     }
@@ -170,7 +183,10 @@ pub fn matmul(
 ) -> Result<()> {
     let k = targets.first().map_or(0, |t| t.w.n_cols());
     if x.len() != m * k {
-        return Err(Error::Shape(format!("matmul: x has {} values, expected {m}x{k}", x.len())));
+        return Err(Error::Shape(format!(
+            "matmul: x has {} values, expected {m}x{k}",
+            x.len()
+        )));
     }
     for t in targets.iter() {
         if t.w.n_cols() != k || t.out.len() != m * t.w.n_rows() {
@@ -182,7 +198,9 @@ pub fn matmul(
             )));
         }
         if !t.w.needs_quantized_acts() && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len()) {
-            return Err(Error::Shape(format!("matmul: {k} columns exceed the scratch row buffer")));
+            return Err(Error::Shape(format!(
+                "matmul: {k} columns exceed the scratch row buffer"
+            )));
         }
     }
     if targets.iter().any(|t| t.w.needs_quantized_acts()) {
@@ -190,10 +208,19 @@ pub fn matmul(
     }
     let mut outs = [const { None::<(Weights<'_>, OutPtr)> }; 4];
     if targets.len() > outs.len() {
-        return Err(Error::Shape(format!("matmul: at most {} fused targets", outs.len())));
+        return Err(Error::Shape(format!(
+            "matmul: at most {} fused targets",
+            outs.len()
+        )));
     }
     for (slot, t) in outs.iter_mut().zip(targets.iter_mut()) {
-        *slot = Some((t.w, OutPtr { ptr: t.out.as_mut_ptr(), n_rows: t.w.n_rows() }));
+        *slot = Some((
+            t.w,
+            OutPtr {
+                ptr: t.out.as_mut_ptr(),
+                n_rows: t.w.n_rows(),
+            },
+        ));
     }
     let outs = &outs[..targets.len()];
     let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows()).sum();
@@ -218,8 +245,14 @@ pub fn matmul(
     Ok(())
 }
 
-fn compute_tiles(scratch: &MatmulScratch, p: &PackedMatrix, out: &OutPtr, m: usize, rows: std::ops::Range<usize>) {
-    debug_assert!(rows.start % TILE_ROWS == 0 && rows.end % TILE_ROWS == 0);
+fn compute_tiles(
+    scratch: &MatmulScratch,
+    p: &PackedMatrix,
+    out: &OutPtr,
+    m: usize,
+    rows: std::ops::Range<usize>,
+) {
+    debug_assert!(rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS));
     let mut res = [0f32; 64];
     for g in rows.start / TILE_ROWS..rows.end / TILE_ROWS {
         for t0 in (0..m).step_by(TOKENS_PER_CALL) {
@@ -228,7 +261,12 @@ fn compute_tiles(scratch: &MatmulScratch, p: &PackedMatrix, out: &OutPtr, m: usi
             for t in 0..n {
                 // SAFETY: token `t0 + t < m` and rows `16g..16g+16 < n_rows`: inside the
                 // `m * n_rows` output; this thread alone owns tile `g` (static split).
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.ptr.add((t0 + t) * out.n_rows + g * TILE_ROWS), TILE_ROWS) };
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.ptr.add((t0 + t) * out.n_rows + g * TILE_ROWS),
+                        TILE_ROWS,
+                    )
+                };
                 dst.copy_from_slice(&res[t * TILE_ROWS..(t + 1) * TILE_ROWS]);
             }
         }
@@ -258,7 +296,14 @@ fn compute_rows(
                 for t0 in (0..m).step_by(TOKENS_PER_CALL) {
                     let n = (m - t0).min(TOKENS_PER_CALL);
                     for r in block.clone() {
-                        dot_rows(kind, scratch.use_avx512, w.row(r), &scratch.acts, t0, &mut res[..n]);
+                        dot_rows(
+                            kind,
+                            scratch.use_avx512,
+                            w.row(r),
+                            &scratch.acts,
+                            t0,
+                            &mut res[..n],
+                        );
                         for (i, &v) in res[..n].iter().enumerate() {
                             write(t0 + i, r, v);
                         }
@@ -267,7 +312,9 @@ fn compute_rows(
             }
         }
         None => {
-            let mut buf = scratch.row_bufs[thread_idx].lock().unwrap_or_else(|e| e.into_inner());
+            let mut buf = scratch.row_bufs[thread_idx]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let k = w.n_cols;
             for r in rows {
                 peregrine_formats::quant::dequantize_row(w.ty, w.row(r), &mut buf[..k])
@@ -283,7 +330,8 @@ fn compute_rows(
 /// [`dot16`] compiled with AVX-512 + FMA where the CPU has them (identical results either way).
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
         // SAFETY: the features were just detected.
         return unsafe { dot_f32_avx512(a, b) };
     }

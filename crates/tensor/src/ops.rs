@@ -8,7 +8,8 @@ use crate::lanes::sum_squares16;
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row (rows of `weight.len()` values).
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
         // SAFETY: the features were just detected.
         return unsafe { rms_norm_avx512(x, weight, eps, out) };
     }
@@ -44,7 +45,8 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 /// `gate = silu(gate) * up`, the SwiGLU activation, in place.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
         // SAFETY: the features were just detected.
         return unsafe { silu_mul_avx512(gate, up) };
     }

@@ -45,8 +45,16 @@ impl PackedMatrix {
 
     /// Repacks `n_rows` GGML rows (`row(r)` gives row `r`'s blocks). `n_rows % 16 == 0`,
     /// `n_cols % 32 == 0`.
-    pub fn pack<'a>(kind: QuantKind, n_rows: usize, n_cols: usize, row: impl Fn(usize) -> &'a [u8]) -> Self {
-        assert!(n_rows % TILE_ROWS == 0 && n_cols % 32 == 0, "PackedMatrix::pack: {n_rows}x{n_cols}");
+    pub fn pack<'a>(
+        kind: QuantKind,
+        n_rows: usize,
+        n_cols: usize,
+        row: impl Fn(usize) -> &'a [u8],
+    ) -> Self {
+        assert!(
+            n_rows.is_multiple_of(TILE_ROWS) && n_cols.is_multiple_of(32),
+            "PackedMatrix::pack: {n_rows}x{n_cols}"
+        );
         let n_blocks = n_cols / 32;
         let tb = Self::tile_bytes(kind);
         let bb = kind.block_bytes();
@@ -75,7 +83,12 @@ impl PackedMatrix {
                 }
             }
         }
-        Self { kind, n_rows, n_cols, data }
+        Self {
+            kind,
+            n_rows,
+            n_cols,
+            data,
+        }
     }
 
     /// Output features.
@@ -102,13 +115,25 @@ impl PackedMatrix {
 }
 
 /// `out[t][0..16] = rows 16g..16g+16 · token t0 + t`, for `t < n` (n ≤ 4), into `out[t*16..]`.
-pub fn tile_dot(m: &PackedMatrix, g: usize, acts: &QuantizedRows, t0: usize, n: usize, use_avx512: bool, out: &mut [f32; 64]) {
-    assert!(n <= 4 && t0 + n <= acts.m() && acts.k() == m.n_cols, "tile_dot: bad operands");
+pub fn tile_dot(
+    m: &PackedMatrix,
+    g: usize,
+    acts: &QuantizedRows,
+    t0: usize,
+    n: usize,
+    use_avx512: bool,
+    out: &mut [f32; 64],
+) {
+    assert!(
+        n <= 4 && t0 + n <= acts.m() && acts.k() == m.n_cols,
+        "tile_dot: bad operands"
+    );
     let tiles = m.group(g);
     #[cfg(target_arch = "x86_64")]
     if use_avx512 {
         // SAFETY: callers pass `use_avx512` only when `qdot::avx512_available()`; the assert above
         // bounds the activation rows, and `tiles` holds `k/32` tiles of this kind.
+        // SAFETY: within bounds, as stated at the top of this loop.
         unsafe {
             match n {
                 1 => avx512::tile_dot::<1>(m.kind, tiles, acts, t0, out),
@@ -125,7 +150,14 @@ pub fn tile_dot(m: &PackedMatrix, g: usize, acts: &QuantizedRows, t0: usize, n: 
 }
 
 /// Portable twin of the AVX-512 tile kernel.
-pub fn tile_dot_portable(kind: QuantKind, tiles: &[u8], acts: &QuantizedRows, t0: usize, n: usize, out: &mut [f32; 64]) {
+pub fn tile_dot_portable(
+    kind: QuantKind,
+    tiles: &[u8],
+    acts: &QuantizedRows,
+    t0: usize,
+    n: usize,
+    out: &mut [f32; 64],
+) {
     let tb = PackedMatrix::tile_bytes(kind);
     let n_blocks = acts.k() / 32;
     for t in 0..n {
@@ -179,7 +211,13 @@ mod avx512 {
     /// AVX-512 F/BW/VL/VNNI, F16C and FMA are present; `tiles` holds `acts.k()/32` tiles of
     /// `kind`; rows `t0..t0+N` exist in `acts`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn tile_dot<const N: usize>(kind: QuantKind, tiles: &[u8], acts: &QuantizedRows, t0: usize, out: &mut [f32; 64]) {
+    pub unsafe fn tile_dot<const N: usize>(
+        kind: QuantKind,
+        tiles: &[u8],
+        acts: &QuantizedRows,
+        t0: usize,
+        out: &mut [f32; 64],
+    ) {
         let tb = PackedMatrix::tile_bytes(kind);
         let n_blocks = acts.k() / 32;
         let mut xq = [std::ptr::null::<i8>(); N];
@@ -192,7 +230,9 @@ mod avx512 {
         for b in 0..n_blocks {
             // SAFETY (pointer reads below): tile `b` lies within `tiles` (k/32 tiles), and
             // activation bytes `32b..32b+32` within each row of `k`.
+            // SAFETY: within bounds, as stated at the top of this loop.
             let tile = unsafe { tiles.as_ptr().add(b * tb) };
+            // SAFETY: within bounds, as stated at the top of this loop.
             let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.cast()) });
             match kind {
                 QuantKind::Q4_0 | QuantKind::Q4_1 => {
@@ -200,23 +240,32 @@ mod avx512 {
                     let mut lo = [_mm512_setzero_si512(); 4];
                     let mut hi = [_mm512_setzero_si512(); 4];
                     for p in 0..4 {
+                        // SAFETY: within bounds, as stated at the top of this loop.
                         let packed = unsafe { _mm512_loadu_si512(tile.add(q_at + 64 * p).cast()) };
                         lo[p] = _mm512_and_si512(packed, nib);
                         hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nib);
                     }
                     let mw = if kind == QuantKind::Q4_1 {
+                        // SAFETY: within bounds, as stated at the top of this loop.
                         _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.add(32).cast()) })
                     } else {
                         _mm512_setzero_ps()
                     };
                     for t in 0..N {
                         let (dx, sx, sumx) = acts.block(t0 + t, b);
+                        // SAFETY: within bounds, as stated at the top of this loop.
                         let x = unsafe { xq[t].add(32 * b) };
-                        let init = if kind == QuantKind::Q4_0 { -8 * sumx } else { 0 };
+                        let init = if kind == QuantKind::Q4_0 {
+                            -8 * sumx
+                        } else {
+                            0
+                        };
                         let mut s0 = _mm512_set1_epi32(init);
                         let mut s1 = _mm512_setzero_si512();
                         for p in 0..4 {
+                            // SAFETY: within bounds, as stated at the top of this loop.
                             let xl = unsafe { x.add(4 * p).cast::<i32>().read_unaligned() };
+                            // SAFETY: within bounds, as stated at the top of this loop.
                             let xh = unsafe { x.add(16 + 4 * p).cast::<i32>().read_unaligned() };
                             s0 = _mm512_dpbusd_epi32(s0, lo[p], _mm512_set1_epi32(xl));
                             s1 = _mm512_dpbusd_epi32(s1, hi[p], _mm512_set1_epi32(xh));
@@ -232,15 +281,19 @@ mod avx512 {
                 QuantKind::Q8_0 => {
                     let mut w = [_mm512_setzero_si512(); 8];
                     for (p, wp) in w.iter_mut().enumerate() {
+                        // SAFETY: within bounds, as stated at the top of this loop.
                         *wp = unsafe { _mm512_loadu_si512(tile.add(32 + 64 * p).cast()) };
                     }
                     for t in 0..N {
                         let (dx, _, sumx) = acts.block(t0 + t, b);
+                        // SAFETY: within bounds, as stated at the top of this loop.
                         let x = unsafe { xq[t].add(32 * b) };
                         let mut s0 = _mm512_set1_epi32(-128 * sumx);
                         let mut s1 = _mm512_setzero_si512();
                         for p in 0..4 {
+                            // SAFETY: within bounds, as stated at the top of this loop.
                             let xa = unsafe { x.add(4 * p).cast::<i32>().read_unaligned() };
+                            // SAFETY: within bounds, as stated at the top of this loop.
                             let xb = unsafe { x.add(16 + 4 * p).cast::<i32>().read_unaligned() };
                             s0 = _mm512_dpbusd_epi32(s0, w[p], _mm512_set1_epi32(xa));
                             s1 = _mm512_dpbusd_epi32(s1, w[p + 4], _mm512_set1_epi32(xb));
@@ -254,7 +307,9 @@ mod avx512 {
         }
         for t in 0..N {
             // SAFETY: `out` has 64 = 4 x 16 floats and t < N <= 4.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * t), _mm512_add_ps(acc[t], accm[t])) };
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr().add(16 * t), _mm512_add_ps(acc[t], accm[t]))
+            };
         }
     }
 }
@@ -276,11 +331,14 @@ mod tests {
             for blk in rows.chunks_mut(bb) {
                 blk[..2].copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
                 if kind == QuantKind::Q4_1 {
-                    blk[2..4].copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
+                    blk[2..4]
+                        .copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
                 }
             }
             let row_bytes = k / 32 * bb;
-            let packed = PackedMatrix::pack(kind, n_rows, k, |r| &rows[r * row_bytes..(r + 1) * row_bytes]);
+            let packed = PackedMatrix::pack(kind, n_rows, k, |r| {
+                &rows[r * row_bytes..(r + 1) * row_bytes]
+            });
             let x: Vec<f32> = (0..4 * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let mut acts = QuantizedRows::default();
             acts.quantize(&x, 4, k);
@@ -290,9 +348,19 @@ mod tests {
                 for t in 0..4 {
                     for r in 0..16 {
                         let mut want = [0f32];
-                        dot_rows_portable(kind, &rows[(16 * g + r) * row_bytes..][..row_bytes], &acts, t, &mut want);
+                        dot_rows_portable(
+                            kind,
+                            &rows[(16 * g + r) * row_bytes..][..row_bytes],
+                            &acts,
+                            t,
+                            &mut want,
+                        );
                         let got = portable[16 * t + r];
-                        assert!((got - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0), "{kind:?} g={g} t={t} r={r}: {got} vs {}", want[0]);
+                        assert!(
+                            (got - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0),
+                            "{kind:?} g={g} t={t} r={r}: {got} vs {}",
+                            want[0]
+                        );
                     }
                 }
                 if avx512_available() {

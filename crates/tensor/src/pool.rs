@@ -75,7 +75,11 @@ impl ThreadPool {
                     .expect("spawning a worker thread succeeds")
             })
             .collect();
-        Self { shared, workers, run_lock: Mutex::new(()) }
+        Self {
+            shared,
+            workers,
+            run_lock: Mutex::new(()),
+        }
     }
 
     /// Number of threads that run each job, the caller included.
@@ -98,7 +102,8 @@ impl ThreadPool {
         // SAFETY: the lifetime is erased only for the duration of this call: we do not return
         // before every worker has incremented `n_done` for this generation, after which no
         // worker touches the pointer again.
-        let job: *const Job<'static> = unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(job) };
+        let job: *const Job<'static> =
+            unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(job) };
         // SAFETY: all workers finished the previous job (we waited for them), so none reads `job`.
         unsafe { *shared.job.get() = Some(job) };
         shared.n_done.0.store(0, Ordering::Relaxed);
@@ -110,7 +115,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while shared.n_done.0.load(Ordering::Acquire) < n_workers {
             spins = spins.wrapping_add(1);
-            if spins % 1024 == 0 {
+            if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -126,7 +131,11 @@ impl ThreadPool {
 
     fn wake_sleepers(&self) {
         // Taking the lock orders this notify after any worker's check-then-wait.
-        let _lock = self.shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = self
+            .shared
+            .sleep_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         self.shared.wake.notify_all();
     }
 }
@@ -190,7 +199,12 @@ fn wait_for_new_generation(shared: &Shared, seen: u64) -> u64 {
 
 /// The contiguous share of `0..n` that thread `thread_idx` of `n_threads` handles, in units of
 /// `align` (the last share takes the remainder). Deterministic, so results never depend on timing.
-pub fn split_range(n: usize, align: usize, thread_idx: usize, n_threads: usize) -> std::ops::Range<usize> {
+pub fn split_range(
+    n: usize,
+    align: usize,
+    thread_idx: usize,
+    n_threads: usize,
+) -> std::ops::Range<usize> {
     let align = align.max(1);
     let n_units = n.div_ceil(align);
     let per = n_units / n_threads;

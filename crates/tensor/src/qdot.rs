@@ -51,7 +51,11 @@ struct PairWeights {
 
 fn unpack_pair(kind: QuantKind, row: &[u8], pair: usize) -> PairWeights {
     let bb = kind.block_bytes();
-    let mut out = PairWeights { q: [0; 64], d: [0.0; 2], m: [0.0; 2] };
+    let mut out = PairWeights {
+        q: [0; 64],
+        d: [0.0; 2],
+        m: [0.0; 2],
+    };
     for half in 0..2 {
         let blk = &row[(2 * pair + half) * bb..(2 * pair + half + 1) * bb];
         out.d[half] = f16_at(blk, 0);
@@ -79,7 +83,13 @@ fn unpack_pair(kind: QuantKind, row: &[u8], pair: usize) -> PairWeights {
 }
 
 /// Portable twin of the AVX-512 kernel: `out[t] = dot(row, acts row t0 + t)` for `t < out.len()`.
-pub fn dot_rows_portable(kind: QuantKind, row: &[u8], acts: &QuantizedRows, t0: usize, out: &mut [f32]) {
+pub fn dot_rows_portable(
+    kind: QuantKind,
+    row: &[u8],
+    acts: &QuantizedRows,
+    t0: usize,
+    out: &mut [f32],
+) {
     let n_pairs = acts.k() / 64;
     for (t, o) in out.iter_mut().enumerate() {
         let xq = acts.row_qs(t0 + t);
@@ -130,14 +140,28 @@ pub fn avx512_available() -> bool {
 /// `out[t] = dot(row, acts row t0 + t)` for `t < out.len() <= 4`, on the best path of this CPU.
 ///
 /// `row` holds `acts.k() / 32` blocks of `kind`; `acts.k()` is a multiple of 64.
-pub fn dot_rows(kind: QuantKind, use_avx512: bool, row: &[u8], acts: &QuantizedRows, t0: usize, out: &mut [f32]) {
-    assert!(row.len() >= acts.k() / 32 * kind.block_bytes(), "dot_rows: weight row too short");
-    assert!(t0 + out.len() <= acts.m() && out.len() <= 4, "dot_rows: token range out of bounds");
+pub fn dot_rows(
+    kind: QuantKind,
+    use_avx512: bool,
+    row: &[u8],
+    acts: &QuantizedRows,
+    t0: usize,
+    out: &mut [f32],
+) {
+    assert!(
+        row.len() >= acts.k() / 32 * kind.block_bytes(),
+        "dot_rows: weight row too short"
+    );
+    assert!(
+        t0 + out.len() <= acts.m() && out.len() <= 4,
+        "dot_rows: token range out of bounds"
+    );
     #[cfg(target_arch = "x86_64")]
     if use_avx512 {
         // SAFETY: the caller checked `avx512_available()` (see `MatmulPlan`); the asserts above
         // bound every load: the kernel reads `k/32` blocks of `row` and rows `t0..t0+out.len()`
         // of `acts`, and writes only `out`.
+        // SAFETY: within bounds, as stated at the top of this loop.
         unsafe {
             match out.len() {
                 1 => avx512::dot_rows::<1>(kind, row, acts, t0, out),
@@ -175,9 +199,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn nibbles_pair(qs0: *const u8, qs1: *const u8) -> __m512i {
         // SAFETY: the caller guarantees 16 readable bytes at each pointer.
-        let (q0, q1) = unsafe {
-            (_mm_loadu_si128(qs0.cast()), _mm_loadu_si128(qs1.cast()))
-        };
+        let (q0, q1) = unsafe { (_mm_loadu_si128(qs0.cast()), _mm_loadu_si128(qs1.cast())) };
         let z = _mm512_inserti32x4::<1>(_mm512_castsi128_si512(q0), q0);
         let z = _mm512_inserti32x4::<2>(z, q1);
         let z = _mm512_inserti32x4::<3>(z, q1);
@@ -226,40 +248,70 @@ mod avx512 {
             // SAFETY (all pointer arithmetic below): block `2p + 1` is within `row` because
             // `2 * n_pairs == k / 32` blocks fit (checked by the caller); activation offsets
             // `64p..64p+64`, `16p..16p+16` are within rows of `k`, `k/64*16`, `k/4` values.
+            // SAFETY: within bounds, as stated at the top of this loop.
             let b0 = unsafe { w.add(2 * p * bb) };
+            // SAFETY: within bounds, as stated at the top of this loop.
             let b1 = unsafe { b0.add(bb) };
+            // SAFETY: within bounds, as stated at the top of this loop.
             let d0 = unsafe { b0.cast::<u16>().read_unaligned() };
+            // SAFETY: within bounds, as stated at the top of this loop.
             let d1 = unsafe { b1.cast::<u16>().read_unaligned() };
             let dw = splat_pair(d0, d1);
             let (wv, mw) = match kind {
                 QuantKind::Q4_1 => {
+                    // SAFETY: within bounds, as stated at the top of this loop.
                     let m0 = unsafe { b0.add(2).cast::<u16>().read_unaligned() };
+                    // SAFETY: within bounds, as stated at the top of this loop.
                     let m1 = unsafe { b1.add(2).cast::<u16>().read_unaligned() };
-                    (unsafe { nibbles_pair(b0.add(4), b1.add(4)) }, splat_pair(m0, m1))
+                    // SAFETY: within bounds, as stated at the top of this loop.
+                    (
+                        // SAFETY: within bounds, as stated at the top of this loop.
+                        unsafe { nibbles_pair(b0.add(4), b1.add(4)) },
+                        splat_pair(m0, m1),
+                    )
                 }
-                QuantKind::Q4_0 => (unsafe { nibbles_pair(b0.add(2), b1.add(2)) }, _mm512_setzero_ps()),
+                // SAFETY: within bounds, as stated at the top of this loop.
+                QuantKind::Q4_0 => (
+                    // SAFETY: within bounds, as stated at the top of this loop.
+                    unsafe { nibbles_pair(b0.add(2), b1.add(2)) },
+                    _mm512_setzero_ps(),
+                ),
                 QuantKind::Q8_0 => {
+                    // SAFETY: within bounds, as stated at the top of this loop.
                     let lo = unsafe { _mm256_loadu_si256(b0.add(2).cast()) };
+                    // SAFETY: within bounds, as stated at the top of this loop.
                     let hi = unsafe { _mm256_loadu_si256(b1.add(2).cast()) };
                     let q = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                     // w + 128 as unsigned; the activation correction removes the 128 * sum(x).
-                    (_mm512_xor_si512(q, _mm512_set1_epi8(-128)), _mm512_setzero_ps())
+                    (
+                        _mm512_xor_si512(q, _mm512_set1_epi8(-128)),
+                        _mm512_setzero_ps(),
+                    )
                 }
             };
             for t in 0..N {
+                // SAFETY: within bounds, as stated at the top of this loop.
                 let x = unsafe { _mm512_loadu_si512(xq[t].add(64 * p).cast()) };
                 let init = match kind {
                     QuantKind::Q4_1 => _mm512_setzero_si512(),
-                    QuantKind::Q8_0 => unsafe { _mm512_loadu_si512(cx[t].add(PAIR_LANES * p).cast()) },
+                    // SAFETY: within bounds, as stated at the top of this loop.
+                    QuantKind::Q8_0 => unsafe {
+                        _mm512_loadu_si512(cx[t].add(PAIR_LANES * p).cast())
+                    },
                     // -8 * sum(x) = (-128 * sum(x)) / 16, exact.
                     QuantKind::Q4_0 => {
-                        _mm512_srai_epi32::<4>(unsafe { _mm512_loadu_si512(cx[t].add(PAIR_LANES * p).cast()) })
+                        // SAFETY: within bounds, as stated at the top of this loop.
+                        _mm512_srai_epi32::<4>(unsafe {
+                            _mm512_loadu_si512(cx[t].add(PAIR_LANES * p).cast())
+                        })
                     }
                 };
                 let sumi = _mm512_dpbusd_epi32(init, wv, x);
+                // SAFETY: within bounds, as stated at the top of this loop.
                 let dxv = unsafe { _mm512_loadu_ps(dx[t].add(PAIR_LANES * p)) };
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, dxv), acc[t]);
                 if kind == QuantKind::Q4_1 {
+                    // SAFETY: within bounds, as stated at the top of this loop.
                     let sxv = unsafe { _mm512_loadu_ps(sx[t].add(PAIR_LANES * p)) };
                     accm[t] = _mm512_fmadd_ps(mw, sxv, accm[t]);
                 }
@@ -284,7 +336,8 @@ mod tests {
             rng.fill(&mut blk[..]);
             blk[..2].copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
             if kind == QuantKind::Q4_1 {
-                blk[2..4].copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
+                blk[2..4]
+                    .copy_from_slice(&f16::from_f32(rng.random_range(-0.1..0.1)).to_le_bytes());
             }
         }
         row
@@ -312,9 +365,16 @@ mod tests {
                 dot_rows_portable(kind, &row, &acts, 0, &mut portable);
                 let w = dequant(kind, &row, k);
                 for t in 0..4 {
-                    let exact: f64 = w.iter().zip(&x[t * k..]).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let exact: f64 = w
+                        .iter()
+                        .zip(&x[t * k..])
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum();
                     let norm: f64 = w.iter().map(|&a| (a as f64).abs()).sum::<f64>() * 2.0;
-                    assert!((portable[t] as f64 - exact).abs() < norm * 0.01, "{kind:?} k={k}");
+                    assert!(
+                        (portable[t] as f64 - exact).abs() < norm * 0.01,
+                        "{kind:?} k={k}"
+                    );
                 }
                 if avx512_available() {
                     for n in 1..=4 {
