@@ -10,7 +10,7 @@
 //! Prints one table on stdout: GFLOP/s per implementation and our ratios to OpenBLAS.
 
 use peregrine_loops::tune::{self, TuneConfig};
-use peregrine_loops::{Isa, SgemmDesc, SgemmKernel};
+use peregrine_loops::{Epilogue, Isa, SgemmDesc, SgemmKernel};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -71,12 +71,12 @@ fn main() {
         let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
         let mut c = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
-        let def = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: None }).expect("compile default");
+        let def = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: None, epilogue: Epilogue::NONE }).expect("compile default");
         compile_ms.push(def.compile_ms);
         let g_def = flops / best_secs(|| def.run(&a, &b, &mut c).unwrap()) / 1e9;
         let cfg = TuneConfig { cache_dir: cache_dir.clone(), ..TuneConfig::default() };
         let tuned = tune::tune_sgemm(m, n, k, isa, &cfg).expect("tune");
-        let tk = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(tuned.schedule.clone()) }).expect("compile tuned");
+        let tk = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(tuned.schedule.clone()), epilogue: Epilogue::NONE }).expect("compile tuned");
         let g_tun = flops / best_secs(|| tk.run(&a, &b, &mut c).unwrap()) / 1e9;
         let g_gemm = flops
             / best_secs(|| {

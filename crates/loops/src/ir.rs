@@ -582,6 +582,30 @@ pub mod library {
         matmul_strided(m, n, k, k, 1, n)
     }
 
+    /// `C = (A·B + bias[n]) + residual[m, n]` (either addition optional): the matmul with a
+    /// fused epilogue. Inputs in order: a, b, then bias and residual when present.
+    pub fn matmul_epilogue(m: usize, n: usize, k: usize, bias: bool, residual: bool) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
+        let ia = b.input("a", Storage::F32, m * k);
+        let ib = b.input("b", Storage::F32, k * n);
+        let ra = b.read(ia, &[vm, vk], 0, &[k as isize, 1]);
+        let rb = b.read(ib, &[vk, vn], 0, &[n as isize, 1]);
+        let p = b.binary(BinaryOp::Mul, ra, rb);
+        let mut c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
+        if bias {
+            let i = b.input("bias", Storage::F32, n);
+            let r = b.read(i, &[vn], 0, &[1]);
+            c = b.binary(BinaryOp::Add, c, r);
+        }
+        if residual {
+            let i = b.input("residual", Storage::F32, m * n);
+            let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
+            c = b.binary(BinaryOp::Add, c, r);
+        }
+        b.finish(c, 0, &[n as isize, 1], m * n)
+    }
+
     /// Matmul where `A[m, k]` is at `m * a_row + k * a_col` (so `a_col = m_len, a_row = 1` reads a
     /// transposed A), `B[k, n]` at `k * ldb + n`, and `C` row-major.
     pub fn matmul_strided(m: usize, n: usize, k: usize, a_row: usize, a_col: usize, ldb: usize) -> Result<Expr> {

@@ -11,8 +11,22 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// What an f32 matmul kernel computes: `C[m, n] = sum_k A[m, k] * B[k, n]`, all row-major and
-/// dense (`A` is `m x k`, `B` is `k x n`, `C` is `m x n`).
+/// Work fused after the reduction, in this order: `C = (A·B + bias[n]) + residual[m, n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Epilogue {
+    /// Add a bias vector of `n`.
+    pub bias: bool,
+    /// Add a residual matrix of `m x n` (row-major).
+    pub residual: bool,
+}
+
+impl Epilogue {
+    /// No epilogue.
+    pub const NONE: Epilogue = Epilogue { bias: false, residual: false };
+}
+
+/// What an f32 matmul kernel computes: `C[m, n] = sum_k A[m, k] * B[k, n]` plus its
+/// [`Epilogue`], all row-major and dense (`A` is `m x k`, `B` is `k x n`, `C` is `m x n`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SgemmDesc {
     /// Rows of A and C.
@@ -25,16 +39,18 @@ pub struct SgemmDesc {
     pub isa: Isa,
     /// Schedule of the reduce node in text form; `None` for the default schedule.
     pub schedule: Option<String>,
+    /// Fused epilogue.
+    pub epilogue: Epilogue,
 }
 
 impl SgemmDesc {
     /// A description with the default schedule for this CPU's best ISA.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        SgemmDesc { m, n, k, isa: Isa::detect(), schedule: None }
+        SgemmDesc { m, n, k, isa: Isa::detect(), schedule: None, epilogue: Epilogue::NONE }
     }
     /// The expression.
     pub fn expr(&self) -> Result<Expr> {
-        library::matmul(self.m, self.n, self.k)
+        library::matmul_epilogue(self.m, self.n, self.k, self.epilogue.bias, self.epilogue.residual)
     }
     /// The schedule text actually used (the default one when none is given).
     pub fn schedule_text(&self) -> String {
@@ -46,8 +62,23 @@ impl SgemmDesc {
     }
     /// The full schedule (default for the non-reduce nodes).
     pub fn schedule(&self, expr: &Expr) -> Result<Schedule> {
-        let node = expr.output;
+        let node = crate::jit::sgemm::matmul_shape(expr).map(|s| s.node).unwrap_or(expr.output);
         Schedule::naive(expr).with_node_text(expr, node, &self.schedule_text())
+    }
+
+    fn check_epilogue(&self, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Result<()> {
+        for (what, got, on, want) in [("bias", bias.map(|v| v.len()), self.epilogue.bias, self.n), ("residual", residual.map(|v| v.len()), self.epilogue.residual, self.m * self.n)] {
+            match (got, on) {
+                (Some(got), true) if got != want => {
+                    return Err(Error::BufferLen { what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k), want, got })
+                }
+                (Some(_), true) | (None, false) => {}
+                (None, true) | (Some(_), false) => {
+                    return Err(Error::BadShape { op: "sgemm", reason: format!("{what} given {} but the kernel was compiled {}", if got.is_some() { "" } else { "not" }, if on { "with it" } else { "without it" }) })
+                }
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, a: &[f32], b: &[f32], c: &[f32]) -> Result<()> {
@@ -60,7 +91,7 @@ impl SgemmDesc {
     }
 }
 
-type SgemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize, *mut f32);
+type SgemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize, *mut f32, *const f32, *const f32);
 
 thread_local! {
     /// Per-thread scratch for packed operands; grows to the largest kernel's need, then stays.
@@ -117,19 +148,31 @@ impl SgemmKernel {
         self.jit.as_ref().map_or(&[], |(e, _, _)| e.bytes())
     }
 
-    /// `c = a · b` on the calling thread.
+    /// `c = a · b` on the calling thread (a kernel without epilogue).
     pub fn run(&self, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
+        self.run_with(a, b, None, None, c)
+    }
+
+    /// `c = (a · b + bias) + residual`, with the epilogue inputs the kernel was compiled for.
+    pub fn run_with(&self, a: &[f32], b: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, c: &mut [f32]) -> Result<()> {
         self.desc.check(a, b, c)?;
+        self.desc.check_epilogue(bias, residual)?;
         match &self.jit {
-            None => portable::sgemm(a, b, c, self.desc.m, self.desc.n, self.desc.k),
+            None => {
+                portable::sgemm(a, b, c, self.desc.m, self.desc.n, self.desc.k);
+                portable::epilogue(c, self.desc.n, bias, residual);
+            }
             Some((_, entry, plan)) => {
                 let (full, tail) = plan.outer_iterations();
+                let (pbias, pres) = (bias.map_or(std::ptr::null(), |v| v.as_ptr()), residual.map_or(std::ptr::null(), |v| v.as_ptr()));
                 with_scratch(plan.scratch_floats, |scratch| {
-                    // SAFETY: the code was generated for `self.desc`'s shape, whose buffer
-                    // lengths `check` matched; it reads `a` and `b` and writes `c` only within
-                    // those lengths (tails are masked), writes at most `plan.scratch_floats`
-                    // floats of `scratch`, and visits iterations 0..full plus the tail.
-                    unsafe { entry(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0, full, usize::from(tail), scratch) }
+                    // SAFETY: the code was generated for `self.desc`'s shape and epilogue, whose
+                    // buffer lengths `check`/`check_epilogue` matched (a null epilogue pointer is
+                    // never read: the code for a kernel without it does not touch it); it reads
+                    // `a`, `b`, `bias`, `residual` and writes `c` only within those lengths
+                    // (tails are masked), writes at most `plan.scratch_floats` floats of
+                    // `scratch`, and visits iterations 0..full plus the tail.
+                    unsafe { entry(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0, full, usize::from(tail), scratch, pbias, pres) }
                 });
             }
         }
@@ -140,6 +183,7 @@ impl SgemmKernel {
     /// over `m` or `n`; otherwise runs on one thread). Results equal [`SgemmKernel::run`]'s.
     pub fn run_threads(&self, a: &[f32], b: &[f32], c: &mut [f32], n_threads: usize) -> Result<()> {
         self.desc.check(a, b, c)?;
+        self.desc.check_epilogue(None, None)?;
         let Some((_, entry, plan)) = &self.jit else { return self.run(a, b, c) };
         if n_threads <= 1 || !plan.parallel_ok() {
             return self.run(a, b, c);
@@ -159,7 +203,7 @@ impl SgemmKernel {
                         // SAFETY: as in `run` (each thread has its own scratch); threads get
                         // disjoint ranges of the outermost loop, which is over m or n (not k),
                         // so they write disjoint parts of `c`, and `c` outlives the scope.
-                        unsafe { entry(pa as *const f32, pb as *const f32, c_addr as *mut f32, lo, hi - lo, usize::from(tail && last), scratch) }
+                        unsafe { entry(pa as *const f32, pb as *const f32, c_addr as *mut f32, lo, hi - lo, usize::from(tail && last), scratch, std::ptr::null(), std::ptr::null()) }
                     });
                 });
             }
@@ -212,6 +256,22 @@ impl KernelCache {
 /// Portable Rust kernels with the same semantics (and reduction order) as the interpreter, so
 /// results are bit-identical to it (`tests/portable_ops_match_interpreter.rs`).
 pub mod portable {
+    /// `c = (c + bias) + residual` (the sgemm epilogue).
+    pub fn epilogue(c: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
+        if let Some(bias) = bias {
+            for row in c.chunks_exact_mut(n) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+        }
+        if let Some(res) = residual {
+            for (v, r) in c.iter_mut().zip(res) {
+                *v += r;
+            }
+        }
+    }
+
     /// RMSNorm of rows of `w.len()`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`
     /// ([`crate::ir::library::rms_norm`]).
     pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {

@@ -16,6 +16,6 @@ pub use error::{Error, Result};
 pub use ir::{Expr, NodeId, VarId};
 pub use jit::Isa;
 pub use jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
-pub use kernel::{KernelCache, SgemmDesc, SgemmKernel};
+pub use kernel::{Epilogue, KernelCache, SgemmDesc, SgemmKernel};
 pub use quant::QuantType;
 pub use schedule::{Annot, Loop, Pack, Schedule, Tail};

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::jit::Isa;
-use crate::kernel::{SgemmDesc, SgemmKernel};
+use crate::kernel::{Epilogue, SgemmDesc, SgemmKernel};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -100,7 +100,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
         if let Ok(text) = std::fs::read_to_string(&p) {
             let text = text.trim().to_string();
             // A cached schedule must still compile; otherwise search again.
-            if SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(text.clone()) }).is_ok() {
+            if SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(text.clone()), epilogue: Epilogue::NONE }).is_ok() {
                 return Ok(Tuned { schedule: text, gflops: 0.0, n_tried: 0, cached: true });
             }
         }
@@ -115,7 +115,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     let flops = 2.0 * (m * n * k) as f64;
     let mut n_tried = 0;
     let mut measure_text = |text: String| -> Option<f64> {
-        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text) };
+        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text), epilogue: Epilogue::NONE };
         let kernel = SgemmKernel::compile(&desc).ok()?;
         n_tried += 1;
         kernel.run(&a, &b, &mut c).ok()?;
@@ -230,7 +230,7 @@ mod tests {
                         let kn = Knobs { rows: rows.min(m), vecs, unroll: 4, kc: 128, nc_vecs: vecs * 4, m_outer, pack: m_outer };
                         let text = kn.text(m, n, k, 16);
                         let expr = crate::ir::library::matmul(m, n, k).unwrap();
-                        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.clone()) };
+                        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.clone()), epilogue: Epilogue::NONE };
                         let sched = desc.schedule(&expr).unwrap();
                         crate::jit::sgemm::Plan::new(&expr, &sched, isa).unwrap_or_else(|e| panic!("{m}x{n}x{k} `{text}`: {e}"));
                     }

@@ -2,9 +2,9 @@
 //! odd sizes and tails, with every buffer ending at a guard page.
 
 use peregrine_loops::interp::{self, Buffer};
-use peregrine_loops::ir::library::matmul;
+use peregrine_loops::ir::library::matmul_epilogue;
 use peregrine_loops::jit::exec_mem::GuardedF32;
-use peregrine_loops::{Isa, SgemmDesc, SgemmKernel};
+use peregrine_loops::{Epilogue, Isa, SgemmDesc, SgemmKernel};
 use proptest::prelude::*;
 
 fn fill(buf: &mut [f32], seed: u64) {
@@ -57,17 +57,28 @@ fn schedule_strategy(lanes: usize, max_rows: usize, max_vecs: usize) -> impl Str
 }
 
 fn check(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64) -> Result<(), TestCaseError> {
-    let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.to_string()) };
+    check_with(m, n, k, isa, text, seed, Epilogue::NONE)
+}
+
+fn check_with(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64, epilogue: Epilogue) -> Result<(), TestCaseError> {
+    let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.to_string()), epilogue };
     let kernel = SgemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{m}x{n}x{k} {isa} `{text}`: {e}")))?;
     let (mut a, mut b, mut c) = (GuardedF32::new(m * k).unwrap(), GuardedF32::new(k * n).unwrap(), GuardedF32::new(m * n).unwrap());
     fill(a.as_mut_slice(), seed);
     fill(b.as_mut_slice(), seed + 1);
     c.as_mut_slice().fill(f32::NAN);
-    kernel.run(a.as_slice(), b.as_slice(), c.as_mut_slice()).unwrap();
-    let expr = matmul(m, n, k).unwrap();
+    let (mut bias, mut res) = (GuardedF32::new(n).unwrap(), GuardedF32::new(m * n).unwrap());
+    fill(bias.as_mut_slice(), seed + 2);
+    fill(res.as_mut_slice(), seed + 3);
+    let (bias_in, res_in) = (epilogue.bias.then(|| bias.as_slice()), epilogue.residual.then(|| res.as_slice()));
+    kernel.run_with(a.as_slice(), b.as_slice(), bias_in, res_in, c.as_mut_slice()).unwrap();
+    let expr = matmul_epilogue(m, n, k, epilogue.bias, epilogue.residual).unwrap();
     let sched = desc.schedule(&expr).unwrap();
     let mut want = vec![0f32; m * n];
-    interp::run(&expr, &sched, &[Buffer::F32(a.as_slice()), Buffer::F32(b.as_slice())], &mut want).unwrap();
+    let mut inputs = vec![Buffer::F32(a.as_slice()), Buffer::F32(b.as_slice())];
+    inputs.extend(bias_in.map(Buffer::F32));
+    inputs.extend(res_in.map(Buffer::F32));
+    interp::run(&expr, &sched, &inputs, &mut want).unwrap();
     let got = c.as_slice();
     for i in 0..m * n {
         prop_assert!(got[i].to_bits() == want[i].to_bits(), "{m}x{n}x{k} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}", got[i], want[i]);
@@ -78,16 +89,16 @@ fn check(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64) -> Resul
 proptest! {
     #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
     #[test]
-    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>()) {
+    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>()) {
         if Isa::Avx512.available() {
-            check(m, n, k, Isa::Avx512, &text, seed)?;
+            check_with(m, n, k, Isa::Avx512, &text, seed, Epilogue { bias, residual })?;
         }
     }
 
     #[test]
-    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>()) {
+    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>()) {
         if Isa::Avx2.available() {
-            check(m, n, k, Isa::Avx2, &text, seed)?;
+            check_with(m, n, k, Isa::Avx2, &text, seed, Epilogue { bias, residual })?;
         }
     }
 }
@@ -99,7 +110,7 @@ fn default_schedules_on_odd_shapes() {
             continue;
         }
         for (m, n, k) in [(1, 1, 1), (1, 577, 33), (7, 17, 9), (13, 130, 600), (64, 64, 64), (5, 192, 576)] {
-            let desc = SgemmDesc { m, n, k, isa, schedule: None };
+            let desc = SgemmDesc { m, n, k, isa, schedule: None, epilogue: Epilogue::NONE };
             check(m, n, k, isa, &desc.schedule_text(), 7).unwrap();
         }
     }
@@ -109,7 +120,7 @@ fn default_schedules_on_odd_shapes() {
 fn threads_give_the_same_bits() {
     let (m, n, k) = (37, 200, 50);
     let l = Isa::detect().lanes();
-    let desc = SgemmDesc { m, n, k, isa: Isa::detect(), schedule: Some(format!("n/{}:par m/5 n/{} k/1:u2 m/1:reg n/{l}:reg n/1:vec", 6 * l, 3 * l)) };
+    let desc = SgemmDesc { m, n, k, isa: Isa::detect(), schedule: Some(format!("n/{}:par m/5 n/{} k/1:u2 m/1:reg n/{l}:reg n/1:vec", 6 * l, 3 * l)), epilogue: Epilogue::NONE };
     if Isa::detect() == Isa::Portable {
         return;
     }
@@ -133,7 +144,19 @@ fn wrong_buffer_lengths_are_errors() {
 
 #[test]
 fn oversized_register_tile_is_rejected_before_codegen() {
-    let desc = SgemmDesc { m: 64, n: 64, k: 8, isa: Isa::Avx512, schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()) };
+    let desc = SgemmDesc { m: 64, n: 64, k: 8, isa: Isa::Avx512, schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()), epilogue: Epilogue::NONE };
     let err = SgemmKernel::compile(&desc).err().expect("16x4 tile does not fit");
     assert!(matches!(err, peregrine_loops::Error::RegisterTileTooLarge { needed: 69, available: 32, .. }), "{err}");
+}
+
+#[test]
+fn epilogue_inputs_must_match_the_kernel() {
+    let desc = SgemmDesc { m: 2, n: 3, k: 4, isa: Isa::detect(), schedule: None, epilogue: Epilogue { bias: true, residual: false } };
+    let kernel = SgemmKernel::compile(&desc).unwrap();
+    let (a, b) = ([1f32; 8], [1f32; 12]);
+    let mut c = [0f32; 6];
+    assert!(kernel.run(&a, &b, &mut c).is_err(), "bias missing");
+    assert!(kernel.run_with(&a, &b, Some(&[1.0; 2]), None, &mut c).is_err(), "bias too short");
+    kernel.run_with(&a, &b, Some(&[1.0, 2.0, 3.0]), None, &mut c).unwrap();
+    assert_eq!(c, [5.0, 6.0, 7.0, 5.0, 6.0, 7.0]);
 }

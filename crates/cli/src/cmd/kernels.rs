@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use peregrine_loops::tune::{self, TuneConfig};
-use peregrine_loops::{jit, Isa, SgemmDesc, SgemmKernel};
+use peregrine_loops::{jit, Epilogue, Isa, SgemmDesc, SgemmKernel};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -123,7 +123,7 @@ fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
         }
         path => Some(std::fs::read_to_string(path).with_context(|| format!("reading schedule file {path}"))?.trim().to_string()),
     };
-    Ok((SgemmDesc { m: a.m, n: a.n, k: a.k, isa, schedule }, tune_ms))
+    Ok((SgemmDesc { m: a.m, n: a.n, k: a.k, isa, schedule, epilogue: Epilogue::NONE }, tune_ms))
 }
 
 fn bench(a: KernelArgs) -> Result<()> {

@@ -50,12 +50,31 @@ pub struct MatmulShape {
     pub node: NodeId,
     /// The input read as B.
     pub b_input: InputId,
+    /// Fused `+ bias[n]` after the reduction.
+    pub bias: bool,
+    /// Fused `+ residual[m, n]` (row-major, `n` wide) after the bias.
+    pub residual: bool,
 }
 
 /// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C.
 pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
     let unsupported = |reason: &str| Error::Unsupported { backend: "sgemm", reason: reason.to_string() };
-    let out = expr.output;
+    // Peel the epilogue `Add(Add(reduce, bias[n]), residual[m, n])` (either optional), outer first.
+    let mut out = expr.output;
+    let (mut bias, mut residual) = (false, false);
+    let space = expr.node(expr.output).space.clone();
+    while let (Op::Binary(BinaryOp::Add, x, y), [vm, vn]) = (&expr.node(out).op, &space[..]) {
+        let Op::Read { index, access: Access::Strided { offset: 0, strides }, .. } = &expr.node(*y).op else { break };
+        let n = expr.var(*vn).extent as isize;
+        if !residual && !bias && index[..] == [*vm, *vn] && strides[..] == [n, 1] {
+            residual = true;
+        } else if !bias && index[..] == [*vn] && strides[..] == [1] {
+            bias = true;
+        } else {
+            break;
+        }
+        out = *x;
+    }
     let Op::Reduce { op: ReduceOp::Add, arg, keep } = &expr.node(out).op else {
         return Err(unsupported("the output is not a sum reduction"));
     };
@@ -92,6 +111,8 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
         vars: [vm, vn, vk],
         node: out,
         b_input: *b_input,
+        bias,
+        residual,
     })
 }
 
@@ -275,10 +296,16 @@ impl Gen<'_> {
     fn emit(&mut self) -> R {
         let n_slots = self.plan.outer.len() + 9;
         self.a.push(rbx)?;
+        self.a.push(r12)?;
+        self.a.push(r13)?;
         self.a.sub(rsp, (8 * n_slots) as i32)?;
-        // The 7th argument (scratch) sits above the return address and rbx.
-        self.a.mov(r11, qword_ptr(rsp + (8 * n_slots + 16) as i32))?;
+        // Stack arguments 7..9 (scratch, bias, residual) sit above the return address and the
+        // three saved registers.
+        let args = (8 * n_slots + 32) as i32;
+        self.a.mov(r11, qword_ptr(rsp + args))?;
         self.a.mov(qword_ptr(rsp + SLOT_SCRATCH), r11)?;
+        self.a.mov(r12, qword_ptr(rsp + args + 8))?;
+        self.a.mov(r13, qword_ptr(rsp + args + 16))?;
         self.a.mov(qword_ptr(rsp + 8), r9)?;
         self.a.mov(qword_ptr(rsp), r8)?;
         self.a.xor(r10d, r10d)?;
@@ -295,18 +322,21 @@ impl Gen<'_> {
             self.unpack()?;
         }
         self.a.add(rsp, (8 * n_slots) as i32)?;
+        self.a.pop(r13)?;
+        self.a.pop(r12)?;
         self.a.pop(rbx)?;
         self.a.vzeroupper()?;
         self.a.ret()
     }
 
-    /// Bytes a pointer moves per element of variable `v`: (A, B, C).
-    fn deltas(&self, v: usize) -> [i64; 3] {
+    /// Bytes a pointer moves per element of variable `v`: (A, B, C, bias, residual).
+    fn deltas(&self, v: usize) -> [i64; 5] {
         let s = &self.plan.shape;
+        let (bias, res) = (i64::from(s.bias), i64::from(s.residual));
         match v {
-            0 => [4 * s.a_row as i64, 0, 4 * s.ldc as i64],
-            1 => [0, 4 * self.packed_ck.unwrap_or(1) as i64, 4],
-            _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0],
+            0 => [4 * s.a_row as i64, 0, 4 * s.ldc as i64, 0, 4 * res * s.n as i64],
+            1 => [0, 4 * self.packed_ck.unwrap_or(1) as i64, 4, 4 * bias, 4 * res],
+            _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0, 0, 0],
         }
     }
 
@@ -315,7 +345,7 @@ impl Gen<'_> {
             return Ok(());
         }
         let d = self.deltas(v);
-        for (reg, dd) in [rdi, rsi, rdx].into_iter().zip(d) {
+        for (reg, dd) in [rdi, rsi, rdx, r12, r13].into_iter().zip(d) {
             if dd != 0 {
                 self.a.add(reg, (dd * elems) as i32)?;
             }
@@ -332,7 +362,7 @@ impl Gen<'_> {
         let tail = extents[v] % step;
         // Skip to iteration `lo`.
         let d = self.deltas(v);
-        for (reg, dd) in [rdi, rsi, rdx].into_iter().zip(d) {
+        for (reg, dd) in [rdi, rsi, rdx, r12, r13].into_iter().zip(d) {
             if dd != 0 {
                 self.a.imul_3(r11, rcx, (dd * step as i64) as i32)?;
                 self.a.add(reg, r11)?;
@@ -583,6 +613,40 @@ impl Gen<'_> {
         }
         for t in 0..ck - iters * u {
             step(self, t)?;
+        }
+        if s.bias || s.residual {
+            // The epilogue runs once, after the last k chunk.
+            let mut skip = self.a.create_label();
+            if self.has_outer_k {
+                self.a.cmp(r10, (s.k - ck) as i32)?;
+                self.a.jne(skip)?;
+            }
+            let tmp = breg(0);
+            let ops = [(s.bias, r12, 0usize), (s.residual, r13, s.n)];
+            for (on, base, ld) in ops {
+                if !on {
+                    continue;
+                }
+                for i in 0..rows {
+                    for j in 0..nv {
+                        let m = base + (4 * (i * ld + j * lanes)) as i32;
+                        match (isa, last_masked(j)) {
+                            (Isa::Avx512, false) => self.a.vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], zmmword_ptr(m))?,
+                            (Isa::Avx512, true) => {
+                                self.a.vmovups(ZMM[tmp].k1().z(), zmmword_ptr(m))?;
+                                self.a.vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[tmp])?;
+                            }
+                            (_, false) => self.a.vaddps(YMM[acc(i, j)], YMM[acc(i, j)], ymmword_ptr(m))?,
+                            (_, true) => {
+                                self.a.vmaskmovps(YMM[tmp], YMM[mask], ymmword_ptr(m))?;
+                                self.a.vaddps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[tmp])?;
+                            }
+                        }
+                    }
+                }
+            }
+            self.a.set_label(&mut skip)?;
+            self.a.nop()?;
         }
         for i in 0..rows {
             for j in 0..nv {
