@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use peregrine_formats::{quant, GgufFile};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(gguf) = GgufFile::parse_bytes(data, "fuzz.gguf") else { return };
+    let Ok(gguf) = GgufFile::parse_bytes(data, "fuzz.gguf") else {
+        return;
+    };
     let _ = gguf.model_config();
     for (key, _) in gguf.metadata() {
         let _ = gguf.get_str(key);
@@ -23,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
         // Dequantize small tensors (big ones are valid too but only slow the fuzzer down).
         if info.n_elements() <= 1 << 16 {
             let mut out = vec![0f32; info.n_elements() as usize];
-            quant::dequantize_row(info.ggml_type, bytes, &mut out).expect("a validated tensor dequantizes");
+            quant::dequantize_row(info.ggml_type, bytes, &mut out)
+                .expect("a validated tensor dequantizes");
         }
     }
 });

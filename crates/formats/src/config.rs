@@ -66,7 +66,10 @@ impl ModelConfig {
     /// Reads the config from a GGUF file's `{arch}.*` keys.
     pub fn from_gguf(gguf: &GgufFile) -> Result<ModelConfig> {
         let path = gguf.path();
-        let missing = |key: String| Error::MissingKey { path: path.to_path_buf(), key };
+        let missing = |key: String| Error::MissingKey {
+            path: path.to_path_buf(),
+            key,
+        };
         let architecture = gguf
             .get_str(keys::GENERAL_ARCHITECTURE)?
             .ok_or_else(|| missing(keys::GENERAL_ARCHITECTURE.to_string()))?
@@ -90,15 +93,23 @@ impl ModelConfig {
         let context_length = required(keys::CONTEXT_LENGTH)?;
         check_positive(path, &key(keys::HEAD_COUNT), n_heads)?;
         let head_dim = optional(keys::KEY_LENGTH)?.unwrap_or(hidden_size / n_heads);
-        let rope_base = gguf.get_f32(&key(keys::ROPE_FREQ_BASE))?.unwrap_or(10_000.0);
-        let rms_norm_eps = gguf.get_f32(&key(keys::LAYER_NORM_RMS_EPSILON))?.unwrap_or(1e-5);
+        let rope_base = gguf
+            .get_f32(&key(keys::ROPE_FREQ_BASE))?
+            .unwrap_or(10_000.0);
+        let rms_norm_eps = gguf
+            .get_f32(&key(keys::LAYER_NORM_RMS_EPSILON))?
+            .unwrap_or(1e-5);
         let vocab_size = match optional(keys::VOCAB_SIZE)? {
             Some(v) => v,
             None => match gguf.get(keys::TOKENIZER_TOKENS).and_then(|v| v.as_array()) {
                 Some(tokens) => tokens.len(),
                 None => {
                     let embd = gguf.require_tensor(&LlamaTensor::TokenEmbd.gguf_name(None))?;
-                    to_usize(path, "token_embd.weight dims[1]", embd.dims.get(1).copied().unwrap_or(1))?
+                    to_usize(
+                        path,
+                        "token_embd.weight dims[1]",
+                        embd.dims.get(1).copied().unwrap_or(1),
+                    )?
                 }
             },
         };
@@ -164,25 +175,43 @@ impl ModelConfig {
 
     /// As [`from_hf_config_json`](Self::from_hf_config_json), naming `path` in errors.
     pub fn from_hf_config_json_at(text: &str, path: &Path) -> Result<ModelConfig> {
-        let hf: HfConfig = serde_json::from_str(text).map_err(|cause| Error::Json { path: path.to_path_buf(), cause })?;
-        let missing = |key: &str| Error::MissingKey { path: path.to_path_buf(), key: key.to_string() };
-        let n_heads = hf.num_attention_heads.ok_or_else(|| missing("num_attention_heads"))?;
+        let hf: HfConfig = serde_json::from_str(text).map_err(|cause| Error::Json {
+            path: path.to_path_buf(),
+            cause,
+        })?;
+        let missing = |key: &str| Error::MissingKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        };
+        let n_heads = hf
+            .num_attention_heads
+            .ok_or_else(|| missing("num_attention_heads"))?;
         let hidden_size = hf.hidden_size.ok_or_else(|| missing("hidden_size"))?;
         check_positive(path, "num_attention_heads", n_heads)?;
-        let rope_scaling = hf.rope_scaling.map(|s| s.resolve(path)).transpose()?.flatten();
+        let rope_scaling = hf
+            .rope_scaling
+            .map(|s| s.resolve(path))
+            .transpose()?
+            .flatten();
         let config = ModelConfig {
             architecture: hf.model_type.unwrap_or_else(|| "llama".to_string()),
-            n_layers: hf.num_hidden_layers.ok_or_else(|| missing("num_hidden_layers"))?,
+            n_layers: hf
+                .num_hidden_layers
+                .ok_or_else(|| missing("num_hidden_layers"))?,
             n_heads,
             n_kv_heads: hf.num_key_value_heads.unwrap_or(n_heads),
             head_dim: hf.head_dim.unwrap_or(hidden_size / n_heads),
             hidden_size,
-            ffn_size: hf.intermediate_size.ok_or_else(|| missing("intermediate_size"))?,
+            ffn_size: hf
+                .intermediate_size
+                .ok_or_else(|| missing("intermediate_size"))?,
             rope_base: hf.rope_theta.unwrap_or(10_000.0) as f32,
             rope_scaling,
             rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6) as f32,
             vocab_size: hf.vocab_size.ok_or_else(|| missing("vocab_size"))?,
-            context_length: hf.max_position_embeddings.ok_or_else(|| missing("max_position_embeddings"))?,
+            context_length: hf
+                .max_position_embeddings
+                .ok_or_else(|| missing("max_position_embeddings"))?,
             tied_embeddings: hf.tie_word_embeddings.unwrap_or(false),
         };
         config.validate(path, |field| {
@@ -222,16 +251,32 @@ impl ModelConfig {
             }
         }
         if self.n_heads % self.n_kv_heads != 0 {
-            return Err(invalid("n_kv_heads", self.n_kv_heads.to_string(), "must divide the number of query heads"));
+            return Err(invalid(
+                "n_kv_heads",
+                self.n_kv_heads.to_string(),
+                "must divide the number of query heads",
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(invalid("head_dim", self.head_dim.to_string(), "must be even (RoPE rotates pairs)"));
+            return Err(invalid(
+                "head_dim",
+                self.head_dim.to_string(),
+                "must be even (RoPE rotates pairs)",
+            ));
         }
         if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
-            return Err(invalid("rope_base", self.rope_base.to_string(), "must be finite and positive"));
+            return Err(invalid(
+                "rope_base",
+                self.rope_base.to_string(),
+                "must be finite and positive",
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
-            return Err(invalid("rms_norm_eps", self.rms_norm_eps.to_string(), "must be finite and non-negative"));
+            return Err(invalid(
+                "rms_norm_eps",
+                self.rms_norm_eps.to_string(),
+                "must be finite and non-negative",
+            ));
         }
         Ok(())
     }
@@ -295,16 +340,32 @@ struct HfRopeScaling {
 
 impl HfRopeScaling {
     fn resolve(self, path: &Path) -> Result<Option<RopeScaling>> {
-        let missing = |key: &str| Error::MissingKey { path: PathBuf::from(path), key: format!("rope_scaling.{key}") };
-        let kind = self.rope_type.or(self.legacy_type).unwrap_or_else(|| "default".to_string());
-        let factor = || self.factor.map(|f| f as f32).ok_or_else(|| missing("factor"));
+        let missing = |key: &str| Error::MissingKey {
+            path: PathBuf::from(path),
+            key: format!("rope_scaling.{key}"),
+        };
+        let kind = self
+            .rope_type
+            .or(self.legacy_type)
+            .unwrap_or_else(|| "default".to_string());
+        let factor = || {
+            self.factor
+                .map(|f| f as f32)
+                .ok_or_else(|| missing("factor"))
+        };
         match kind.as_str() {
             "default" | "none" => Ok(None),
             "linear" => Ok(Some(RopeScaling::Linear { factor: factor()? })),
             "llama3" => Ok(Some(RopeScaling::Llama3 {
                 factor: factor()?,
-                low_freq_factor: self.low_freq_factor.ok_or_else(|| missing("low_freq_factor"))? as f32,
-                high_freq_factor: self.high_freq_factor.ok_or_else(|| missing("high_freq_factor"))? as f32,
+                low_freq_factor: self
+                    .low_freq_factor
+                    .ok_or_else(|| missing("low_freq_factor"))?
+                    as f32,
+                high_freq_factor: self
+                    .high_freq_factor
+                    .ok_or_else(|| missing("high_freq_factor"))?
+                    as f32,
                 original_context_length: self
                     .original_max_position_embeddings
                     .ok_or_else(|| missing("original_max_position_embeddings"))?,

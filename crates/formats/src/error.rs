@@ -176,7 +176,9 @@ pub enum Error {
         dims: Vec<u64>,
     },
     /// A row length is not a multiple of its type's block length.
-    #[error("{ggml_type}: {n_elements} elements is not a multiple of the block length {block_len}")]
+    #[error(
+        "{ggml_type}: {n_elements} elements is not a multiple of the block length {block_len}"
+    )]
     NotBlockMultiple {
         /// The type's name.
         ggml_type: &'static str,

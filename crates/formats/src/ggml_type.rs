@@ -146,7 +146,10 @@ impl GgmlType {
         }
         (n_elements / block_len)
             .checked_mul(self.block_bytes() as u64)
-            .ok_or(Error::SizeOverflow { ggml_type: self.name(), n_elements })
+            .ok_or(Error::SizeOverflow {
+                ggml_type: self.name(),
+                n_elements,
+            })
     }
 }
 
@@ -172,16 +175,31 @@ mod tests {
         for t in GgmlType::ALL {
             assert_eq!(GgmlType::from_id(t.id()).unwrap(), t);
         }
-        assert!(matches!(GgmlType::from_id(4), Err(Error::UnknownGgmlType { type_id: 4 })));
-        assert!(matches!(GgmlType::from_id(u32::MAX), Err(Error::UnknownGgmlType { .. })));
+        assert!(matches!(
+            GgmlType::from_id(4),
+            Err(Error::UnknownGgmlType { type_id: 4 })
+        ));
+        assert!(matches!(
+            GgmlType::from_id(u32::MAX),
+            Err(Error::UnknownGgmlType { .. })
+        ));
     }
 
     #[test]
     fn row_bytes_checks_blocks() {
         assert_eq!(GgmlType::Q4_1.row_bytes(576).unwrap(), 18 * 20);
         assert_eq!(GgmlType::F32.row_bytes(3).unwrap(), 12);
-        assert!(matches!(GgmlType::Q4_K.row_bytes(576), Err(Error::NotBlockMultiple { .. })));
-        assert_eq!(GgmlType::F32.row_bytes(u64::MAX / 4).unwrap(), u64::MAX / 4 * 4);
-        assert!(matches!(GgmlType::F32.row_bytes(u64::MAX / 2), Err(Error::SizeOverflow { .. })));
+        assert!(matches!(
+            GgmlType::Q4_K.row_bytes(576),
+            Err(Error::NotBlockMultiple { .. })
+        ));
+        assert_eq!(
+            GgmlType::F32.row_bytes(u64::MAX / 4).unwrap(),
+            u64::MAX / 4 * 4
+        );
+        assert!(matches!(
+            GgmlType::F32.row_bytes(u64::MAX / 2),
+            Err(Error::SizeOverflow { .. })
+        ));
     }
 }

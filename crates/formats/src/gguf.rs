@@ -193,7 +193,10 @@ impl TensorInfo {
 
     /// Number of rows (product of `dims[1..]`).
     pub fn n_rows(&self) -> u64 {
-        self.dims.iter().skip(1).fold(1u64, |acc, &d| acc.saturating_mul(d))
+        self.dims
+            .iter()
+            .skip(1)
+            .fold(1u64, |acc, &d| acc.saturating_mul(d))
     }
 
     /// Elements per row (`dims[0]`, or 1 for a scalar).
@@ -322,16 +325,20 @@ impl GgufFile {
     /// The value of `key` as `u64`, from an integer of any width; an error if it has another
     /// type or is negative.
     pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
-        let Some(value) = self.get(key) else { return Ok(None) };
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
         let Some(int) = value.as_integer() else {
             return Err(self.wrong_type(key, "an integer", value));
         };
-        u64::try_from(int).map(Some).map_err(|_| Error::ValueOutOfRange {
-            path: self.path.clone(),
-            key: key.to_string(),
-            value: int.to_string(),
-            expected: "a non-negative integer",
-        })
+        u64::try_from(int)
+            .map(Some)
+            .map_err(|_| Error::ValueOutOfRange {
+                path: self.path.clone(),
+                key: key.to_string(),
+                value: int.to_string(),
+                expected: "a non-negative integer",
+            })
     }
 
     /// The value of `key` as `f32`, from an `f32` or `f64`.
@@ -355,13 +362,18 @@ impl GgufFile {
 
     /// The value of `key` as an array of strings (`tokenizer.ggml.tokens`).
     pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        let Some(value) = self.get(key) else { return Ok(None) };
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
         let Some(items) = value.as_array() else {
             return Err(self.wrong_type(key, "an array of strings", value));
         };
         items
             .iter()
-            .map(|item| item.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", value)))
+            .map(|item| {
+                item.as_str()
+                    .ok_or_else(|| self.wrong_type(key, "an array of strings", value))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
@@ -369,14 +381,18 @@ impl GgufFile {
     /// The value of `key` as an array of `i32` (`tokenizer.ggml.token_type`); integer elements
     /// of other widths are accepted when they fit.
     pub fn get_i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
-        let Some(value) = self.get(key) else { return Ok(None) };
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
         let Some(items) = value.as_array() else {
             return Err(self.wrong_type(key, "an array of i32", value));
         };
         items
             .iter()
             .map(|item| {
-                let int = item.as_integer().ok_or_else(|| self.wrong_type(key, "an array of i32", value))?;
+                let int = item
+                    .as_integer()
+                    .ok_or_else(|| self.wrong_type(key, "an array of i32", value))?;
                 i32::try_from(int).map_err(|_| Error::ValueOutOfRange {
                     path: self.path.clone(),
                     key: key.to_string(),
@@ -400,8 +416,10 @@ impl GgufFile {
 
     /// The tensor named `name`, or [`Error::TensorNotFound`].
     pub fn require_tensor(&self, name: &str) -> Result<&TensorInfo> {
-        self.tensor(name)
-            .ok_or_else(|| Error::TensorNotFound { path: self.path.clone(), name: name.to_string() })
+        self.tensor(name).ok_or_else(|| Error::TensorNotFound {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// The raw bytes of a tensor: exactly `info.n_bytes` bytes of the map.
@@ -421,7 +439,8 @@ impl GgufFile {
     /// Tells the OS this process no longer needs `info`'s pages resident (e.g. after the tensor
     /// was repacked into another layout). Later reads still work: pages come back from the file.
     pub fn release_tensor_pages(&self, info: &TensorInfo) {
-        if let (Ok(start), Ok(len)) = (usize::try_from(info.offset), usize::try_from(info.n_bytes)) {
+        if let (Ok(start), Ok(len)) = (usize::try_from(info.offset), usize::try_from(info.n_bytes))
+        {
             self.backing.release(start..start.saturating_add(len));
         }
     }
@@ -478,7 +497,12 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn new(bytes: &'a [u8], path: &'a Path) -> Self {
-        Parser { bytes, pos: 0, path, n_elements_left: MAX_METADATA_ELEMENTS }
+        Parser {
+            bytes,
+            pos: 0,
+            path,
+            n_elements_left: MAX_METADATA_ELEMENTS,
+        }
     }
 
     fn file_len(&self) -> u64 {
@@ -520,7 +544,13 @@ impl<'a> Parser<'a> {
     }
 
     /// Checks that `count` items of at least `min_item_bytes` each fit in the remaining bytes.
-    fn check_count(&self, count: u64, min_item_bytes: u64, count_offset: u64, what: impl FnOnce() -> String) -> Result<()> {
+    fn check_count(
+        &self,
+        count: u64,
+        min_item_bytes: u64,
+        count_offset: u64,
+        what: impl FnOnce() -> String,
+    ) -> Result<()> {
         let max = self.remaining() / min_item_bytes.max(1);
         if count > max {
             return Err(Error::CountTooLarge {
@@ -555,28 +585,43 @@ impl<'a> Parser<'a> {
     fn parse(mut self) -> Result<Parsed> {
         let magic: [u8; 4] = self.array(|| "magic".to_string())?;
         if magic != GGUF_MAGIC {
-            return Err(Error::BadMagic { path: self.path.to_path_buf(), got: magic });
+            return Err(Error::BadMagic {
+                path: self.path.to_path_buf(),
+                got: magic,
+            });
         }
         let version = self.u32(|| "version".to_string())?;
         if version != 2 && version != 3 {
             let swapped = version.swap_bytes();
             if swapped == 2 || swapped == 3 {
-                return Err(Error::BigEndian { path: self.path.to_path_buf(), version: swapped });
+                return Err(Error::BigEndian {
+                    path: self.path.to_path_buf(),
+                    version: swapped,
+                });
             }
-            return Err(Error::UnsupportedVersion { path: self.path.to_path_buf(), version });
+            return Err(Error::UnsupportedVersion {
+                path: self.path.to_path_buf(),
+                version,
+            });
         }
         let n_tensors_offset = self.pos as u64;
         let n_tensors = self.u64(|| "tensor count".to_string())?;
         let n_kv_offset = self.pos as u64;
         let n_kv = self.u64(|| "metadata key/value count".to_string())?;
-        self.check_count(n_kv, MIN_KV_BYTES, n_kv_offset, || "metadata key/value count".to_string())?;
-        self.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, n_tensors_offset, || "tensor count".to_string())?;
+        self.check_count(n_kv, MIN_KV_BYTES, n_kv_offset, || {
+            "metadata key/value count".to_string()
+        })?;
+        self.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, n_tensors_offset, || {
+            "tensor count".to_string()
+        })?;
 
         let (metadata, key_index) = self.metadata(n_kv)?;
         let alignment = self.alignment(&metadata, &key_index)?;
 
         // Re-check now that the metadata is consumed: the infos must fit in what is left.
-        self.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, n_tensors_offset, || "tensor count".to_string())?;
+        self.check_count(n_tensors, MIN_TENSOR_INFO_BYTES, n_tensors_offset, || {
+            "tensor count".to_string()
+        })?;
         let capacity = (n_tensors as usize).min(MAX_PREALLOC);
         let mut tensors = Vec::with_capacity(capacity);
         let mut tensor_index = HashMap::with_capacity(capacity);
@@ -584,8 +629,15 @@ impl<'a> Parser<'a> {
         for tensor_idx in 0..n_tensors {
             let info_offset = self.pos as u64;
             let (info, relative_offset) = self.tensor_info(tensor_idx, alignment)?;
-            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
-                return Err(Error::DuplicateTensor { path: self.path.to_path_buf(), name: info.name, offset: info_offset });
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
+                return Err(Error::DuplicateTensor {
+                    path: self.path.to_path_buf(),
+                    name: info.name,
+                    offset: info_offset,
+                });
             }
             tensors.push(info);
             relative_offsets.push(relative_offset);
@@ -611,7 +663,15 @@ impl<'a> Parser<'a> {
             }
         }
         self.check_overlaps(&tensors)?;
-        Ok(Parsed { version, alignment, data_offset, metadata, key_index, tensors, tensor_index })
+        Ok(Parsed {
+            version,
+            alignment,
+            data_offset,
+            metadata,
+            key_index,
+            tensors,
+            tensor_index,
+        })
     }
 
     fn metadata(&mut self, n_kv: u64) -> Result<(Vec<(String, MetadataValue)>, KeyIndex)> {
@@ -621,7 +681,11 @@ impl<'a> Parser<'a> {
             let kv_offset = self.pos as u64;
             let key = self.string(&|| format!("key of metadata pair {kv_idx}"))?;
             if key_index.contains_key(&key) {
-                return Err(Error::DuplicateKey { path: self.path.to_path_buf(), key, offset: kv_offset });
+                return Err(Error::DuplicateKey {
+                    path: self.path.to_path_buf(),
+                    key,
+                    offset: kv_offset,
+                });
             }
             let type_offset = self.pos as u64;
             let type_id = self.u32(|| format!("value type of {key:?}"))?;
@@ -634,7 +698,9 @@ impl<'a> Parser<'a> {
 
     fn alignment(&self, metadata: &[(String, MetadataValue)], key_index: &KeyIndex) -> Result<u64> {
         const KEY: &str = "general.alignment";
-        let Some(&idx) = key_index.get(KEY) else { return Ok(DEFAULT_ALIGNMENT) };
+        let Some(&idx) = key_index.get(KEY) else {
+            return Ok(DEFAULT_ALIGNMENT);
+        };
         let value = &metadata[idx].1;
         let Some(int) = value.as_integer() else {
             return Err(Error::WrongValueType {
@@ -646,11 +712,20 @@ impl<'a> Parser<'a> {
         };
         match u64::try_from(int) {
             Ok(a) if a.is_power_of_two() && a <= MAX_ALIGNMENT => Ok(a),
-            _ => Err(Error::BadAlignment { path: self.path.to_path_buf(), alignment: int }),
+            _ => Err(Error::BadAlignment {
+                path: self.path.to_path_buf(),
+                alignment: int,
+            }),
         }
     }
 
-    fn value(&mut self, type_id: u32, type_offset: u64, key: &str, depth: usize) -> Result<MetadataValue> {
+    fn value(
+        &mut self,
+        type_id: u32,
+        type_offset: u64,
+        key: &str,
+        depth: usize,
+    ) -> Result<MetadataValue> {
         use value_type as vt;
         let what = || format!("value of {key:?}");
         Ok(match type_id {
@@ -701,7 +776,9 @@ impl<'a> Parser<'a> {
                 };
                 let count_offset = self.pos as u64;
                 let count = self.u64(|| format!("length of array {key:?}"))?;
-                self.check_count(count, min_elem_bytes, count_offset, || format!("length of array {key:?}"))?;
+                self.check_count(count, min_elem_bytes, count_offset, || {
+                    format!("length of array {key:?}")
+                })?;
                 if count > self.n_elements_left {
                     return Err(Error::CountTooLarge {
                         path: self.path.to_path_buf(),
@@ -737,7 +814,12 @@ impl<'a> Parser<'a> {
         let n_dims_offset = self.pos as u64;
         let n_dims = self.u32(|| format!("dimension count of tensor {name:?}"))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(Error::TooManyDims { path: self.path.to_path_buf(), name, n_dims, offset: n_dims_offset });
+            return Err(Error::TooManyDims {
+                path: self.path.to_path_buf(),
+                name,
+                n_dims,
+                offset: n_dims_offset,
+            });
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for dim_idx in 0..n_dims {
@@ -746,14 +828,27 @@ impl<'a> Parser<'a> {
         let type_id = self.u32(|| format!("type of tensor {name:?}"))?;
         let relative_offset = self.u64(|| format!("data offset of tensor {name:?}"))?;
         let Ok(ggml_type) = GgmlType::from_id(type_id) else {
-            return Err(Error::UnsupportedTensorType { path: self.path.to_path_buf(), name, type_id });
+            return Err(Error::UnsupportedTensorType {
+                path: self.path.to_path_buf(),
+                name,
+                type_id,
+            });
         };
         // ggml stores element counts in int64_t: the product must stay below 2^63.
-        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64));
+        let n_elements = dims.iter().try_fold(1u64, |acc, &d| {
+            acc.checked_mul(d).filter(|&p| p <= i64::MAX as u64)
+        });
         let row_len = dims.first().copied().unwrap_or(1);
-        let n_rows = dims.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let n_rows = dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let (Some(_), Some(n_rows)) = (n_elements, n_rows) else {
-            return Err(Error::DimsOverflow { path: self.path.to_path_buf(), name, dims });
+            return Err(Error::DimsOverflow {
+                path: self.path.to_path_buf(),
+                name,
+                dims,
+            });
         };
         if row_len % ggml_type.block_len() as u64 != 0 {
             return Err(Error::TensorNotBlockMultiple {
@@ -770,12 +865,30 @@ impl<'a> Parser<'a> {
             .and_then(|row_bytes| row_bytes.checked_mul(n_rows))
             .filter(|&n| n <= i64::MAX as u64);
         let Some(n_bytes) = n_bytes else {
-            return Err(Error::DimsOverflow { path: self.path.to_path_buf(), name, dims });
+            return Err(Error::DimsOverflow {
+                path: self.path.to_path_buf(),
+                name,
+                dims,
+            });
         };
         if relative_offset % alignment != 0 {
-            return Err(Error::TensorMisaligned { path: self.path.to_path_buf(), name, offset: relative_offset, alignment });
+            return Err(Error::TensorMisaligned {
+                path: self.path.to_path_buf(),
+                name,
+                offset: relative_offset,
+                alignment,
+            });
         }
-        Ok((TensorInfo { name, dims, ggml_type, offset: 0, n_bytes }, relative_offset))
+        Ok((
+            TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset: 0,
+                n_bytes,
+            },
+            relative_offset,
+        ))
     }
 
     fn check_overlaps(&self, tensors: &[TensorInfo]) -> Result<()> {

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ggml_type::GgmlType;
-use crate::gguf::{value_type, MetadataValue, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT, MAX_DIMS};
+use crate::gguf::{
+    value_type, MetadataValue, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT, MAX_DIMS,
+};
 use crate::names::keys;
 
 /// Builds a GGUF file (version 3 unless told otherwise): metadata in insertion order, tensors
@@ -52,7 +54,10 @@ impl GgufWriter {
     /// Sets `general.alignment` (a power of two).
     pub fn set_alignment(&mut self, alignment: u32) -> &mut Self {
         self.metadata.retain(|(k, _)| k != keys::GENERAL_ALIGNMENT);
-        self.metadata.push((keys::GENERAL_ALIGNMENT.to_string(), MetadataValue::U32(alignment)));
+        self.metadata.push((
+            keys::GENERAL_ALIGNMENT.to_string(),
+            MetadataValue::U32(alignment),
+        ));
         self
     }
 
@@ -64,26 +69,58 @@ impl GgufWriter {
 
     /// Appends a tensor. `dims` are in GGUF order (`dims[0]` is the row length); `data` must be
     /// exactly the tensor's byte size.
-    pub fn add_tensor(&mut self, name: impl Into<String>, dims: &[u64], ggml_type: GgmlType, data: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ggml_type: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         let name = name.into();
-        let invalid = |reason: String| Error::InvalidWrite { path: PathBuf::from("<gguf writer>"), what: format!("tensor {name:?}"), reason };
+        let invalid = |reason: String| Error::InvalidWrite {
+            path: PathBuf::from("<gguf writer>"),
+            what: format!("tensor {name:?}"),
+            reason,
+        };
         if dims.len() > MAX_DIMS {
-            return Err(invalid(format!("{} dimensions; at most {MAX_DIMS}", dims.len())));
+            return Err(invalid(format!(
+                "{} dimensions; at most {MAX_DIMS}",
+                dims.len()
+            )));
         }
         let row_len = dims.first().copied().unwrap_or(1);
-        let n_rows = dims.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let n_rows = dims
+            .iter()
+            .skip(1)
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
         let n_bytes = n_rows
             .and_then(|n_rows| ggml_type.row_bytes(row_len).ok()?.checked_mul(n_rows))
-            .ok_or_else(|| invalid(format!("dims {dims:?} are not whole {ggml_type} blocks or overflow")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "dims {dims:?} are not whole {ggml_type} blocks or overflow"
+                ))
+            })?;
         if data.len() as u64 != n_bytes {
-            return Err(invalid(format!("{} data bytes, but dims {dims:?} of {ggml_type} need {n_bytes}", data.len())));
+            return Err(invalid(format!(
+                "{} data bytes, but dims {dims:?} of {ggml_type} need {n_bytes}",
+                data.len()
+            )));
         }
-        self.tensors.push(PendingTensor { name, dims: dims.to_vec(), ggml_type, data });
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ggml_type,
+            data,
+        });
         Ok(self)
     }
 
     fn alignment(&self, path: &Path) -> Result<u64> {
-        let Some((_, value)) = self.metadata.iter().find(|(k, _)| k == keys::GENERAL_ALIGNMENT) else {
+        let Some((_, value)) = self
+            .metadata
+            .iter()
+            .find(|(k, _)| k == keys::GENERAL_ALIGNMENT)
+        else {
             return Ok(DEFAULT_ALIGNMENT);
         };
         match value.as_integer().and_then(|a| u64::try_from(a).ok()) {
@@ -106,7 +143,10 @@ impl GgufWriter {
     /// Writes the file to `path`.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let io_err = |cause| Error::Io { path: path.to_path_buf(), cause };
+        let io_err = |cause| Error::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
         let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io_err)?);
         self.write_to(&mut file, path)?;
         file.flush().map_err(io_err)
@@ -114,9 +154,16 @@ impl GgufWriter {
 
     fn write_to(&self, out: &mut impl Write, path: &Path) -> Result<()> {
         let version = self.version.unwrap_or(3);
-        let invalid = |what: String, reason: String| Error::InvalidWrite { path: path.to_path_buf(), what, reason };
+        let invalid = |what: String, reason: String| Error::InvalidWrite {
+            path: path.to_path_buf(),
+            what,
+            reason,
+        };
         if version != 2 && version != 3 {
-            return Err(invalid("header".into(), format!("version {version}; only 2 and 3 are written")));
+            return Err(invalid(
+                "header".into(),
+                format!("version {version}; only 2 and 3 are written"),
+            ));
         }
         let alignment = self.alignment(path)?;
         let mut seen = HashSet::new();
@@ -129,7 +176,10 @@ impl GgufWriter {
         seen.clear();
         for tensor in &self.tensors {
             if !seen.insert(tensor.name.as_str()) {
-                return Err(invalid(format!("tensor {:?}", tensor.name), "duplicate tensor name".into()));
+                return Err(invalid(
+                    format!("tensor {:?}", tensor.name),
+                    "duplicate tensor name".into(),
+                ));
             }
         }
 
@@ -154,9 +204,13 @@ impl GgufWriter {
             header.extend_from_slice(&tensor.ggml_type.id().to_le_bytes());
             header.extend_from_slice(&relative_offset.to_le_bytes());
             offsets.push(relative_offset);
-            relative_offset = (relative_offset + tensor.data.len() as u64).next_multiple_of(alignment);
+            relative_offset =
+                (relative_offset + tensor.data.len() as u64).next_multiple_of(alignment);
         }
-        let io_err = |cause| Error::Io { path: path.to_path_buf(), cause };
+        let io_err = |cause| Error::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
         let header_len = header.len() as u64;
         out.write_all(&header).map_err(io_err)?;
         if self.tensors.is_empty() {
@@ -189,7 +243,11 @@ fn check_value(value: &MetadataValue) -> std::result::Result<(), String> {
     if let MetadataValue::Array(items) = value {
         if let Some(first) = items.first() {
             if let Some(other) = items.iter().find(|v| v.type_id() != first.type_id()) {
-                return Err(format!("array mixes {} and {} elements", first.type_name(), other.type_name()));
+                return Err(format!(
+                    "array mixes {} and {} elements",
+                    first.type_name(),
+                    other.type_name()
+                ));
             }
         }
         items.iter().try_for_each(check_value)?;

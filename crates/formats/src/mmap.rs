@@ -14,7 +14,10 @@ impl Backing {
     /// Maps `path` read-only (an empty file becomes an empty buffer: mapping zero bytes fails
     /// on some platforms).
     pub(crate) fn map(path: &Path) -> Result<Backing> {
-        let io_err = |cause| Error::Io { path: path.to_path_buf(), cause };
+        let io_err = |cause| Error::Io {
+            path: path.to_path_buf(),
+            cause,
+        };
         let file = std::fs::File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
         if len == 0 {
@@ -54,11 +57,16 @@ impl Backing {
                 // mapping it discards modifications. This map is read-only and file-backed, so the
                 // pages are simply reloaded from the file on the next access; no `&[u8]` handed out
                 // can observe a change.
-                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
             }
         }
         #[cfg(not(unix))]
         let _ = range;
     }
 }
-

@@ -68,7 +68,13 @@ impl LlamaTensor {
 
     /// Whether the tensor exists once per layer.
     pub fn is_per_layer(self) -> bool {
-        !matches!(self, LlamaTensor::TokenEmbd | LlamaTensor::OutputNorm | LlamaTensor::Output | LlamaTensor::RopeFreqs)
+        !matches!(
+            self,
+            LlamaTensor::TokenEmbd
+                | LlamaTensor::OutputNorm
+                | LlamaTensor::Output
+                | LlamaTensor::RopeFreqs
+        )
     }
 
     /// Whether a model may lack the tensor (`Output` when tied, `RopeFreqs` without llama3 scaling).
@@ -102,7 +108,10 @@ impl LlamaTensor {
         match (self.is_per_layer(), layer) {
             (true, Some(layer_idx)) => format!("blk.{layer_idx}.{}.weight", self.gguf_stem()),
             (false, None) => format!("{}.weight", self.gguf_stem()),
-            _ => panic!("{self:?} is {}a per-layer tensor but layer = {layer:?}", if self.is_per_layer() { "" } else { "not " }),
+            _ => panic!(
+                "{self:?} is {}a per-layer tensor but layer = {layer:?}",
+                if self.is_per_layer() { "" } else { "not " }
+            ),
         }
     }
 
@@ -114,7 +123,8 @@ impl LlamaTensor {
     /// # Panics
     /// As [`gguf_name`](Self::gguf_name).
     pub fn hf_name(self, layer: Option<usize>) -> String {
-        let per_layer = |layer_idx: usize, stem: &str| format!("model.layers.{layer_idx}.{stem}.weight");
+        let per_layer =
+            |layer_idx: usize, stem: &str| format!("model.layers.{layer_idx}.{stem}.weight");
         match (self, layer) {
             (LlamaTensor::TokenEmbd, None) => "model.embed_tokens.weight".to_string(),
             (LlamaTensor::OutputNorm, None) => "model.norm.weight".to_string(),
@@ -129,7 +139,10 @@ impl LlamaTensor {
             (LlamaTensor::FfnGate, Some(l)) => per_layer(l, "mlp.gate_proj"),
             (LlamaTensor::FfnUp, Some(l)) => per_layer(l, "mlp.up_proj"),
             (LlamaTensor::FfnDown, Some(l)) => per_layer(l, "mlp.down_proj"),
-            _ => panic!("{self:?} is {}a per-layer tensor but layer = {layer:?}", if self.is_per_layer() { "" } else { "not " }),
+            _ => panic!(
+                "{self:?} is {}a per-layer tensor but layer = {layer:?}",
+                if self.is_per_layer() { "" } else { "not " }
+            ),
         }
     }
 
@@ -139,10 +152,14 @@ impl LlamaTensor {
         if let Some(rest) = stem.strip_prefix("blk.") {
             let (layer, stem) = rest.split_once('.')?;
             let layer_idx: usize = layer.parse().ok()?;
-            let kind = Self::PER_LAYER.into_iter().find(|t| t.gguf_stem() == stem)?;
+            let kind = Self::PER_LAYER
+                .into_iter()
+                .find(|t| t.gguf_stem() == stem)?;
             return Some((kind, Some(layer_idx)));
         }
-        let kind = Self::ALL.into_iter().find(|t| !t.is_per_layer() && t.gguf_stem() == stem)?;
+        let kind = Self::ALL
+            .into_iter()
+            .find(|t| !t.is_per_layer() && t.gguf_stem() == stem)?;
         Some((kind, None))
     }
 }
@@ -235,17 +252,26 @@ mod tests {
     #[test]
     fn names_match_llama_cpp_and_transformers() {
         assert_eq!(LlamaTensor::AttnQ.gguf_name(Some(3)), "blk.3.attn_q.weight");
-        assert_eq!(LlamaTensor::AttnQ.hf_name(Some(3)), "model.layers.3.self_attn.q_proj.weight");
+        assert_eq!(
+            LlamaTensor::AttnQ.hf_name(Some(3)),
+            "model.layers.3.self_attn.q_proj.weight"
+        );
         assert_eq!(LlamaTensor::TokenEmbd.gguf_name(None), "token_embd.weight");
         assert_eq!(LlamaTensor::Output.hf_name(None), "lm_head.weight");
-        assert_eq!(LlamaTensor::FfnNorm.hf_name(Some(0)), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(
+            LlamaTensor::FfnNorm.hf_name(Some(0)),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
     }
 
     #[test]
     fn gguf_names_parse_back() {
         for kind in LlamaTensor::ALL {
             let layer = kind.is_per_layer().then_some(17);
-            assert_eq!(LlamaTensor::from_gguf_name(&kind.gguf_name(layer)), Some((kind, layer)));
+            assert_eq!(
+                LlamaTensor::from_gguf_name(&kind.gguf_name(layer)),
+                Some((kind, layer))
+            );
         }
         assert_eq!(LlamaTensor::from_gguf_name("blk.x.attn_q.weight"), None);
         assert_eq!(LlamaTensor::from_gguf_name("blk.1.token_embd.weight"), None);

@@ -20,7 +20,10 @@ pub struct SafetensorsFile {
 
 impl std::fmt::Debug for SafetensorsFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SafetensorsFile").field("path", &self.path).field("n_tensors", &self.names().len()).finish()
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("n_tensors", &self.names().len())
+            .finish()
     }
 }
 
@@ -47,9 +50,21 @@ impl SafetensorRef<'_> {
     pub fn to_f32(&self, path: &Path) -> Result<Vec<f32>> {
         let mut out = Vec::with_capacity(self.data.len() / 2);
         match self.dtype {
-            Dtype::F32 => out.extend(self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
-            Dtype::F16 => out.extend(self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
-            Dtype::BF16 => out.extend(self.data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+            Dtype::F32 => out.extend(
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            ),
+            Dtype::F16 => out.extend(
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            Dtype::BF16 => out.extend(
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: path.to_path_buf(),
@@ -71,17 +86,29 @@ impl SafetensorsFile {
     }
 
     /// Parses an in-memory safetensors image; `label` stands in for the path in errors.
-    pub fn parse_bytes(bytes: impl Into<Vec<u8>>, label: impl Into<PathBuf>) -> Result<SafetensorsFile> {
+    pub fn parse_bytes(
+        bytes: impl Into<Vec<u8>>,
+        label: impl Into<PathBuf>,
+    ) -> Result<SafetensorsFile> {
         Self::parse(Backing::Owned(bytes.into()), label.into())
     }
 
     fn parse(backing: Backing, path: PathBuf) -> Result<SafetensorsFile> {
         let (header_len, metadata) = safetensors::SafeTensors::read_metadata(backing.bytes())
-            .map_err(|cause| Error::Safetensors { path: path.clone(), cause })?;
+            .map_err(|cause| Error::Safetensors {
+                path: path.clone(),
+                cause,
+            })?;
         // read_metadata checked 8 + header_len + data_len == file length.
         let mut names = metadata.offset_keys();
         names.sort_unstable();
-        Ok(SafetensorsFile { path, backing, data_start: 8 + header_len, metadata, names })
+        Ok(SafetensorsFile {
+            path,
+            backing,
+            data_start: 8 + header_len,
+            metadata,
+            names,
+        })
     }
 
     /// The file's path (or label).
@@ -104,11 +131,19 @@ impl SafetensorsFile {
         let info = self
             .metadata
             .info(name)
-            .ok_or_else(|| Error::TensorNotFound { path: self.path.clone(), name: name.to_string() })?;
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
         let (start, end) = info.data_offsets;
         // read_metadata validated that the offsets tile the data section within the file.
         let data = &self.backing.bytes()[self.data_start + start..self.data_start + end];
-        Ok(SafetensorRef { name, dtype: info.dtype, shape: &info.shape, data })
+        Ok(SafetensorRef {
+            name,
+            dtype: info.dtype,
+            shape: &info.shape,
+            data,
+        })
     }
 
     /// The tensor named `name` as `f32` (from f32, f16 or bf16).
@@ -153,12 +188,20 @@ impl SafetensorsWriter {
 
     /// Sets a `__metadata__` entry.
     pub fn add_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.metadata.get_or_insert_with(HashMap::new).insert(key.into(), value.into());
+        self.metadata
+            .get_or_insert_with(HashMap::new)
+            .insert(key.into(), value.into());
         self
     }
 
     /// Adds a tensor of raw little-endian bytes; their length must match `dtype` and `shape`.
-    pub fn add_raw(&mut self, name: impl Into<String>, dtype: Dtype, shape: &[usize], data: Vec<u8>) -> Result<&mut Self> {
+    pub fn add_raw(
+        &mut self,
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: &[usize],
+        data: Vec<u8>,
+    ) -> Result<&mut Self> {
         let name = name.into();
         let n_bytes = shape
             .iter()
@@ -169,7 +212,10 @@ impl SafetensorsWriter {
             return Err(Error::InvalidWrite {
                 path: PathBuf::from("<safetensors writer>"),
                 what: format!("tensor {name:?}"),
-                reason: format!("{} bytes given, shape {shape:?} of {dtype:?} needs {n_bytes:?}", data.len()),
+                reason: format!(
+                    "{} bytes given, shape {shape:?} of {dtype:?} needs {n_bytes:?}",
+                    data.len()
+                ),
             });
         }
         self.tensors.push((name, dtype, shape.to_vec(), data));
@@ -177,12 +223,24 @@ impl SafetensorsWriter {
     }
 
     /// Adds `values` converted to `dtype` (F32, F16 or BF16; round to nearest even).
-    pub fn add_f32(&mut self, name: impl Into<String>, dtype: Dtype, shape: &[usize], values: &[f32]) -> Result<&mut Self> {
+    pub fn add_f32(
+        &mut self,
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: &[usize],
+        values: &[f32],
+    ) -> Result<&mut Self> {
         let name = name.into();
         let data: Vec<u8> = match dtype {
             Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-            Dtype::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            Dtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            Dtype::BF16 => values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
             other => {
                 return Err(Error::UnsupportedDtype {
                     path: PathBuf::from("<safetensors writer>"),
@@ -198,20 +256,37 @@ impl SafetensorsWriter {
     fn views(&self) -> Vec<(&str, OwnedView<'_>)> {
         self.tensors
             .iter()
-            .map(|(name, dtype, shape, data)| (name.as_str(), OwnedView { dtype: *dtype, shape, data }))
+            .map(|(name, dtype, shape, data)| {
+                (
+                    name.as_str(),
+                    OwnedView {
+                        dtype: *dtype,
+                        shape,
+                        data,
+                    },
+                )
+            })
             .collect()
     }
 
     /// Serializes into memory.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        safetensors::serialize(self.views(), self.metadata.clone())
-            .map_err(|cause| Error::Safetensors { path: PathBuf::from("<memory>"), cause })
+        safetensors::serialize(self.views(), self.metadata.clone()).map_err(|cause| {
+            Error::Safetensors {
+                path: PathBuf::from("<memory>"),
+                cause,
+            }
+        })
     }
 
     /// Writes to `path`.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        safetensors::serialize_to_file(self.views(), self.metadata.clone(), path)
-            .map_err(|cause| Error::Safetensors { path: path.to_path_buf(), cause })
+        safetensors::serialize_to_file(self.views(), self.metadata.clone(), path).map_err(|cause| {
+            Error::Safetensors {
+                path: path.to_path_buf(),
+                cause,
+            }
+        })
     }
 }

@@ -18,7 +18,10 @@ fn parse_err(bytes: Vec<u8>) -> Error {
         Err(err) => {
             let msg = err.to_string();
             assert!(!msg.contains('\n'), "error is not one line: {msg}");
-            assert!(msg.starts_with("corrupt.gguf: "), "error does not name the file: {msg}");
+            assert!(
+                msg.starts_with("corrupt.gguf: "),
+                "error does not name the file: {msg}"
+            );
             err
         }
     }
@@ -27,7 +30,9 @@ fn parse_err(bytes: Vec<u8>) -> Error {
 /// A valid minimal file: one key, one f32 tensor of 4 elements.
 fn minimal() -> Raw {
     let mut raw = Raw::header(3, 1, 1);
-    raw.kv_u32("general.alignment", 32).tensor(b"t", &[4], 0, 0).data(32, 16);
+    raw.kv_u32("general.alignment", 32)
+        .tensor(b"t", &[4], 0, 0)
+        .data(32, 16);
     raw
 }
 
@@ -45,7 +50,10 @@ fn wrong_magic() {
     let mut bytes = minimal().build();
     bytes[..4].copy_from_slice(b"GGML");
     assert!(matches!(parse_err(bytes), Error::BadMagic { got, .. } if &got == b"GGML"));
-    assert!(matches!(parse_err(b"PK\x03\x04 a zip file".to_vec()), Error::BadMagic { .. }));
+    assert!(matches!(
+        parse_err(b"PK\x03\x04 a zip file".to_vec()),
+        Error::BadMagic { .. }
+    ));
 }
 
 #[test]
@@ -53,32 +61,53 @@ fn unsupported_versions() {
     for version in [0u32, 1, 4, u32::MAX, 0x0100_0000 /* big-endian v1 */] {
         let mut bytes = minimal().build();
         bytes[4..8].copy_from_slice(&version.to_le_bytes());
-        assert!(matches!(parse_err(bytes), Error::UnsupportedVersion { version: v, .. } if v == version));
+        assert!(
+            matches!(parse_err(bytes), Error::UnsupportedVersion { version: v, .. } if v == version)
+        );
     }
     let mut bytes = minimal().build();
     bytes[4..8].copy_from_slice(&3u32.to_be_bytes());
-    assert!(matches!(parse_err(bytes), Error::BigEndian { version: 3, .. }));
+    assert!(matches!(
+        parse_err(bytes),
+        Error::BigEndian { version: 3, .. }
+    ));
 }
 
 #[test]
 fn empty_and_tiny_files() {
     for len in 0..24 {
         let bytes = minimal().build()[..len].to_vec();
-        assert!(matches!(parse_err(bytes), Error::Truncated { .. }), "len {len}");
+        assert!(
+            matches!(parse_err(bytes), Error::Truncated { .. }),
+            "len {len}"
+        );
     }
 }
 
 #[test]
 fn absurd_counts() {
     let huge = 1u64 << 60;
-    assert!(matches!(parse_err(Raw::header(3, huge, 0).build()), Error::CountTooLarge { count, .. } if count == huge));
-    assert!(matches!(parse_err(Raw::header(3, 0, huge).build()), Error::CountTooLarge { count, .. } if count == huge));
-    assert!(matches!(parse_err(Raw::header(3, u64::MAX, u64::MAX).build()), Error::CountTooLarge { .. }));
+    assert!(
+        matches!(parse_err(Raw::header(3, huge, 0).build()), Error::CountTooLarge { count, .. } if count == huge)
+    );
+    assert!(
+        matches!(parse_err(Raw::header(3, 0, huge).build()), Error::CountTooLarge { count, .. } if count == huge)
+    );
+    assert!(matches!(
+        parse_err(Raw::header(3, u64::MAX, u64::MAX).build()),
+        Error::CountTooLarge { .. }
+    ));
     // An array of 2^60 u32 elements, and of 2^60 strings.
     for elem_type in [4u32, 8, 9] {
         let mut raw = Raw::header(3, 0, 1);
-        raw.str(b"arr").u32(9).u32(elem_type).u64(huge).bytes(&[0; 64]);
-        assert!(matches!(parse_err(raw.build()), Error::CountTooLarge { count, .. } if count == huge));
+        raw.str(b"arr")
+            .u32(9)
+            .u32(elem_type)
+            .u64(huge)
+            .bytes(&[0; 64]);
+        assert!(
+            matches!(parse_err(raw.build()), Error::CountTooLarge { count, .. } if count == huge)
+        );
     }
     // A string (key, value, tensor name) whose length is 2^60.
     let mut raw = Raw::header(3, 0, 1);
@@ -99,7 +128,9 @@ fn metadata_element_budget() {
     let mut raw = Raw::header(3, 0, 1);
     raw.str(b"bytes").u32(9).u32(0).u64(n);
     raw.0.resize(raw.0.len() + n as usize, 0);
-    assert!(matches!(parse_err(raw.build()), Error::CountTooLarge { count, max, .. } if count == n && max == 1 << 24));
+    assert!(
+        matches!(parse_err(raw.build()), Error::CountTooLarge { count, max, .. } if count == n && max == 1 << 24)
+    );
     // Exactly at the budget, split over two keys, is fine.
     let half = 1u64 << 23;
     let mut raw = Raw::header(3, 0, 2);
@@ -108,34 +139,46 @@ fn metadata_element_budget() {
         raw.0.resize(raw.0.len() + half as usize, 7);
     }
     let gguf = parse(raw.build()).expect("at the budget");
-    assert_eq!(gguf.get("b").and_then(|v| v.as_array()).map(<[_]>::len), Some(half as usize));
+    assert_eq!(
+        gguf.get("b").and_then(|v| v.as_array()).map(<[_]>::len),
+        Some(half as usize)
+    );
 }
 
 #[test]
 fn overflowing_dims() {
     let cases: [&[u64]; 5] = [
-        &[1 << 32, 1 << 32],          // element count 2^64
-        &[u64::MAX, 2],               // wraps
-        &[1 << 62, 4],                // 2^64 wraps to 0
-        &[1 << 40, 1 << 23],          // 2^63: past int64
-        &[1 << 61],                   // 2^61 f32 elements = 2^63 bytes: past int64
+        &[1 << 32, 1 << 32], // element count 2^64
+        &[u64::MAX, 2],      // wraps
+        &[1 << 62, 4],       // 2^64 wraps to 0
+        &[1 << 40, 1 << 23], // 2^63: past int64
+        &[1 << 61],          // 2^61 f32 elements = 2^63 bytes: past int64
     ];
     for dims in cases {
         let mut raw = Raw::header(3, 1, 0);
         raw.tensor(b"big", dims, 0, 0).data(32, 64);
-        assert!(matches!(parse_err(raw.build()), Error::DimsOverflow { ref name, .. } if name == "big"), "{dims:?}");
+        assert!(
+            matches!(parse_err(raw.build()), Error::DimsOverflow { ref name, .. } if name == "big"),
+            "{dims:?}"
+        );
     }
     // A zero dimension is an empty tensor, not an error.
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor(b"empty", &[0, 7], 0, 0).data(32, 0);
-    assert_eq!(parse(raw.build()).expect("empty tensor is valid").tensors()[0].n_bytes, 0);
+    assert_eq!(
+        parse(raw.build()).expect("empty tensor is valid").tensors()[0].n_bytes,
+        0
+    );
 }
 
 #[test]
 fn too_many_dims() {
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor(b"t", &[1, 1, 1, 1, 1], 0, 0).data(32, 4);
-    assert!(matches!(parse_err(raw.build()), Error::TooManyDims { n_dims: 5, .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::TooManyDims { n_dims: 5, .. }
+    ));
     let mut raw = Raw::header(3, 1, 0);
     raw.str(b"t").u32(u32::MAX).bytes(&[0; 64]);
     assert!(matches!(parse_err(raw.build()), Error::TooManyDims { .. }));
@@ -146,22 +189,40 @@ fn offsets_past_end() {
     for offset in [32u64, 1 << 40, u64::MAX - 31] {
         let mut raw = Raw::header(3, 1, 0);
         raw.tensor(b"t", &[4], 0, offset).data(32, 16);
-        assert!(matches!(parse_err(raw.build()), Error::TensorOutOfBounds { ref name, .. } if name == "t"), "offset {offset}");
+        assert!(
+            matches!(parse_err(raw.build()), Error::TensorOutOfBounds { ref name, .. } if name == "t"),
+            "offset {offset}"
+        );
     }
     // Data section cut short: 16 bytes needed, 15 present.
     let mut bytes = minimal().build();
     bytes.pop();
-    assert!(matches!(parse_err(bytes), Error::TensorOutOfBounds { len: 16, .. }));
+    assert!(matches!(
+        parse_err(bytes),
+        Error::TensorOutOfBounds { len: 16, .. }
+    ));
 }
 
 #[test]
 fn misaligned_and_overlapping_tensors() {
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor(b"t", &[4], 0, 4).data(32, 64);
-    assert!(matches!(parse_err(raw.build()), Error::TensorMisaligned { offset: 4, alignment: 32, .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::TensorMisaligned {
+            offset: 4,
+            alignment: 32,
+            ..
+        }
+    ));
     let mut raw = Raw::header(3, 2, 0);
-    raw.tensor(b"a", &[16], 0, 0).tensor(b"b", &[4], 0, 32).data(32, 128);
-    assert!(matches!(parse_err(raw.build()), Error::TensorOverlap { .. }));
+    raw.tensor(b"a", &[16], 0, 0)
+        .tensor(b"b", &[4], 0, 32)
+        .data(32, 128);
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::TensorOverlap { .. }
+    ));
 }
 
 #[test]
@@ -169,18 +230,32 @@ fn unknown_types() {
     for type_id in [4u32, 5, 16, 29, 31, 1000, u32::MAX] {
         let mut raw = Raw::header(3, 1, 0);
         raw.tensor(b"t", &[32], type_id, 0).data(32, 256);
-        assert!(matches!(parse_err(raw.build()), Error::UnsupportedTensorType { type_id: t, .. } if t == type_id));
+        assert!(
+            matches!(parse_err(raw.build()), Error::UnsupportedTensorType { type_id: t, .. } if t == type_id)
+        );
     }
     let mut raw = Raw::header(3, 0, 1);
     raw.str(b"k").u32(13).u32(0);
-    assert!(matches!(parse_err(raw.build()), Error::UnknownValueType { type_id: 13, ref key, .. } if key == "k"));
+    assert!(
+        matches!(parse_err(raw.build()), Error::UnknownValueType { type_id: 13, ref key, .. } if key == "k")
+    );
     let mut raw = Raw::header(3, 0, 1);
     raw.str(b"k").u32(9).u32(77).u64(0);
-    assert!(matches!(parse_err(raw.build()), Error::UnknownValueType { type_id: 77, .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::UnknownValueType { type_id: 77, .. }
+    ));
     // Row length not a whole number of blocks.
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor(b"t", &[33], 2, 0).data(32, 64);
-    assert!(matches!(parse_err(raw.build()), Error::TensorNotBlockMultiple { row_len: 33, block_len: 32, .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::TensorNotBlockMultiple {
+            row_len: 33,
+            block_len: 32,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -188,16 +263,28 @@ fn non_utf8_strings() {
     let bad = b"bad\xff\xfename";
     let mut raw = Raw::header(3, 0, 1);
     raw.str(bad).u32(4).u32(0);
-    assert!(matches!(parse_err(raw.build()), Error::InvalidUtf8 { valid_up_to: 3, .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::InvalidUtf8 { valid_up_to: 3, .. }
+    ));
     let mut raw = Raw::header(3, 0, 1);
     raw.kv_str("general.name", bad);
-    assert!(matches!(parse_err(raw.build()), Error::InvalidUtf8 { ref what, .. } if what.contains("general.name")));
+    assert!(
+        matches!(parse_err(raw.build()), Error::InvalidUtf8 { ref what, .. } if what.contains("general.name"))
+    );
     let mut raw = Raw::header(3, 0, 1);
-    raw.str(b"tokens").u32(9).u32(8).u64(2).str(b"ok").str(b"\xc3");
+    raw.str(b"tokens")
+        .u32(9)
+        .u32(8)
+        .u64(2)
+        .str(b"ok")
+        .str(b"\xc3");
     assert!(matches!(parse_err(raw.build()), Error::InvalidUtf8 { .. }));
     let mut raw = Raw::header(3, 1, 0);
     raw.tensor(bad, &[4], 0, 0).data(32, 16);
-    assert!(matches!(parse_err(raw.build()), Error::InvalidUtf8 { ref what, .. } if what.contains("tensor")));
+    assert!(
+        matches!(parse_err(raw.build()), Error::InvalidUtf8 { ref what, .. } if what.contains("tensor"))
+    );
 }
 
 #[test]
@@ -206,8 +293,12 @@ fn duplicates() {
     raw.kv_u32("k", 1).kv_u32("k", 2);
     assert!(matches!(parse_err(raw.build()), Error::DuplicateKey { ref key, .. } if key == "k"));
     let mut raw = Raw::header(3, 2, 0);
-    raw.tensor(b"t", &[4], 0, 0).tensor(b"t", &[4], 0, 32).data(32, 64);
-    assert!(matches!(parse_err(raw.build()), Error::DuplicateTensor { ref name, .. } if name == "t"));
+    raw.tensor(b"t", &[4], 0, 0)
+        .tensor(b"t", &[4], 0, 32)
+        .data(32, 64);
+    assert!(
+        matches!(parse_err(raw.build()), Error::DuplicateTensor { ref name, .. } if name == "t")
+    );
 }
 
 #[test]
@@ -215,16 +306,27 @@ fn bad_alignment() {
     for alignment in [0u32, 3, 48, 1 << 31] {
         let mut raw = Raw::header(3, 0, 1);
         raw.kv_u32("general.alignment", alignment);
-        assert!(matches!(parse_err(raw.build()), Error::BadAlignment { .. }), "alignment {alignment}");
+        assert!(
+            matches!(parse_err(raw.build()), Error::BadAlignment { .. }),
+            "alignment {alignment}"
+        );
     }
     let mut raw = Raw::header(3, 0, 1);
     raw.kv_str("general.alignment", b"32");
-    assert!(matches!(parse_err(raw.build()), Error::WrongValueType { .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::WrongValueType { .. }
+    ));
     // Alignment 1 and 4096 are fine.
     for alignment in [1u32, 4096] {
         let mut raw = Raw::header(3, 1, 1);
-        raw.kv_u32("general.alignment", alignment).tensor(b"t", &[4], 0, 0).data(alignment as usize, 16);
-        assert_eq!(parse(raw.build()).expect("valid alignment").alignment(), alignment as u64);
+        raw.kv_u32("general.alignment", alignment)
+            .tensor(b"t", &[4], 0, 0)
+            .data(alignment as usize, 16);
+        assert_eq!(
+            parse(raw.build()).expect("valid alignment").alignment(),
+            alignment as u64
+        );
     }
 }
 
@@ -232,7 +334,10 @@ fn bad_alignment() {
 fn bad_bool_and_deep_nesting() {
     let mut raw = Raw::header(3, 0, 1);
     raw.str(b"flag").u32(7).u8(2);
-    assert!(matches!(parse_err(raw.build()), Error::ValueOutOfRange { .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::ValueOutOfRange { .. }
+    ));
     let mut raw = Raw::header(3, 0, 1);
     raw.str(b"deep");
     raw.u32(9);
@@ -240,18 +345,30 @@ fn bad_bool_and_deep_nesting() {
         raw.u32(9).u64(1);
     }
     raw.u32(0).u64(0);
-    assert!(matches!(parse_err(raw.build()), Error::NestingTooDeep { .. }));
+    assert!(matches!(
+        parse_err(raw.build()),
+        Error::NestingTooDeep { .. }
+    ));
 }
 
 #[test]
 fn writer_refuses_what_the_reader_would_reject() {
     let mut writer = GgufWriter::new();
-    assert!(writer.add_tensor("t", &[33], peregrine_formats::GgmlType::Q4_0, vec![0; 18]).is_err());
-    assert!(writer.add_tensor("t", &[4], peregrine_formats::GgmlType::F32, vec![0; 15]).is_err());
-    writer.add_metadata("k", MetadataValue::U8(1)).add_metadata("k", MetadataValue::U8(2));
+    assert!(writer
+        .add_tensor("t", &[33], peregrine_formats::GgmlType::Q4_0, vec![0; 18])
+        .is_err());
+    assert!(writer
+        .add_tensor("t", &[4], peregrine_formats::GgmlType::F32, vec![0; 15])
+        .is_err());
+    writer
+        .add_metadata("k", MetadataValue::U8(1))
+        .add_metadata("k", MetadataValue::U8(2));
     assert!(matches!(writer.to_bytes(), Err(Error::InvalidWrite { .. })));
     let mut writer = GgufWriter::new();
-    writer.add_metadata("mixed", MetadataValue::Array(vec![MetadataValue::U8(1), MetadataValue::I8(1)]));
+    writer.add_metadata(
+        "mixed",
+        MetadataValue::Array(vec![MetadataValue::U8(1), MetadataValue::I8(1)]),
+    );
     assert!(matches!(writer.to_bytes(), Err(Error::InvalidWrite { .. })));
     let mut writer = GgufWriter::new();
     writer.set_alignment(24);

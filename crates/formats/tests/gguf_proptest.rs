@@ -12,10 +12,17 @@ fn bases() -> Vec<Vec<u8>> {
     writer
         .add_metadata("general.architecture", V::String("llama".into()))
         .add_metadata("llama.block_count", V::U32(1))
-        .add_metadata("tokens", V::Array(vec![V::String("a".into()), V::String("bc".into())]))
+        .add_metadata(
+            "tokens",
+            V::Array(vec![V::String("a".into()), V::String("bc".into())]),
+        )
         .add_metadata("nested", V::Array(vec![V::Array(vec![V::I16(-1)])]));
-    writer.add_tensor("a", &[32, 2], GgmlType::Q8_0, vec![1; 68]).expect("valid tensor");
-    writer.add_tensor("b", &[4], GgmlType::F32, vec![0; 16]).expect("valid tensor");
+    writer
+        .add_tensor("a", &[32, 2], GgmlType::Q8_0, vec![1; 68])
+        .expect("valid tensor");
+    writer
+        .add_tensor("b", &[4], GgmlType::F32, vec![0; 16])
+        .expect("valid tensor");
     let fixture = std::fs::read(common::data_path("gguf_py_small.gguf")).expect("fixture");
     vec![writer.to_bytes().expect("writes"), fixture]
 }
@@ -123,9 +130,12 @@ fn leaf() -> impl Strategy<Value = V> {
 fn value() -> impl Strategy<Value = V> {
     leaf().prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(any::<u32>(), 0..5).prop_map(|v| V::Array(v.into_iter().map(V::U32).collect())),
-            proptest::collection::vec(".{0,6}", 0..5).prop_map(|v| V::Array(v.into_iter().map(V::String).collect())),
-            proptest::collection::vec(inner.prop_map(|x| V::Array(vec![x])), 0..4).prop_map(V::Array),
+            proptest::collection::vec(any::<u32>(), 0..5)
+                .prop_map(|v| V::Array(v.into_iter().map(V::U32).collect())),
+            proptest::collection::vec(".{0,6}", 0..5)
+                .prop_map(|v| V::Array(v.into_iter().map(V::String).collect())),
+            proptest::collection::vec(inner.prop_map(|x| V::Array(vec![x])), 0..4)
+                .prop_map(V::Array),
         ]
     })
 }

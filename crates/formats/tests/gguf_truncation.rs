@@ -10,10 +10,14 @@ use peregrine_formats::{Error, GgufFile};
 /// and each tensor's data.
 fn section_boundaries(bytes: &[u8]) -> (Vec<usize>, usize) {
     let u32_at = |pos: usize| u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
-    let u64_at = |pos: usize| u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
+    let u64_at =
+        |pos: usize| u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
     fn skip_value(bytes: &[u8], pos: usize, type_id: u32) -> usize {
-        let u32_at = |pos: usize| u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
-        let u64_at = |pos: usize| u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
+        let u32_at =
+            |pos: usize| u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+        let u64_at = |pos: usize| {
+            u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize
+        };
         match type_id {
             0 | 1 | 7 => pos + 1,
             2 | 3 => pos + 2,
@@ -61,9 +65,17 @@ fn assert_clean_error(result: peregrine_formats::Result<GgufFile>, cut: usize) -
         Ok(_) => panic!("file cut at {cut} parsed"),
         Err(err) => {
             let msg = err.to_string();
-            assert!(!msg.contains('\n') && msg.starts_with("cut.gguf: "), "cut at {cut}: {msg}");
             assert!(
-                matches!(err, Error::Truncated { .. } | Error::CountTooLarge { .. } | Error::TensorOutOfBounds { .. }),
+                !msg.contains('\n') && msg.starts_with("cut.gguf: "),
+                "cut at {cut}: {msg}"
+            );
+            assert!(
+                matches!(
+                    err,
+                    Error::Truncated { .. }
+                        | Error::CountTooLarge { .. }
+                        | Error::TensorOutOfBounds { .. }
+                ),
                 "cut at {cut}: unexpected error {err}"
             );
             err
@@ -76,14 +88,23 @@ fn truncated_at_every_section_boundary_and_between() {
     let path = peregrine_testkit::smollm2_path();
     let bytes = std::fs::read(&path).expect("read model");
     let (boundaries, data_start) = section_boundaries(&bytes);
-    assert_eq!(data_start as u64, GgufFile::open(&path).expect("model parses").data_offset());
-    assert!(boundaries.len() > 33 * 3 + 272 * 2, "walked every pair and tensor info");
+    assert_eq!(
+        data_start as u64,
+        GgufFile::open(&path).expect("model parses").data_offset()
+    );
+    assert!(
+        boundaries.len() > 33 * 3 + 272 * 2,
+        "walked every pair and tensor info"
+    );
     for (idx, &cut) in boundaries.iter().enumerate() {
         assert_clean_error(GgufFile::parse_bytes(&bytes[..cut], "cut.gguf"), cut);
         // One byte past a boundary cuts the next field in half (for the metadata and the first
         // and last tensor infos; the middle infos are alike and each parse costs ~10 ms).
         if idx < 5 + 33 * 3 + 8 || idx + 8 >= boundaries.len() {
-            assert_clean_error(GgufFile::parse_bytes(&bytes[..cut + 1], "cut.gguf"), cut + 1);
+            assert_clean_error(
+                GgufFile::parse_bytes(&bytes[..cut + 1], "cut.gguf"),
+                cut + 1,
+            );
         }
     }
     // A sweep: every byte of the first 512, then a deterministic scatter over the header.
@@ -104,16 +125,35 @@ fn truncated_inside_tensor_data() {
     let path = peregrine_testkit::smollm2_path();
     let bytes = std::fs::read(&path).expect("read model");
     let gguf = GgufFile::open(&path).expect("model parses");
-    let mut ends: Vec<u64> = gguf.tensors().iter().map(|t| t.offset + t.n_bytes).collect();
+    let mut ends: Vec<u64> = gguf
+        .tensors()
+        .iter()
+        .map(|t| t.offset + t.n_bytes)
+        .collect();
     ends.sort_unstable();
     let last_end = *ends.last().expect("tensors");
-    assert_eq!(last_end, bytes.len() as u64, "the last tensor ends the file");
+    assert_eq!(
+        last_end,
+        bytes.len() as u64,
+        "the last tensor ends the file"
+    );
     // Every 16th tensor end, the byte before it, and the last byte of the file.
-    let cuts = ends.iter().step_by(16).flat_map(|&e| [e - 1, e]).filter(|&c| c < last_end).chain([last_end - 1]);
+    let cuts = ends
+        .iter()
+        .step_by(16)
+        .flat_map(|&e| [e - 1, e])
+        .filter(|&c| c < last_end)
+        .chain([last_end - 1]);
     let mut n_cuts = 0;
     for cut in cuts {
-        let err = assert_clean_error(GgufFile::parse_bytes(&bytes[..cut as usize], "cut.gguf"), cut as usize);
-        assert!(matches!(err, Error::TensorOutOfBounds { .. }), "cut at {cut}: {err}");
+        let err = assert_clean_error(
+            GgufFile::parse_bytes(&bytes[..cut as usize], "cut.gguf"),
+            cut as usize,
+        );
+        assert!(
+            matches!(err, Error::TensorOutOfBounds { .. }),
+            "cut at {cut}: {err}"
+        );
         n_cuts += 1;
     }
     assert!(n_cuts >= 30);

@@ -27,16 +27,30 @@ fn smollm2_parses_with_expected_config() -> Result<()> {
     assert_eq!(config.context_length, 8192);
     assert!(config.tied_embeddings);
 
-    let tokens = gguf.get_str_array(keys::TOKENIZER_TOKENS)?.expect("tokens present");
+    let tokens = gguf
+        .get_str_array(keys::TOKENIZER_TOKENS)?
+        .expect("tokens present");
     assert_eq!(tokens.len(), 49152);
-    assert_eq!(gguf.get_i32_array(keys::TOKENIZER_TOKEN_TYPE)?.expect("token types").len(), 49152);
-    assert_eq!(gguf.get_str_array(keys::TOKENIZER_MERGES)?.expect("merges").len(), 48900);
+    assert_eq!(
+        gguf.get_i32_array(keys::TOKENIZER_TOKEN_TYPE)?
+            .expect("token types")
+            .len(),
+        49152
+    );
+    assert_eq!(
+        gguf.get_str_array(keys::TOKENIZER_MERGES)?
+            .expect("merges")
+            .len(),
+        48900
+    );
     assert_eq!(gguf.get_u64(keys::TOKENIZER_EOS_ID)?, Some(2));
     assert_eq!(gguf.get_bool(keys::TOKENIZER_ADD_BOS)?, Some(false));
     assert_eq!(gguf.get_str(keys::TOKENIZER_PRE)?, Some("smollm"));
     assert!(matches!(gguf.get("general.languages"), Some(MetadataValue::Array(v)) if v.len() == 1));
 
-    let embd = gguf.tensor(&LlamaTensor::TokenEmbd.gguf_name(None)).expect("token_embd");
+    let embd = gguf
+        .tensor(&LlamaTensor::TokenEmbd.gguf_name(None))
+        .expect("token_embd");
     assert_eq!(embd.dims, [576, 49152]);
     assert_eq!(embd.ggml_type, GgmlType::Q8_0);
     assert_eq!(embd.n_bytes, 30_081_024);
@@ -44,12 +58,17 @@ fn smollm2_parses_with_expected_config() -> Result<()> {
     assert!(gguf.tensor(&LlamaTensor::Output.gguf_name(None)).is_none());
     for layer_idx in 0..30 {
         for kind in LlamaTensor::PER_LAYER {
-            let info = gguf.tensor(&kind.gguf_name(Some(layer_idx))).expect("every layer tensor present");
+            let info = gguf
+                .tensor(&kind.gguf_name(Some(layer_idx)))
+                .expect("every layer tensor present");
             assert_eq!(info.offset % 32, 0);
         }
     }
     let q = gguf.tensor("blk.0.attn_q.weight").expect("attn_q");
-    assert_eq!((q.dims.as_slice(), q.ggml_type, q.n_rows(), q.n_elements()), (&[576, 576][..], GgmlType::Q4_1, 576, 576 * 576));
+    assert_eq!(
+        (q.dims.as_slice(), q.ggml_type, q.n_rows(), q.n_elements()),
+        (&[576, 576][..], GgmlType::Q4_1, 576, 576 * 576)
+    );
     Ok(())
 }
 

@@ -119,7 +119,11 @@ struct TensorJson {
 /// Runs the verb.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let is_safetensors = args.path.extension().is_some_and(|e| e == "safetensors");
-    let report = if is_safetensors { inspect_safetensors(&args)? } else { inspect_gguf(&args)? };
+    let report = if is_safetensors {
+        inspect_safetensors(&args)?
+    } else {
+        inspect_gguf(&args)?
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if args.json {
@@ -138,11 +142,22 @@ fn inspect_gguf(args: &Args) -> anyhow::Result<InspectJson> {
         Ok(c) => (Some(ConfigJson::from(&c)), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let metadata = OrderedMap(gguf.metadata().iter().map(|(k, v)| (k.clone(), summarise(v, args.max_array_items))).collect());
+    let metadata = OrderedMap(
+        gguf.metadata()
+            .iter()
+            .map(|(k, v)| (k.clone(), summarise(v, args.max_array_items)))
+            .collect(),
+    );
     let tensors: Vec<TensorJson> = gguf
         .tensors()
         .iter()
-        .map(|t| TensorJson { name: t.name.clone(), ty: t.ggml_type.name().to_string(), shape: t.dims.clone(), bytes: t.n_bytes, offset: t.offset })
+        .map(|t| TensorJson {
+            name: t.name.clone(),
+            ty: t.ggml_type.name().to_string(),
+            shape: t.dims.clone(),
+            bytes: t.n_bytes,
+            offset: t.offset,
+        })
         .collect();
     Ok(InspectJson {
         path: args.path.display().to_string(),
@@ -164,7 +179,10 @@ fn inspect_safetensors(args: &Args) -> anyhow::Result<InspectJson> {
     let file = SafetensorsFile::open(&args.path)?;
     let mut metadata = OrderedMap(Vec::new());
     if let Some(user) = file.user_metadata() {
-        metadata.0 = user.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        metadata.0 = user
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         metadata.0.sort_by(|a, b| a.0.cmp(&b.0));
     }
     let mut tensors = Vec::new();
@@ -238,24 +256,44 @@ fn one_line(value: &Value) -> String {
             format!("{}… ({} chars)", Value::String(head), s.chars().count())
         }
         Value::Object(o) if o.contains_key("array_of") => {
-            let first: Vec<String> = o["first"].as_array().map(|a| a.iter().map(one_line).collect()).unwrap_or_default();
-            format!("[{} × {}] [{}, …]", o["array_of"].as_str().unwrap_or("?"), o["len"], first.join(", "))
+            let first: Vec<String> = o["first"]
+                .as_array()
+                .map(|a| a.iter().map(one_line).collect())
+                .unwrap_or_default();
+            format!(
+                "[{} × {}] [{}, …]",
+                o["array_of"].as_str().unwrap_or("?"),
+                o["len"],
+                first.join(", ")
+            )
         }
-        Value::Array(a) => format!("[{}]", a.iter().map(one_line).collect::<Vec<_>>().join(", ")),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(one_line).collect::<Vec<_>>().join(", ")
+        ),
         other => other.to_string(),
     }
 }
 
 fn print_human(out: &mut impl std::io::Write, r: &InspectJson) -> std::io::Result<()> {
     let version = r.version.map_or(String::new(), |v| format!(" v{v}"));
-    let alignment = r.alignment.map_or(String::new(), |a| format!(", alignment {a}"));
-    writeln!(out, "file:          {} ({} B, {}{version}{alignment})", r.path, r.file_bytes, r.format)?;
+    let alignment = r
+        .alignment
+        .map_or(String::new(), |a| format!(", alignment {a}"));
+    writeln!(
+        out,
+        "file:          {} ({} B, {}{version}{alignment})",
+        r.path, r.file_bytes, r.format
+    )?;
     if let Some(arch) = &r.architecture {
         writeln!(out, "architecture:  {arch}")?;
     }
     if let Some(c) = &r.config {
         writeln!(out, "config:")?;
-        let rope_scaling = c.rope_scaling.as_ref().map_or("none".to_string(), Value::to_string);
+        let rope_scaling = c
+            .rope_scaling
+            .as_ref()
+            .map_or("none".to_string(), Value::to_string);
         let rows: [(&str, String); 12] = [
             ("n_layers", c.n_layers.to_string()),
             ("n_heads", c.n_heads.to_string()),
@@ -283,12 +321,26 @@ fn print_human(out: &mut impl std::io::Write, r: &InspectJson) -> std::io::Resul
         writeln!(out, "  {k:<key_width$} = {}", one_line(v))?;
     }
     writeln!(out, "tensors ({}, {} B):", r.n_tensors, r.tensors_bytes)?;
-    let name_width = r.tensors.iter().map(|t| t.name.len()).max().unwrap_or(4).max(4);
+    let name_width = r
+        .tensors
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let shapes: Vec<String> = r.tensors.iter().map(|t| format!("{:?}", t.shape)).collect();
     let shape_width = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
-    writeln!(out, "  {:<name_width$}  {:<5}  {:<shape_width$}  {:>12}", "name", "type", "shape", "bytes")?;
+    writeln!(
+        out,
+        "  {:<name_width$}  {:<5}  {:<shape_width$}  {:>12}",
+        "name", "type", "shape", "bytes"
+    )?;
     for (t, shape) in r.tensors.iter().zip(&shapes) {
-        writeln!(out, "  {:<name_width$}  {:<5}  {:<shape_width$}  {:>12}", t.name, t.ty, shape, t.bytes)?;
+        writeln!(
+            out,
+            "  {:<name_width$}  {:<5}  {:<shape_width$}  {:>12}",
+            t.name, t.ty, shape, t.bytes
+        )?;
     }
     Ok(())
 }

@@ -155,7 +155,11 @@ impl QuantBlock for BlockQ3_K {
         assert_eq!(out.len(), QK_K, "q3_K block has 256 elements");
         let d_all = self.d.to_f32();
         let scales: [i32; 16] = std::array::from_fn(|i| {
-            let low = if i < 8 { self.scales[i] & 0x0F } else { self.scales[i - 8] >> 4 };
+            let low = if i < 8 {
+                self.scales[i] & 0x0F
+            } else {
+                self.scales[i - 8] >> 4
+            };
             let high = (self.scales[8 + i % 4] >> (2 * (i / 4))) & 0x03;
             (low | (high << 4)) as i32 - 32
         });
@@ -186,7 +190,10 @@ fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -198,7 +205,12 @@ impl QuantBlock for BlockQ4_K {
         assert_eq!(out.len(), QK_K, "q4_K block has 256 elements");
         let d = self.d.to_f32();
         let min = self.dmin.to_f32();
-        for (chunk_idx, (q, y)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (chunk_idx, (q, y)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (sc1, m1) = scale_min_k4(2 * chunk_idx, &self.scales);
             let (sc2, m2) = scale_min_k4(2 * chunk_idx + 1, &self.scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -219,7 +231,12 @@ impl QuantBlock for BlockQ5_K {
         assert_eq!(out.len(), QK_K, "q5_K block has 256 elements");
         let d = self.d.to_f32();
         let min = self.dmin.to_f32();
-        for (chunk_idx, (ql, y)) in self.qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        for (chunk_idx, (ql, y)) in self
+            .qs
+            .chunks_exact(32)
+            .zip(out.chunks_exact_mut(64))
+            .enumerate()
+        {
             let (sc1, m1) = scale_min_k4(2 * chunk_idx, &self.scales);
             let (sc2, m2) = scale_min_k4(2 * chunk_idx + 1, &self.scales);
             let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
@@ -277,7 +294,10 @@ impl QuantBlock for BlockQ8_K {
 /// Dequantizes whole blocks; `bytes` and `out` lengths were checked by the caller.
 pub(super) fn dequantize_blocks<B: QuantBlock>(bytes: &[u8], out: &mut [f32]) {
     let block_bytes = std::mem::size_of::<B>();
-    for (chunk, y) in bytes.chunks_exact(block_bytes).zip(out.chunks_exact_mut(B::BLOCK_LEN)) {
+    for (chunk, y) in bytes
+        .chunks_exact(block_bytes)
+        .zip(out.chunks_exact_mut(B::BLOCK_LEN))
+    {
         // Tensor data is not necessarily aligned for the block's f16/f32 fields: copy out.
         let block: B = bytemuck::pod_read_unaligned(chunk);
         block.dequantize(y);

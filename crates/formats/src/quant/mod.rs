@@ -60,8 +60,18 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()>
 /// Plain types round to nearest even (`bf16` as ggml's `ggml_compute_fp32_to_bf16`).
 pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
     match ty {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {}
-        other => return Err(Error::UnsupportedOperation { op: "quantize_row", ggml_type: other.name() }),
+        GgmlType::F32
+        | GgmlType::F16
+        | GgmlType::BF16
+        | GgmlType::Q8_0
+        | GgmlType::Q4_0
+        | GgmlType::Q4_1 => {}
+        other => {
+            return Err(Error::UnsupportedOperation {
+                op: "quantize_row",
+                ggml_type: other.name(),
+            })
+        }
     }
     check_lengths("quantize_row", ty, out.len(), x.len())?;
     match ty {
@@ -90,7 +100,10 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
 
 fn quantize_blocks<B: QuantBlock>(x: &[f32], out: &mut [u8], quantize_block: fn(&[f32]) -> B) {
     let block_bytes = std::mem::size_of::<B>();
-    for (xs, chunk) in x.chunks_exact(B::BLOCK_LEN).zip(out.chunks_exact_mut(block_bytes)) {
+    for (xs, chunk) in x
+        .chunks_exact(B::BLOCK_LEN)
+        .zip(out.chunks_exact_mut(block_bytes))
+    {
         chunk.copy_from_slice(bytemuck::bytes_of(&quantize_block(xs)));
     }
 }
@@ -111,15 +124,29 @@ mod tests {
     #[test]
     fn lengths_are_checked() {
         let mut out = [0f32; 32];
-        assert!(matches!(dequantize_row(GgmlType::Q4_1, &[0u8; 19], &mut out), Err(Error::LengthMismatch { .. })));
-        assert!(matches!(dequantize_row(GgmlType::Q4_K, &[0u8; 144], &mut out), Err(Error::NotBlockMultiple { .. })));
-        assert!(matches!(quantize_row(GgmlType::Q4_K, &[0f32; 256], &mut [0u8; 144]), Err(Error::UnsupportedOperation { .. })));
-        assert!(matches!(quantize_row(GgmlType::Q8_0, &out, &mut [0u8; 33]), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(
+            dequantize_row(GgmlType::Q4_1, &[0u8; 19], &mut out),
+            Err(Error::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            dequantize_row(GgmlType::Q4_K, &[0u8; 144], &mut out),
+            Err(Error::NotBlockMultiple { .. })
+        ));
+        assert!(matches!(
+            quantize_row(GgmlType::Q4_K, &[0f32; 256], &mut [0u8; 144]),
+            Err(Error::UnsupportedOperation { .. })
+        ));
+        assert!(matches!(
+            quantize_row(GgmlType::Q8_0, &out, &mut [0u8; 33]),
+            Err(Error::LengthMismatch { .. })
+        ));
     }
 
     #[test]
     fn q8_0_round_trip_is_close() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 7.0).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 31.5) / 7.0)
+            .collect();
         let mut bytes = vec![0u8; 68];
         quantize_row(GgmlType::Q8_0, &x, &mut bytes).unwrap();
         let mut y = vec![0f32; 64];

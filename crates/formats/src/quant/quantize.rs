@@ -14,7 +14,10 @@ pub(super) fn quantize_block_q8_0(x: &[f32]) -> BlockQ8_0 {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     // roundf: halves away from zero, as ggml and gguf.quants' np_roundf do.
     let qs = std::array::from_fn(|j| (x[j] * id).round() as i8);
-    BlockQ8_0 { d: f16::from_f32(d), qs }
+    BlockQ8_0 {
+        d: f16::from_f32(d),
+        qs,
+    }
 }
 
 // Port of ggml quantize_row_q4_0_ref (llama.cpp 0c1e57098).
@@ -31,7 +34,10 @@ pub(super) fn quantize_block_q4_0(x: &[f32]) -> BlockQ4_0 {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let q = |v: f32| ((v * id + 8.5) as i32).clamp(0, 15) as u8;
     let qs = std::array::from_fn(|j| q(x[j]) | (q(x[j + QK / 2]) << 4));
-    BlockQ4_0 { d: f16::from_f32(d), qs }
+    BlockQ4_0 {
+        d: f16::from_f32(d),
+        qs,
+    }
 }
 
 // Port of ggml quantize_row_q4_1_ref (llama.cpp 0c1e57098).
@@ -42,5 +48,9 @@ pub(super) fn quantize_block_q4_1(x: &[f32]) -> BlockQ4_1 {
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let q = |v: f32| (((v - min) * id + 0.5) as i32).clamp(0, 15) as u8;
     let qs = std::array::from_fn(|j| q(x[j]) | (q(x[j + QK / 2]) << 4));
-    BlockQ4_1 { d: f16::from_f32(d), m: f16::from_f32(min), qs }
+    BlockQ4_1 {
+        d: f16::from_f32(d),
+        m: f16::from_f32(min),
+        qs,
+    }
 }
