@@ -1,0 +1,490 @@
+//! The speculative generation loop: draft a tree, verify it with one target forward, keep the
+//! accepted path's KV rows, emit the accepted tokens and the bonus token, repeat.
+//!
+//! Node 0 of every tree is the last emitted token, which is not yet in the KV cache; so each
+//! step forwards `1 + drafted` tokens and emits `1 + accepted` (tau counts both). With nothing
+//! drafted a step is exactly a plain decoding step. Greedy output equals plain greedy decoding
+//! token for token, because logits do not depend on the tree they are computed in (DESIGN.md §2).
+
+use crate::controller::Controller;
+use crate::drafter::{DraftPlan, Drafter};
+use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
+use crate::verify::{sample_from, verify_children, TargetShaper, Verdict};
+use crate::{Error, Result};
+use peregrine_model::generate::PREFILL_CHUNK;
+use peregrine_model::{
+    ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput, StopReason, Workspace,
+};
+use peregrine_tokenizer::Tokenizer;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::path::Path;
+use std::time::Instant;
+
+/// Which trees to draft.
+#[derive(Clone, Debug)]
+pub enum TreeSpec {
+    /// A static shape (`chain:N`, `eagle-default`, or a tree file).
+    Shape(TreeShape),
+    /// Best-first trees from drafter scores: `dynamic:BUDGET,DEPTH,TOPK`.
+    Dynamic {
+        /// Drafted nodes.
+        budget: usize,
+        /// Levels.
+        depth: usize,
+        /// Children per node.
+        top_k: usize,
+    },
+    /// Dynamic trees cut each step by the adaptive [`Controller`] (down to plain decoding).
+    Auto,
+}
+
+/// The most a `dynamic` or `auto` tree drafts below the root.
+const AUTO_BUDGET: usize = 32;
+const AUTO_DEPTH: usize = 16;
+const AUTO_TOP_K: usize = 4;
+
+impl TreeSpec {
+    /// Parses `chain:N`, `eagle-default`, `dynamic:BUDGET,DEPTH,TOPK`, `auto`, or else reads a
+    /// tree file at that path.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let bad = |msg: &str| Error::TreeSpec { spec: spec.to_string(), msg: msg.to_string() };
+        if spec == "auto" {
+            return Ok(Self::Auto);
+        }
+        if spec == "eagle-default" {
+            return Ok(Self::Shape(TreeShape::eagle_default()));
+        }
+        if let Some(n) = spec.strip_prefix("chain:") {
+            let n: usize = n.parse().map_err(|_| bad("N must be a number"))?;
+            if n == 0 || n >= MAX_TREE_NODES {
+                return Err(bad(&format!("N must be in 1..{MAX_TREE_NODES}")));
+            }
+            return Ok(Self::Shape(TreeShape::chain(n)?));
+        }
+        if let Some(rest) = spec.strip_prefix("dynamic:") {
+            let parts: Vec<usize> = rest
+                .split(',')
+                .map(|s| s.trim().parse::<usize>().map_err(|_| bad("BUDGET, DEPTH and TOPK must be numbers")))
+                .collect::<Result<_>>()?;
+            let [budget, depth, top_k] = parts[..] else {
+                return Err(bad("expected three numbers"));
+            };
+            if budget == 0 || budget >= MAX_TREE_NODES || depth == 0 || top_k == 0 {
+                return Err(bad(&format!("BUDGET must be in 1..{MAX_TREE_NODES}; DEPTH and TOPK at least 1")));
+            }
+            return Ok(Self::Dynamic { budget, depth, top_k });
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            return Err(bad("no such preset or file"));
+        }
+        Ok(Self::Shape(TreeShape::load(path)?))
+    }
+
+    fn plan(&self) -> DraftPlan<'_> {
+        match self {
+            Self::Shape(shape) => DraftPlan::Shape(shape),
+            Self::Dynamic { budget, depth, top_k } => DraftPlan::Dynamic { budget: *budget, depth: *depth, top_k: *top_k },
+            Self::Auto => DraftPlan::Dynamic { budget: AUTO_BUDGET, depth: AUTO_DEPTH, top_k: AUTO_TOP_K },
+        }
+    }
+}
+
+/// Counters of one speculative generation.
+#[derive(Clone, Debug, Default)]
+pub struct SpecStats {
+    /// Drafter name.
+    pub method: String,
+    /// Target forwards after the prompt (verification steps, plain steps included).
+    pub steps: usize,
+    /// Tokens those steps produced (accepted drafts plus bonus tokens).
+    pub n_step_tokens: usize,
+    /// Drafted nodes verified, over all steps.
+    pub n_drafted: usize,
+    /// Steps that accepted a drafted token at depth `d + 1`, for each `d`.
+    pub accepted_per_depth: Vec<u64>,
+    /// Seconds spent drafting (and choosing the tree).
+    pub draft_s: f64,
+    /// Seconds spent in verification forwards and the acceptance walk.
+    pub verify_s: f64,
+}
+
+impl SpecStats {
+    /// Tokens per target forward, bonus token included (1 for plain decoding).
+    pub fn tau(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.n_step_tokens as f64 / self.steps as f64
+        }
+    }
+}
+
+/// A generation and how speculation went.
+#[derive(Clone, Debug)]
+pub struct SpecGeneration {
+    /// Tokens, text, timings and stop reason, as plain generation reports them.
+    pub generation: Generation,
+    /// Speculation counters.
+    pub stats: SpecStats,
+}
+
+/// One sequence generated speculatively: the target's KV cache, buffers, the tokens it holds.
+pub struct SpecSession {
+    cache: KvCache,
+    ws: Workspace,
+    /// Tokens in the cache.
+    history: Vec<u32>,
+    tree: TokenTree,
+    positions: Vec<u32>,
+    path: Vec<usize>,
+    children: Vec<u32>,
+    child_nodes: Vec<usize>,
+    probs: Vec<f32>,
+    controller: Option<Controller>,
+}
+
+impl SpecSession {
+    /// A session with room for `context` tokens.
+    pub fn new(model: &Model, context: usize) -> Self {
+        let rows = PREFILL_CHUNK.min(context.max(1)).max(MAX_TREE_NODES);
+        Self {
+            cache: model.new_cache(context),
+            ws: model.new_workspace(rows, MAX_TREE_NODES, context),
+            history: Vec::with_capacity(context),
+            tree: TokenTree::new(),
+            positions: Vec::with_capacity(PREFILL_CHUNK),
+            path: Vec::with_capacity(MAX_TREE_NODES),
+            children: Vec::with_capacity(MAX_TREE_NODES),
+            child_nodes: Vec::with_capacity(MAX_TREE_NODES),
+            probs: Vec::new(),
+            controller: None,
+        }
+    }
+
+    /// Tokens currently cached.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Generates after `prompt` with `drafter` proposing `tree`s; see the module docs.
+    /// `on_text` receives text as soon as it is final, as with plain generation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(
+        &mut self,
+        model: &Model,
+        tokenizer: &Tokenizer,
+        drafter: &mut dyn Drafter,
+        tree_spec: &TreeSpec,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<SpecGeneration> {
+        params.sampling.validate().map_err(Error::InvalidRequest)?;
+        let capacity = self.cache.capacity();
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() >= capacity {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt has {} tokens but the context holds {capacity} (and one more is needed to generate)",
+                prompt.len()
+            )));
+        }
+        let vocab = model.config().vocab_size;
+        let start = Instant::now();
+        let common = self.history.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let keep = common.min(prompt.len() - 1);
+        self.cache.truncate(keep);
+        self.history.truncate(keep);
+        let n_prompt_computed = prompt.len() - keep;
+        let mut pos = keep;
+        while pos < prompt.len() {
+            let end = (pos + PREFILL_CHUNK).min(prompt.len());
+            let logits = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+            self.chunk(model, &prompt[pos..end], pos, logits)?;
+            pos = end;
+        }
+        let prefill_s = start.elapsed().as_secs_f64();
+
+        let decode_start = Instant::now();
+        let greedy = params.sampling.temperature <= 0.0;
+        let mut sampler = Sampler::new(params.sampling.clone(), vocab);
+        let mut shaper = TargetShaper::new(params.sampling.clone(), vocab);
+        let mut rng = StdRng::seed_from_u64(params.sampling.seed);
+        let mut stats = SpecStats { method: drafter.name().to_string(), ..SpecStats::default() };
+        if matches!(tree_spec, TreeSpec::Auto) && self.controller.is_none() {
+            self.controller = Some(self.measure_costs(model)?);
+        }
+        let plan = tree_spec.plan();
+        let mut emitter = Emitter::new(tokenizer, params, prompt.len(), capacity);
+
+        // `ctx` is the whole sequence: the cached history plus the pending root.
+        let mut ctx: Vec<u32> = Vec::with_capacity(capacity);
+        ctx.extend_from_slice(&self.history);
+        let root = if greedy {
+            sampler.sample(self.ws.logits(0), &ctx)
+        } else {
+            shaper.probs(self.ws.logits(0), &ctx, &mut self.probs);
+            sample_from(&self.probs, &mut rng).unwrap_or(0)
+        };
+        let stop_reason = 'gen: {
+            if let Some(stop) = emitter.emit(root, on_text) {
+                break 'gen stop;
+            }
+            ctx.push(root);
+            loop {
+                let base = self.cache.len();
+                debug_assert_eq!(base + 1, ctx.len());
+                let draft_start = Instant::now();
+                self.tree.reset(*ctx.last().expect("the root is in ctx"));
+                drafter.propose(&ctx, &plan, &mut self.tree)?;
+                if let Some(c) = &self.controller {
+                    let keep = c.choose(&self.tree);
+                    self.tree.truncate(keep);
+                }
+                // Room in the cache, and no deeper than the tokens still to emit.
+                let remaining = params.max_tokens.saturating_sub(emitter.tokens.len());
+                self.tree.truncate((capacity - base).min(remaining + 1));
+                let draft_s = draft_start.elapsed().as_secs_f64();
+
+                let verify_start = Instant::now();
+                self.tree.positions(base, &mut self.positions);
+                let n = self.tree.len();
+                let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+                let mut seqs = [SeqInput {
+                    cache: &mut self.cache,
+                    tokens: self.tree.tokens(),
+                    positions: &self.positions,
+                    tree: (n > 1).then(|| self.tree.masks()),
+                    logits: LogitRows::All,
+                }];
+                model.forward(&mut self.ws, &mut seqs, &opts)?;
+                let forward_s = verify_start.elapsed().as_secs_f64();
+
+                // Walk down the tree; accepted tokens join `ctx` (the penalties' history).
+                self.path.clear();
+                self.path.push(0);
+                let mut node = 0;
+                let bonus = loop {
+                    self.child_nodes.clear();
+                    self.child_nodes.extend(self.tree.children(node));
+                    if greedy {
+                        let next = sampler.sample(self.ws.logits(node), &ctx);
+                        match self.child_nodes.iter().find(|&&c| self.tree.tokens()[c] == next) {
+                            Some(&c) => node = c,
+                            None => break next,
+                        }
+                    } else {
+                        shaper.probs(self.ws.logits(node), &ctx, &mut self.probs);
+                        self.children.clear();
+                        self.children.extend(self.child_nodes.iter().map(|&c| self.tree.tokens()[c]));
+                        match verify_children(&mut self.probs, &self.children, self.tree.child_q(node), &mut rng) {
+                            Verdict::Accept(i) => node = self.child_nodes[i],
+                            Verdict::Reject(t) => break t,
+                        }
+                    }
+                    self.path.push(node);
+                    ctx.push(self.tree.tokens()[node]);
+                };
+                self.cache.compact(base, &self.path).map_err(Error::Model)?;
+                let n_accepted = self.path.len() - 1;
+                stats.steps += 1;
+                stats.n_step_tokens += n_accepted + 1;
+                stats.n_drafted += n - 1;
+                if stats.accepted_per_depth.len() < n_accepted {
+                    stats.accepted_per_depth.resize(n_accepted, 0);
+                }
+                stats.accepted_per_depth[..n_accepted].iter_mut().for_each(|c| *c += 1);
+                if let Some(c) = &mut self.controller {
+                    c.observe(&self.tree, &self.path, forward_s, draft_s);
+                }
+                stats.draft_s += draft_s;
+                stats.verify_s += verify_start.elapsed().as_secs_f64();
+
+                for &node in &self.path[1..] {
+                    if let Some(stop) = emitter.emit(self.tree.tokens()[node], on_text) {
+                        break 'gen stop;
+                    }
+                }
+                if let Some(stop) = emitter.emit(bonus, on_text) {
+                    break 'gen stop;
+                }
+                ctx.push(bonus);
+                drafter.accept(&ctx, n_accepted);
+            }
+        };
+        // The cache holds a prefix of the true sequence (possibly past a stop).
+        self.history.clear();
+        self.history.extend_from_slice(&ctx[..self.cache.len().min(ctx.len())]);
+        self.cache.truncate(self.history.len());
+        let Emitter { tokens, text, stream, .. } = emitter;
+        drop(stream);
+        let generation = Generation {
+            tokens,
+            text: text.into_text(),
+            n_prompt: prompt.len(),
+            n_prompt_computed,
+            prefill_s,
+            decode_s: decode_start.elapsed().as_secs_f64(),
+            stop_reason,
+        };
+        Ok(SpecGeneration { generation, stats })
+    }
+
+    /// Times target forwards of 1 and 16 tokens on the current cache (then rolled back).
+    fn measure_costs(&mut self, model: &Model) -> Result<Controller> {
+        let base = self.cache.len();
+        let mut times = [0.0f64; 2];
+        for (slot, k) in [1usize, 16].into_iter().enumerate() {
+            let k = k.min(self.cache.capacity() - base);
+            let tokens = [self.history.last().copied().unwrap_or(0); 16];
+            let positions: Vec<u32> = (0..k).map(|i| (base + i) as u32).collect();
+            let mut best = f64::INFINITY;
+            for _ in 0..2 {
+                let t = Instant::now();
+                let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+                let mut seqs = [SeqInput {
+                    cache: &mut self.cache,
+                    tokens: &tokens[..k],
+                    positions: &positions,
+                    tree: None,
+                    logits: LogitRows::All,
+                }];
+                let r = model.forward(&mut self.ws, &mut seqs, &opts);
+                self.cache.truncate(base);
+                r?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            times[slot] = best;
+        }
+        // The probe overwrote the prefill logits: recompute the last prompt token's.
+        let last = *self.history.last().expect("the prompt is prefilled");
+        self.cache.truncate(base - 1);
+        self.history.pop();
+        self.chunk(model, &[last], base - 1, LogitRows::Last)?;
+        tracing::debug!(cost_1_ms = times[0] * 1e3, cost_16_ms = times[1] * 1e3, "controller costs measured");
+        Ok(Controller::new(times[0], times[1]))
+    }
+
+    /// One causal forward over `tokens` at positions `pos..`, appending them to the history.
+    fn chunk(&mut self, model: &Model, tokens: &[u32], pos: usize, logits: LogitRows<'_>) -> Result<()> {
+        self.positions.clear();
+        self.positions.extend((0..tokens.len()).map(|i| (pos + i) as u32));
+        let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+        let mut seqs = [SeqInput { cache: &mut self.cache, tokens, positions: &self.positions, tree: None, logits }];
+        model.forward(&mut self.ws, &mut seqs, &opts)?;
+        self.history.extend_from_slice(tokens);
+        Ok(())
+    }
+}
+
+/// Emits tokens one at a time with plain generation's stop rules, in its order: the token
+/// budget, stop tokens, stop strings, then a full context.
+struct Emitter<'t, 'p> {
+    tokenizer: &'t Tokenizer,
+    stream: peregrine_tokenizer::StreamDecoder<'t>,
+    text: StopScanner<'p>,
+    tokens: Vec<u32>,
+    max_tokens: usize,
+    n_prompt: usize,
+    capacity: usize,
+}
+
+impl<'t, 'p> Emitter<'t, 'p> {
+    fn new(tokenizer: &'t Tokenizer, params: &'p GenerateParams, n_prompt: usize, capacity: usize) -> Self {
+        Self {
+            tokenizer,
+            stream: tokenizer.stream_decoder(),
+            text: StopScanner::new(&params.stop_strings),
+            tokens: Vec::with_capacity(params.max_tokens),
+            max_tokens: params.max_tokens,
+            n_prompt,
+            capacity,
+        }
+    }
+
+    /// Emits `token`, or says why generation stops instead (or right after it).
+    fn emit(&mut self, token: u32, on_text: &mut dyn FnMut(&str)) -> Option<StopReason> {
+        if self.tokens.len() >= self.max_tokens {
+            return Some(self.finish(StopReason::MaxTokens, on_text));
+        }
+        if self.tokenizer.stop_ids().contains(&token) {
+            return Some(self.finish(StopReason::StopToken(token), on_text));
+        }
+        self.tokens.push(token);
+        if let Some(piece) = self.stream.push(token) {
+            if let Some(stop) = self.text.push(&piece, on_text) {
+                return Some(StopReason::StopString(stop));
+            }
+        }
+        if self.n_prompt + self.tokens.len() >= self.capacity {
+            return Some(self.finish(StopReason::ContextFull, on_text));
+        }
+        None
+    }
+
+    /// Flushes the held-back text (which may still hold a stop string).
+    fn finish(&mut self, reason: StopReason, on_text: &mut dyn FnMut(&str)) -> StopReason {
+        if let Some(rest) = self.stream.finish() {
+            if let Some(stop) = self.text.push(&rest, on_text) {
+                return StopReason::StopString(stop);
+            }
+        }
+        self.text.flush(on_text);
+        reason
+    }
+}
+
+/// Accumulates generated text, holding back enough to catch a stop string spanning tokens
+/// (the same rules as plain generation's).
+struct StopScanner<'a> {
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+    hold: usize,
+}
+
+impl<'a> StopScanner<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(0).saturating_sub(1);
+        Self { stops, text: String::new(), emitted: 0, hold }
+    }
+
+    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> Option<String> {
+        let search_from = self.emitted.saturating_sub(self.hold);
+        self.text.push_str(piece);
+        let found = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|at| (search_from + at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = found {
+            self.text.truncate(at);
+            self.flush(on_text);
+            return Some(stop.clone());
+        }
+        let mut safe = self.text.len().saturating_sub(self.hold);
+        while !self.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        if safe > self.emitted {
+            on_text(&self.text[self.emitted..safe]);
+            self.emitted = safe;
+        }
+        None
+    }
+
+    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
+        if self.text.len() > self.emitted {
+            on_text(&self.text[self.emitted..]);
+            self.emitted = self.text.len();
+        }
+    }
+
+    fn into_text(self) -> String {
+        self.text
+    }
+}

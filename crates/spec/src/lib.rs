@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod controller;
+pub mod drafter;
+pub mod engine;
+mod error;
+pub mod ngram;
+pub mod tree;
+pub mod verify;
+
+pub use controller::Controller;
+pub use drafter::{DraftPlan, Drafter, NoDrafter};
+pub use engine::{SpecGeneration, SpecSession, SpecStats, TreeSpec};
+pub use error::{Error, Result};
+pub use ngram::{NgramConfig, NgramDrafter};
+pub use tree::{TokenTree, TreeShape, MAX_TREE_NODES};
+pub use verify::{sample_from, verify_children, TargetShaper, Verdict};

@@ -1,0 +1,101 @@
+//! Greedy speculative decoding reproduces plain greedy decoding token for token (DESIGN.md §2,
+//! §6), for every drafter and tree kind, on specbench first turns.
+//!
+//! The full sweep (every prompt of every set, 128 tokens) is the command
+//! `peregrine bench spec --check`; here a subset runs in CI.
+
+mod common;
+
+use common::{model, specbench_prompts, tokenizer};
+use peregrine_model::{GenerateParams, Session};
+use peregrine_spec::{DraftPlan, Drafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
+
+fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let params = GenerateParams { max_tokens, ..GenerateParams::default() };
+    let mut s = Session::new(model(), prompt.len() + max_tokens + 8);
+    s.generate(model(), tokenizer(), prompt, &params, &mut |_| {}).expect("plain generation").tokens
+}
+
+fn spec(prompt: &[u32], max_tokens: usize, drafter: &mut dyn Drafter, tree: &TreeSpec) -> peregrine_spec::SpecGeneration {
+    let params = GenerateParams { max_tokens, ..GenerateParams::default() };
+    let mut s = SpecSession::new(model(), prompt.len() + max_tokens + 8);
+    s.generate(model(), tokenizer(), drafter, tree, prompt, &params, &mut |_| {}).expect("speculative generation")
+}
+
+fn trees() -> Vec<(&'static str, TreeSpec)> {
+    ["chain:4", "eagle-default", "dynamic:12,6,3", "auto"].into_iter().map(|s| (s, TreeSpec::parse(s).unwrap())).collect()
+}
+
+#[test]
+fn ngram_greedy_equals_plain_on_specbench() {
+    let mut prompts = specbench_prompts("sum", 2);
+    prompts.extend(specbench_prompts("mt_bench", 2));
+    prompts.extend(specbench_prompts("gsm8k", 1));
+    let mut total_tau = 0.0;
+    for (i, prompt) in prompts.iter().enumerate() {
+        let want = plain(prompt, 64);
+        for (name, tree) in trees() {
+            let got = spec(prompt, 64, &mut NgramDrafter::default(), &tree);
+            assert_eq!(got.generation.tokens, want, "prompt {i}, tree {name}: speculative greedy differs from plain");
+            let s = &got.stats;
+            assert!(s.tau() >= 1.0);
+            // The first token comes from the prompt's forward; every later one from a step.
+            assert!(s.n_step_tokens + 1 >= got.generation.tokens.len(), "prompt {i} {name}: {s:?}");
+            if name == "eagle-default" {
+                total_tau += s.tau();
+            }
+        }
+    }
+    // Summaries copy from the article: the n-gram drafter must get tokens accepted.
+    assert!(total_tau / prompts.len() as f64 > 1.1, "mean tau {}", total_tau / prompts.len() as f64);
+}
+
+#[test]
+fn no_drafter_is_plain_decoding() {
+    let prompt = &specbench_prompts("qa", 1)[0];
+    let got = spec(prompt, 32, &mut NoDrafter, &TreeSpec::parse("chain:4").unwrap());
+    assert_eq!(got.generation.tokens, plain(prompt, 32));
+    assert_eq!(got.stats.tau(), 1.0);
+}
+
+/// Knows the plain continuation and hides it among wrong siblings, so accepted paths skip
+/// rows and `KvCache::compact` must move them.
+struct Oracle {
+    truth: Vec<u32>,
+    n_prompt: usize,
+}
+
+impl Drafter for Oracle {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+
+    fn propose(&mut self, context: &[u32], _plan: &DraftPlan<'_>, tree: &mut TokenTree) -> peregrine_spec::Result<()> {
+        let done = context.len() - self.n_prompt; // tokens emitted so far, root included
+        let wrong = |t: u32| (t + 17) % 49152;
+        let mut parent = 0;
+        for d in 0..5 {
+            let Some(&t) = self.truth.get(done + d) else { break };
+            // A wrong sibling first, then the right token, then a wrong child under the wrong one.
+            let w = tree.push(parent, wrong(t), 0.5)?;
+            let right = tree.push(parent, t, 0.5)?;
+            tree.push(w, wrong(wrong(t)), 0.1)?;
+            // Stop the right path early sometimes, so the bonus token does real work.
+            if d == 3 && done % 2 == 0 {
+                break;
+            }
+            parent = right;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn accepted_paths_with_gaps_are_compacted_correctly() {
+    let prompt = &specbench_prompts("alpaca", 1)[0];
+    let want = plain(prompt, 48);
+    let mut oracle = Oracle { truth: want.clone(), n_prompt: prompt.len() };
+    let got = spec(prompt, 48, &mut oracle, &TreeSpec::Shape(TreeShape::chain(1).unwrap()));
+    assert_eq!(got.generation.tokens, want);
+    assert!(got.stats.tau() > 3.0, "the oracle's paths are accepted: {:?}", got.stats);
+}
