@@ -9,7 +9,7 @@
 use crate::controller::Controller;
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
-use crate::verify::{sample_from, verify_children, TargetShaper, Verdict};
+use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
 use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{
@@ -139,9 +139,7 @@ pub struct SpecSession {
     tree: TokenTree,
     positions: Vec<u32>,
     path: Vec<usize>,
-    children: Vec<u32>,
-    child_nodes: Vec<usize>,
-    probs: Vec<f32>,
+    walk: WalkBuffers,
     controller: Option<Controller>,
 }
 
@@ -156,9 +154,7 @@ impl SpecSession {
             tree: TokenTree::new(),
             positions: Vec::with_capacity(PREFILL_CHUNK),
             path: Vec::with_capacity(MAX_TREE_NODES),
-            children: Vec::with_capacity(MAX_TREE_NODES),
-            child_nodes: Vec::with_capacity(MAX_TREE_NODES),
-            probs: Vec::new(),
+            walk: WalkBuffers::default(),
             controller: None,
         }
     }
@@ -226,8 +222,8 @@ impl SpecSession {
         let root = if greedy {
             sampler.sample(self.ws.logits(0), &ctx)
         } else {
-            shaper.probs(self.ws.logits(0), &ctx, &mut self.probs);
-            sample_from(&self.probs, &mut rng).unwrap_or(0)
+            shaper.probs(self.ws.logits(0), &ctx, &mut self.walk.probs);
+            sample_from(&self.walk.probs, &mut rng).unwrap_or(0)
         };
         let stop_reason = 'gen: {
             if let Some(stop) = emitter.emit(root, on_text) {
@@ -264,29 +260,30 @@ impl SpecSession {
                 let forward_s = verify_start.elapsed().as_secs_f64();
 
                 // Walk down the tree; accepted tokens join `ctx` (the penalties' history).
-                self.path.clear();
-                self.path.push(0);
-                let mut node = 0;
-                let bonus = loop {
-                    self.child_nodes.clear();
-                    self.child_nodes.extend(self.tree.children(node));
-                    if greedy {
+                let bonus = if greedy {
+                    self.path.clear();
+                    self.path.push(0);
+                    let mut node = 0;
+                    loop {
                         let next = sampler.sample(self.ws.logits(node), &ctx);
-                        match self.child_nodes.iter().find(|&&c| self.tree.tokens()[c] == next) {
-                            Some(&c) => node = c,
+                        match self.tree.children(node).find(|&c| self.tree.tokens()[c] == next) {
+                            Some(c) => {
+                                node = c;
+                                self.path.push(c);
+                                ctx.push(next);
+                            }
                             None => break next,
                         }
-                    } else {
-                        shaper.probs(self.ws.logits(node), &ctx, &mut self.probs);
-                        self.children.clear();
-                        self.children.extend(self.child_nodes.iter().map(|&c| self.tree.tokens()[c]));
-                        match verify_children(&mut self.probs, &self.children, self.tree.child_q(node), &mut rng) {
-                            Verdict::Accept(i) => node = self.child_nodes[i],
-                            Verdict::Reject(t) => break t,
-                        }
                     }
-                    self.path.push(node);
-                    ctx.push(self.tree.tokens()[node]);
+                } else {
+                    let (tree, ws) = (&self.tree, &self.ws);
+                    let target = |node: usize, out: &mut Vec<f32>| {
+                        if node != 0 {
+                            ctx.push(tree.tokens()[node]);
+                        }
+                        shaper.probs(ws.logits(node), &ctx, out);
+                    };
+                    walk_sampled(tree, target, &mut self.walk, &mut self.path, &mut rng)
                 };
                 self.cache.compact(base, &self.path).map_err(Error::Model)?;
                 let n_accepted = self.path.len() - 1;

@@ -16,4 +16,4 @@ pub use engine::{SpecGeneration, SpecSession, SpecStats, TreeSpec};
 pub use error::{Error, Result};
 pub use ngram::{NgramConfig, NgramDrafter};
 pub use tree::{TokenTree, TreeShape, MAX_TREE_NODES};
-pub use verify::{sample_from, verify_children, TargetShaper, Verdict};
+pub use verify::{sample_from, verify_children, walk_sampled, TargetShaper, Verdict, WalkBuffers};

@@ -87,6 +87,45 @@ pub fn verify_children<R: Rng + ?Sized>(p: &mut [f32], tokens: &[u32], q: Option
     Verdict::Reject(sample_from(p, rng).unwrap_or(0))
 }
 
+/// Buffers for [`walk_sampled`], reused across steps.
+#[derive(Debug, Default)]
+pub struct WalkBuffers {
+    /// Target distribution at the current node (then its residual).
+    pub probs: Vec<f32>,
+    children: Vec<u32>,
+    child_nodes: Vec<usize>,
+}
+
+/// Sampling verification of a whole tree: from the root, verify each node's children with
+/// [`verify_children`] until one is rejected or a leaf is reached. `target(node, out)` writes
+/// the target distribution at `node` (called once per node on the path, root first, in path
+/// order). Fills `path` (node indices, root first) and returns the bonus token.
+pub fn walk_sampled<R: Rng + ?Sized>(
+    tree: &crate::tree::TokenTree,
+    mut target: impl FnMut(usize, &mut Vec<f32>),
+    bufs: &mut WalkBuffers,
+    path: &mut Vec<usize>,
+    rng: &mut R,
+) -> u32 {
+    path.clear();
+    path.push(0);
+    let mut node = 0;
+    loop {
+        target(node, &mut bufs.probs);
+        bufs.child_nodes.clear();
+        bufs.child_nodes.extend(tree.children(node));
+        bufs.children.clear();
+        bufs.children.extend(bufs.child_nodes.iter().map(|&c| tree.tokens()[c]));
+        match verify_children(&mut bufs.probs, &bufs.children, tree.child_q(node), rng) {
+            Verdict::Accept(i) => {
+                node = bufs.child_nodes[i];
+                path.push(node);
+            }
+            Verdict::Reject(t) => return t,
+        }
+    }
+}
+
 fn normalise(p: &mut [f32], total: f64) {
     if total > 0.0 {
         let inv = (1.0 / total) as f32;
