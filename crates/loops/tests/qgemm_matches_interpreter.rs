@@ -22,7 +22,7 @@ fn case(ty: QuantType, m: usize, n: usize, k: usize, m_tile: usize, n_panels: us
     let w = quantize_ggml(ty, &data(n * k, seed));
     let x = ActsQ8::quantize(&data(m * k, seed + 1), m, k).unwrap();
     let packed = PackedWeights::pack(ty, n, k, &w).unwrap();
-    let desc = QGemmDesc { quant: ty, m, n, k, m_tile, n_panels };
+    let desc = QGemmDesc { quant: ty, m, n, k, m_tile, n_panels, prefetch_blocks: (seed % 3 == 0).then_some(4) };
     let kernel = QGemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{desc:?}: {e}")))?;
     let mut y = vec![f32::NAN; m * n];
     kernel.run(&packed, &x, &mut y).unwrap();
@@ -83,7 +83,7 @@ fn bad_shapes_are_errors() {
     let err = PackedWeights::pack(QuantType::Q4_1, 4, 40, &[0u8; 100]).err().unwrap();
     assert!(err.to_string().contains("multiple of 32"), "{err}");
     if Isa::Avx512.available() {
-        let desc = QGemmDesc { quant: QuantType::Q4_1, m: 8, n: 64, k: 64, m_tile: 8, n_panels: 4 };
+        let desc = QGemmDesc { quant: QuantType::Q4_1, m: 8, n: 64, k: 64, m_tile: 8, n_panels: 4, prefetch_blocks: None };
         assert!(matches!(QGemmKernel::compile(&desc), Err(peregrine_loops::Error::RegisterTileTooLarge { .. })));
     }
 }

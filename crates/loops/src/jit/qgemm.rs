@@ -177,6 +177,8 @@ pub struct QGemmDesc {
     pub m_tile: usize,
     /// 16-row weight panels per register tile.
     pub n_panels: usize,
+    /// Software prefetch this many blocks ahead in every panel (`None`: hardware only).
+    pub prefetch_blocks: Option<usize>,
 }
 
 impl QGemmDesc {
@@ -190,7 +192,10 @@ impl QGemmDesc {
             (QuantType::Q4_1, _) => (4, 2),
             _ => (4, 3),
         };
-        QGemmDesc { quant, m, n, k, m_tile, n_panels }
+        // Measured on cold weights (examples/qgemv_prefetch.rs): 4 blocks ahead lifts Q4_1
+        // from ~30 to ~41 GB/s; Q8_0 blocks are larger and gain little beyond 2.
+        let prefetch_blocks = Some(if quant == QuantType::Q8_0 { 2 } else { 4 });
+        QGemmDesc { quant, m, n, k, m_tile, n_panels, prefetch_blocks }
     }
 
     /// Full groups of `n_panels` panels (threads split these), and panels in the last, static
@@ -442,6 +447,12 @@ impl QGen<'_> {
         let co = codes_offset(ty);
         for p in 0..np {
             let pb = (p * nb * pbb) as i32;
+            if let Some(ahead) = self.d.prefetch_blocks {
+                // Each panel is its own stream; prefetch a few blocks ahead (never faults).
+                for line in (0..pbb).step_by(64) {
+                    self.a.prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
+                }
+            }
             for i in 0..mt {
                 self.a.vpxord(sumi(i), sumi(i), sumi(i))?;
             }
