@@ -55,6 +55,9 @@ struct KernelArgs {
     /// Minimum seconds of timing.
     #[arg(long, default_value_t = 0.5)]
     min_secs: f64,
+    /// `qgemv`: software prefetch this many blocks ahead, 0 for none (default: the kernel's).
+    #[arg(long)]
+    prefetch_blocks: Option<usize>,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -210,7 +213,11 @@ fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_
     if !a.k.is_multiple_of(32) || a.m == 0 || a.n == 0 || a.k == 0 {
         bail!("qgemv needs positive sizes and --k a multiple of 32");
     }
-    Ok((peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k), quant))
+    let mut desc = peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k);
+    if let Some(blocks) = a.prefetch_blocks {
+        desc.prefetch_blocks = (blocks > 0).then_some(blocks);
+    }
+    Ok((desc, quant))
 }
 
 fn bench_qgemv(a: KernelArgs) -> Result<()> {
@@ -254,7 +261,7 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
         compile_ms: kernel.compile_ms,
         tune_ms: 0.0,
-        schedule: format!("m_tile={} n_panels={}", desc.m_tile, desc.n_panels),
+        schedule: format!("m_tile={} n_panels={} prefetch_blocks={:?}", desc.m_tile, desc.n_panels, desc.prefetch_blocks),
         gbs: Some(gbs),
         dram_gbs: Some(dram),
     };
