@@ -429,6 +429,9 @@ impl Expr {
                 }
                 Op::Reduce { arg, keep, .. } => {
                     let a = check_node(*arg)?;
+                    if let Some(v) = keep.iter().find(|v| v.0 as usize >= self.vars.len()) {
+                        return Err(Error::DanglingRef { node: i, what: "variable", index: v.0 as usize });
+                    }
                     if let Some(v) = keep.iter().find(|v| !a.space.contains(v)) {
                         return Err(Error::bad_node(i, name, format!("kept variable {:?} is not in the argument's space", self.vars[v.0 as usize].name)));
                     }
@@ -713,5 +716,92 @@ pub mod library {
         let p = b.binary(BinaryOp::Mul, x, w);
         let c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
         b.finish(c, 0, &[n as isize, 1], m * n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_out_of_bounds_are_rejected() {
+        let mut b = Builder::new();
+        let (m, k) = (b.var("m", 4), b.var("k", 5));
+        let a = b.input("a", Storage::F32, 19);
+        let r = b.read(a, &[m, k], 0, &[5, 1]);
+        let err = b.finish(r, 0, &[5, 1], 20).unwrap_err();
+        assert_eq!(err, Error::ViewOutOfBounds { tensor: "a".into(), reach: 19, len: 19 });
+        assert_eq!(err.to_string(), "\"a\": view reaches element 19 but the buffer holds 19");
+    }
+
+    #[test]
+    fn negative_strides_and_transposes_are_checked() {
+        let mut b = Builder::new();
+        let i = b.var("i", 4);
+        let a = b.input("a", Storage::F32, 4);
+        let rev = b.read(a, &[i], 3, &[-1]);
+        assert!(b.finish(rev, 0, &[1], 4).is_ok(), "reversed view fits");
+        let mut b = Builder::new();
+        let i = b.var("i", 4);
+        let a = b.input("a", Storage::F32, 4);
+        let rev = b.read(a, &[i], 2, &[-1]);
+        assert!(matches!(b.finish(rev, 0, &[1], 4), Err(Error::ViewOutOfBounds { reach: -1, .. })));
+    }
+
+    #[test]
+    fn ill_typed_nodes_are_rejected() {
+        let e = library::qmatmul(QuantType::Q4_1, 2, 3, 64).unwrap();
+        // Mixing the integer dot with a float scale without ToF32.
+        let mut bad = e.clone();
+        bad.nodes[7].op = Op::Binary(BinaryOp::Mul, NodeId(3), NodeId(6));
+        let err = bad.verify().unwrap_err();
+        assert!(matches!(err, Error::BadNode { node: 7, .. }), "{err}");
+        // A node that refers forward.
+        let mut bad = e.clone();
+        bad.nodes[2].op = Op::Binary(BinaryOp::Mul, NodeId(0), NodeId(5));
+        assert!(matches!(bad.verify().unwrap_err(), Error::DanglingRef { node: 2, what: "node", index: 5 }));
+        // A reduce keeping a variable its argument does not have.
+        let mut bad = e;
+        bad.nodes[3].op = Op::Reduce { op: ReduceOp::Add, arg: NodeId(2), keep: vec![VarId(0), VarId(1), VarId(7)] };
+        assert!(bad.verify().is_err());
+    }
+
+    #[test]
+    fn quant_reads_check_arity_and_lane_extent() {
+        let mut b = Builder::new();
+        let (n, kb, kl) = (b.var("n", 2), b.var("kb", 2), b.var("kl", 16));
+        let w = b.input("w", Storage::Quant(QuantType::Q4_0), 4);
+        let c = b.read_quant(w, QuantPart::Code, &[n, kb, kl], 2);
+        let f = b.to_f32(c);
+        let err = b.finish(f, 0, &[32, 16, 1], 64).unwrap_err();
+        assert!(err.to_string().contains("extent 32"), "{err}");
+        let mut b = Builder::new();
+        let (n, kb) = (b.var("n", 2), b.var("kb", 2));
+        let w = b.input("w", Storage::Quant(QuantType::Q4_0), 4);
+        let m = b.read_quant(w, QuantPart::Min, &[n, kb], 2);
+        let err = b.finish(m, 0, &[2, 1], 4).unwrap_err();
+        assert!(err.to_string().contains("no min"), "{err}");
+    }
+
+    #[test]
+    fn interpreter_matches_naive_dequantized_dot() {
+        // The int8 form approximates the dequantized dot product; checks the IR wiring.
+        let (m, n, k) = (2, 5, 64);
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0).collect();
+        let wf: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 29) as f32 / 14.0 - 1.0).collect();
+        for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+            let w = crate::quant::quantize_ggml(ty, &wf);
+            let mut xq = vec![0u8; m * k / 32 * 48];
+            crate::quant::quantize_q8act(&x, k, &mut xq);
+            let e = library::qmatmul(ty, m, n, k).unwrap();
+            let mut y = vec![0f32; m * n];
+            crate::interp::run(&e, &crate::Schedule::naive(&e), &[crate::interp::Buffer::Quant(&w), crate::interp::Buffer::Quant(&xq)], &mut y).unwrap();
+            let d = library::dequant_matmul(ty, m, n, k).unwrap();
+            let mut want = vec![0f32; m * n];
+            crate::interp::run(&d, &crate::Schedule::naive(&d), &[crate::interp::Buffer::Quant(&w), crate::interp::Buffer::F32(&x)], &mut want).unwrap();
+            for (g, w) in y.iter().zip(&want) {
+                assert!((g - w).abs() <= 0.02 * (1.0 + w.abs()), "{ty}: int8 form {g} vs dequantized {w}");
+            }
+        }
     }
 }
