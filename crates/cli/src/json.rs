@@ -45,6 +45,43 @@ pub struct GenerateReport {
     pub decode_tok_s: f64,
     /// `max_tokens`, `stop_token`, `stop_string` or `context_full`.
     pub stop_reason: &'static str,
+    /// Speculative decoding counters; absent for plain decoding (`--spec none`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SpecReport>,
+}
+
+/// The `spec` object of `peregrine generate --spec ... --json`.
+#[derive(Serialize, Clone, Debug)]
+pub struct SpecReport {
+    /// Drafter: `ngram`, `draft`, `layerskip` or `none`.
+    pub method: String,
+    /// Tokens emitted per target forward after the prompt, bonus token included.
+    pub tau: f64,
+    /// Target forwards after the prompt.
+    pub steps: usize,
+    /// `accepted_per_depth[d]`: steps that accepted a drafted token at depth `d + 1`.
+    pub accepted_per_depth: Vec<u64>,
+    /// Drafted tokens verified, over all steps.
+    pub n_drafted: usize,
+    /// Time spent drafting.
+    pub draft_ms: f64,
+    /// Time spent verifying (target forwards over the trees, acceptance).
+    pub verify_ms: f64,
+}
+
+impl SpecReport {
+    /// The report of one speculative generation.
+    pub fn new(s: &peregrine_spec::SpecStats) -> Self {
+        Self {
+            method: s.method.clone(),
+            tau: s.tau(),
+            steps: s.steps,
+            accepted_per_depth: s.accepted_per_depth.clone(),
+            n_drafted: s.n_drafted,
+            draft_ms: s.draft_s * 1e3,
+            verify_ms: s.verify_s * 1e3,
+        }
+    }
 }
 
 impl GenerateReport {
@@ -65,6 +102,38 @@ impl GenerateReport {
                 StopReason::StopString(_) => "stop_string",
                 StopReason::ContextFull => "context_full",
             },
+            spec: None,
         }
     }
+}
+
+/// `peregrine bench spec --json`: speculative against plain decoding on one prompt set.
+#[derive(Serialize)]
+pub struct SpecBenchReport {
+    /// Prompt file.
+    pub prompts: String,
+    /// Prompts run.
+    pub n_prompts: usize,
+    /// Prompts skipped because they do not fit the context.
+    pub n_skipped: usize,
+    /// New tokens per prompt (at most).
+    pub max_tokens: usize,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Threads.
+    pub threads: usize,
+    /// The `--tree` flag.
+    pub tree: String,
+    /// Plain decoding throughput (all prompts' generated tokens over their decode time).
+    pub plain_decode_tok_s: f64,
+    /// Speculative decoding throughput, measured the same way.
+    pub spec_decode_tok_s: f64,
+    /// `spec_decode_tok_s / plain_decode_tok_s`.
+    pub speedup: f64,
+    /// Prompts whose greedy speculative output differs from plain (must be 0).
+    pub n_mismatches: usize,
+    /// Their indices.
+    pub mismatched_prompts: Vec<usize>,
+    /// Speculation counters summed over the prompts.
+    pub spec: SpecReport,
 }

@@ -32,12 +32,26 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// A specific benchmark instead of the engine measurement above.
+    #[command(subcommand)]
+    sub: Option<BenchCmd>,
+}
+
+/// Benchmarks under `peregrine bench`.
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Speculative decoding against plain decoding on a prompt set (tau, tok/s, speed-up,
+    /// greedy equality).
+    Spec(crate::cmd::bench_spec::Args),
 }
 
 const COST_CURVE_K: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(BenchCmd::Spec(spec_args)) = args.sub {
+        return crate::cmd::bench_spec::run(spec_args);
+    }
     let path = args.model.unwrap_or_else(default_model_path);
     let threads = args.threads.unwrap_or_else(default_threads);
     let model = Model::load(&path, threads).with_context(|| format!("loading {}", path.display()))?;

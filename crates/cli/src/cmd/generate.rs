@@ -1,7 +1,8 @@
 //! `peregrine generate`: complete a prompt (raw text, or a user turn through the chat template).
 
 use crate::cmd::model_args::{load, ModelArgs, SamplingArgs};
-use crate::json::GenerateReport;
+use crate::cmd::spec_args::SpecArgs;
+use crate::json::{GenerateReport, SpecReport};
 use anyhow::{Context, Result};
 use peregrine_model::{GenerateParams, Session};
 use peregrine_tokenizer::{ChatMessage, ChatTemplate, EncodeOptions};
@@ -14,6 +15,8 @@ pub struct Args {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     /// The prompt. Raw text in which control tokens such as `<|im_start|>` are recognised,
     /// or with `--chat` the user's message.
     #[arg(long)]
@@ -50,7 +53,7 @@ pub fn run(args: Args) -> Result<()> {
         sampling: args.sampling.sampling(),
         stop_strings: args.sampling.stop.clone(),
     };
-    let mut session = Session::new(&loaded.model, loaded.ctx);
+    let spec = args.spec.prepare(&loaded)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_err = None;
@@ -62,11 +65,31 @@ pub fn run(args: Args) -> Result<()> {
             write_err = Some(e);
         }
     };
-    let generation = session.generate(&loaded.model, &loaded.tokenizer, &prompt, &params, &mut on_text)?;
+    let (generation, spec_report) = match spec {
+        None => {
+            let mut session = Session::new(&loaded.model, loaded.ctx);
+            (session.generate(&loaded.model, &loaded.tokenizer, &prompt, &params, &mut on_text)?, None)
+        }
+        Some(spec) => {
+            let mut session = peregrine_spec::SpecSession::new(&loaded.model, loaded.ctx);
+            let mut drafter = spec.drafter(&loaded)?;
+            let out = session.generate(
+                &loaded.model,
+                &loaded.tokenizer,
+                drafter.as_mut(),
+                &spec.tree,
+                &prompt,
+                &params,
+                &mut on_text,
+            )?;
+            (out.generation, Some(SpecReport::new(&out.stats)))
+        }
+    };
     if let Some(e) = write_err {
         return Err(e.into());
     }
-    let report = GenerateReport::new(&generation);
+    let mut report = GenerateReport::new(&generation);
+    report.spec = spec_report;
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
@@ -76,6 +99,12 @@ pub fn run(args: Args) -> Result<()> {
                 "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {}]",
                 report.n_prompt, report.prefill_tok_s, report.n_generated, report.decode_tok_s, report.stop_reason
             );
+            if let Some(s) = &report.spec {
+                eprintln!(
+                    "[spec {}: tau {:.2} over {} steps, accepted per depth {:?}, draft {:.0} ms, verify {:.0} ms]",
+                    s.method, s.tau, s.steps, s.accepted_per_depth, s.draft_ms, s.verify_ms
+                );
+            }
         }
     }
     Ok(())

@@ -1,0 +1,135 @@
+//! Drafting with a model: a separate draft model with the target's vocabulary (`--spec draft`),
+//! or the target itself cut after its first `E` layers plus the final norm and LM head
+//! (`--spec layerskip`, early-exit self-speculation).
+//!
+//! The drafter keeps its own KV cache and the tokens it holds. Each `propose` first rolls the
+//! cache back to the longest prefix it shares with the context (drafted tokens that were
+//! rejected go), feeds the rest of the context (accepted tokens and the root) in one forward,
+//! then drafts a chain greedily, one forward per token, until the planned depth or until the
+//! chain's probability under the draft (the product of the drafted tokens' softmax
+//! probabilities, which is each node's score) falls below `min_score`. Drafts are
+//! deterministic, so sampling verification uses the point-mass rule.
+//!
+//! This LayerSkip drafter does not yet share the target's cache: verification recomputes
+//! layers `0..E` for the drafted tokens (see the crate README for what remains).
+
+use crate::drafter::{DraftPlan, Drafter};
+use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::{Error, Result};
+use peregrine_model::generate::PREFILL_CHUNK;
+use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
+
+/// A drafter backed by a model (or the first layers of one).
+pub struct ModelDrafter<'m> {
+    name: &'static str,
+    model: &'m Model,
+    n_layers: usize,
+    cache: KvCache,
+    ws: Workspace,
+    /// Tokens in `cache`.
+    cached: Vec<u32>,
+    positions: Vec<u32>,
+    min_score: f32,
+}
+
+impl<'m> ModelDrafter<'m> {
+    /// Drafts with all layers of `draft`, which must share `target_vocab`.
+    pub fn draft_model(draft: &'m Model, target_vocab: usize, context: usize) -> Result<Self> {
+        let v = draft.config().vocab_size;
+        if v != target_vocab {
+            return Err(Error::VocabMismatch { draft: v, target: target_vocab });
+        }
+        Ok(Self::new("draft", draft, draft.config().n_layers, context))
+    }
+
+    /// Drafts with layers `0..exit_layer` of `target` and its head (early exit).
+    pub fn layerskip(target: &'m Model, exit_layer: usize, context: usize) -> Result<Self> {
+        let n_layers = target.config().n_layers;
+        if exit_layer == 0 || exit_layer >= n_layers {
+            return Err(Error::ExitLayer { exit_layer, n_layers });
+        }
+        Ok(Self::new("layerskip", target, exit_layer, context))
+    }
+
+    fn new(name: &'static str, model: &'m Model, n_layers: usize, context: usize) -> Self {
+        Self {
+            name,
+            model,
+            n_layers,
+            cache: model.new_cache(context),
+            ws: model.new_workspace(PREFILL_CHUNK.min(context.max(1)), 1, context),
+            cached: Vec::with_capacity(context),
+            positions: Vec::with_capacity(PREFILL_CHUNK),
+            min_score: 0.1,
+        }
+    }
+
+    /// Stop drafting a chain once its probability under the draft falls below this.
+    pub fn with_min_score(mut self, min_score: f32) -> Self {
+        self.min_score = min_score;
+        self
+    }
+
+    /// Feeds `tokens` (appending to the cache) and leaves logits of the last in the workspace.
+    fn feed(&mut self, tokens: &[u32]) -> Result<()> {
+        for chunk in tokens.chunks(PREFILL_CHUNK) {
+            let pos = self.cached.len();
+            self.positions.clear();
+            self.positions.extend((0..chunk.len()).map(|i| (pos + i) as u32));
+            let opts = ForwardOptions { layers: 0..self.n_layers, head: true, taps: &[] };
+            let mut seqs =
+                [SeqInput { cache: &mut self.cache, tokens: chunk, positions: &self.positions, tree: None, logits: LogitRows::Last }];
+            self.model.forward(&mut self.ws, &mut seqs, &opts)?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// The argmax of `logits` and its softmax probability.
+fn top1(logits: &[f32]) -> (u32, f32) {
+    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > max {
+            (best, max) = (i, l);
+        }
+    }
+    let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (best as u32, (1.0 / z) as f32)
+}
+
+impl Drafter for ModelDrafter<'_> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn propose(&mut self, context: &[u32], plan: &DraftPlan<'_>, tree: &mut TokenTree) -> Result<()> {
+        let depth = match plan {
+            DraftPlan::Shape(shape) => shape.depth(),
+            DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
+        }
+        .min(MAX_TREE_NODES - 1);
+        // Roll back to the shared prefix; keep at least one token to feed for fresh logits.
+        let common = self.cached.iter().zip(context).take_while(|(a, b)| a == b).count().min(context.len() - 1);
+        self.cache.truncate(common);
+        self.cached.truncate(common);
+        if self.cache.len() + depth + 1 > self.cache.capacity() || context.len() > self.cache.capacity() {
+            return Ok(());
+        }
+        self.feed(&context[common..])?;
+        let mut parent = 0;
+        let mut score = 1.0f32;
+        for d in 0..depth {
+            let (token, prob) = top1(self.ws.logits(0));
+            score *= prob;
+            if score < self.min_score {
+                break;
+            }
+            parent = tree.push(parent, token, score)?;
+            if d + 1 < depth {
+                self.feed(&[token])?;
+            }
+        }
+        Ok(())
+    }
+}
