@@ -339,7 +339,8 @@ impl Expr {
         match &node.op {
             Op::Reduce { arg, keep, .. } => {
                 let mut s = keep.clone();
-                for v in &self.node(*arg).space {
+                // `get`: callers may ask before `verify` (a dangling argument adds nothing).
+                for v in self.nodes.get(arg.0 as usize).map_or(&[][..], |a| &a.space[..]) {
                     if !s.contains(v) {
                         s.push(*v);
                     }
@@ -352,7 +353,7 @@ impl Expr {
     /// The variables a reduce node sums (or maxes) over; empty for other nodes.
     pub fn reduced_vars(&self, id: NodeId) -> Vec<VarId> {
         match &self.node(id).op {
-            Op::Reduce { arg, keep, .. } => self.node(*arg).space.iter().copied().filter(|v| !keep.contains(v)).collect(),
+            Op::Reduce { arg, keep, .. } => self.nodes.get(arg.0 as usize).map_or(Vec::new(), |a| a.space.iter().copied().filter(|v| !keep.contains(v)).collect()),
             _ => Vec::new(),
         }
     }

@@ -173,6 +173,7 @@ impl Schedule {
     /// Checks the schedule against `expr`: every rule in the module doc, fusion prefixes and
     /// cycles. Errors name the node, the loop and the variable.
     pub fn validate(&self, expr: &Expr) -> Result<()> {
+        expr.verify()?;
         if self.nodes.len() != expr.nodes.len() {
             return Err(Error::ScheduleArity { got: self.nodes.len(), want: expr.nodes.len() });
         }

@@ -63,3 +63,34 @@ fn errors_say_what_is_wrong() {
     let msg = s.validate(&e).unwrap_err().to_string();
     assert_eq!(msg, "node %3: loop 1 splits \"n\" chunks of 20 into steps of 8, which does not divide and the loop allows no tail (use a masked tail)");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    /// Corrupting any node of an expression gives an error from `verify`, never a panic, and
+    /// the interpreter refuses what `verify` refuses.
+    #[test]
+    fn corrupted_expressions_never_panic(node in 0..13usize, kind in 0..6u8, a in 0..16u32, b in 0..16u32, c in 0..16u32) {
+        use peregrine_loops::ir::{Access, BinaryOp, InputId, Op, QuantPart, ReduceOp, VarId};
+        let mut e = qmatmul(QuantType::Q4_1, 2, 3, 64).unwrap();
+        let i = node % e.nodes.len();
+        e.nodes[i].op = match kind {
+            0 => Op::Binary(BinaryOp::Add, NodeId(a), NodeId(b)),
+            1 => Op::Reduce { op: ReduceOp::Max, arg: NodeId(a), keep: vec![VarId(b), VarId(c)] },
+            2 => Op::ToF32(NodeId(a)),
+            3 => Op::Read { input: InputId(a % 3), index: vec![VarId(b), VarId(c)], access: Access::Quant { part: QuantPart::Code, row_stride_blocks: c as usize } },
+            4 => Op::Read { input: InputId(a % 3), index: vec![VarId(b)], access: Access::Strided { offset: c as usize, strides: vec![-(a as isize)] } },
+            _ => Op::Const(a),
+        };
+        if b % 3 == 0 {
+            e.nodes[i].space = vec![VarId(c)];
+        }
+        let ok = e.verify().is_ok();
+        let w = vec![0u8; 3 * 2 * 20];
+        let x = vec![0u8; 2 * 2 * 48];
+        let mut y = vec![0f32; 6];
+        let ran = peregrine_loops::interp::run(&e, &Schedule::naive(&e), &[peregrine_loops::interp::Buffer::Quant(&w), peregrine_loops::interp::Buffer::Quant(&x)], &mut y);
+        if !ok {
+            prop_assert!(ran.is_err());
+        }
+    }
+}
