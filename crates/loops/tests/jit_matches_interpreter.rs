@@ -109,7 +109,7 @@ fn default_schedules_on_odd_shapes() {
         if !isa.available() {
             continue;
         }
-        for (m, n, k) in [(1, 1, 1), (1, 577, 33), (7, 17, 9), (13, 130, 600), (64, 64, 64), (5, 192, 576)] {
+        for (m, n, k) in [(1, 1, 1), (1, 577, 33), (2, 300, 20), (3, 300, 20), (4, 300, 20), (7, 17, 9), (13, 130, 600), (64, 64, 64), (5, 192, 576)] {
             let desc = SgemmDesc { m, n, k, isa, schedule: None, epilogue: Epilogue::NONE };
             check(m, n, k, isa, &desc.schedule_text(), 7).unwrap();
         }
@@ -159,4 +159,21 @@ fn epilogue_inputs_must_match_the_kernel() {
     assert!(kernel.run_with(&a, &b, Some(&[1.0; 2]), None, &mut c).is_err(), "bias too short");
     kernel.run_with(&a, &b, Some(&[1.0, 2.0, 3.0]), None, &mut c).unwrap();
     assert_eq!(c, [5.0, 6.0, 7.0, 5.0, 6.0, 7.0]);
+}
+
+#[test]
+fn default_schedule_compiles_for_every_small_shape() {
+    for isa in [Isa::Avx512, Isa::Avx2] {
+        if !isa.available() {
+            continue;
+        }
+        for m in 1..=40 {
+            for n in [1, 7, 8, 15, 16, 17, 100, 577] {
+                for k in [1, 600] {
+                    let desc = SgemmDesc { isa, ..SgemmDesc::new(m, n, k) };
+                    SgemmKernel::compile(&desc).unwrap_or_else(|e| panic!("{m}x{n}x{k} {isa} `{}`: {e}", desc.schedule_text()));
+                }
+            }
+        }
+    }
 }

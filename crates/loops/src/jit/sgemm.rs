@@ -676,7 +676,8 @@ pub fn default_schedule_text(m: usize, n: usize, k: usize, isa: Isa) -> String {
         Isa::Avx2 if m >= 6 => (6, 2),
         _ => {
             let rows = m.clamp(1, 8);
-            let vecs = ((regs - extra) / (rows + 1)).clamp(1, 8);
+            // Accumulators + B vectors + one broadcast register must fit.
+            let vecs = ((regs - extra - 1) / (rows + 1)).clamp(1, 8);
             (rows, vecs)
         }
     };
