@@ -704,6 +704,38 @@ pub mod library {
         b.finish(y, 0, &[d as isize, 1], m * d)
     }
 
+    /// Attention with an additive mask: for head `h`, query row `i`, key row `j`:
+    /// `s = (sum_d q[h,i,d] k[h,j,d]) * scale + mask[i,j]`, `p = softmax_j(s)`,
+    /// `out[h,i,e] = sum_j p v[h,j,e]`. A tree mask is 0 where row `i` may see key `j` (the
+    /// committed prefix, itself and its ancestors) and -inf elsewhere ([`crate::kernel::portable::tree_mask`]).
+    /// q is `[h, n_q, d]`, k and v are `[h, n_kv, d]`, all row-major.
+    pub fn attention(n_heads: usize, n_q: usize, n_kv: usize, d: usize, scale: f32) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vh, vi, vj, vd, ve) = (b.var("h", n_heads), b.var("i", n_q), b.var("j", n_kv), b.var("d", d), b.var("e", d));
+        let iq = b.input("q", Storage::F32, n_heads * n_q * d);
+        let ik = b.input("k", Storage::F32, n_heads * n_kv * d);
+        let iv = b.input("v", Storage::F32, n_heads * n_kv * d);
+        let im = b.input("mask", Storage::F32, n_q * n_kv);
+        let (dq, dk) = ((n_q * d) as isize, (n_kv * d) as isize);
+        let q = b.read(iq, &[vh, vi, vd], 0, &[dq, d as isize, 1]);
+        let k = b.read(ik, &[vh, vj, vd], 0, &[dk, d as isize, 1]);
+        let qk = b.binary(BinaryOp::Mul, q, k);
+        let s = b.reduce(ReduceOp::Add, qk, &[vh, vi, vj]);
+        let c = b.constant(scale);
+        let t = b.binary(BinaryOp::Mul, s, c);
+        let mask = b.read(im, &[vi, vj], 0, &[n_kv as isize, 1]);
+        let u = b.binary(BinaryOp::Add, t, mask);
+        let mx = b.reduce(ReduceOp::Max, u, &[vh, vi]);
+        let z = b.binary(BinaryOp::Sub, u, mx);
+        let ex = b.unary(UnaryOp::Exp, z);
+        let den = b.reduce(ReduceOp::Add, ex, &[vh, vi]);
+        let p = b.binary(BinaryOp::Div, ex, den);
+        let v = b.read(iv, &[vh, vj, ve], 0, &[dk, d as isize, 1]);
+        let pv = b.binary(BinaryOp::Mul, p, v);
+        let out = b.reduce(ReduceOp::Add, pv, &[vh, vi, ve]);
+        b.finish(out, 0, &[dq, d as isize, 1], n_heads * n_q * d)
+    }
+
     /// `Y[m, n] = sum_k dequant(W)[n, k] * X[m, k]`: dequantize-then-dot form, reference for the
     /// int8 form's approximation error.
     pub fn dequant_matmul(wq: QuantType, m: usize, n: usize, k: usize) -> Result<Expr> {

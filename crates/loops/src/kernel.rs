@@ -272,6 +272,60 @@ pub mod portable {
         }
     }
 
+    /// The additive tree mask of [`crate::ir::library::attention`]: `n_prefix` committed keys
+    /// that every new row sees, then one key per new token; new token `i` sees new token `j` iff
+    /// `j` is `i` or an ancestor of `i` (`parents[i]` is `i`'s parent among the new tokens, or
+    /// `None` for a child of the prefix). Parents must come before their children.
+    pub fn tree_mask(n_prefix: usize, parents: &[Option<usize>], mask: &mut [f32]) {
+        let n_new = parents.len();
+        let n_kv = n_prefix + n_new;
+        mask.fill(f32::NEG_INFINITY);
+        for i in 0..n_new {
+            let row = &mut mask[i * n_kv..(i + 1) * n_kv];
+            row[..n_prefix].fill(0.0);
+            let mut cur = Some(i);
+            while let Some(j) = cur {
+                row[n_prefix + j] = 0.0;
+                cur = parents[j].filter(|&p| p < j);
+            }
+        }
+    }
+
+    /// Attention with an additive mask, in the interpreter's order
+    /// ([`crate::ir::library::attention`]): q `[h, n_q, d]`, k and v `[h, n_kv, d]`,
+    /// mask `[n_q, n_kv]`, out `[h, n_q, d]`; `scratch` holds `n_kv` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], n_q: usize, n_kv: usize, d: usize, scale: f32, scratch: &mut [f32], out: &mut [f32]) {
+        let n_heads = q.len() / (n_q * d).max(1);
+        for h in 0..n_heads {
+            for i in 0..n_q {
+                let qi = &q[(h * n_q + i) * d..][..d];
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..n_kv {
+                    let kj = &k[(h * n_kv + j) * d..][..d];
+                    let s = qi.iter().zip(kj).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+                    let u = s * scale + mask[i * n_kv + j];
+                    scratch[j] = u;
+                    mx = mx.max(u);
+                }
+                let mut den = 0f32;
+                for sj in scratch[..n_kv].iter_mut() {
+                    *sj = (*sj - mx).exp();
+                    den += *sj;
+                }
+                let oi = &mut out[(h * n_q + i) * d..][..d];
+                oi.fill(0.0);
+                for j in 0..n_kv {
+                    let p = scratch[j] / den;
+                    let vj = &v[(h * n_kv + j) * d..][..d];
+                    for (o, vv) in oi.iter_mut().zip(vj) {
+                        *o = p.mul_add(*vv, *o);
+                    }
+                }
+            }
+        }
+    }
+
     /// RMSNorm of rows of `w.len()`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`
     /// ([`crate::ir::library::rms_norm`]).
     pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {

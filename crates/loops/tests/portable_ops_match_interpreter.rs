@@ -67,3 +67,34 @@ fn rope_pairs_rotates_and_keeps_norms() {
     portable::rope_pairs(&mut y, 1, 2, 10000.0);
     assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[1] - 1f32.sin()).abs() < 1e-6);
 }
+
+#[test]
+fn tree_attention_matches() {
+    // 3 committed keys, then a tree of 4 new tokens: 0 <- 1, 0 <- 2 <- 3.
+    let parents = [None, Some(0), Some(0), Some(2)];
+    let (n_heads, n_prefix, d) = (2, 3, 8);
+    let (n_q, n_kv) = (parents.len(), n_prefix + parents.len());
+    let mut mask = vec![0f32; n_q * n_kv];
+    portable::tree_mask(n_prefix, &parents, &mut mask);
+    let sees = |i: usize, j: usize| mask[i * n_kv + j] == 0.0;
+    assert!(sees(3, 0) && sees(3, 3 + 0) && sees(3, 3 + 2) && sees(3, 3 + 3) && !sees(3, 3 + 1));
+    assert!(sees(1, 3 + 0) && sees(1, 3 + 1) && !sees(1, 3 + 2));
+    let (q, k, v) = (data(n_heads * n_q * d, 6), data(n_heads * n_kv * d, 7), data(n_heads * n_kv * d, 8));
+    let scale = 1.0 / (d as f32).sqrt();
+    let e = library::attention(n_heads, n_q, n_kv, d, scale).unwrap();
+    let mut want = vec![0f32; n_heads * n_q * d];
+    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&q), Buffer::F32(&k), Buffer::F32(&v), Buffer::F32(&mask)], &mut want).unwrap();
+    let mut got = vec![0f32; n_heads * n_q * d];
+    let mut scratch = vec![0f32; n_kv];
+    portable::attention(&q, &k, &v, &mask, n_q, n_kv, d, scale, &mut scratch, &mut got);
+    assert_eq!(bits(&got), bits(&want), "tree attention");
+    // Token 1 does not see token 2: changing key/value 2 (index 3 + 2) leaves row 1 unchanged.
+    let mut k2 = k.clone();
+    for x in &mut k2[(3 + 2) * d..(3 + 3) * d] {
+        *x += 1.0;
+    }
+    let mut got2 = vec![0f32; n_heads * n_q * d];
+    portable::attention(&q, &k2, &v, &mask, n_q, n_kv, d, scale, &mut scratch, &mut got2);
+    assert_eq!(bits(&got2[d..2 * d]), bits(&got[d..2 * d]));
+    assert_ne!(bits(&got2[3 * d..4 * d]), bits(&got[3 * d..4 * d]));
+}
