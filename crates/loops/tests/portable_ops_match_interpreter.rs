@@ -76,9 +76,11 @@ fn tree_attention_matches() {
     let (n_q, n_kv) = (parents.len(), n_prefix + parents.len());
     let mut mask = vec![0f32; n_q * n_kv];
     portable::tree_mask(n_prefix, &parents, &mut mask);
-    let sees = |i: usize, j: usize| mask[i * n_kv + j] == 0.0;
-    assert!(sees(3, 0) && sees(3, 3 + 0) && sees(3, 3 + 2) && sees(3, 3 + 3) && !sees(3, 3 + 1));
-    assert!(sees(1, 3 + 0) && sees(1, 3 + 1) && !sees(1, 3 + 2));
+    // `sees(i, t)`: new row i sees new token t (keys after the prefix).
+    let sees = |i: usize, t: usize| mask[i * n_kv + n_prefix + t] == 0.0;
+    assert!((0..n_prefix).all(|j| mask[3 * n_kv + j] == 0.0));
+    assert!(sees(3, 0) && sees(3, 2) && sees(3, 3) && !sees(3, 1));
+    assert!(sees(1, 0) && sees(1, 1) && !sees(1, 2));
     let (q, k, v) = (data(n_heads * n_q * d, 6), data(n_heads * n_kv * d, 7), data(n_heads * n_kv * d, 8));
     let scale = 1.0 / (d as f32).sqrt();
     let e = library::attention(n_heads, n_q, n_kv, d, scale).unwrap();
