@@ -18,11 +18,12 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn case(ty: QuantType, m: usize, n: usize, k: usize, m_tile: usize, n_panels: usize, seed: u64) -> Result<(), TestCaseError> {
+#[allow(clippy::too_many_arguments)] // one flat list of what a failing case prints
+fn case(isa: Isa, ty: QuantType, m: usize, n: usize, k: usize, m_tile: usize, n_panels: usize, seed: u64) -> Result<(), TestCaseError> {
     let w = quantize_ggml(ty, &data(n * k, seed));
     let x = ActsQ8::quantize(&data(m * k, seed + 1), m, k).unwrap();
     let packed = PackedWeights::pack(ty, n, k, &w).unwrap();
-    let desc = QGemmDesc { quant: ty, m, n, k, m_tile, n_panels, prefetch_blocks: (seed % 3 == 0).then_some(4) };
+    let desc = QGemmDesc { quant: ty, m, n, k, m_tile, n_panels, prefetch_blocks: (seed % 3 == 0).then_some(4), isa };
     let kernel = QGemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{desc:?}: {e}")))?;
     let mut y = vec![f32::NAN; m * n];
     kernel.run(&packed, &x, &mut y).unwrap();
@@ -48,7 +49,15 @@ proptest! {
     fn vnni_matches_interpreter(ty in quant(), m in 1..9usize, n in 1..70usize, kb in 1..6usize, m_tile in 1..5usize, n_panels in 1..4usize, seed in any::<u64>()) {
         let regs = m_tile * n_panels * if ty == QuantType::Q4_1 { 2 } else { 1 } + m_tile + 7;
         if Isa::Avx512.available() && regs <= 32 {
-            case(ty, m, n, 32 * kb, m_tile, n_panels, seed)?;
+            case(Isa::Avx512, ty, m, n, 32 * kb, m_tile, n_panels, seed)?;
+        }
+    }
+
+    #[test]
+    fn avx2_matches_interpreter(ty in quant(), m in 1..6usize, n in 1..70usize, kb in 1..6usize, m_tile in 1..3usize, n_panels in 1..4usize, seed in any::<u64>()) {
+        let regs = 2 * m_tile * n_panels * if ty == QuantType::Q4_1 { 2 } else { 1 } + m_tile + 9;
+        if Isa::Avx2.available() && regs <= 16 {
+            case(Isa::Avx2, ty, m, n, 32 * kb, m_tile, n_panels, seed)?;
         }
     }
 }
@@ -83,7 +92,7 @@ fn bad_shapes_are_errors() {
     let err = PackedWeights::pack(QuantType::Q4_1, 4, 40, &[0u8; 100]).err().unwrap();
     assert!(err.to_string().contains("multiple of 32"), "{err}");
     if Isa::Avx512.available() {
-        let desc = QGemmDesc { quant: QuantType::Q4_1, m: 8, n: 64, k: 64, m_tile: 8, n_panels: 4, prefetch_blocks: None };
+        let desc = QGemmDesc { quant: QuantType::Q4_1, m: 8, n: 64, k: 64, m_tile: 8, n_panels: 4, prefetch_blocks: None, isa: Isa::Avx512 };
         assert!(matches!(QGemmKernel::compile(&desc), Err(peregrine_loops::Error::RegisterTileTooLarge { .. })));
     }
 }
@@ -104,6 +113,20 @@ fn threads_give_the_same_bits() {
             let mut y2 = vec![f32::NAN; m * n];
             kernel.run_threads(&packed, &x, &mut y2, threads).unwrap();
             assert_eq!(y1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{ty} {m}x{n}x{k} threads {threads}");
+        }
+    }
+}
+
+#[test]
+fn avx2_default_tiles_on_odd_shapes() {
+    if !Isa::Avx2.available() {
+        return;
+    }
+    for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+        for (m, n, k) in [(1, 37, 64), (3, 100, 96), (2, 8, 32), (1, 16, 576)] {
+            let d = QGemmDesc { isa: Isa::Avx2, ..QGemmDesc::new(ty, m, n, k) };
+            let d = QGemmDesc { m_tile: 1, n_panels: if ty == QuantType::Q4_1 { 1 } else { 3 }, ..d };
+            case(Isa::Avx2, ty, m, n, k, d.m_tile, d.n_panels, 11).unwrap();
         }
     }
 }

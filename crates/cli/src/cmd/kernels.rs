@@ -213,7 +213,10 @@ fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_
     if !a.k.is_multiple_of(32) || a.m == 0 || a.n == 0 || a.k == 0 {
         bail!("qgemv needs positive sizes and --k a multiple of 32");
     }
-    let mut desc = peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k);
+    let mut desc = match &a.isa {
+        None => peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k),
+        Some(s) => peregrine_loops::QGemmDesc::for_isa(quant, a.m, a.n, a.k, Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?),
+    };
     if let Some(blocks) = a.prefetch_blocks {
         desc.prefetch_blocks = (blocks > 0).then_some(blocks);
     }
@@ -257,7 +260,7 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         n,
         k,
         threads: a.threads.max(1),
-        isa: "avx512-vnni".into(),
+        isa: desc.isa.to_string(),
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
         compile_ms: kernel.compile_ms,
         tune_ms: 0.0,

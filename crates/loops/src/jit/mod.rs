@@ -17,7 +17,7 @@ use std::fmt;
 pub enum Isa {
     /// Plain Rust, runs anywhere.
     Portable,
-    /// AVX2 + FMA: 16 ymm registers, 8 f32 lanes.
+    /// AVX2 + FMA + F16C: 16 ymm registers, 8 f32 lanes.
     Avx2,
     /// AVX-512 F/BW/VL + VNNI: 32 zmm registers, 16 f32 lanes, k-mask tails.
     Avx512,
@@ -35,7 +35,7 @@ impl Isa {
             {
                 return Isa::Avx512;
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
                 return Isa::Avx2;
             }
         }

@@ -179,11 +179,24 @@ pub struct QGemmDesc {
     pub n_panels: usize,
     /// Software prefetch this many blocks ahead in every panel (`None`: hardware only).
     pub prefetch_blocks: Option<usize>,
+    /// `Avx512` (VNNI `vpdpbusd`) or `Avx2` (`vpmaddubsw` + `vpmaddwd`, F16C; exact too:
+    /// pair sums stay within i16).
+    pub isa: Isa,
 }
 
 impl QGemmDesc {
-    /// A description with the default register tile for `m`.
+    /// A description with the default register tile for `m` on this CPU's best ISA.
     pub fn new(quant: QuantType, m: usize, n: usize, k: usize) -> Self {
+        let isa = if Isa::Avx512.available() { Isa::Avx512 } else { Isa::Avx2 };
+        Self::for_isa(quant, m, n, k, isa)
+    }
+
+    /// A description with the default register tile for `m` on `isa`.
+    pub fn for_isa(quant: QuantType, m: usize, n: usize, k: usize, isa: Isa) -> Self {
+        if isa != Isa::Avx512 {
+            let n_panels = if quant == QuantType::Q4_1 { 1 } else { 3 };
+            return QGemmDesc { quant, m, n, k, m_tile: 1, n_panels, prefetch_blocks: Some(4), isa };
+        }
         let (m_tile, n_panels) = match (quant, m) {
             (QuantType::Q4_1, 1) => (1, 8),
             (_, 1) => (1, 8),
@@ -195,7 +208,7 @@ impl QGemmDesc {
         // Measured on cold weights (examples/qgemv_prefetch.rs): 4 blocks ahead lifts Q4_1
         // from ~30 to ~41 GB/s; Q8_0 blocks are larger and gain little beyond 2.
         let prefetch_blocks = Some(if quant == QuantType::Q8_0 { 2 } else { 4 });
-        QGemmDesc { quant, m, n, k, m_tile, n_panels, prefetch_blocks }
+        QGemmDesc { quant, m, n, k, m_tile, n_panels, prefetch_blocks, isa }
     }
 
     /// Full groups of `n_panels` panels (threads split these), and panels in the last, static
@@ -208,7 +221,11 @@ impl QGemmDesc {
 
     fn regs_needed(&self) -> usize {
         let per = if self.quant == QuantType::Q4_1 { 2 } else { 1 };
-        self.m_tile * self.n_panels * per + self.m_tile + 7
+        match self.isa {
+            // Two ymm halves per 16-row panel, nine temporaries.
+            Isa::Avx2 => self.m_tile * self.n_panels * per * 2 + self.m_tile + 9,
+            _ => self.m_tile * self.n_panels * per + self.m_tile + 7,
+        }
     }
 }
 
@@ -227,12 +244,15 @@ impl QGemmKernel {
     /// Compiles `desc`; errors on shapes, register tiles that do not fit, or a CPU without VNNI.
     pub fn compile(desc: &QGemmDesc) -> Result<Self> {
         let t0 = std::time::Instant::now();
-        Isa::Avx512.check()?;
+        if !matches!(desc.isa, Isa::Avx512 | Isa::Avx2) {
+            return Err(Error::Unsupported { backend: "qgemm", reason: format!("no code generator for {}", desc.isa) });
+        }
+        desc.isa.check()?;
         if desc.quant == QuantType::Q8Act || desc.k % BLOCK != 0 || desc.k == 0 || desc.n == 0 || desc.m == 0 {
             return Err(Error::BadShape { op: "qgemm", reason: format!("{} {}x{}x{}: need a weight type, positive sizes, k a multiple of 32", desc.quant, desc.m, desc.n, desc.k) });
         }
-        if desc.m_tile == 0 || desc.n_panels == 0 || desc.regs_needed() > 32 {
-            return Err(Error::RegisterTileTooLarge { rows: desc.m_tile, vectors: desc.n_panels, needed: desc.regs_needed(), available: 32, isa: "avx512".into() });
+        if desc.m_tile == 0 || desc.n_panels == 0 || desc.regs_needed() > desc.isa.n_vregs() {
+            return Err(Error::RegisterTileTooLarge { rows: desc.m_tile, vectors: desc.n_panels, needed: desc.regs_needed(), available: desc.isa.n_vregs(), isa: desc.isa.to_string() });
         }
         let bytes = generate(desc).map_err(asm_err)?;
         let code = std::sync::Arc::new(super::exec_mem::CodeBuffer::new(&bytes)?.finalize()?);
@@ -305,7 +325,7 @@ impl QGemmKernel {
         if y.len() != d.m * d.n {
             return Err(Error::BufferLen { what: "qgemm output".into(), want: d.m * d.n, got: y.len() });
         }
-        Isa::Avx512.check()
+        self.desc.isa.check()
     }
 }
 
@@ -328,6 +348,8 @@ pub fn qgemm_portable(ty: QuantType, n: usize, k: usize, w_ggml: &[u8], x: &Acts
         }
     }
 }
+
+const YMM: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
 
 const ZMM: [AsmRegisterZmm; 32] = [
     zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
@@ -362,8 +384,20 @@ impl QGen<'_> {
         self.a.push(r14)?;
         self.a.mov(r13, rcx)?;
         self.a.mov(r14, r8)?;
-        self.a.mov(eax, 0x0F0F_0F0F)?;
-        self.a.vpbroadcastd(zmm31, eax)?;
+        if d.isa == Isa::Avx2 {
+            // Stack scratch for tail masks.
+            self.a.sub(rsp, 64)?;
+            let byte = if d.quant == QuantType::Q8_0 { 0x8080_8080u32 as i32 } else { 0x0F0F_0F0F };
+            self.a.mov(eax, byte)?;
+            self.a.vmovd(xmm15, eax)?;
+            self.a.vpbroadcastd(ymm15, xmm15)?;
+            self.a.mov(eax, 0x0001_0001)?;
+            self.a.vmovd(xmm14, eax)?;
+            self.a.vpbroadcastd(ymm14, xmm14)?;
+        } else {
+            self.a.mov(eax, 0x0F0F_0F0F)?;
+            self.a.vpbroadcastd(zmm31, eax)?;
+        }
         self.a.mov(r12, rdi)?;
         self.a.mov(rbx, rdx)?;
         let (full_groups, tail_panels) = d.groups();
@@ -386,6 +420,9 @@ impl QGen<'_> {
             self.group(tail_panels, d.n % 16 != 0)?;
             self.a.set_label(&mut done)?;
             self.a.nop()?;
+        }
+        if d.isa == Isa::Avx2 {
+            self.a.add(rsp, 64)?;
         }
         self.a.pop(r14)?;
         self.a.pop(r13)?;
@@ -421,7 +458,125 @@ impl QGen<'_> {
         Ok(())
     }
 
+    /// AVX2 tile: each 16-row panel is two halves of 8 rows (one ymm each).
+    fn tile_avx2(&mut self, np: usize, mt: usize, last_partial: bool) -> R {
+        let d = self.d;
+        let ty = d.quant;
+        let nb = d.k / BLOCK;
+        let pbb = panel_block_bytes(ty);
+        let row_bytes = nb * ACT_BLOCK;
+        let has_min = ty == QuantType::Q4_1;
+        let y = |r: usize| YMM[r];
+        let nh = 2 * np;
+        let acc = |i: usize, h: usize| y(i * nh + h);
+        let acc2 = |i: usize, h: usize| y(mt * nh + i * nh + h);
+        let sumi = |i: usize| y(mt * nh * (1 + usize::from(has_min)) + i);
+        let (t, prod, xb, hi, v, mw, dw) = (ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13);
+        for i in 0..mt {
+            for h in 0..nh {
+                self.a.vxorps(acc(i, h), acc(i, h), acc(i, h))?;
+                if has_min {
+                    self.a.vxorps(acc2(i, h), acc2(i, h), acc2(i, h))?;
+                }
+            }
+        }
+        self.a.mov(r8, r12)?;
+        self.a.mov(rax, r11)?;
+        self.a.mov(r10d, nb as i32)?;
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top)?;
+        let co = codes_offset(ty);
+        for p in 0..np {
+            let pb = (p * nb * pbb) as i32;
+            if let Some(ahead) = d.prefetch_blocks {
+                for line in (0..pbb).step_by(64) {
+                    self.a.prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
+                }
+            }
+            for half in 0..2 {
+                let hx = p * 2 + half;
+                let hb = (32 * half) as i32;
+                for i in 0..mt {
+                    let xr = (i * row_bytes) as i32;
+                    self.a.vpxor(sumi(i), sumi(i), sumi(i))?;
+                    let dot = |g: &mut Self, codes: AsmRegisterYmm, x_off: i32| -> R {
+                        g.a.vpbroadcastd(xb, dword_ptr(rax + xr + x_off))?;
+                        g.a.vpmaddubsw(prod, codes, xb)?;
+                        g.a.vpmaddwd(prod, prod, ymm14)?;
+                        g.a.vpaddd(sumi(i), sumi(i), prod)
+                    };
+                    match ty {
+                        QuantType::Q8_0 => {
+                            for g in 0..8 {
+                                self.a.vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * g) as i32 + hb))?;
+                                self.a.vpxor(v, v, ymm15)?; // back to signed codes
+                                self.a.vpabsb(hi, v)?;
+                                self.a.vpbroadcastd(xb, dword_ptr(rax + xr + (16 + 4 * g) as i32))?;
+                                self.a.vpsignb(xb, xb, v)?;
+                                self.a.vpmaddubsw(prod, hi, xb)?;
+                                self.a.vpmaddwd(prod, prod, ymm14)?;
+                                self.a.vpaddd(sumi(i), sumi(i), prod)?;
+                            }
+                        }
+                        _ => {
+                            for h in 0..4 {
+                                self.a.vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * h) as i32 + hb))?;
+                                self.a.vpsrlw(hi, v, 4)?;
+                                self.a.vpand(v, v, ymm15)?;
+                                self.a.vpand(hi, hi, ymm15)?;
+                                dot(self, v, (16 + 4 * h) as i32)?;
+                                dot(self, hi, (32 + 4 * h) as i32)?;
+                            }
+                        }
+                    }
+                    if ty == QuantType::Q4_0 {
+                        self.a.vpbroadcastd(t, dword_ptr(rax + xr + 8))?;
+                        self.a.vpslld(t, t, 3)?;
+                        self.a.vpsubd(sumi(i), sumi(i), t)?;
+                    }
+                    self.a.vcvtph2ps(dw, xmmword_ptr(r8 + pb + (16 * half) as i32))?;
+                    self.a.vcvtdq2ps(sumi(i), sumi(i))?;
+                    self.a.vbroadcastss(t, dword_ptr(rax + xr))?;
+                    self.a.vmulps(t, dw, t)?;
+                    self.a.vfmadd231ps(acc(i, hx), sumi(i), t)?;
+                    if has_min {
+                        self.a.vcvtph2ps(mw, xmmword_ptr(r8 + pb + 32 + (16 * half) as i32))?;
+                        self.a.vbroadcastss(t, dword_ptr(rax + xr + 4))?;
+                        self.a.vfmadd231ps(acc2(i, hx), mw, t)?;
+                    }
+                }
+            }
+        }
+        self.a.add(r8, pbb as i32)?;
+        self.a.add(rax, ACT_BLOCK as i32)?;
+        self.a.dec(r10d)?;
+        self.a.jnz(top)?;
+        let rem = d.n % 16;
+        for i in 0..mt {
+            for h in 0..nh {
+                if has_min {
+                    self.a.vaddps(acc(i, h), acc(i, h), acc2(i, h))?;
+                }
+                let m = r9 + (4 * (i * d.n + 8 * h)) as i32;
+                let cols = if last_partial && h / 2 == np - 1 { rem.saturating_sub(8 * (h % 2)).min(8) } else { 8 };
+                if cols == 8 {
+                    self.a.vmovups(ymmword_ptr(m), acc(i, h))?;
+                } else if cols > 0 {
+                    for l in 0..8 {
+                        self.a.mov(dword_ptr(rsp + 4 * l as i32), if l < cols { -1 } else { 0 })?;
+                    }
+                    self.a.vmovdqu(t, ymmword_ptr(rsp))?;
+                    self.a.vmaskmovps(ymmword_ptr(m), t, acc(i, h))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn tile(&mut self, np: usize, mt: usize, last_partial: bool) -> R {
+        if self.d.isa == Isa::Avx2 {
+            return self.tile_avx2(np, mt, last_partial);
+        }
         let d = self.d;
         let ty = d.quant;
         let nb = d.k / BLOCK;
