@@ -12,6 +12,11 @@
 //! `α` is the ratio of accepted children to that sum, over a decaying window with a prior
 //! of 0.5 (so after a run of rejections and plain steps it drifts back and tries again).
 //!
+//! Exploration: when it has chosen plain steps for `EXPLORE_EVERY` steps in a row while drafts
+//! were available, it verifies the single best drafted token once, so that the acceptance
+//! estimates (its own and the drafter's) keep learning; this bounds the cost of a useless
+//! drafter to one 2-token forward in `EXPLORE_EVERY + 1` steps.
+//!
 //! The trees it truncates must come in non-increasing score order (`DraftPlan::Dynamic`), so
 //! that every prefix is a subtree and the best tree of its size.
 
@@ -26,7 +31,12 @@ pub struct Controller {
     draft_s: f64,
     accepted: f64,
     predicted: f64,
+    /// Plain steps chosen in a row while drafts were available.
+    n_plain_in_row: usize,
 }
+
+/// Plain steps in a row after which one drafted token is verified anyway.
+pub const EXPLORE_EVERY: usize = 24;
 
 /// Weight of the prior (`α = 0.5`) in pseudo-observations.
 const PRIOR_WEIGHT: f64 = 1.0;
@@ -41,7 +51,7 @@ impl Controller {
         let mut cost_s = [f64::NAN; MAX_TREE_NODES + 1];
         cost_s[1] = cost_1_s;
         cost_s[16] = cost_16_s.max(cost_1_s);
-        Self { cost_s, draft_s: 0.0, accepted: 0.0, predicted: 0.0 }
+        Self { cost_s, draft_s: 0.0, accepted: 0.0, predicted: 0.0, n_plain_in_row: 0 }
     }
 
     /// The calibration factor `α`.
@@ -92,6 +102,9 @@ impl Controller {
                 best = (rate, i + 1);
             }
         }
+        if best.1 == 1 && tree.len() > 1 && self.n_plain_in_row >= EXPLORE_EVERY {
+            return 2;
+        }
         best.1
     }
 
@@ -99,6 +112,7 @@ impl Controller {
     /// root), and the seconds the forward and the drafting took.
     pub fn observe(&mut self, tree: &TokenTree, path: &[usize], forward_s: f64, draft_s: f64) {
         let k = tree.len();
+        self.n_plain_in_row = if k > 1 { 0 } else { self.n_plain_in_row + 1 };
         self.cost_s[k] = if self.cost_s[k].is_nan() { forward_s } else { (1.0 - COST_EWMA) * self.cost_s[k] + COST_EWMA * forward_s };
         if k > 1 {
             self.draft_s = (1.0 - COST_EWMA) * self.draft_s + COST_EWMA * draft_s;
@@ -140,6 +154,14 @@ mod tests {
             c.observe(&t, &[0], 1.2, 0.0);
         }
         assert!(c.alpha() < 0.05, "alpha {}", c.alpha());
+        assert_eq!(c.choose(&t), 1);
+        // After a run of plain steps it tries one drafted token, then goes back to plain.
+        let root = chain(0, 1.0);
+        for _ in 0..EXPLORE_EVERY {
+            c.observe(&root, &[0], 1.0, 0.0);
+        }
+        assert_eq!(c.choose(&t), 2);
+        c.observe(&chain(1, 1.0), &[0], 1.2, 0.0);
         assert_eq!(c.choose(&t), 1);
     }
 

@@ -3,8 +3,11 @@
 //! The context's last `n` tokens (longest `n` first, from `max_n` down to `min_n`) are looked up
 //! in the earlier context, most recent occurrence first. Each occurrence's continuation is a
 //! candidate; up to `max_matches` of them are merged into a trie, where a node's score is the
-//! fraction of matches that pass through it. The trie then fills the requested plan: a static
-//! shape (rank `r` = the `r`-th most frequent continuation) or a best-first dynamic tree.
+//! fraction of matches that pass through it, times `rate(n)^depth`, where `rate(n)` is the
+//! drafter's running estimate of how often a drafted token is accepted after a match of length
+//! `n` (learned from `accept`; longer matches are usually more reliable). The trie then fills
+//! the requested plan: a static shape (rank `r` = the `r`-th most frequent continuation) or a
+//! best-first dynamic tree.
 
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
@@ -45,18 +48,30 @@ pub struct NgramDrafter {
     tree_to_trie: Vec<usize>,
     children: Vec<usize>,
     frontier: Vec<(f32, usize, usize)>,
+    /// Per match length: (accepted drafted tokens, drafted tokens verified), decayed.
+    rates: Vec<(f64, f64)>,
+    /// Match length and depth of the last proposal (0 = none).
+    last: (usize, usize),
 }
 
 impl NgramDrafter {
     /// A drafter with these settings.
     pub fn new(config: NgramConfig) -> Self {
         let config = NgramConfig { min_n: config.min_n.max(1), max_n: config.max_n.max(config.min_n.max(1)), ..config };
-        Self { config, trie: Vec::new(), tree_to_trie: Vec::new(), children: Vec::new(), frontier: Vec::new() }
+        let rates = vec![(0.0, 0.0); config.max_n + 1];
+        Self { config, trie: Vec::new(), tree_to_trie: Vec::new(), children: Vec::new(), frontier: Vec::new(), rates, last: (0, 0) }
+    }
+
+    /// Estimated probability that a drafted token is accepted after a match of length `n`
+    /// (prior 0.5, worth two observations).
+    pub fn rate(&self, n: usize) -> f32 {
+        let (hits, tries) = self.rates[n];
+        ((hits + 1.0) / (tries + 2.0)) as f32
     }
 
     /// Builds the trie of continuations of the context's suffix, up to `depth` tokens each.
-    /// Returns the number of matches merged.
-    fn build_trie(&mut self, context: &[u32], depth: usize) -> u32 {
+    /// Returns the number of matches merged and the match length.
+    fn build_trie(&mut self, context: &[u32], depth: usize) -> (u32, usize) {
         self.trie.clear();
         self.trie.push(TrieNode { token: context.last().copied().unwrap_or(0), parent: 0, count: 0, first: 0 });
         let len = context.len();
@@ -94,10 +109,10 @@ impl NgramDrafter {
                 }
             }
             if n_matches > 0 {
-                return n_matches;
+                return (n_matches, n);
             }
         }
-        0
+        (0, 0)
     }
 
     /// Children of trie node `node`, most frequent first (ties: most recent first), into
@@ -126,11 +141,14 @@ impl Drafter for NgramDrafter {
             DraftPlan::Shape(shape) => shape.depth(),
             DraftPlan::Dynamic { depth, .. } => *depth,
         };
-        let n_matches = self.build_trie(context, depth.min(MAX_TREE_NODES));
+        self.last = (0, 0);
+        let (n_matches, n) = self.build_trie(context, depth.min(MAX_TREE_NODES));
         if n_matches == 0 {
             return Ok(());
         }
         let total = n_matches as f32;
+        let rate = self.rate(n);
+        let score = |trie: &[TrieNode], c: usize, d: usize| trie[c].count as f32 / total * rate.powi(d as i32);
         self.tree_to_trie.clear();
         self.tree_to_trie.push(0);
         match plan {
@@ -143,7 +161,8 @@ impl Drafter for NgramDrafter {
                     let parent_trie = self.tree_to_trie[parent_tree];
                     self.ranked_children(parent_trie);
                     let Some(&c) = self.children.get(shape.ranks()[i]) else { continue };
-                    let node = tree.push(parent_tree, self.trie[c].token, self.trie[c].count as f32 / total)?;
+                    let d = tree.depths()[parent_tree] + 1;
+                    let node = tree.push(parent_tree, self.trie[c].token, score(&self.trie, c, d))?;
                     self.tree_to_trie.push(c);
                     placed[i] = Some(node);
                 }
@@ -154,7 +173,7 @@ impl Drafter for NgramDrafter {
                 self.frontier.clear();
                 self.ranked_children(0);
                 for &c in self.children.iter().take(*top_k) {
-                    self.frontier.push((self.trie[c].count as f32 / total, c, 0));
+                    self.frontier.push((score(&self.trie, c, 1), c, 0));
                 }
                 let budget = (*budget).min(MAX_TREE_NODES - 1);
                 while tree.len() <= budget {
@@ -163,16 +182,31 @@ impl Drafter for NgramDrafter {
                     else {
                         break;
                     };
-                    let (score, c, parent_tree) = self.frontier.swap_remove(best);
-                    let node = tree.push(parent_tree, self.trie[c].token, score)?;
+                    let (node_score, c, parent_tree) = self.frontier.swap_remove(best);
+                    let node = tree.push(parent_tree, self.trie[c].token, node_score)?;
                     self.ranked_children(c);
+                    let d = tree.depths()[node] + 1;
                     for &g in self.children.iter().take(*top_k) {
-                        self.frontier.push((self.trie[g].count as f32 / total, g, node));
+                        self.frontier.push((score(&self.trie, g, d), g, node));
                     }
                 }
             }
         }
+        self.last = (n, tree.max_depth());
         Ok(())
+    }
+
+    fn accept(&mut self, _context: &[u32], n_accepted: usize) {
+        let (n, depth) = self.last;
+        if depth == 0 {
+            return;
+        }
+        // Drafted tokens verified along the accepted path: the accepted ones, plus the one
+        // rejected after them unless the path reached the tree's depth.
+        let tried = (n_accepted + 1).min(depth);
+        let r = &mut self.rates[n];
+        r.0 = 0.98 * r.0 + n_accepted as f64;
+        r.1 = 0.98 * r.1 + tried as f64;
     }
 }
 
