@@ -8,7 +8,7 @@
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
 use crate::lanes::{reduce16, LANES};
-use crate::pool::{split_range, ThreadPool};
+use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use half::f16;
 use std::sync::Mutex;
@@ -81,6 +81,9 @@ impl AttentionScratch {
     }
 }
 
+/// (row, head) items per pool chunk.
+const ITEMS_PER_CHUNK: usize = 4;
+
 /// Sequences one call can take.
 pub const MAX_SEQS: usize = 64;
 
@@ -147,8 +150,8 @@ pub fn attention(
     let total: usize = seqs.iter().map(|s| s.n_new(&shape) * n_heads).sum();
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    pool.run(|thread_idx| {
-        let mine = split_range(total, 1, thread_idx, pool.n_threads());
+    pool.run_chunks(total.div_ceil(ITEMS_PER_CHUNK), |chunk, thread_idx| {
+        let mine = chunk_range(total, ITEMS_PER_CHUNK, chunk);
         let mut scores = scratch.scores[thread_idx]
             .lock()
             .unwrap_or_else(|e| e.into_inner());

@@ -11,7 +11,7 @@
 use crate::act_q8::QuantizedRows;
 use crate::lanes::dot16;
 use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS};
-use crate::pool::{split_range, ThreadPool};
+use crate::pool::{chunk_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
 use peregrine_formats::GgmlType;
@@ -169,6 +169,8 @@ unsafe impl Send for OutPtr {}
 
 /// Tokens per kernel call and weight rows per cache block.
 const TOKENS_PER_CALL: usize = 4;
+/// Weight rows per pool chunk (a multiple of the 16-row tile).
+const CHUNK_ROWS: usize = 64;
 const ROWS_PER_BLOCK: usize = 32;
 
 /// Computes every target's `out = x · wᵀ` in one pool job (e.g. Q, K and V together).
@@ -224,10 +226,19 @@ pub fn matmul(
     }
     let outs = &outs[..targets.len()];
     let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows()).sum();
+    // Tiles must not straddle chunks: every packed matrix starts at a multiple of 16 rows.
+    let mut base = 0;
+    for (w, _) in outs.iter().flatten() {
+        if matches!(w, Weights::Packed(_)) && base % TILE_ROWS != 0 {
+            return Err(Error::Shape(format!(
+                "matmul: a packed matrix at row {base} of a fused call"
+            )));
+        }
+        base += w.n_rows();
+    }
     let scratch = &*scratch;
-    pool.run(|thread_idx| {
-        // Shares are whole tiles (every packed matrix has a multiple of 16 rows).
-        let mine = split_range(total_rows, TILE_ROWS, thread_idx, pool.n_threads());
+    pool.run_chunks(total_rows.div_ceil(CHUNK_ROWS), |chunk, thread_idx| {
+        let mine = chunk_range(total_rows, CHUNK_ROWS, chunk);
         let mut base = 0;
         for (w, out) in outs.iter().flatten() {
             let lo = mine.start.max(base);

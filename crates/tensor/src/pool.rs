@@ -1,13 +1,19 @@
 //! A persistent pool of worker threads for fork-join kernels with microsecond overhead.
 //!
 //! A decode step is ~300 small operations, so per-operation synchronisation must cost far less
-//! than the ~5 µs each op takes. [`ThreadPool::run`] publishes a closure by bumping a generation
-//! counter; workers spin on it briefly (then yield, then sleep on a condvar when idle for long),
-//! run `f(thread_idx)`, and count themselves done. The caller runs `f(0)` itself and spins until
-//! every worker has finished, so no thread is woken through the kernel on the hot path.
+//! than the few microseconds each op takes. [`ThreadPool::run_chunks`] publishes a job of
+//! `n_chunks` independent chunks by bumping a generation counter; every thread (the caller
+//! included) claims chunks from a shared atomic counter until none are left.
 //!
-//! Work is split statically by the caller from `thread_idx` and [`ThreadPool::n_threads`], so
-//! results never depend on timing (batch invariance and reproducibility).
+//! Claiming, not a fixed split, is what keeps the pool fast on a busy machine: a worker that the
+//! OS has not scheduled simply claims nothing, and the caller does its share instead of waiting
+//! for it. Results never depend on who computes a chunk (each chunk's work is fixed by its index),
+//! so outputs stay bit-identical whatever the timing, thread count or load.
+//!
+//! Lifetime protocol: the job closure lives on the caller's stack. A worker may only touch it
+//! after "entering" the job (incrementing an `active` count tagged with the job's generation,
+//! while the job is open); the caller closes the job once every chunk is done and then waits
+//! for `active` to drain before returning.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -17,20 +23,27 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it starts yielding, and yields before it sleeps.
-const SPIN_ITERS: u32 = 20_000;
-const YIELD_FOR: Duration = Duration::from_millis(20);
+const SPIN_ITERS: u32 = 4_000;
+const YIELD_FOR: Duration = Duration::from_millis(5);
 
-type Job<'a> = dyn Fn(usize) + Sync + 'a;
+/// `entry` layout: generation (low 32 bits) in the high half, a closed flag, an active count.
+const CLOSED: u64 = 1 << 31;
+const ACTIVE_MASK: u64 = CLOSED - 1;
+
+type Job<'a> = dyn Fn(usize, usize) + Sync + 'a;
 
 #[repr(align(128))]
 struct Padded<T>(T);
 
 struct Shared {
-    /// Bumped once per published job; workers run a job when they see a new value.
+    /// Bumped once per published job; workers look for a job when they see a new value.
     generation: Padded<AtomicU64>,
-    /// Workers that finished the current job.
-    n_done: Padded<AtomicUsize>,
-    /// The current job, valid while `run` has not returned.
+    /// `(generation as u32) << 32 | closed | active workers`.
+    entry: Padded<AtomicU64>,
+    next_chunk: Padded<AtomicUsize>,
+    chunks_done: Padded<AtomicUsize>,
+    n_chunks: AtomicUsize,
+    /// The current job, valid while it is open or has active workers.
     job: UnsafeCell<Option<*const Job<'static>>>,
     panicked: AtomicBool,
     shutdown: AtomicBool,
@@ -38,9 +51,10 @@ struct Shared {
     wake: Condvar,
 }
 
-// SAFETY: `job` is written only by `run` while no worker reads it (all workers have finished the
-// previous generation and the new one is not yet published); the Release store of `generation`
-// publishes it and workers read it after an Acquire load. The pointee is `Sync`.
+// SAFETY: `job` is written only by `run_chunks` while no worker can read it (the previous job is
+// closed with no active workers, and the new generation is not yet published); workers read it
+// only after entering the job, which the Acquire/Release pairs on `generation` and `entry` order
+// after the write. The pointee is `Sync`.
 unsafe impl Sync for Shared {}
 // SAFETY: as above; the raw pointer is only dereferenced under that protocol.
 unsafe impl Send for Shared {}
@@ -49,7 +63,7 @@ unsafe impl Send for Shared {}
 pub struct ThreadPool {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// Serialises `run` calls from different threads.
+    /// Serialises jobs from different calling threads.
     run_lock: Mutex<()>,
 }
 
@@ -59,7 +73,10 @@ impl ThreadPool {
         let n_threads = n_threads.max(1);
         let shared = Arc::new(Shared {
             generation: Padded(AtomicU64::new(0)),
-            n_done: Padded(AtomicUsize::new(0)),
+            entry: Padded(AtomicU64::new(CLOSED)),
+            next_chunk: Padded(AtomicUsize::new(0)),
+            chunks_done: Padded(AtomicUsize::new(0)),
+            n_chunks: AtomicUsize::new(0),
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -82,44 +99,50 @@ impl ThreadPool {
         }
     }
 
-    /// Number of threads that run each job, the caller included.
+    /// Number of threads that may run chunks of a job, the caller included.
     pub fn n_threads(&self) -> usize {
         self.workers.len() + 1
     }
 
-    /// Runs `f(thread_idx)` once on every thread (`0..n_threads`) and returns when all are done.
+    /// Runs `f(chunk_idx, thread_idx)` for every chunk in `0..n_chunks`, spread over the
+    /// threads, and returns when all are done. `thread_idx < n_threads()` names the executing
+    /// thread (for per-thread scratch); a chunk's result must depend only on `chunk_idx`.
     ///
     /// # Panics
-    /// Re-raises a panic from any thread's `f` after all threads have finished.
-    pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
-        if self.workers.is_empty() {
-            f(0);
+    /// Re-raises a panic from any chunk after the job has drained.
+    pub fn run_chunks<F: Fn(usize, usize) + Sync>(&self, n_chunks: usize, f: F) {
+        if self.workers.is_empty() || n_chunks <= 1 {
+            (0..n_chunks).for_each(|c| f(c, 0));
             return;
         }
         let _guard = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
         let shared = &*self.shared;
         let job: &Job<'_> = &f;
-        // SAFETY: the lifetime is erased only for the duration of this call: we do not return
-        // before every worker has incremented `n_done` for this generation, after which no
-        // worker touches the pointer again.
+        // SAFETY: the lifetime is erased only while the job is open or has active workers; we
+        // close it and wait for `active == 0` before returning, after which no worker touches it.
         let job: *const Job<'static> =
             unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(job) };
-        // SAFETY: all workers finished the previous job (we waited for them), so none reads `job`.
+        // SAFETY: the previous job is closed with no active workers, so nobody reads `job` now.
         unsafe { *shared.job.get() = Some(job) };
-        shared.n_done.0.store(0, Ordering::Relaxed);
-        shared.generation.0.fetch_add(1, Ordering::Release);
+        shared.n_chunks.store(n_chunks, Ordering::Relaxed);
+        shared.next_chunk.0.store(0, Ordering::Relaxed);
+        shared.chunks_done.0.store(0, Ordering::Relaxed);
+        let generation = shared.generation.0.load(Ordering::Relaxed).wrapping_add(1);
+        shared
+            .entry
+            .0
+            .store((generation & 0xFFFF_FFFF) << 32, Ordering::Relaxed);
+        shared.generation.0.store(generation, Ordering::Release);
         self.wake_sleepers();
 
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        let n_workers = self.workers.len();
+        let mine = catch_unwind(AssertUnwindSafe(|| claim_chunks(shared, &f, n_chunks, 0)));
         let mut spins = 0u32;
-        while shared.n_done.0.load(Ordering::Acquire) < n_workers {
-            spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+        while shared.chunks_done.0.load(Ordering::Acquire) < n_chunks {
+            backoff(&mut spins);
+        }
+        shared.entry.0.fetch_or(CLOSED, Ordering::AcqRel);
+        while shared.entry.0.load(Ordering::Acquire) & ACTIVE_MASK != 0 {
+            backoff(&mut spins);
         }
         if let Err(payload) = mine {
             std::panic::resume_unwind(payload);
@@ -127,6 +150,12 @@ impl ThreadPool {
         if shared.panicked.swap(false, Ordering::Relaxed) {
             panic!("a worker thread panicked while running a pool job");
         }
+    }
+
+    /// Runs `f(thread_idx)` once per thread index `0..n_threads()` (each index exactly once,
+    /// on whichever thread claims it).
+    pub fn run<F: Fn(usize) + Sync>(&self, f: F) {
+        self.run_chunks(self.n_threads(), |chunk, _| f(chunk));
     }
 
     fn wake_sleepers(&self) {
@@ -151,6 +180,31 @@ impl Drop for ThreadPool {
     }
 }
 
+/// Spin a little, then yield the CPU (so a descheduled peer can run on a busy machine).
+fn backoff(spins: &mut u32) {
+    *spins = spins.wrapping_add(1);
+    if *spins % 64 == 0 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
+/// Claims and runs chunks until none are left; counts each finished chunk.
+fn claim_chunks(shared: &Shared, job: &Job<'_>, n_chunks: usize, thread_idx: usize) {
+    loop {
+        let chunk = shared.next_chunk.0.fetch_add(1, Ordering::Relaxed);
+        if chunk >= n_chunks {
+            return;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| job(chunk, thread_idx)));
+        if result.is_err() {
+            shared.panicked.store(true, Ordering::Relaxed);
+        }
+        shared.chunks_done.0.fetch_add(1, Ordering::Release);
+    }
+}
+
 fn worker_loop(shared: &Shared, thread_idx: usize) {
     let mut seen = 0u64;
     loop {
@@ -158,15 +212,37 @@ fn worker_loop(shared: &Shared, thread_idx: usize) {
         if shared.shutdown.load(Ordering::Acquire) {
             return;
         }
-        // SAFETY: the Acquire load in `wait_for_new_generation` saw the generation that `run`
-        // published after writing `job`; `run` keeps the closure alive until we report done.
-        let job = unsafe { (*shared.job.get()).expect("a published generation has a job") };
-        // SAFETY: see above; the pointee outlives this call.
-        let job = unsafe { &*job };
-        if catch_unwind(AssertUnwindSafe(|| job(thread_idx))).is_err() {
-            shared.panicked.store(true, Ordering::Relaxed);
+        if !try_enter(shared, seen) {
+            continue;
         }
-        shared.n_done.0.fetch_add(1, Ordering::Release);
+        // SAFETY: we entered the open job of generation `seen`: `run_chunks` wrote `job` before
+        // publishing that generation and keeps the closure alive until we leave.
+        let job = unsafe { (*shared.job.get()).expect("an open job has a closure") };
+        // SAFETY: see above.
+        let job = unsafe { &*job };
+        let n_chunks = shared.n_chunks.load(Ordering::Relaxed);
+        claim_chunks(shared, job, n_chunks, thread_idx);
+        shared.entry.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Joins the job of `generation` if it is still open; false if it closed or was replaced.
+fn try_enter(shared: &Shared, generation: u64) -> bool {
+    let tag = (generation & 0xFFFF_FFFF) << 32;
+    let mut entry = shared.entry.0.load(Ordering::Acquire);
+    loop {
+        if entry & !(CLOSED | ACTIVE_MASK) != tag || entry & CLOSED != 0 {
+            return false;
+        }
+        match shared.entry.0.compare_exchange_weak(
+            entry,
+            entry + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return true,
+            Err(now) => entry = now,
+        }
     }
 }
 
@@ -197,21 +273,10 @@ fn wait_for_new_generation(shared: &Shared, seen: u64) -> u64 {
     }
 }
 
-/// The contiguous share of `0..n` that thread `thread_idx` of `n_threads` handles, in units of
-/// `align` (the last share takes the remainder). Deterministic, so results never depend on timing.
-pub fn split_range(
-    n: usize,
-    align: usize,
-    thread_idx: usize,
-    n_threads: usize,
-) -> std::ops::Range<usize> {
-    let align = align.max(1);
-    let n_units = n.div_ceil(align);
-    let per = n_units / n_threads;
-    let extra = n_units % n_threads;
-    let start_unit = thread_idx * per + thread_idx.min(extra);
-    let end_unit = start_unit + per + usize::from(thread_idx < extra);
-    (start_unit * align).min(n)..(end_unit * align).min(n)
+/// Chunk `chunk_idx` of `0..n` cut into pieces of `chunk_len` (the last may be shorter).
+pub fn chunk_range(n: usize, chunk_len: usize, chunk_idx: usize) -> std::ops::Range<usize> {
+    let start = (chunk_idx * chunk_len).min(n);
+    start..(start + chunk_len).min(n)
 }
 
 #[cfg(test)]
@@ -220,44 +285,68 @@ mod tests {
     use std::sync::atomic::AtomicU32;
 
     #[test]
-    fn every_thread_runs_each_job_once() {
+    fn every_chunk_runs_exactly_once() {
         let pool = ThreadPool::new(3);
-        for _ in 0..1000 {
-            let hits: Vec<AtomicU32> = (0..3).map(|_| AtomicU32::new(0)).collect();
-            pool.run(|t| {
-                hits[t].fetch_add(1, Ordering::Relaxed);
+        for n in [0usize, 1, 2, 7, 100, 1000] {
+            let hits: Vec<AtomicU32> = (0..n).map(|_| AtomicU32::new(0)).collect();
+            pool.run_chunks(n, |c, t| {
+                assert!(t < 3);
+                hits[c].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
         }
     }
 
     #[test]
-    fn worker_panic_is_reported_not_hung() {
+    fn many_small_jobs_from_two_callers() {
         let pool = ThreadPool::new(2);
-        let r = catch_unwind(AssertUnwindSafe(|| pool.run(|t| assert!(t == 0, "boom"))));
-        assert!(r.is_err());
-        // The pool still works afterwards.
-        let n = AtomicU32::new(0);
-        pool.run(|_| {
-            n.fetch_add(1, Ordering::Relaxed);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..2000 {
+                        let sum = AtomicUsize::new(0);
+                        pool.run_chunks(5, |c, _| {
+                            sum.fetch_add(c, Ordering::Relaxed);
+                        });
+                        assert_eq!(sum.load(Ordering::Relaxed), 10);
+                    }
+                });
+            }
         });
-        assert_eq!(n.load(Ordering::Relaxed), 2);
     }
 
     #[test]
-    fn split_range_covers_everything_once() {
-        for n in [0, 1, 7, 64, 575, 576, 49152] {
-            for threads in 1..5 {
-                for align in [1, 4, 16] {
-                    let mut next = 0;
-                    for t in 0..threads {
-                        let r = split_range(n, align, t, threads);
-                        assert_eq!(r.start, next, "n={n} threads={threads} align={align}");
-                        next = r.end;
-                    }
-                    assert_eq!(next, n);
-                }
+    fn chunk_panic_is_reported_not_hung() {
+        let pool = ThreadPool::new(2);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            pool.run_chunks(8, |c, _| assert!(c != 5, "boom"))
+        }));
+        assert!(r.is_err());
+        let n = AtomicU32::new(0);
+        pool.run_chunks(4, |_, _| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            4,
+            "the pool still works after a panic"
+        );
+    }
+
+    #[test]
+    fn chunk_ranges_cover_everything_once() {
+        for n in [0usize, 1, 63, 64, 65, 49152] {
+            let len = 64;
+            let mut next = 0;
+            for c in 0..n.div_ceil(len) {
+                let r = chunk_range(n, len, c);
+                assert_eq!(r.start, next);
+                next = r.end;
             }
+            assert_eq!(next, n);
         }
     }
 }
