@@ -183,7 +183,7 @@ impl Drop for ThreadPool {
 /// Spin a little, then yield the CPU (so a descheduled peer can run on a busy machine).
 fn backoff(spins: &mut u32) {
     *spins = spins.wrapping_add(1);
-    if *spins % 64 == 0 {
+    if spins.is_multiple_of(64) {
         std::thread::yield_now();
     } else {
         std::hint::spin_loop();
