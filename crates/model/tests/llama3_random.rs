@@ -18,7 +18,7 @@ struct Golden {
 struct Variant {
     name: String,
     file: String,
-    bytes: u64,
+    sha256: String,
     argmax: Vec<u32>,
     top5: Vec<Vec<(u32, f32)>>,
 }
@@ -43,8 +43,26 @@ struct Bar {
 }
 
 fn check_variant(name: &str, bar: Bar) {
-    let path =
-        peregrine_testkit::repo_root().join("crates/model/tests/data/llama3_random_llamacpp.json");
+    check_against(name, "llama3_random_llamacpp.json", false, bar);
+}
+
+/// Reference numerics on both sides: our f32-activation mode against llama.cpp on the same
+/// weights dequantized to an F32 GGUF with an f32 KV cache (llama3_random_f32_llamacpp.json).
+/// Only rounding order differs, so the bar is tight; this is where a structural bug (RoPE
+/// factors, GQA mapping, tied head) would show.
+fn check_f32(name: &str) {
+    let bar = Bar {
+        min_agreement: 0.999,
+        max_median_error: 0.02,
+        max_flip_margin: 0.05,
+    };
+    check_against(name, "llama3_random_f32_llamacpp.json", true, bar);
+}
+
+fn check_against(name: &str, golden_file: &str, f32_activations: bool, bar: Bar) {
+    let path = peregrine_testkit::repo_root()
+        .join("crates/model/tests/data")
+        .join(golden_file);
     let golden: Golden = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let v = golden
         .variants
@@ -52,21 +70,24 @@ fn check_variant(name: &str, bar: Bar) {
         .find(|v| v.name == name)
         .expect("variant in golden");
     let file = files_dir().join(&v.file);
-    let len = std::fs::metadata(&file)
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run scripts/gen-llama3-random (scripts/test does)",
-                file.display()
-            )
-        })
-        .len();
+    let bytes = std::fs::read(&file).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run scripts/gen-llama3-random (scripts/test does)",
+            file.display()
+        )
+    });
     assert_eq!(
-        len,
-        v.bytes,
+        peregrine_testkit::sha256_hex(&bytes),
+        v.sha256,
         "{}: not the file the golden was made from; rerun scripts/gen-llama3-random",
         file.display()
     );
-    let model = Model::load(&file, 2).expect("model loads");
+    drop(bytes);
+    let opts = peregrine_model::LoadOptions {
+        n_threads: 2,
+        f32_activations,
+    };
+    let model = Model::load_with(&file, &opts).expect("model loads");
     let ids = &golden.ids;
     let n = ids.len();
     let chunk = 128;
@@ -110,7 +131,7 @@ fn check_variant(name: &str, bar: Bar) {
     errors.sort_by(f32::total_cmp);
     let q = |f: f64| errors[((errors.len() - 1) as f64 * f) as usize];
     eprintln!(
-        "{name}: argmax agreement {agree}/{n}; |logit error| at llama.cpp's top-5: median {:.4} p99 {:.4} max {:.4}; flips (position, llama.cpp margin): {flips:?}",
+        "{name} vs {golden_file}: argmax agreement {agree}/{n}; |logit error| at llama.cpp's top-5: median {:.4} p99 {:.4} max {:.4}; flips (position, llama.cpp margin): {flips:?}",
         q(0.5),
         q(0.99),
         q(1.0)
@@ -175,4 +196,19 @@ fn llama3_2_q4_k_tied_rope_scaling() {
             max_flip_margin: 0.9,
         },
     );
+}
+
+#[test]
+fn llama3_f16_reference_numerics() {
+    check_f32("llama3-tiny-f16");
+}
+
+#[test]
+fn llama3_1_q8_0_reference_numerics() {
+    check_f32("llama3.1-tiny-q8_0");
+}
+
+#[test]
+fn llama3_2_q4_k_reference_numerics() {
+    check_f32("llama3.2-tiny-q4_k");
 }

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root exists")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root exists")
 }
 
 /// File name of the default model that `scripts/fetch-model` places in `models/`.
@@ -46,7 +49,10 @@ pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
 #[track_caller]
 pub fn assert_close(got: &[f32], want: &[f32], bound: f64, context: &str) {
     let e = nmse(got, want);
-    assert!(e <= bound, "{context}: nmse {e:.3e} exceeds bound {bound:.1e}");
+    assert!(
+        e <= bound,
+        "{context}: nmse {e:.3e} exceeds bound {bound:.1e}"
+    );
 }
 
 /// A global allocator that counts allocations, for tests that assert a hot loop allocates nothing.
@@ -59,7 +65,9 @@ pub struct CountingAlloc {
 impl CountingAlloc {
     /// A counter starting at zero.
     pub const fn new() -> Self {
-        Self { n_allocs: AtomicU64::new(0) }
+        Self {
+            n_allocs: AtomicU64::new(0),
+        }
     }
     /// Allocations (including reallocations) made so far by the whole process.
     pub fn n_allocs(&self) -> u64 {
@@ -90,4 +98,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
         // SAFETY: forwarded with the caller's obligations.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
+}
+
+/// Lower-case hex SHA-256 of `data` (to check that a generated or fetched file is the one a
+/// golden was made from).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
