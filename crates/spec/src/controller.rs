@@ -108,6 +108,22 @@ impl Controller {
         best.1
     }
 
+    /// Whether drafting can pay at all this step: a chain of `max_depth` nodes, each accepted
+    /// with probability `α^depth` (scores at their best), beats a plain step, or it is time to
+    /// explore. When false the engine skips the drafter (whose own forwards may be costly).
+    pub fn worth_drafting(&self, max_depth: usize) -> bool {
+        if self.n_plain_in_row >= EXPLORE_EVERY {
+            return true;
+        }
+        let alpha = self.alpha();
+        let plain = 1.0 / self.cost(1);
+        let mut gain = 1.0;
+        (1..=max_depth.min(MAX_TREE_NODES - 1)).any(|d| {
+            gain += alpha.powi(d as i32);
+            gain / self.cost(d + 1) > plain
+        })
+    }
+
     /// Records a verification: the tree verified, the accepted path (node indices from the
     /// root), and the seconds the forward and the drafting took.
     pub fn observe(&mut self, tree: &TokenTree, path: &[usize], forward_s: f64, draft_s: f64) {

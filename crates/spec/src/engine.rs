@@ -235,7 +235,10 @@ impl SpecSession {
                 debug_assert_eq!(base + 1, ctx.len());
                 let draft_start = Instant::now();
                 self.tree.reset(*ctx.last().expect("the root is in ctx"));
-                drafter.propose(&ctx, &plan, &mut self.tree)?;
+                let skip = self.controller.as_ref().is_some_and(|c| !c.worth_drafting(AUTO_DEPTH));
+                if !skip {
+                    drafter.propose(&ctx, &plan, &mut self.tree)?;
+                }
                 if let Some(c) = &self.controller {
                     let keep = c.choose(&self.tree);
                     self.tree.truncate(keep);

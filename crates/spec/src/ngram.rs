@@ -197,7 +197,7 @@ impl Drafter for NgramDrafter {
     }
 
     fn accept(&mut self, _context: &[u32], n_accepted: usize) {
-        let (n, depth) = self.last;
+        let (n, depth) = std::mem::take(&mut self.last);
         if depth == 0 {
             return;
         }
