@@ -42,6 +42,22 @@ pub trait Drafter {
     /// Adds drafted nodes under `tree`'s root (see the trait docs).
     fn propose(&mut self, context: &[u32], plan: &DraftPlan<'_>, tree: &mut TokenTree) -> Result<()>;
 
+    /// `Some(E)` selects self-speculation through the target's first `E` layers: the engine
+    /// then drafts a chain itself, with layers `0..E` and the final norm and LM head, in the
+    /// target's own KV cache, keeping each drafted position's hidden state entering layer
+    /// `E`; verification resumes from layer `E` over the chain, so layers `0..E` are never
+    /// recomputed. [`Drafter::propose`] is not called. Chains stop when the draft's cumulative
+    /// probability falls below [`Drafter::min_score`].
+    fn shared_exit_layer(&self) -> Option<usize> {
+        None
+    }
+
+    /// For self-speculation: stop a drafted chain once its cumulative draft probability is
+    /// below this.
+    fn min_score(&self) -> f32 {
+        0.0
+    }
+
     /// Updates the drafter's own state after a verification.
     fn accept(&mut self, context: &[u32], n_accepted: usize) {
         let _ = (context, n_accepted);
@@ -59,5 +75,42 @@ impl Drafter for NoDrafter {
 
     fn propose(&mut self, _context: &[u32], _plan: &DraftPlan<'_>, _tree: &mut TokenTree) -> Result<()> {
         Ok(())
+    }
+}
+
+/// LayerSkip self-speculation: the target's first `exit_layer` layers draft, the rest verify
+/// (see [`Drafter::shared_exit_layer`]). Holds only settings; the engine does the work.
+#[derive(Debug, Clone)]
+pub struct LayerSkipDrafter {
+    exit_layer: usize,
+    min_score: f32,
+}
+
+impl LayerSkipDrafter {
+    /// Drafts with layers `0..exit_layer` of a model of `n_layers` layers (`1 <= exit_layer <
+    /// n_layers`); chains stop below cumulative draft probability `min_score`.
+    pub fn new(exit_layer: usize, n_layers: usize, min_score: f32) -> crate::Result<Self> {
+        if exit_layer == 0 || exit_layer >= n_layers {
+            return Err(crate::Error::ExitLayer { exit_layer, n_layers });
+        }
+        Ok(Self { exit_layer, min_score })
+    }
+}
+
+impl Drafter for LayerSkipDrafter {
+    fn name(&self) -> &'static str {
+        "layerskip"
+    }
+
+    fn propose(&mut self, _context: &[u32], _plan: &DraftPlan<'_>, _tree: &mut TokenTree) -> Result<()> {
+        Ok(())
+    }
+
+    fn shared_exit_layer(&self) -> Option<usize> {
+        Some(self.exit_layer)
+    }
+
+    fn min_score(&self) -> f32 {
+        self.min_score
     }
 }

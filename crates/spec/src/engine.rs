@@ -140,6 +140,8 @@ pub struct SpecSession {
     positions: Vec<u32>,
     path: Vec<usize>,
     walk: WalkBuffers,
+    /// Hidden states entering the exit layer of early-exit drafts, row by row.
+    hidden: Vec<f32>,
     controller: Option<Controller>,
 }
 
@@ -155,6 +157,7 @@ impl SpecSession {
             positions: Vec::with_capacity(PREFILL_CHUNK),
             path: Vec::with_capacity(MAX_TREE_NODES),
             walk: WalkBuffers::default(),
+            hidden: Vec::new(),
             controller: None,
         }
     }
@@ -214,6 +217,17 @@ impl SpecSession {
             self.controller = Some(self.measure_costs(model)?);
         }
         let plan = tree_spec.plan();
+        let exit_layer = drafter.shared_exit_layer();
+        if let Some(e) = exit_layer {
+            let n_layers = model.config().n_layers;
+            if e == 0 || e >= n_layers {
+                return Err(Error::ExitLayer { exit_layer: e, n_layers });
+            }
+        }
+        let plan_depth = match &plan {
+            DraftPlan::Shape(shape) => shape.depth(),
+            DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
+        };
         let mut emitter = Emitter::new(tokenizer, params, prompt.len(), capacity);
 
         // `ctx` is the whole sequence: the cached history plus the pending root.
@@ -236,8 +250,13 @@ impl SpecSession {
                 let draft_start = Instant::now();
                 self.tree.reset(*ctx.last().expect("the root is in ctx"));
                 let skip = self.controller.as_ref().is_some_and(|c| !c.worth_drafting(AUTO_DEPTH));
+                // Rows whose hidden state entering the exit layer is in `self.hidden`.
+                let mut n_early = 0;
                 if !skip {
-                    drafter.propose(&ctx, &plan, &mut self.tree)?;
+                    match exit_layer {
+                        Some(e) => n_early = self.draft_early_exit(model, e, plan_depth, drafter.min_score())?,
+                        None => drafter.propose(&ctx, &plan, &mut self.tree)?,
+                    }
                 }
                 if let Some(c) = &self.controller {
                     let keep = c.choose(&self.tree);
@@ -246,12 +265,24 @@ impl SpecSession {
                 // Room in the cache, and no deeper than the tokens still to emit.
                 let remaining = params.max_tokens.saturating_sub(emitter.tokens.len());
                 self.tree.truncate((capacity - base).min(remaining + 1));
+                let n = self.tree.len();
+                if n_early > 0 {
+                    // Drop the early layers' rows of drafts cut from the chain.
+                    self.cache.truncate(base + n);
+                }
                 let draft_s = draft_start.elapsed().as_secs_f64();
 
                 let verify_start = Instant::now();
                 self.tree.positions(base, &mut self.positions);
-                let n = self.tree.len();
-                let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+                let first_layer = match exit_layer {
+                    Some(e) if n_early > 0 => {
+                        let h = model.config().hidden_size;
+                        self.ws.set_hidden(&self.hidden[..n * h], n)?;
+                        e
+                    }
+                    _ => 0,
+                };
+                let opts = ForwardOptions { layers: first_layer..model.config().n_layers, head: true, taps: &[] };
                 let mut seqs = [SeqInput {
                     cache: &mut self.cache,
                     tokens: self.tree.tokens(),
@@ -333,6 +364,39 @@ impl SpecSession {
         Ok(SpecGeneration { generation, stats })
     }
 
+    /// Drafts a chain below the root with the target's layers `0..exit_layer` and its head,
+    /// in the target's cache, keeping each node's hidden state entering `exit_layer` in
+    /// `self.hidden`. Returns the number of rows drafted (the tree's length).
+    fn draft_early_exit(&mut self, model: &Model, exit_layer: usize, depth: usize, min_score: f32) -> Result<usize> {
+        let base = self.cache.len();
+        let depth = depth.min(self.cache.capacity() - base - 1).min(MAX_TREE_NODES - 1);
+        self.hidden.clear();
+        let mut token = self.tree.tokens()[0];
+        let mut parent = 0;
+        let mut score = 1.0f32;
+        for d in 0..=depth {
+            let head = d < depth;
+            let positions = [(base + d) as u32];
+            let opts = ForwardOptions { layers: 0..exit_layer, head, taps: &[] };
+            let logits = if head { LogitRows::Last } else { LogitRows::None };
+            let tokens = [token];
+            let mut seqs = [SeqInput { cache: &mut self.cache, tokens: &tokens, positions: &positions, tree: None, logits }];
+            model.forward(&mut self.ws, &mut seqs, &opts)?;
+            self.hidden.extend_from_slice(self.ws.hidden());
+            if !head {
+                break;
+            }
+            let (t, prob) = top1(self.ws.logits(0));
+            score *= prob;
+            if score < min_score {
+                break;
+            }
+            parent = self.tree.push(parent, t, score)?;
+            token = t;
+        }
+        Ok(self.tree.len())
+    }
+
     /// Times target forwards of 1 and 16 tokens on the current cache (then rolled back).
     fn measure_costs(&mut self, model: &Model) -> Result<Controller> {
         let base = self.cache.len();
@@ -378,6 +442,18 @@ impl SpecSession {
         self.history.extend_from_slice(tokens);
         Ok(())
     }
+}
+
+/// The argmax of `logits` and its softmax probability.
+fn top1(logits: &[f32]) -> (u32, f32) {
+    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > max {
+            (best, max) = (i, l);
+        }
+    }
+    let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    (best as u32, (1.0 / z) as f32)
 }
 
 /// Emits tokens one at a time with plain generation's stop rules, in its order: the token

@@ -12,7 +12,7 @@ pub mod tree;
 pub mod verify;
 
 pub use controller::Controller;
-pub use drafter::{DraftPlan, Drafter, NoDrafter};
+pub use drafter::{DraftPlan, Drafter, LayerSkipDrafter, NoDrafter};
 pub use engine::{SpecGeneration, SpecSession, SpecStats, TreeSpec};
 pub use error::{Error, Result};
 pub use model_drafter::ModelDrafter;

@@ -1,6 +1,6 @@
-//! Drafting with a model: a separate draft model with the target's vocabulary (`--spec draft`),
-//! or the target itself cut after its first `E` layers plus the final norm and LM head
-//! (`--spec layerskip`, early-exit self-speculation).
+//! Drafting with a separate draft model that shares the target's vocabulary (`--spec draft`).
+//! (LayerSkip self-speculation does not use this: it drafts in the target's own cache, see
+//! `LayerSkipDrafter`.)
 //!
 //! The drafter keeps its own KV cache and the tokens it holds. Each `propose` first rolls the
 //! cache back to the longest prefix it shares with the context (drafted tokens that were
@@ -9,9 +9,6 @@
 //! chain's probability under the draft (the product of the drafted tokens' softmax
 //! probabilities, which is each node's score) falls below `min_score`. Drafts are
 //! deterministic, so sampling verification uses the point-mass rule.
-//!
-//! This LayerSkip drafter does not yet share the target's cache: verification recomputes
-//! layers `0..E` for the drafted tokens (see the crate README for what remains).
 
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
@@ -19,7 +16,7 @@ use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
 
-/// A drafter backed by a model (or the first layers of one).
+/// A drafter backed by a draft model.
 pub struct ModelDrafter<'m> {
     name: &'static str,
     model: &'m Model,
@@ -40,15 +37,6 @@ impl<'m> ModelDrafter<'m> {
             return Err(Error::VocabMismatch { draft: v, target: target_vocab });
         }
         Ok(Self::new("draft", draft, draft.config().n_layers, context))
-    }
-
-    /// Drafts with layers `0..exit_layer` of `target` and its head (early exit).
-    pub fn layerskip(target: &'m Model, exit_layer: usize, context: usize) -> Result<Self> {
-        let n_layers = target.config().n_layers;
-        if exit_layer == 0 || exit_layer >= n_layers {
-            return Err(Error::ExitLayer { exit_layer, n_layers });
-        }
-        Ok(Self::new("layerskip", target, exit_layer, context))
     }
 
     fn new(name: &'static str, model: &'m Model, n_layers: usize, context: usize) -> Self {

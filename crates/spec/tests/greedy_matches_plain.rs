@@ -8,7 +8,7 @@ mod common;
 
 use common::{model, specbench_prompts, tokenizer};
 use peregrine_model::{GenerateParams, Session};
-use peregrine_spec::{DraftPlan, Drafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
+use peregrine_spec::{DraftPlan, Drafter, LayerSkipDrafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
 
 fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     let params = GenerateParams { max_tokens, ..GenerateParams::default() };
@@ -98,4 +98,21 @@ fn accepted_paths_with_gaps_are_compacted_correctly() {
     let got = spec(prompt, 48, &mut oracle, &TreeSpec::Shape(TreeShape::chain(1).unwrap()));
     assert_eq!(got.generation.tokens, want);
     assert!(got.stats.tau() > 3.0, "the oracle's paths are accepted: {:?}", got.stats);
+}
+
+#[test]
+fn layerskip_greedy_equals_plain() {
+    let prompts = [specbench_prompts("mt_bench", 1).remove(0), specbench_prompts("sum", 1).remove(0)];
+    for (i, prompt) in prompts.iter().enumerate() {
+        let want = plain(prompt, 48);
+        // A deep exit drafts well enough that chains get accepted; min score 0 drafts whole chains.
+        for (exit_layer, tree) in [(24, "chain:4"), (12, "chain:2"), (24, "auto")] {
+            let mut d = LayerSkipDrafter::new(exit_layer, 30, 0.0).unwrap();
+            let got = spec(prompt, 48, &mut d, &TreeSpec::parse(tree).unwrap());
+            assert_eq!(got.generation.tokens, want, "prompt {i}, exit {exit_layer}, tree {tree}");
+            if tree == "chain:4" {
+                assert!(got.stats.tau() > 1.0, "an exit at 24 of 30 layers gets drafts accepted: {:?}", got.stats);
+            }
+        }
+    }
 }

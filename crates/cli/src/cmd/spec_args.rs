@@ -3,8 +3,11 @@
 use crate::cmd::model_args::Loaded;
 use anyhow::{Context, Result};
 use peregrine_model::{LoadOptions, Model};
-use peregrine_spec::{Drafter, ModelDrafter, NgramDrafter, NoDrafter, TreeSpec};
+use peregrine_spec::{Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, TreeSpec};
 use std::path::PathBuf;
+
+/// LayerSkip chains stop below this cumulative draft probability.
+const LAYERSKIP_MIN_SCORE: f32 = 0.3;
 
 /// Which drafter proposes tokens.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +98,9 @@ impl Prepared {
                 let m = self.draft_model.as_ref().expect("prepare loads the draft model");
                 Box::new(ModelDrafter::draft_model(m, vocab, loaded.ctx)?)
             }
-            SpecMethod::Layerskip => Box::new(ModelDrafter::layerskip(&loaded.model, self.exit_layer, loaded.ctx)?),
+            SpecMethod::Layerskip => {
+                Box::new(LayerSkipDrafter::new(self.exit_layer, loaded.model.config().n_layers, LAYERSKIP_MIN_SCORE)?)
+            }
         })
     }
 }
