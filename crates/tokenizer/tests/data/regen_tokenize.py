@@ -12,6 +12,7 @@ Writes
                             and `encode(allowed_special="all")`
 """
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -62,7 +63,7 @@ def tiktoken_llama3(strings):
     enc = tok.model  # the tiktoken.Encoding
     return {
         "oracle": "tiktoken.Encoding (Llama 3 pat_str and 256 special tokens from llama_models/llama3/tokenizer.py)",
-        "version": f"tiktoken {tiktoken.__version__}, llama_models {getattr(llama_models, '__version__', '?')}",
+        "version": f"tiktoken {tiktoken.__version__}, llama-models {importlib.metadata.version('llama_models')}",
         "command": "python3 crates/tokenizer/tests/data/regen_tokenize.py",
         "ids_plain_call": "enc.encode_ordinary(s)",
         "ids_special_call": "enc.encode(s, allowed_special='all')",
