@@ -8,7 +8,7 @@ mod common;
 
 use common::{model, specbench_prompts, tokenizer};
 use peregrine_model::{GenerateParams, Session};
-use peregrine_spec::{DraftPlan, Drafter, LayerSkipDrafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
+use peregrine_spec::{DraftPlan, Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
 
 fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
     let params = GenerateParams { max_tokens, ..GenerateParams::default() };
@@ -115,4 +115,21 @@ fn layerskip_greedy_equals_plain() {
             }
         }
     }
+}
+
+#[test]
+fn draft_model_greedy_equals_plain_and_vocab_must_match() {
+    // The only model at hand drafts for itself: every draft is accepted, which exercises the
+    // draft cache's rollback to the shared prefix and full-depth acceptance.
+    let prompt = &specbench_prompts("gsm8k", 1)[0];
+    let want = plain(prompt, 40);
+    let vocab = model().config().vocab_size;
+    let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 64).unwrap().with_min_score(0.0);
+    let got = spec(prompt, 40, &mut d, &TreeSpec::parse("chain:3").unwrap());
+    assert_eq!(got.generation.tokens, want);
+    assert!(got.stats.tau() > 3.0, "a model drafting for itself is always right: {:?}", got.stats);
+    assert!(matches!(
+        ModelDrafter::draft_model(model(), vocab + 1, 64),
+        Err(peregrine_spec::Error::VocabMismatch { draft, target }) if draft == vocab && target == vocab + 1
+    ));
 }
