@@ -51,7 +51,13 @@ impl Controller {
         let mut cost_s = [f64::NAN; MAX_TREE_NODES + 1];
         cost_s[1] = cost_1_s;
         cost_s[16] = cost_16_s.max(cost_1_s);
-        Self { cost_s, draft_s: 0.0, accepted: 0.0, predicted: 0.0, n_plain_in_row: 0 }
+        Self {
+            cost_s,
+            draft_s: 0.0,
+            accepted: 0.0,
+            predicted: 0.0,
+            n_plain_in_row: 0,
+        }
     }
 
     /// The calibration factor `α`.
@@ -71,7 +77,10 @@ impl Controller {
         if !self.cost_s[k].is_nan() {
             return self.cost_s[k];
         }
-        let below = (1..k).rev().find(|&i| !self.cost_s[i].is_nan()).expect("cost of 1 token is known");
+        let below = (1..k)
+            .rev()
+            .find(|&i| !self.cost_s[i].is_nan())
+            .expect("cost of 1 token is known");
         match (k + 1..=MAX_TREE_NODES).find(|&i| !self.cost_s[i].is_nan()) {
             Some(above) => {
                 let t = (k - below) as f64 / (above - below) as f64;
@@ -81,7 +90,8 @@ impl Controller {
                 let lower = (1..below).rev().find(|&i| !self.cost_s[i].is_nan());
                 match lower {
                     Some(lo) => {
-                        let slope = ((self.cost_s[below] - self.cost_s[lo]) / (below - lo) as f64).max(0.0);
+                        let slope =
+                            ((self.cost_s[below] - self.cost_s[lo]) / (below - lo) as f64).max(0.0);
                         self.cost_s[below] + slope * (k - below) as f64
                     }
                     None => self.cost_s[below] * k as f64,
@@ -129,7 +139,11 @@ impl Controller {
     pub fn observe(&mut self, tree: &TokenTree, path: &[usize], forward_s: f64, draft_s: f64) {
         let k = tree.len();
         self.n_plain_in_row = if k > 1 { 0 } else { self.n_plain_in_row + 1 };
-        self.cost_s[k] = if self.cost_s[k].is_nan() { forward_s } else { (1.0 - COST_EWMA) * self.cost_s[k] + COST_EWMA * forward_s };
+        self.cost_s[k] = if self.cost_s[k].is_nan() {
+            forward_s
+        } else {
+            (1.0 - COST_EWMA) * self.cost_s[k] + COST_EWMA * forward_s
+        };
         if k > 1 {
             self.draft_s = (1.0 - COST_EWMA) * self.draft_s + COST_EWMA * draft_s;
         }
@@ -137,7 +151,10 @@ impl Controller {
         self.predicted *= DECAY;
         for (step, &node) in path.iter().enumerate() {
             let parent_score = tree.scores()[node].max(1e-6) as f64;
-            let predicted: f64 = tree.children(node).map(|c| tree.scores()[c] as f64 / parent_score).sum();
+            let predicted: f64 = tree
+                .children(node)
+                .map(|c| tree.scores()[c] as f64 / parent_score)
+                .sum();
             if predicted > 0.0 {
                 self.predicted += predicted.min(1.0);
                 self.accepted += if step + 1 < path.len() { 1.0 } else { 0.0 };

@@ -40,7 +40,12 @@ pub trait Drafter {
     fn name(&self) -> &'static str;
 
     /// Adds drafted nodes under `tree`'s root (see the trait docs).
-    fn propose(&mut self, context: &[u32], plan: &DraftPlan<'_>, tree: &mut TokenTree) -> Result<()>;
+    fn propose(
+        &mut self,
+        context: &[u32],
+        plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> Result<()>;
 
     /// `Some(E)` selects self-speculation through the target's first `E` layers: the engine
     /// then drafts a chain itself, with layers `0..E` and the final norm and LM head, in the
@@ -73,7 +78,12 @@ impl Drafter for NoDrafter {
         "none"
     }
 
-    fn propose(&mut self, _context: &[u32], _plan: &DraftPlan<'_>, _tree: &mut TokenTree) -> Result<()> {
+    fn propose(
+        &mut self,
+        _context: &[u32],
+        _plan: &DraftPlan<'_>,
+        _tree: &mut TokenTree,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -91,9 +101,15 @@ impl LayerSkipDrafter {
     /// n_layers`); chains stop below cumulative draft probability `min_score`.
     pub fn new(exit_layer: usize, n_layers: usize, min_score: f32) -> crate::Result<Self> {
         if exit_layer == 0 || exit_layer >= n_layers {
-            return Err(crate::Error::ExitLayer { exit_layer, n_layers });
+            return Err(crate::Error::ExitLayer {
+                exit_layer,
+                n_layers,
+            });
         }
-        Ok(Self { exit_layer, min_score })
+        Ok(Self {
+            exit_layer,
+            min_score,
+        })
     }
 }
 
@@ -102,7 +118,12 @@ impl Drafter for LayerSkipDrafter {
         "layerskip"
     }
 
-    fn propose(&mut self, _context: &[u32], _plan: &DraftPlan<'_>, _tree: &mut TokenTree) -> Result<()> {
+    fn propose(
+        &mut self,
+        _context: &[u32],
+        _plan: &DraftPlan<'_>,
+        _tree: &mut TokenTree,
+    ) -> Result<()> {
         Ok(())
     }
 

@@ -13,7 +13,8 @@ use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
 use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{
-    ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput, StopReason, Workspace,
+    ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput,
+    StopReason, Workspace,
 };
 use peregrine_tokenizer::Tokenizer;
 use rand::rngs::StdRng;
@@ -48,7 +49,10 @@ impl TreeSpec {
     /// Parses `chain:N`, `eagle-default`, `dynamic:BUDGET,DEPTH,TOPK`, `auto`, or else reads a
     /// tree file at that path.
     pub fn parse(spec: &str) -> Result<Self> {
-        let bad = |msg: &str| Error::TreeSpec { spec: spec.to_string(), msg: msg.to_string() };
+        let bad = |msg: &str| Error::TreeSpec {
+            spec: spec.to_string(),
+            msg: msg.to_string(),
+        };
         if spec == "auto" {
             return Ok(Self::Auto);
         }
@@ -65,15 +69,25 @@ impl TreeSpec {
         if let Some(rest) = spec.strip_prefix("dynamic:") {
             let parts: Vec<usize> = rest
                 .split(',')
-                .map(|s| s.trim().parse::<usize>().map_err(|_| bad("BUDGET, DEPTH and TOPK must be numbers")))
+                .map(|s| {
+                    s.trim()
+                        .parse::<usize>()
+                        .map_err(|_| bad("BUDGET, DEPTH and TOPK must be numbers"))
+                })
                 .collect::<Result<_>>()?;
             let [budget, depth, top_k] = parts[..] else {
                 return Err(bad("expected three numbers"));
             };
             if budget == 0 || budget >= MAX_TREE_NODES || depth == 0 || top_k == 0 {
-                return Err(bad(&format!("BUDGET must be in 1..{MAX_TREE_NODES}; DEPTH and TOPK at least 1")));
+                return Err(bad(&format!(
+                    "BUDGET must be in 1..{MAX_TREE_NODES}; DEPTH and TOPK at least 1"
+                )));
             }
-            return Ok(Self::Dynamic { budget, depth, top_k });
+            return Ok(Self::Dynamic {
+                budget,
+                depth,
+                top_k,
+            });
         }
         let path = Path::new(spec);
         if !path.exists() {
@@ -85,8 +99,20 @@ impl TreeSpec {
     fn plan(&self) -> DraftPlan<'_> {
         match self {
             Self::Shape(shape) => DraftPlan::Shape(shape),
-            Self::Dynamic { budget, depth, top_k } => DraftPlan::Dynamic { budget: *budget, depth: *depth, top_k: *top_k },
-            Self::Auto => DraftPlan::Dynamic { budget: AUTO_BUDGET, depth: AUTO_DEPTH, top_k: AUTO_TOP_K },
+            Self::Dynamic {
+                budget,
+                depth,
+                top_k,
+            } => DraftPlan::Dynamic {
+                budget: *budget,
+                depth: *depth,
+                top_k: *top_k,
+            },
+            Self::Auto => DraftPlan::Dynamic {
+                budget: AUTO_BUDGET,
+                depth: AUTO_DEPTH,
+                top_k: AUTO_TOP_K,
+            },
         }
     }
 }
@@ -193,7 +219,12 @@ impl SpecSession {
         }
         let vocab = model.config().vocab_size;
         let start = Instant::now();
-        let common = self.history.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let common = self
+            .history
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         let keep = common.min(prompt.len() - 1);
         self.cache.truncate(keep);
         self.history.truncate(keep);
@@ -201,7 +232,11 @@ impl SpecSession {
         let mut pos = keep;
         while pos < prompt.len() {
             let end = (pos + PREFILL_CHUNK).min(prompt.len());
-            let logits = if end == prompt.len() { LogitRows::Last } else { LogitRows::None };
+            let logits = if end == prompt.len() {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
             self.chunk(model, &prompt[pos..end], pos, logits)?;
             pos = end;
         }
@@ -212,7 +247,10 @@ impl SpecSession {
         let mut sampler = Sampler::new(params.sampling.clone(), vocab);
         let mut shaper = TargetShaper::new(params.sampling.clone(), vocab);
         let mut rng = StdRng::seed_from_u64(params.sampling.seed);
-        let mut stats = SpecStats { method: drafter.name().to_string(), ..SpecStats::default() };
+        let mut stats = SpecStats {
+            method: drafter.name().to_string(),
+            ..SpecStats::default()
+        };
         if matches!(tree_spec, TreeSpec::Auto) && self.controller.is_none() {
             self.controller = Some(self.measure_costs(model)?);
         }
@@ -221,7 +259,10 @@ impl SpecSession {
         if let Some(e) = exit_layer {
             let n_layers = model.config().n_layers;
             if e == 0 || e >= n_layers {
-                return Err(Error::ExitLayer { exit_layer: e, n_layers });
+                return Err(Error::ExitLayer {
+                    exit_layer: e,
+                    n_layers,
+                });
             }
         }
         let plan_depth = match &plan {
@@ -249,12 +290,18 @@ impl SpecSession {
                 debug_assert_eq!(base + 1, ctx.len());
                 let draft_start = Instant::now();
                 self.tree.reset(*ctx.last().expect("the root is in ctx"));
-                let skip = self.controller.as_ref().is_some_and(|c| !c.worth_drafting(AUTO_DEPTH));
+                let skip = self
+                    .controller
+                    .as_ref()
+                    .is_some_and(|c| !c.worth_drafting(AUTO_DEPTH));
                 // Rows whose hidden state entering the exit layer is in `self.hidden`.
                 let mut n_early = 0;
                 if !skip {
                     match exit_layer {
-                        Some(e) => n_early = self.draft_early_exit(model, e, plan_depth, drafter.min_score())?,
+                        Some(e) => {
+                            n_early =
+                                self.draft_early_exit(model, e, plan_depth, drafter.min_score())?
+                        }
                         None => drafter.propose(&ctx, &plan, &mut self.tree)?,
                     }
                 }
@@ -282,7 +329,11 @@ impl SpecSession {
                     }
                     _ => 0,
                 };
-                let opts = ForwardOptions { layers: first_layer..model.config().n_layers, head: true, taps: &[] };
+                let opts = ForwardOptions {
+                    layers: first_layer..model.config().n_layers,
+                    head: true,
+                    taps: &[],
+                };
                 let mut seqs = [SeqInput {
                     cache: &mut self.cache,
                     tokens: self.tree.tokens(),
@@ -300,7 +351,11 @@ impl SpecSession {
                     let mut node = 0;
                     loop {
                         let next = sampler.sample(self.ws.logits(node), &ctx);
-                        match self.tree.children(node).find(|&c| self.tree.tokens()[c] == next) {
+                        match self
+                            .tree
+                            .children(node)
+                            .find(|&c| self.tree.tokens()[c] == next)
+                        {
                             Some(c) => {
                                 node = c;
                                 self.path.push(c);
@@ -327,7 +382,9 @@ impl SpecSession {
                 if stats.accepted_per_depth.len() < n_accepted {
                     stats.accepted_per_depth.resize(n_accepted, 0);
                 }
-                stats.accepted_per_depth[..n_accepted].iter_mut().for_each(|c| *c += 1);
+                stats.accepted_per_depth[..n_accepted]
+                    .iter_mut()
+                    .for_each(|c| *c += 1);
                 if let Some(c) = &mut self.controller {
                     c.observe(&self.tree, &self.path, forward_s, draft_s);
                 }
@@ -348,9 +405,15 @@ impl SpecSession {
         };
         // The cache holds a prefix of the true sequence (possibly past a stop).
         self.history.clear();
-        self.history.extend_from_slice(&ctx[..self.cache.len().min(ctx.len())]);
+        self.history
+            .extend_from_slice(&ctx[..self.cache.len().min(ctx.len())]);
         self.cache.truncate(self.history.len());
-        let Emitter { tokens, text, stream, .. } = emitter;
+        let Emitter {
+            tokens,
+            text,
+            stream,
+            ..
+        } = emitter;
         drop(stream);
         let generation = Generation {
             tokens,
@@ -367,9 +430,17 @@ impl SpecSession {
     /// Drafts a chain below the root with the target's layers `0..exit_layer` and its head,
     /// in the target's cache, keeping each node's hidden state entering `exit_layer` in
     /// `self.hidden`. Returns the number of rows drafted (the tree's length).
-    fn draft_early_exit(&mut self, model: &Model, exit_layer: usize, depth: usize, min_score: f32) -> Result<usize> {
+    fn draft_early_exit(
+        &mut self,
+        model: &Model,
+        exit_layer: usize,
+        depth: usize,
+        min_score: f32,
+    ) -> Result<usize> {
         let base = self.cache.len();
-        let depth = depth.min(self.cache.capacity() - base - 1).min(MAX_TREE_NODES - 1);
+        let depth = depth
+            .min(self.cache.capacity() - base - 1)
+            .min(MAX_TREE_NODES - 1);
         self.hidden.clear();
         let mut token = self.tree.tokens()[0];
         let mut parent = 0;
@@ -377,10 +448,24 @@ impl SpecSession {
         for d in 0..=depth {
             let head = d < depth;
             let positions = [(base + d) as u32];
-            let opts = ForwardOptions { layers: 0..exit_layer, head, taps: &[] };
-            let logits = if head { LogitRows::Last } else { LogitRows::None };
+            let opts = ForwardOptions {
+                layers: 0..exit_layer,
+                head,
+                taps: &[],
+            };
+            let logits = if head {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
             let tokens = [token];
-            let mut seqs = [SeqInput { cache: &mut self.cache, tokens: &tokens, positions: &positions, tree: None, logits }];
+            let mut seqs = [SeqInput {
+                cache: &mut self.cache,
+                tokens: &tokens,
+                positions: &positions,
+                tree: None,
+                logits,
+            }];
             model.forward(&mut self.ws, &mut seqs, &opts)?;
             self.hidden.extend_from_slice(self.ws.hidden());
             if !head {
@@ -408,7 +493,11 @@ impl SpecSession {
             let mut best = f64::INFINITY;
             for _ in 0..2 {
                 let t = Instant::now();
-                let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
+                let opts = ForwardOptions {
+                    layers: 0..model.config().n_layers,
+                    head: true,
+                    taps: &[],
+                };
                 let mut seqs = [SeqInput {
                     cache: &mut self.cache,
                     tokens: &tokens[..k],
@@ -428,16 +517,37 @@ impl SpecSession {
         self.cache.truncate(base - 1);
         self.history.pop();
         self.chunk(model, &[last], base - 1, LogitRows::Last)?;
-        tracing::debug!(cost_1_ms = times[0] * 1e3, cost_16_ms = times[1] * 1e3, "controller costs measured");
+        tracing::debug!(
+            cost_1_ms = times[0] * 1e3,
+            cost_16_ms = times[1] * 1e3,
+            "controller costs measured"
+        );
         Ok(Controller::new(times[0], times[1]))
     }
 
     /// One causal forward over `tokens` at positions `pos..`, appending them to the history.
-    fn chunk(&mut self, model: &Model, tokens: &[u32], pos: usize, logits: LogitRows<'_>) -> Result<()> {
+    fn chunk(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        pos: usize,
+        logits: LogitRows<'_>,
+    ) -> Result<()> {
         self.positions.clear();
-        self.positions.extend((0..tokens.len()).map(|i| (pos + i) as u32));
-        let opts = ForwardOptions { layers: 0..model.config().n_layers, head: true, taps: &[] };
-        let mut seqs = [SeqInput { cache: &mut self.cache, tokens, positions: &self.positions, tree: None, logits }];
+        self.positions
+            .extend((0..tokens.len()).map(|i| (pos + i) as u32));
+        let opts = ForwardOptions {
+            layers: 0..model.config().n_layers,
+            head: true,
+            taps: &[],
+        };
+        let mut seqs = [SeqInput {
+            cache: &mut self.cache,
+            tokens,
+            positions: &self.positions,
+            tree: None,
+            logits,
+        }];
         model.forward(&mut self.ws, &mut seqs, &opts)?;
         self.history.extend_from_slice(tokens);
         Ok(())
@@ -469,7 +579,12 @@ struct Emitter<'t, 'p> {
 }
 
 impl<'t, 'p> Emitter<'t, 'p> {
-    fn new(tokenizer: &'t Tokenizer, params: &'p GenerateParams, n_prompt: usize, capacity: usize) -> Self {
+    fn new(
+        tokenizer: &'t Tokenizer,
+        params: &'p GenerateParams,
+        n_prompt: usize,
+        capacity: usize,
+    ) -> Self {
         Self {
             tokenizer,
             stream: tokenizer.stream_decoder(),
@@ -524,8 +639,18 @@ struct StopScanner<'a> {
 
 impl<'a> StopScanner<'a> {
     fn new(stops: &'a [String]) -> Self {
-        let hold = stops.iter().map(|s| s.len()).max().unwrap_or(0).saturating_sub(1);
-        Self { stops, text: String::new(), emitted: 0, hold }
+        let hold = stops
+            .iter()
+            .map(|s| s.len())
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
+        Self {
+            stops,
+            text: String::new(),
+            emitted: 0,
+            hold,
+        }
     }
 
     fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> Option<String> {
@@ -535,7 +660,11 @@ impl<'a> StopScanner<'a> {
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|at| (search_from + at, s)))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|at| (search_from + at, s))
+            })
             .min_by_key(|(at, _)| *at);
         if let Some((at, stop)) = found {
             self.text.truncate(at);

@@ -34,7 +34,10 @@ impl<'m> ModelDrafter<'m> {
     pub fn draft_model(draft: &'m Model, target_vocab: usize, context: usize) -> Result<Self> {
         let v = draft.config().vocab_size;
         if v != target_vocab {
-            return Err(Error::VocabMismatch { draft: v, target: target_vocab });
+            return Err(Error::VocabMismatch {
+                draft: v,
+                target: target_vocab,
+            });
         }
         Ok(Self::new("draft", draft, draft.config().n_layers, context))
     }
@@ -63,10 +66,20 @@ impl<'m> ModelDrafter<'m> {
         for chunk in tokens.chunks(PREFILL_CHUNK) {
             let pos = self.cached.len();
             self.positions.clear();
-            self.positions.extend((0..chunk.len()).map(|i| (pos + i) as u32));
-            let opts = ForwardOptions { layers: 0..self.n_layers, head: true, taps: &[] };
-            let mut seqs =
-                [SeqInput { cache: &mut self.cache, tokens: chunk, positions: &self.positions, tree: None, logits: LogitRows::Last }];
+            self.positions
+                .extend((0..chunk.len()).map(|i| (pos + i) as u32));
+            let opts = ForwardOptions {
+                layers: 0..self.n_layers,
+                head: true,
+                taps: &[],
+            };
+            let mut seqs = [SeqInput {
+                cache: &mut self.cache,
+                tokens: chunk,
+                positions: &self.positions,
+                tree: None,
+                logits: LogitRows::Last,
+            }];
             self.model.forward(&mut self.ws, &mut seqs, &opts)?;
             self.cached.extend_from_slice(chunk);
         }
@@ -91,17 +104,30 @@ impl Drafter for ModelDrafter<'_> {
         self.name
     }
 
-    fn propose(&mut self, context: &[u32], plan: &DraftPlan<'_>, tree: &mut TokenTree) -> Result<()> {
+    fn propose(
+        &mut self,
+        context: &[u32],
+        plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
         let depth = match plan {
             DraftPlan::Shape(shape) => shape.depth(),
             DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
         }
         .min(MAX_TREE_NODES - 1);
         // Roll back to the shared prefix; keep at least one token to feed for fresh logits.
-        let common = self.cached.iter().zip(context).take_while(|(a, b)| a == b).count().min(context.len() - 1);
+        let common = self
+            .cached
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(context.len() - 1);
         self.cache.truncate(common);
         self.cached.truncate(common);
-        if self.cache.len() + depth + 1 > self.cache.capacity() || context.len() > self.cache.capacity() {
+        if self.cache.len() + depth + 1 > self.cache.capacity()
+            || context.len() > self.cache.capacity()
+        {
             return Ok(());
         }
         self.feed(&context[common..])?;

@@ -26,7 +26,11 @@ pub struct NgramConfig {
 
 impl Default for NgramConfig {
     fn default() -> Self {
-        Self { max_n: 4, min_n: 1, max_matches: 8 }
+        Self {
+            max_n: 4,
+            min_n: 1,
+            max_matches: 8,
+        }
     }
 }
 
@@ -57,9 +61,21 @@ pub struct NgramDrafter {
 impl NgramDrafter {
     /// A drafter with these settings.
     pub fn new(config: NgramConfig) -> Self {
-        let config = NgramConfig { min_n: config.min_n.max(1), max_n: config.max_n.max(config.min_n.max(1)), ..config };
+        let config = NgramConfig {
+            min_n: config.min_n.max(1),
+            max_n: config.max_n.max(config.min_n.max(1)),
+            ..config
+        };
         let rates = vec![(0.0, 0.0); config.max_n + 1];
-        Self { config, trie: Vec::new(), tree_to_trie: Vec::new(), children: Vec::new(), frontier: Vec::new(), rates, last: (0, 0) }
+        Self {
+            config,
+            trie: Vec::new(),
+            tree_to_trie: Vec::new(),
+            children: Vec::new(),
+            frontier: Vec::new(),
+            rates,
+            last: (0, 0),
+        }
     }
 
     /// Estimated probability that a drafted token is accepted after a match of length `n`
@@ -73,7 +89,12 @@ impl NgramDrafter {
     /// Returns the number of matches merged and the match length.
     fn build_trie(&mut self, context: &[u32], depth: usize) -> (u32, usize) {
         self.trie.clear();
-        self.trie.push(TrieNode { token: context.last().copied().unwrap_or(0), parent: 0, count: 0, first: 0 });
+        self.trie.push(TrieNode {
+            token: context.last().copied().unwrap_or(0),
+            parent: 0,
+            count: 0,
+            first: 0,
+        });
         let len = context.len();
         for n in (self.config.min_n..=self.config.max_n).rev() {
             if n >= len {
@@ -97,11 +118,18 @@ impl NgramDrafter {
                 self.trie[0].count += 1;
                 let mut node = 0;
                 for &t in cont {
-                    node = match (1..self.trie.len()).find(|&c| self.trie[c].parent == node && self.trie[c].token == t) {
+                    node = match (1..self.trie.len())
+                        .find(|&c| self.trie[c].parent == node && self.trie[c].token == t)
+                    {
                         Some(c) => c,
                         None => {
                             let first = self.trie.len() as u32;
-                            self.trie.push(TrieNode { token: t, parent: node, count: 0, first });
+                            self.trie.push(TrieNode {
+                                token: t,
+                                parent: node,
+                                count: 0,
+                                first,
+                            });
                             self.trie.len() - 1
                         }
                     };
@@ -119,9 +147,15 @@ impl NgramDrafter {
     /// `self.children`.
     fn ranked_children(&mut self, node: usize) {
         self.children.clear();
-        self.children.extend((1..self.trie.len()).filter(|&c| self.trie[c].parent == node));
+        self.children
+            .extend((1..self.trie.len()).filter(|&c| self.trie[c].parent == node));
         let trie = &self.trie;
-        self.children.sort_by(|&a, &b| trie[b].count.cmp(&trie[a].count).then(trie[a].first.cmp(&trie[b].first)));
+        self.children.sort_by(|&a, &b| {
+            trie[b]
+                .count
+                .cmp(&trie[a].count)
+                .then(trie[a].first.cmp(&trie[b].first))
+        });
     }
 }
 
@@ -136,7 +170,12 @@ impl Drafter for NgramDrafter {
         "ngram"
     }
 
-    fn propose(&mut self, context: &[u32], plan: &DraftPlan<'_>, tree: &mut TokenTree) -> Result<()> {
+    fn propose(
+        &mut self,
+        context: &[u32],
+        plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
         let depth = match plan {
             DraftPlan::Shape(shape) => shape.depth(),
             DraftPlan::Dynamic { depth, .. } => *depth,
@@ -148,7 +187,9 @@ impl Drafter for NgramDrafter {
         }
         let total = n_matches as f32;
         let rate = self.rate(n);
-        let score = |trie: &[TrieNode], c: usize, d: usize| trie[c].count as f32 / total * rate.powi(d as i32);
+        let score = |trie: &[TrieNode], c: usize, d: usize| {
+            trie[c].count as f32 / total * rate.powi(d as i32)
+        };
         self.tree_to_trie.clear();
         self.tree_to_trie.push(0);
         match plan {
@@ -157,17 +198,26 @@ impl Drafter for NgramDrafter {
                 let mut placed: Vec<Option<usize>> = vec![None; shape.len()];
                 placed[0] = Some(0);
                 for i in 1..shape.len() {
-                    let Some(parent_tree) = placed[shape.parents()[i]] else { continue };
+                    let Some(parent_tree) = placed[shape.parents()[i]] else {
+                        continue;
+                    };
                     let parent_trie = self.tree_to_trie[parent_tree];
                     self.ranked_children(parent_trie);
-                    let Some(&c) = self.children.get(shape.ranks()[i]) else { continue };
+                    let Some(&c) = self.children.get(shape.ranks()[i]) else {
+                        continue;
+                    };
                     let d = tree.depths()[parent_tree] + 1;
-                    let node = tree.push(parent_tree, self.trie[c].token, score(&self.trie, c, d))?;
+                    let node =
+                        tree.push(parent_tree, self.trie[c].token, score(&self.trie, c, d))?;
                     self.tree_to_trie.push(c);
                     placed[i] = Some(node);
                 }
             }
-            DraftPlan::Dynamic { budget, depth: _, top_k } => {
+            DraftPlan::Dynamic {
+                budget,
+                depth: _,
+                top_k,
+            } => {
                 // Best first by score; a child's score never exceeds its parent's, so nodes
                 // come out parents first.
                 self.frontier.clear();
@@ -177,9 +227,12 @@ impl Drafter for NgramDrafter {
                 }
                 let budget = (*budget).min(MAX_TREE_NODES - 1);
                 while tree.len() <= budget {
-                    let Some(best) = (0..self.frontier.len())
-                        .max_by(|&a, &b| self.frontier[a].0.total_cmp(&self.frontier[b].0).then(b.cmp(&a)))
-                    else {
+                    let Some(best) = (0..self.frontier.len()).max_by(|&a, &b| {
+                        self.frontier[a]
+                            .0
+                            .total_cmp(&self.frontier[b].0)
+                            .then(b.cmp(&a))
+                    }) else {
                         break;
                     };
                     let (node_score, c, parent_tree) = self.frontier.swap_remove(best);
@@ -224,14 +277,26 @@ mod tests {
 
     #[test]
     fn chain_continues_the_most_recent_match() {
-        let mut d = NgramDrafter::new(NgramConfig { max_n: 2, min_n: 1, max_matches: 4 });
+        let mut d = NgramDrafter::new(NgramConfig {
+            max_n: 2,
+            min_n: 1,
+            max_matches: 4,
+        });
         // "1 2" occurs twice, followed by 3 4 and by 5 6; the chain takes the more recent
         // only on a tie in counts.
         let ctx = [1, 2, 3, 4, 9, 1, 2, 5, 6, 9, 1, 2];
         let shape = TreeShape::chain(2).unwrap();
         let t = propose(&mut d, &ctx, DraftPlan::Shape(&shape));
         assert_eq!(t.tokens(), &[2, 5, 6]);
-        let t = propose(&mut d, &ctx, DraftPlan::Dynamic { budget: 4, depth: 2, top_k: 2 });
+        let t = propose(
+            &mut d,
+            &ctx,
+            DraftPlan::Dynamic {
+                budget: 4,
+                depth: 2,
+                top_k: 2,
+            },
+        );
         assert_eq!(t.tokens(), &[2, 5, 3, 6, 4]);
         assert_eq!(t.parents(), &[0, 0, 0, 1, 2]);
     }
@@ -246,7 +311,11 @@ mod tests {
 
     #[test]
     fn shape_ranks_follow_counts() {
-        let mut d = NgramDrafter::new(NgramConfig { max_n: 1, min_n: 1, max_matches: 8 });
+        let mut d = NgramDrafter::new(NgramConfig {
+            max_n: 1,
+            min_n: 1,
+            max_matches: 8,
+        });
         // After 7: 8 twice, 9 once.
         let ctx = [7, 8, 7, 9, 7, 8, 7];
         let shape = TreeShape::parse("0\n1\n2\n0,0\n", "t").unwrap();

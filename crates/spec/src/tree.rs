@@ -63,7 +63,10 @@ impl TokenTree {
     pub fn push(&mut self, parent: usize, token: u32, score: f32) -> Result<usize> {
         let i = self.tokens.len();
         if i >= MAX_TREE_NODES {
-            return Err(Error::TreeTooLarge { n_nodes: i + 1, max: MAX_TREE_NODES });
+            return Err(Error::TreeTooLarge {
+                n_nodes: i + 1,
+                max: MAX_TREE_NODES,
+            });
         }
         if parent >= i {
             return Err(Error::BadParent { node: i, parent });
@@ -190,6 +193,7 @@ impl TreeShape {
     /// EAGLE's default tree (`mc_sim_7b_63` in EAGLE's `choices.py`): 25 drafted nodes, depth 5,
     /// up to 4 candidates after the root.
     pub fn eagle_default() -> Self {
+        #[rustfmt::skip]
         const PATHS: &[&[usize]] = &[
             &[0], &[1], &[2], &[3],
             &[0, 0], &[0, 1], &[0, 2], &[1, 0], &[1, 1], &[2, 0], &[2, 1], &[3, 0],
@@ -205,21 +209,31 @@ impl TreeShape {
     pub fn from_paths(paths: &[Vec<usize>], origin: &str) -> Result<Self> {
         let mut parents = vec![0];
         let mut ranks = vec![0];
-        let mut index: std::collections::HashMap<Vec<usize>, usize> = std::collections::HashMap::new();
+        let mut index: std::collections::HashMap<Vec<usize>, usize> =
+            std::collections::HashMap::new();
         index.insert(Vec::new(), 0);
         for (line_idx, path) in paths.iter().enumerate() {
-            let err = |msg: String| Error::TreeSyntax { origin: origin.to_string(), line: line_idx + 1, msg };
+            let err = |msg: String| Error::TreeSyntax {
+                origin: origin.to_string(),
+                line: line_idx + 1,
+                msg,
+            };
             let Some((&rank, parent_path)) = path.split_last() else {
                 return Err(err("an empty path".into()));
             };
             let Some(&parent) = index.get(parent_path) else {
-                return Err(err(format!("path {path:?} comes before its parent {parent_path:?}")));
+                return Err(err(format!(
+                    "path {path:?} comes before its parent {parent_path:?}"
+                )));
             };
             if index.contains_key(path.as_slice()) {
                 return Err(err(format!("path {path:?} appears twice")));
             }
             if parents.len() >= MAX_TREE_NODES {
-                return Err(Error::TreeTooLarge { n_nodes: paths.len() + 1, max: MAX_TREE_NODES });
+                return Err(Error::TreeTooLarge {
+                    n_nodes: paths.len() + 1,
+                    max: MAX_TREE_NODES,
+                });
             }
             index.insert(path.clone(), parents.len());
             parents.push(parent);
@@ -236,11 +250,19 @@ impl TreeShape {
         let mut lines = Vec::new();
         for (line_idx, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
-            let line = line.trim_start_matches('[').trim_end_matches(',').trim_end_matches(']').trim();
+            let line = line
+                .trim_start_matches('[')
+                .trim_end_matches(',')
+                .trim_end_matches(']')
+                .trim();
             if line.is_empty() {
                 continue;
             }
-            let err = |msg: String| Error::TreeSyntax { origin: origin.to_string(), line: line_idx + 1, msg };
+            let err = |msg: String| Error::TreeSyntax {
+                origin: origin.to_string(),
+                line: line_idx + 1,
+                msg,
+            };
             let path = line
                 .split(',')
                 .map(|s| {
@@ -248,25 +270,38 @@ impl TreeShape {
                     s.parse::<usize>()
                         .ok()
                         .filter(|&r| r < MAX_TREE_NODES)
-                        .ok_or_else(|| err(format!("{s:?} is not a child rank (0..{MAX_TREE_NODES})")))
+                        .ok_or_else(|| {
+                            err(format!("{s:?} is not a child rank (0..{MAX_TREE_NODES})"))
+                        })
                 })
                 .collect::<Result<Vec<usize>>>()?;
             paths.push(path);
             lines.push(line_idx + 1);
         }
         if paths.is_empty() {
-            return Err(Error::TreeSyntax { origin: origin.to_string(), line: 1, msg: "no nodes".into() });
+            return Err(Error::TreeSyntax {
+                origin: origin.to_string(),
+                line: 1,
+                msg: "no nodes".into(),
+            });
         }
         Self::from_paths(&paths, origin).map_err(|e| match e {
             // Report the file's line, not the index among non-blank lines.
-            Error::TreeSyntax { origin, line, msg } => Error::TreeSyntax { origin, line: lines[line - 1], msg },
+            Error::TreeSyntax { origin, line, msg } => Error::TreeSyntax {
+                origin,
+                line: lines[line - 1],
+                msg,
+            },
             other => other,
         })
     }
 
     /// Reads a tree file (see [`TreeShape::parse`]).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -325,7 +360,10 @@ mod tests {
         assert_eq!(pos, [10, 11, 11, 12]);
         assert_eq!(t.paths(), vec![vec![0, b], vec![0, a, c]]);
         assert_eq!(t.children(0).collect::<Vec<_>>(), [a, b]);
-        assert!(matches!(t.push(9, 1, 0.0), Err(Error::BadParent { node: 4, parent: 9 })));
+        assert!(matches!(
+            t.push(9, 1, 0.0),
+            Err(Error::BadParent { node: 4, parent: 9 })
+        ));
     }
 
     #[test]
@@ -333,9 +371,16 @@ mod tests {
         let s = TreeShape::parse("# a tree\n[0]\n[1],\n0, 0\n\n0,0,1 # deep\n", "t.txt").unwrap();
         assert_eq!(s.parents(), &[0, 0, 0, 1, 3]);
         assert_eq!(s.ranks(), &[0, 0, 1, 0, 1]);
-        let err = TreeShape::parse("0\n1,0\n", "bad.txt").unwrap_err().to_string();
-        assert!(err.contains("bad.txt:2") && err.contains("before its parent"), "{err}");
-        let err = TreeShape::parse("0\nx\n", "bad.txt").unwrap_err().to_string();
+        let err = TreeShape::parse("0\n1,0\n", "bad.txt")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.txt:2") && err.contains("before its parent"),
+            "{err}"
+        );
+        let err = TreeShape::parse("0\nx\n", "bad.txt")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.txt:2"), "{err}");
         assert!(TreeShape::parse("", "empty").is_err());
         assert!(TreeShape::chain(64).is_err());

@@ -48,7 +48,12 @@ pub fn sample_from<R: Rng + ?Sized>(p: &[f32], rng: &mut R) -> Option<u32> {
 /// Verifies the children `tokens` of one node against the target distribution `p` (normalised;
 /// overwritten with the residual), with draft distribution `q` for children sampled i.i.d.
 /// from it, or `None` for deterministic drafts. See the module docs for the rules.
-pub fn verify_children<R: Rng + ?Sized>(p: &mut [f32], tokens: &[u32], q: Option<&[f32]>, rng: &mut R) -> Verdict {
+pub fn verify_children<R: Rng + ?Sized>(
+    p: &mut [f32],
+    tokens: &[u32],
+    q: Option<&[f32]>,
+    rng: &mut R,
+) -> Verdict {
     for (i, &x) in tokens.iter().enumerate() {
         let x = x as usize;
         let px = p[x] as f64;
@@ -115,7 +120,8 @@ pub fn walk_sampled<R: Rng + ?Sized>(
         bufs.child_nodes.clear();
         bufs.child_nodes.extend(tree.children(node));
         bufs.children.clear();
-        bufs.children.extend(bufs.child_nodes.iter().map(|&c| tree.tokens()[c]));
+        bufs.children
+            .extend(bufs.child_nodes.iter().map(|&c| tree.tokens()[c]));
         match verify_children(&mut bufs.probs, &bufs.children, tree.child_q(node), rng) {
             Verdict::Accept(i) => {
                 node = bufs.child_nodes[i];
@@ -147,7 +153,12 @@ pub struct TargetShaper {
 impl TargetShaper {
     /// A shaper for these sampling parameters (`temperature > 0`).
     pub fn new(params: peregrine_model::SamplingParams, vocab_size: usize) -> Self {
-        Self { params, logits: Vec::with_capacity(vocab_size), candidates: Vec::with_capacity(vocab_size), recent: Vec::new() }
+        Self {
+            params,
+            logits: Vec::with_capacity(vocab_size),
+            candidates: Vec::with_capacity(vocab_size),
+            recent: Vec::new(),
+        }
     }
 
     /// Writes into `out` (resized to the vocabulary) the probability of each token given
@@ -166,27 +177,45 @@ impl TargetShaper {
                 }
             }
             for &(t, count) in &self.recent {
-                let Some(l) = self.logits.get_mut(t as usize) else { continue };
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                let Some(l) = self.logits.get_mut(t as usize) else {
+                    continue;
+                };
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
                 *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
         out.clear();
         out.resize(logits.len(), 0.0);
         self.candidates.clear();
-        self.candidates.extend(self.logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l, i as u32)));
+        self.candidates.extend(
+            self.logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l, i as u32)),
+        );
         if self.candidates.is_empty() {
             return;
         }
-        let by_logit_desc = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let by_logit_desc =
+            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            self.candidates
+                .select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             self.candidates.truncate(p.top_k);
         }
         if p.top_p < 1.0 || p.min_p > 0.0 {
             self.candidates.sort_unstable_by(by_logit_desc);
             let max = self.candidates[0].0;
-            let total: f64 = self.candidates.iter().map(|&(l, _)| ((l - max) as f64).exp()).sum();
+            let total: f64 = self
+                .candidates
+                .iter()
+                .map(|&(l, _)| ((l - max) as f64).exp())
+                .sum();
             let mut keep = self.candidates.len();
             if p.top_p < 1.0 {
                 let mut cum = 0.0;
@@ -200,14 +229,26 @@ impl TargetShaper {
             }
             if p.min_p > 0.0 {
                 let floor = (p.min_p as f64).ln();
-                let n_min = self.candidates.iter().take_while(|&&(l, _)| ((l - max) as f64) >= floor).count().max(1);
+                let n_min = self
+                    .candidates
+                    .iter()
+                    .take_while(|&&(l, _)| ((l - max) as f64) >= floor)
+                    .count()
+                    .max(1);
                 keep = keep.min(n_min);
             }
             self.candidates.truncate(keep);
         }
-        let max = self.candidates.iter().fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
+        let max = self
+            .candidates
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
         let inv_t = 1.0 / p.temperature as f64;
-        let total: f64 = self.candidates.iter().map(|&(l, _)| (((l - max) as f64) * inv_t).exp()).sum();
+        let total: f64 = self
+            .candidates
+            .iter()
+            .map(|&(l, _)| (((l - max) as f64) * inv_t).exp())
+            .sum();
         for &(l, id) in &self.candidates {
             out[id as usize] = ((((l - max) as f64) * inv_t).exp() / total) as f32;
         }
@@ -221,7 +262,11 @@ mod tests {
 
     #[test]
     fn shaper_keeps_top_k_and_normalises() {
-        let params = peregrine_model::SamplingParams { temperature: 1.0, top_k: 2, ..Default::default() };
+        let params = peregrine_model::SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
         let mut s = TargetShaper::new(params, 4);
         let mut p = Vec::new();
         s.probs(&[0.0, 2.0, 1.0, -1.0], &[], &mut p);
@@ -234,8 +279,14 @@ mod tests {
     fn point_mass_certain_accept_and_reject() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let mut p = vec![0.0, 1.0, 0.0];
-        assert_eq!(verify_children(&mut p, &[1], None, &mut rng), Verdict::Accept(0));
+        assert_eq!(
+            verify_children(&mut p, &[1], None, &mut rng),
+            Verdict::Accept(0)
+        );
         let mut p = vec![0.0, 0.0, 1.0];
-        assert_eq!(verify_children(&mut p, &[1, 0], None, &mut rng), Verdict::Reject(2));
+        assert_eq!(
+            verify_children(&mut p, &[1, 0], None, &mut rng),
+            Verdict::Reject(2)
+        );
     }
 }

@@ -8,22 +8,50 @@ mod common;
 
 use common::{model, specbench_prompts, tokenizer};
 use peregrine_model::{GenerateParams, Session};
-use peregrine_spec::{DraftPlan, Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, SpecSession, TokenTree, TreeShape, TreeSpec};
+use peregrine_spec::{
+    DraftPlan, Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, SpecSession,
+    TokenTree, TreeShape, TreeSpec,
+};
 
 fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
-    let params = GenerateParams { max_tokens, ..GenerateParams::default() };
+    let params = GenerateParams {
+        max_tokens,
+        ..GenerateParams::default()
+    };
     let mut s = Session::new(model(), prompt.len() + max_tokens + 8);
-    s.generate(model(), tokenizer(), prompt, &params, &mut |_| {}).expect("plain generation").tokens
+    s.generate(model(), tokenizer(), prompt, &params, &mut |_| {})
+        .expect("plain generation")
+        .tokens
 }
 
-fn spec(prompt: &[u32], max_tokens: usize, drafter: &mut dyn Drafter, tree: &TreeSpec) -> peregrine_spec::SpecGeneration {
-    let params = GenerateParams { max_tokens, ..GenerateParams::default() };
+fn spec(
+    prompt: &[u32],
+    max_tokens: usize,
+    drafter: &mut dyn Drafter,
+    tree: &TreeSpec,
+) -> peregrine_spec::SpecGeneration {
+    let params = GenerateParams {
+        max_tokens,
+        ..GenerateParams::default()
+    };
     let mut s = SpecSession::new(model(), prompt.len() + max_tokens + 8);
-    s.generate(model(), tokenizer(), drafter, tree, prompt, &params, &mut |_| {}).expect("speculative generation")
+    s.generate(
+        model(),
+        tokenizer(),
+        drafter,
+        tree,
+        prompt,
+        &params,
+        &mut |_| {},
+    )
+    .expect("speculative generation")
 }
 
 fn trees() -> Vec<(&'static str, TreeSpec)> {
-    ["chain:4", "eagle-default", "dynamic:12,6,3", "auto"].into_iter().map(|s| (s, TreeSpec::parse(s).unwrap())).collect()
+    ["chain:4", "eagle-default", "dynamic:12,6,3", "auto"]
+        .into_iter()
+        .map(|s| (s, TreeSpec::parse(s).unwrap()))
+        .collect()
 }
 
 #[test]
@@ -36,24 +64,39 @@ fn ngram_greedy_equals_plain_on_specbench() {
         let want = plain(prompt, 64);
         for (name, tree) in trees() {
             let got = spec(prompt, 64, &mut NgramDrafter::default(), &tree);
-            assert_eq!(got.generation.tokens, want, "prompt {i}, tree {name}: speculative greedy differs from plain");
+            assert_eq!(
+                got.generation.tokens, want,
+                "prompt {i}, tree {name}: speculative greedy differs from plain"
+            );
             let s = &got.stats;
             assert!(s.tau() >= 1.0);
             // The first token comes from the prompt's forward; every later one from a step.
-            assert!(s.n_step_tokens + 1 >= got.generation.tokens.len(), "prompt {i} {name}: {s:?}");
+            assert!(
+                s.n_step_tokens + 1 >= got.generation.tokens.len(),
+                "prompt {i} {name}: {s:?}"
+            );
             if name == "eagle-default" {
                 total_tau += s.tau();
             }
         }
     }
     // Summaries copy from the article: the n-gram drafter must get tokens accepted.
-    assert!(total_tau / prompts.len() as f64 > 1.1, "mean tau {}", total_tau / prompts.len() as f64);
+    assert!(
+        total_tau / prompts.len() as f64 > 1.1,
+        "mean tau {}",
+        total_tau / prompts.len() as f64
+    );
 }
 
 #[test]
 fn no_drafter_is_plain_decoding() {
     let prompt = &specbench_prompts("qa", 1)[0];
-    let got = spec(prompt, 32, &mut NoDrafter, &TreeSpec::parse("chain:4").unwrap());
+    let got = spec(
+        prompt,
+        32,
+        &mut NoDrafter,
+        &TreeSpec::parse("chain:4").unwrap(),
+    );
     assert_eq!(got.generation.tokens, plain(prompt, 32));
     assert_eq!(got.stats.tau(), 1.0);
 }
@@ -70,18 +113,25 @@ impl Drafter for Oracle {
         "oracle"
     }
 
-    fn propose(&mut self, context: &[u32], _plan: &DraftPlan<'_>, tree: &mut TokenTree) -> peregrine_spec::Result<()> {
+    fn propose(
+        &mut self,
+        context: &[u32],
+        _plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> peregrine_spec::Result<()> {
         let done = context.len() - self.n_prompt; // tokens emitted so far, root included
         let wrong = |t: u32| (t + 17) % 49152;
         let mut parent = 0;
         for d in 0..5 {
-            let Some(&t) = self.truth.get(done + d) else { break };
+            let Some(&t) = self.truth.get(done + d) else {
+                break;
+            };
             // A wrong sibling first, then the right token, then a wrong child under the wrong one.
             let w = tree.push(parent, wrong(t), 0.5)?;
             let right = tree.push(parent, t, 0.5)?;
             tree.push(w, wrong(wrong(t)), 0.1)?;
             // Stop the right path early sometimes, so the bonus token does real work.
-            if d == 3 && done % 2 == 0 {
+            if d == 3 && done.is_multiple_of(2) {
                 break;
             }
             parent = right;
@@ -94,24 +144,46 @@ impl Drafter for Oracle {
 fn accepted_paths_with_gaps_are_compacted_correctly() {
     let prompt = &specbench_prompts("alpaca", 1)[0];
     let want = plain(prompt, 48);
-    let mut oracle = Oracle { truth: want.clone(), n_prompt: prompt.len() };
-    let got = spec(prompt, 48, &mut oracle, &TreeSpec::Shape(TreeShape::chain(1).unwrap()));
+    let mut oracle = Oracle {
+        truth: want.clone(),
+        n_prompt: prompt.len(),
+    };
+    let got = spec(
+        prompt,
+        48,
+        &mut oracle,
+        &TreeSpec::Shape(TreeShape::chain(1).unwrap()),
+    );
     assert_eq!(got.generation.tokens, want);
-    assert!(got.stats.tau() > 3.0, "the oracle's paths are accepted: {:?}", got.stats);
+    assert!(
+        got.stats.tau() > 3.0,
+        "the oracle's paths are accepted: {:?}",
+        got.stats
+    );
 }
 
 #[test]
 fn layerskip_greedy_equals_plain() {
-    let prompts = [specbench_prompts("mt_bench", 1).remove(0), specbench_prompts("sum", 1).remove(0)];
+    let prompts = [
+        specbench_prompts("mt_bench", 1).remove(0),
+        specbench_prompts("sum", 1).remove(0),
+    ];
     for (i, prompt) in prompts.iter().enumerate() {
         let want = plain(prompt, 48);
         // A deep exit drafts well enough that chains get accepted; min score 0 drafts whole chains.
         for (exit_layer, tree) in [(24, "chain:4"), (12, "chain:2"), (24, "auto")] {
             let mut d = LayerSkipDrafter::new(exit_layer, 30, 0.0).unwrap();
             let got = spec(prompt, 48, &mut d, &TreeSpec::parse(tree).unwrap());
-            assert_eq!(got.generation.tokens, want, "prompt {i}, exit {exit_layer}, tree {tree}");
+            assert_eq!(
+                got.generation.tokens, want,
+                "prompt {i}, exit {exit_layer}, tree {tree}"
+            );
             if tree == "chain:4" {
-                assert!(got.stats.tau() > 1.0, "an exit at 24 of 30 layers gets drafts accepted: {:?}", got.stats);
+                assert!(
+                    got.stats.tau() > 1.0,
+                    "an exit at 24 of 30 layers gets drafts accepted: {:?}",
+                    got.stats
+                );
             }
         }
     }
@@ -124,10 +196,16 @@ fn draft_model_greedy_equals_plain_and_vocab_must_match() {
     let prompt = &specbench_prompts("gsm8k", 1)[0];
     let want = plain(prompt, 40);
     let vocab = model().config().vocab_size;
-    let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 64).unwrap().with_min_score(0.0);
+    let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 64)
+        .unwrap()
+        .with_min_score(0.0);
     let got = spec(prompt, 40, &mut d, &TreeSpec::parse("chain:3").unwrap());
     assert_eq!(got.generation.tokens, want);
-    assert!(got.stats.tau() > 3.0, "a model drafting for itself is always right: {:?}", got.stats);
+    assert!(
+        got.stats.tau() > 3.0,
+        "a model drafting for itself is always right: {:?}",
+        got.stats
+    );
     assert!(matches!(
         ModelDrafter::draft_model(model(), vocab + 1, 64),
         Err(peregrine_spec::Error::VocabMismatch { draft, target }) if draft == vocab && target == vocab + 1

@@ -29,13 +29,17 @@ fn dist(prefix: &[u32], salt: u64, t: f64) -> Vec<f32> {
     }
     let logits: Vec<f64> = (0..V)
         .map(|i| {
-            let z = (h ^ (i as u64).wrapping_mul(0x9E3779B97F4A7C15)).wrapping_mul(0xff51afd7ed558ccd);
+            let z =
+                (h ^ (i as u64).wrapping_mul(0x9E3779B97F4A7C15)).wrapping_mul(0xff51afd7ed558ccd);
             ((z >> 11) as f64 / (1u64 << 53) as f64) * 4.0 / t
         })
         .collect();
     let max = logits.iter().cloned().fold(f64::MIN, f64::max);
     let z: f64 = logits.iter().map(|l| (l - max).exp()).sum();
-    logits.iter().map(|l| ((l - max).exp() / z) as f32).collect()
+    logits
+        .iter()
+        .map(|l| ((l - max).exp() / z) as f32)
+        .collect()
 }
 
 fn target(prefix: &[u32]) -> Vec<f32> {
@@ -99,7 +103,13 @@ fn build_tree<R: Rng>(ctx: &[u32], drafts: Drafts, rng: &mut R) -> TokenTree {
 
 /// The first two tokens of a speculative run (steps repeat until two are out).
 /// `broken`: resample from the target instead of the residual after rejection.
-fn first_two<R: Rng>(drafts: Drafts, broken: bool, rng: &mut R, bufs: &mut WalkBuffers, path: &mut Vec<usize>) -> (u32, u32) {
+fn first_two<R: Rng>(
+    drafts: Drafts,
+    broken: bool,
+    rng: &mut R,
+    bufs: &mut WalkBuffers,
+    path: &mut Vec<usize>,
+) -> (u32, u32) {
     let mut ctx = vec![3u32];
     let start = ctx.len();
     while ctx.len() < start + 2 {
@@ -127,7 +137,11 @@ fn first_two<R: Rng>(drafts: Drafts, broken: bool, rng: &mut R, bufs: &mut WalkB
             let mut prefix = base.clone();
             prefix.extend(path[1..].iter().map(|&n| tree.tokens()[n]));
             let has_children = tree.children(*path.last().unwrap()).next().is_some();
-            if has_children { draw(&target(&prefix), rng) } else { bonus }
+            if has_children {
+                draw(&target(&prefix), rng)
+            } else {
+                bonus
+            }
         } else {
             bonus
         };
@@ -169,28 +183,49 @@ fn tv_bound() -> f64 {
 fn chain_rule_is_lossless() {
     let tv = tv_first_two(Drafts::Chain, false, 1);
     eprintln!("TV {tv:.4}, bound {:.4}", tv_bound());
-    assert!(tv < tv_bound(), "chain: TV {tv:.4} exceeds {:.4} (n = {N}, K = {})", tv_bound(), V * V);
+    assert!(
+        tv < tv_bound(),
+        "chain: TV {tv:.4} exceeds {:.4} (n = {N}, K = {})",
+        tv_bound(),
+        V * V
+    );
 }
 
 #[test]
 fn multi_round_rule_is_lossless_for_sampled_trees() {
     let tv = tv_first_two(Drafts::Sampled(3), false, 2);
     eprintln!("TV {tv:.4}, bound {:.4}", tv_bound());
-    assert!(tv < tv_bound(), "multi-round: TV {tv:.4} exceeds {:.4}", tv_bound());
+    assert!(
+        tv < tv_bound(),
+        "multi-round: TV {tv:.4} exceeds {:.4}",
+        tv_bound()
+    );
 }
 
 #[test]
 fn point_mass_rule_is_lossless_for_top_k_trees() {
     let tv = tv_first_two(Drafts::TopK(3), false, 3);
     eprintln!("TV {tv:.4}, bound {:.4}", tv_bound());
-    assert!(tv < tv_bound(), "point mass: TV {tv:.4} exceeds {:.4}", tv_bound());
+    assert!(
+        tv < tv_bound(),
+        "point mass: TV {tv:.4} exceeds {:.4}",
+        tv_bound()
+    );
 }
 
 #[test]
 fn a_broken_rule_fails_the_test() {
-    for (drafts, seed) in [(Drafts::Chain, 4), (Drafts::Sampled(3), 5), (Drafts::TopK(3), 6)] {
+    for (drafts, seed) in [
+        (Drafts::Chain, 4),
+        (Drafts::Sampled(3), 5),
+        (Drafts::TopK(3), 6),
+    ] {
         let tv = tv_first_two(drafts, true, seed);
         eprintln!("broken: TV {tv:.4}, bound {:.4}", tv_bound());
-        assert!(tv > 2.0 * tv_bound(), "the broken rule went unnoticed: TV {tv:.4}, bound {:.4}", tv_bound());
+        assert!(
+            tv > 2.0 * tv_bound(),
+            "the broken rule went unnoticed: TV {tv:.4}, bound {:.4}",
+            tv_bound()
+        );
     }
 }

@@ -35,13 +35,26 @@ fn compute_dists() -> Dists {
     let m = model();
     let prompt = &specbench_prompts("mt_bench", 1)[0];
     let vocab = m.config().vocab_size;
-    let target = SamplingParams { temperature: 0.8, top_k: 4, top_p: 0.95, ..SamplingParams::default() };
-    let draft = SamplingParams { temperature: 1.3, top_k: 6, ..SamplingParams::default() };
+    let target = SamplingParams {
+        temperature: 0.8,
+        top_k: 4,
+        top_p: 0.95,
+        ..SamplingParams::default()
+    };
+    let draft = SamplingParams {
+        temperature: 1.3,
+        top_k: 6,
+        ..SamplingParams::default()
+    };
     let mut shape_p = TargetShaper::new(target, vocab);
     let mut shape_q = TargetShaper::new(draft, vocab);
     let mut cache = m.new_cache(prompt.len() + 8);
     let mut ws = m.new_workspace(prompt.len() + 3, 1, prompt.len() + 8);
-    let opts = ForwardOptions { layers: 0..m.config().n_layers, head: true, taps: &[] };
+    let opts = ForwardOptions {
+        layers: 0..m.config().n_layers,
+        head: true,
+        taps: &[],
+    };
     let mut full_p: HashMap<Vec<u32>, Vec<f32>> = HashMap::new();
     let mut full_q: HashMap<Vec<u32>, Vec<f32>> = HashMap::new();
     // Breadth first over prefixes in the target's support, one token forward each.
@@ -52,7 +65,13 @@ fn compute_dists() -> Dists {
             cache.truncate(0);
             let seq: Vec<u32> = prompt.iter().chain(&prefix).copied().collect();
             let positions: Vec<u32> = (0..seq.len() as u32).collect();
-            let mut seqs = [SeqInput { cache: &mut cache, tokens: &seq, positions: &positions, tree: None, logits: LogitRows::Last }];
+            let mut seqs = [SeqInput {
+                cache: &mut cache,
+                tokens: &seq,
+                positions: &positions,
+                tree: None,
+                logits: LogitRows::Last,
+            }];
             m.forward(&mut ws, &mut seqs, &opts).expect("forward");
             let (mut p, mut q) = (Vec::new(), Vec::new());
             shape_p.probs(ws.logits(0), &seq, &mut p);
@@ -72,17 +91,33 @@ fn compute_dists() -> Dists {
     let mut tokens: Vec<u32> = full_p
         .values()
         .chain(full_q.values())
-        .flat_map(|d| d.iter().enumerate().filter(|(_, &x)| x > 0.0).map(|(t, _)| t as u32))
+        .flat_map(|d| {
+            d.iter()
+                .enumerate()
+                .filter(|(_, &x)| x > 0.0)
+                .map(|(t, _)| t as u32)
+        })
         .collect();
     tokens.sort_unstable();
     tokens.dedup();
     let project = |d: &Vec<f32>| tokens.iter().map(|&t| d[t as usize]).collect::<Vec<f32>>();
     let small = |m: &HashMap<Vec<u32>, Vec<f32>>| {
         m.iter()
-            .map(|(k, d)| (k.iter().map(|t| tokens.binary_search(t).unwrap() as u32).collect(), project(d)))
+            .map(|(k, d)| {
+                (
+                    k.iter()
+                        .map(|t| tokens.binary_search(t).unwrap() as u32)
+                        .collect(),
+                    project(d),
+                )
+            })
             .collect()
     };
-    Dists { p: small(&full_p), q: small(&full_q), tokens }
+    Dists {
+        p: small(&full_p),
+        q: small(&full_q),
+        tokens,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -97,7 +132,13 @@ fn draw<R: Rng>(q: &[f32], rng: &mut R) -> u32 {
 }
 
 /// The first three tokens (small-vocabulary indices) of one speculative run.
-fn first_three<R: Rng>(d: &Dists, drafts: Drafts, rng: &mut R, bufs: &mut WalkBuffers, path: &mut Vec<usize>) -> [u32; 3] {
+fn first_three<R: Rng>(
+    d: &Dists,
+    drafts: Drafts,
+    rng: &mut R,
+    bufs: &mut WalkBuffers,
+    path: &mut Vec<usize>,
+) -> [u32; 3] {
     let v = d.tokens.len();
     let uniform = vec![1.0 / v as f32; v];
     let mut out: Vec<u32> = Vec::new();
@@ -142,8 +183,15 @@ fn first_three<R: Rng>(d: &Dists, drafts: Drafts, rng: &mut R, bufs: &mut WalkBu
                     chain.push(tree.tokens()[n]);
                     n = tree.parents()[n];
                 }
-                let prefix: Vec<u32> = base.iter().copied().chain(chain.into_iter().rev()).collect();
-                *probs = d.p.get(&prefix).expect("accepted nodes are in the target's support").clone();
+                let prefix: Vec<u32> = base
+                    .iter()
+                    .copied()
+                    .chain(chain.into_iter().rev())
+                    .collect();
+                *probs =
+                    d.p.get(&prefix)
+                        .expect("accepted nodes are in the target's support")
+                        .clone();
             },
             bufs,
             path,
@@ -182,11 +230,24 @@ fn check(drafts: Drafts, seed: u64) {
     let (mut bufs, mut path) = (WalkBuffers::default(), Vec::new());
     let mut counts: HashMap<[u32; 3], u64> = HashMap::new();
     for _ in 0..N {
-        *counts.entry(first_three(&d, drafts, &mut rng, &mut bufs, &mut path)).or_default() += 1;
+        *counts
+            .entry(first_three(d, drafts, &mut rng, &mut bufs, &mut path))
+            .or_default() += 1;
     }
-    let unexpected: u64 = counts.iter().filter(|(k, _)| !exact.contains_key(*k)).map(|(_, &c)| c).sum();
-    assert_eq!(unexpected, 0, "triples outside the target's support were emitted");
-    let tv: f64 = exact.iter().map(|(k, &p)| (counts.get(k).copied().unwrap_or(0) as f64 / N as f64 - p).abs()).sum::<f64>() / 2.0;
+    let unexpected: u64 = counts
+        .iter()
+        .filter(|(k, _)| !exact.contains_key(*k))
+        .map(|(_, &c)| c)
+        .sum();
+    assert_eq!(
+        unexpected, 0,
+        "triples outside the target's support were emitted"
+    );
+    let tv: f64 = exact
+        .iter()
+        .map(|(k, &p)| (counts.get(k).copied().unwrap_or(0) as f64 / N as f64 - p).abs())
+        .sum::<f64>()
+        / 2.0;
     let k = exact.len() as f64;
     let bound = (2.0 * (k * 2f64.ln() + 1e6f64.ln()) / N as f64).sqrt() / 2.0;
     eprintln!("K = {k}, TV {tv:.4}, bound {bound:.4}");

@@ -6,9 +6,9 @@
 //! difference is reported and, with `--check`, makes the command fail (exit 1). Running it over
 //! every set with `--check` is the full greedy-losslessness sweep of DESIGN.md §6.
 
+use crate::cmd::common::progress_bar;
 use crate::cmd::model_args::{load, ModelArgs};
 use crate::cmd::spec_args::SpecArgs;
-use crate::cmd::common::progress_bar;
 use crate::json::{SpecBenchReport, SpecReport};
 use anyhow::{Context, Result};
 use peregrine_model::{GenerateParams, SamplingParams, Session};
@@ -46,18 +46,30 @@ pub struct Args {
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
-    let spec = args.spec.prepare(&loaded)?.context("bench spec needs --spec ngram|draft|layerskip")?;
-    let text = std::fs::read_to_string(&args.prompts).with_context(|| format!("reading {}", args.prompts.display()))?;
-    let template = ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
+    let spec = args
+        .spec
+        .prepare(&loaded)?
+        .context("bench spec needs --spec ngram|draft|layerskip")?;
+    let text = std::fs::read_to_string(&args.prompts)
+        .with_context(|| format!("reading {}", args.prompts.display()))?;
+    let template =
+        ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
     let mut prompts = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", args.prompts.display(), i + 1))?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", args.prompts.display(), i + 1))?;
         let turn = v["turns"][0]
             .as_str()
             .with_context(|| format!("{}:{}: no turns[0] string", args.prompts.display(), i + 1))?;
         let rendered = template.render(&[ChatMessage::new("user", turn)], true)?;
-        let opts = EncodeOptions { parse_special: true, ..EncodeOptions::default_for(&loaded.tokenizer) };
+        let opts = EncodeOptions {
+            parse_special: true,
+            ..EncodeOptions::default_for(&loaded.tokenizer)
+        };
         prompts.push(loaded.tokenizer.encode(&rendered, opts)?);
         if args.n_prompts > 0 && prompts.len() >= args.n_prompts {
             break;
@@ -65,13 +77,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     let params = GenerateParams {
         max_tokens: args.max_tokens,
-        sampling: SamplingParams { temperature: args.temperature, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            ..SamplingParams::default()
+        },
         stop_strings: Vec::new(),
     };
     let mut plain = Session::new(&loaded.model, loaded.ctx);
     let mut spec_session = SpecSession::new(&loaded.model, loaded.ctx);
-    let bar = if args.model.quiet { indicatif::ProgressBar::hidden() } else { progress_bar(prompts.len() as u64, "bench spec") };
-    let (mut plain_tokens, mut plain_s, mut spec_tokens, mut spec_s) = (0usize, 0.0f64, 0usize, 0.0f64);
+    let bar = if args.model.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(prompts.len() as u64, "bench spec")
+    };
+    let (mut plain_tokens, mut plain_s, mut spec_tokens, mut spec_s) =
+        (0usize, 0.0f64, 0usize, 0.0f64);
     let mut total = SpecStats::default();
     let mut mismatches = Vec::new();
     let mut n_skipped = 0;
@@ -81,9 +101,23 @@ pub fn run(args: Args) -> Result<()> {
             bar.inc(1);
             continue;
         }
-        let p = plain.generate(&loaded.model, &loaded.tokenizer, prompt, &params, &mut |_| {})?;
+        let p = plain.generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            prompt,
+            &params,
+            &mut |_| {},
+        )?;
         let mut drafter = spec.drafter(&loaded)?;
-        let s = spec_session.generate(&loaded.model, &loaded.tokenizer, drafter.as_mut(), &spec.tree, prompt, &params, &mut |_| {})?;
+        let s = spec_session.generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            drafter.as_mut(),
+            &spec.tree,
+            prompt,
+            &params,
+            &mut |_| {},
+        )?;
         plain_tokens += p.tokens.len();
         plain_s += p.decode_s;
         spec_tokens += s.generation.tokens.len();
@@ -95,9 +129,15 @@ pub fn run(args: Args) -> Result<()> {
         total.draft_s += s.stats.draft_s;
         total.verify_s += s.stats.verify_s;
         if total.accepted_per_depth.len() < s.stats.accepted_per_depth.len() {
-            total.accepted_per_depth.resize(s.stats.accepted_per_depth.len(), 0);
+            total
+                .accepted_per_depth
+                .resize(s.stats.accepted_per_depth.len(), 0);
         }
-        for (t, a) in total.accepted_per_depth.iter_mut().zip(&s.stats.accepted_per_depth) {
+        for (t, a) in total
+            .accepted_per_depth
+            .iter_mut()
+            .zip(&s.stats.accepted_per_depth)
+        {
             *t += a;
         }
         if args.temperature <= 0.0 && p.tokens != s.generation.tokens {
@@ -117,7 +157,11 @@ pub fn run(args: Args) -> Result<()> {
         tree: args.spec.tree.clone(),
         plain_decode_tok_s: rate(plain_tokens, plain_s),
         spec_decode_tok_s: rate(spec_tokens, spec_s),
-        speedup: if spec_s > 0.0 && plain_s > 0.0 { rate(spec_tokens, spec_s) / rate(plain_tokens, plain_s) } else { 0.0 },
+        speedup: if spec_s > 0.0 && plain_s > 0.0 {
+            rate(spec_tokens, spec_s) / rate(plain_tokens, plain_s)
+        } else {
+            0.0
+        },
         n_mismatches: mismatches.len(),
         mismatched_prompts: mismatches.clone(),
         spec: SpecReport::new(&total),
@@ -127,19 +171,34 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         println!(
             "{}: {} prompts, {} tokens each, temperature {}, {} threads, tree {}",
-            report.prompts, report.n_prompts, report.max_tokens, report.temperature, report.threads, report.tree
+            report.prompts,
+            report.n_prompts,
+            report.max_tokens,
+            report.temperature,
+            report.threads,
+            report.tree
         );
         println!("plain     {:.1} tok/s", report.plain_decode_tok_s);
         println!(
             "{:<9} {:.1} tok/s  speed-up {:.2}x  tau {:.2}  accepted per depth {:?}",
-            report.spec.method, report.spec_decode_tok_s, report.speedup, report.spec.tau, report.spec.accepted_per_depth
+            report.spec.method,
+            report.spec_decode_tok_s,
+            report.speedup,
+            report.spec.tau,
+            report.spec.accepted_per_depth
         );
         if args.temperature <= 0.0 {
-            println!("greedy outputs differing from plain: {} {:?}", report.n_mismatches, report.mismatched_prompts);
+            println!(
+                "greedy outputs differing from plain: {} {:?}",
+                report.n_mismatches, report.mismatched_prompts
+            );
         }
     }
     if args.check && !mismatches.is_empty() {
-        anyhow::bail!("{} prompt(s) gave speculative output different from plain greedy: {mismatches:?}", mismatches.len());
+        anyhow::bail!(
+            "{} prompt(s) gave speculative output different from plain greedy: {mismatches:?}",
+            mismatches.len()
+        );
     }
     Ok(())
 }

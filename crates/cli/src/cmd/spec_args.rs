@@ -67,13 +67,24 @@ impl SpecArgs {
         let tree = TreeSpec::parse(&self.tree)?;
         let exit_layer = self.exit_layer.unwrap_or((n_layers / 4).max(1));
         if self.spec == SpecMethod::Layerskip && (exit_layer == 0 || exit_layer >= n_layers) {
-            return Err(peregrine_spec::Error::ExitLayer { exit_layer, n_layers }.into());
+            return Err(peregrine_spec::Error::ExitLayer {
+                exit_layer,
+                n_layers,
+            }
+            .into());
         }
         let draft_model = match self.spec {
             SpecMethod::Draft => {
-                let path = self.draft_model.as_ref().context("--spec draft needs --draft-model PATH")?;
-                let opts = LoadOptions { n_threads: loaded.model.n_threads(), f32_activations: false };
-                let m = Model::load_with(path, &opts).with_context(|| format!("loading draft model {}", path.display()))?;
+                let path = self
+                    .draft_model
+                    .as_ref()
+                    .context("--spec draft needs --draft-model PATH")?;
+                let opts = LoadOptions {
+                    n_threads: loaded.model.n_threads(),
+                    f32_activations: false,
+                };
+                let m = Model::load_with(path, &opts)
+                    .with_context(|| format!("loading draft model {}", path.display()))?;
                 let (draft, target) = (m.config().vocab_size, loaded.model.config().vocab_size);
                 if draft != target {
                     return Err(peregrine_spec::Error::VocabMismatch { draft, target })
@@ -83,7 +94,12 @@ impl SpecArgs {
             }
             _ => None,
         };
-        Ok(Some(Prepared { method: self.spec, tree, draft_model, exit_layer }))
+        Ok(Some(Prepared {
+            method: self.spec,
+            tree,
+            draft_model,
+            exit_layer,
+        }))
     }
 }
 
@@ -95,12 +111,17 @@ impl Prepared {
             SpecMethod::None => Box::new(NoDrafter),
             SpecMethod::Ngram => Box::new(NgramDrafter::default()),
             SpecMethod::Draft => {
-                let m = self.draft_model.as_ref().expect("prepare loads the draft model");
+                let m = self
+                    .draft_model
+                    .as_ref()
+                    .expect("prepare loads the draft model");
                 Box::new(ModelDrafter::draft_model(m, vocab, loaded.ctx)?)
             }
-            SpecMethod::Layerskip => {
-                Box::new(LayerSkipDrafter::new(self.exit_layer, loaded.model.config().n_layers, LAYERSKIP_MIN_SCORE)?)
-            }
+            SpecMethod::Layerskip => Box::new(LayerSkipDrafter::new(
+                self.exit_layer,
+                loaded.model.config().n_layers,
+                LAYERSKIP_MIN_SCORE,
+            )?),
         })
     }
 }

@@ -13,13 +13,17 @@ pub fn model() -> &'static Model {
 
 pub fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| Tokenizer::from_gguf(model().source().gguf().expect("a GGUF model")).expect("tokenizer"))
+    TOK.get_or_init(|| {
+        Tokenizer::from_gguf(model().source().gguf().expect("a GGUF model")).expect("tokenizer")
+    })
 }
 
 /// The first turns of `../shared/data/specbench/<set>.jsonl`, rendered with the chat template
 /// and tokenized.
 pub fn specbench_prompts(set: &str, n: usize) -> Vec<Vec<u32>> {
-    let path = peregrine_testkit::repo_root().join("../shared/data/specbench").join(format!("{set}.jsonl"));
+    let path = peregrine_testkit::repo_root()
+        .join("../shared/data/specbench")
+        .join(format!("{set}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tok = tokenizer();
     let template = ChatTemplate::for_tokenizer(tok).expect("chat template");
@@ -29,8 +33,17 @@ pub fn specbench_prompts(set: &str, n: usize) -> Vec<Vec<u32>> {
         .map(|line| {
             let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
             let turn = v["turns"][0].as_str().expect("a first turn");
-            let rendered = template.render(&[ChatMessage::new("user", turn)], true).expect("render");
-            tok.encode(&rendered, EncodeOptions { parse_special: true, ..EncodeOptions::default_for(tok) }).expect("encode")
+            let rendered = template
+                .render(&[ChatMessage::new("user", turn)], true)
+                .expect("render");
+            tok.encode(
+                &rendered,
+                EncodeOptions {
+                    parse_special: true,
+                    ..EncodeOptions::default_for(tok)
+                },
+            )
+            .expect("encode")
         })
         .collect()
 }
