@@ -4,7 +4,10 @@
 //! (deterministic; `scripts/test` runs it), against llama.cpp's logits on the same files
 //! (tests/data/llama3_random_llamacpp.json, made by tests/data/regen_llama3_random.py).
 
-use peregrine_model::{ForwardOptions, LogitRows, Model, SeqInput};
+mod common;
+
+use common::{teacher_forced, Agreement};
+use peregrine_model::Model;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -88,78 +91,24 @@ fn check_against(name: &str, golden_file: &str, f32_activations: bool, bar: Bar)
         f32_activations,
     };
     let model = Model::load_with(&file, &opts).expect("model loads");
-    let ids = &golden.ids;
-    let n = ids.len();
-    let chunk = 128;
-    let mut cache = model.new_cache(n);
-    let mut ws = model.new_workspace(chunk, chunk, n);
-    let (mut agree, mut errors, mut flips) = (0usize, Vec::new(), Vec::new());
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
-        let positions: Vec<u32> = (start as u32..end as u32).collect();
-        let mut seqs = [SeqInput {
-            cache: &mut cache,
-            tokens: &ids[start..end],
-            positions: &positions,
-            tree: None,
-            logits: LogitRows::All,
-        }];
-        model
-            .forward(
-                &mut ws,
-                &mut seqs,
-                &ForwardOptions {
-                    layers: 0..model.config().n_layers,
-                    head: true,
-                    taps: &[],
-                },
-            )
-            .unwrap();
-        for i in start..end {
-            let logits = ws.logits(i - start);
-            let ours = peregrine_tensor_argmax(logits);
-            if ours == v.argmax[i] {
-                agree += 1;
-            } else {
-                flips.push((i, v.top5[i][0].1 - v.top5[i][1].1));
-            }
-            for &(id, l) in &v.top5[i] {
-                errors.push((logits[id as usize] - l).abs());
-            }
-        }
-    }
-    errors.sort_by(f32::total_cmp);
-    let q = |f: f64| errors[((errors.len() - 1) as f64 * f) as usize];
-    eprintln!(
-        "{name} vs {golden_file}: argmax agreement {agree}/{n}; |logit error| at llama.cpp's top-5: median {:.4} p99 {:.4} max {:.4}; flips (position, llama.cpp margin): {flips:?}",
-        q(0.5),
-        q(0.99),
-        q(1.0)
+    let mut agreement = Agreement::default();
+    teacher_forced(&model, &golden.ids, 128, |i, logits| {
+        agreement.record(name, i, logits, v.argmax[i], &v.top5[i]);
+    });
+    eprintln!("{}", agreement.summary(&format!("{name} vs {golden_file}")));
+    assert!(
+        agreement.fraction() >= bar.min_agreement,
+        "{name}: argmax agreement too low"
     );
     assert!(
-        agree as f64 >= bar.min_agreement * n as f64,
-        "{name}: agreement {agree}/{n}"
+        agreement.error_quantile(0.5) <= bar.max_median_error,
+        "{name}: median logit error too large"
     );
     assert!(
-        q(0.5) <= bar.max_median_error,
-        "{name}: median logit error {}",
-        q(0.5)
-    );
-    assert!(
-        flips.iter().all(|&(_, m)| m < bar.max_flip_margin),
-        "{name}: a flip at a llama.cpp margin >= {}: {flips:?}",
+        agreement.max_flip_margin() < bar.max_flip_margin,
+        "{name}: a flip at a llama.cpp margin >= {}",
         bar.max_flip_margin
     );
-}
-
-fn peregrine_tensor_argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]

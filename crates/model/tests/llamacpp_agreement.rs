@@ -11,6 +11,9 @@
 //! largest margin at which llama.cpp flips against itself. The exactness of the forward pass is
 //! shown separately against llama.cpp in f32 (tests/f32_reference.rs).
 
+mod common;
+
+use common::{argmax, teacher_forced, Agreement};
 use peregrine_model::{ForwardOptions, LogitRows, Model, SeqInput};
 use serde::Deserialize;
 
@@ -42,119 +45,72 @@ fn golden() -> Golden {
         .expect("golden parses")
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
+/// Greedy decoding from `prompt`, one token per forward, for `n` tokens.
+fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache(1024);
+    let mut ws = model.new_workspace(prompt.len(), 1, 1024);
+    let opts = ForwardOptions {
+        layers: 0..model.config().n_layers,
+        head: true,
+        taps: &[],
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut input = prompt.to_vec();
+    let mut pos = 0u32;
+    while out.len() < n {
+        let positions: Vec<u32> = (pos..pos + input.len() as u32).collect();
+        let mut seqs = [SeqInput {
+            cache: &mut cache,
+            tokens: &input,
+            positions: &positions,
+            tree: None,
+            logits: LogitRows::Last,
+        }];
+        model.forward(&mut ws, &mut seqs, &opts).expect("forward");
+        pos += input.len() as u32;
+        let t = argmax(ws.logits(0));
+        out.push(t);
+        input = vec![t];
     }
-    best as u32
+    out
 }
 
 #[test]
 fn smollm2_matches_llama_cpp() {
     let model = Model::load(&peregrine_testkit::smollm2_path(), 2).expect("model loads");
     let g = golden();
-    let (mut agree, mut total) = (0usize, 0usize);
-    let mut errors: Vec<f32> = Vec::new();
-    let mut identical = 0;
-    let mut report = String::new();
-    let mut not_near_tie = Vec::new();
+    let mut agreement = Agreement::default();
+    let (mut identical, mut report, mut not_near_tie) = (0, String::new(), Vec::new());
+    let near_tie = g.oracle_self_consistency.flip_top2_margin_max;
     for p in &g.prompts {
-        // Teacher forcing over prompt + llama.cpp's continuation.
         let ids: Vec<u32> = p.prompt_ids.iter().chain(&p.greedy_ids).copied().collect();
-        let n = ids.len();
-        let mut cache = model.new_cache(1024);
-        let mut ws = model.new_workspace(n, n, 1024);
-        let positions: Vec<u32> = (0..n as u32).collect();
-        let mut seqs = [SeqInput {
-            cache: &mut cache,
-            tokens: &ids,
-            positions: &positions,
-            tree: None,
-            logits: LogitRows::All,
-        }];
-        model
-            .forward(
-                &mut ws,
-                &mut seqs,
-                &ForwardOptions {
-                    layers: 0..model.config().n_layers,
-                    head: true,
-                    taps: &[],
-                },
-            )
-            .expect("forward");
-        for (i, want) in p.argmax.iter().enumerate() {
-            let logits = ws.logits(i);
-            total += 1;
-            agree += usize::from(argmax(logits) == *want);
-            for &(id, l) in &p.top5[i] {
-                errors.push((logits[id as usize] - l).abs());
-            }
-        }
-        // Greedy decoding from the prompt alone.
-        let mut cache = model.new_cache(1024);
-        let mut ws = model.new_workspace(p.prompt_ids.len(), 1, 1024);
-        let mut out = Vec::new();
-        let mut next_input = p.prompt_ids.clone();
-        let mut pos = 0u32;
-        while out.len() < p.greedy_ids.len() {
-            let positions: Vec<u32> = (pos..pos + next_input.len() as u32).collect();
-            let mut seqs = [SeqInput {
-                cache: &mut cache,
-                tokens: &next_input,
-                positions: &positions,
-                tree: None,
-                logits: LogitRows::Last,
-            }];
-            model
-                .forward(
-                    &mut ws,
-                    &mut seqs,
-                    &ForwardOptions {
-                        layers: 0..model.config().n_layers,
-                        head: true,
-                        taps: &[],
-                    },
-                )
-                .expect("forward");
-            pos += next_input.len() as u32;
-            let t = argmax(ws.logits(0));
-            out.push(t);
-            next_input = vec![t];
-        }
-        match out.iter().zip(&p.greedy_ids).position(|(a, b)| a != b) {
+        teacher_forced(&model, &ids, ids.len(), |i, logits| {
+            agreement.record(&p.source, i, logits, p.argmax[i], &p.top5[i]);
+        });
+        let ours = greedy(&model, &p.prompt_ids, p.greedy_ids.len());
+        match ours.iter().zip(&p.greedy_ids).position(|(a, b)| a != b) {
             None => identical += 1,
             Some(d) => {
-                let at = p.prompt_ids.len() - 1 + d;
-                let margin = p.top2_margin[at];
+                let margin = p.top2_margin[p.prompt_ids.len() - 1 + d];
                 report += &format!(
                     "{}: diverges at generated token {d} (llama.cpp top-2 margin {margin:.4})\n",
                     p.source
                 );
-                if margin > g.oracle_self_consistency.flip_top2_margin_max {
+                if margin > near_tie {
                     not_near_tie.push(format!("{} at token {d} (margin {margin})", p.source));
                 }
             }
         }
     }
-    errors.sort_by(f32::total_cmp);
-    let q = |f: f64| errors[((errors.len() - 1) as f64 * f) as usize];
     eprintln!(
-        "argmax agreement {agree}/{total} = {:.3}%; |logit error| at llama.cpp's top-5: median {:.4}, p90 {:.4}, p99 {:.4}, max {:.4}; greedy identical {identical}/{}\n{report}",
-        100.0 * agree as f64 / total as f64,
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(1.0),
+        "{}; greedy identical {identical}/{}\n{report}",
+        agreement.summary("SmolLM2 Q4_1 vs llama.cpp"),
         g.prompts.len()
     );
     let floor = g.oracle_self_consistency.argmax_agreement - 0.01;
     assert!(
-        agree as f64 >= floor * total as f64,
-        "teacher-forced argmax agreement {agree}/{total} below {floor}"
+        agreement.fraction() >= floor,
+        "teacher-forced argmax agreement below {floor}"
     );
     assert!(
         not_near_tie.is_empty(),
