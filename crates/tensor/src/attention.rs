@@ -7,7 +7,7 @@
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
-use crate::lanes::{reduce16, LANES};
+use crate::lanes::{exp_nonpositive, reduce16, LANES};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use half::f16;
@@ -233,12 +233,7 @@ fn attend_one(
     }
     let scores = &mut scores[..n];
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut lanes = [0f32; LANES];
-    for (i, sc) in scores.iter_mut().enumerate() {
-        *sc = (*sc - max).exp();
-        lanes[i % LANES] += *sc;
-    }
-    let inv_sum = 1.0 / reduce16(&lanes);
+    let inv_sum = 1.0 / softmax_numerators(scores, max, fast);
     out.fill(0.0);
     for (&p, r) in scores.iter().zip(keys.iter()) {
         let v = &s.v[r * row_kv + kv_off..][..hd];
@@ -247,6 +242,36 @@ fn attend_one(
     for o in out.iter_mut() {
         *o *= inv_sum;
     }
+}
+
+/// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order).
+fn softmax_numerators(scores: &mut [f32], max: f32, fast: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        // SAFETY: `fast` implies AVX-512 F and FMA were detected.
+        return unsafe { softmax_numerators_avx512(scores, max) };
+    }
+    let _ = fast;
+    softmax_numerators_portable(scores, max)
+}
+
+/// The same code compiled for AVX-512 so the exponentials vectorise (identical results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,fma")]
+fn softmax_numerators_avx512(scores: &mut [f32], max: f32) -> f32 {
+    softmax_numerators_portable(scores, max)
+}
+
+#[inline(always)]
+fn softmax_numerators_portable(scores: &mut [f32], max: f32) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for chunk in scores.chunks_mut(LANES) {
+        for (lane, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
+            *sc = exp_nonpositive(*sc - max);
+            *lane += *sc;
+        }
+    }
+    reduce16(&lanes)
 }
 
 fn dot_q_k(q: &[f32], k: &[f16], fast: bool) -> f32 {

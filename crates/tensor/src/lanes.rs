@@ -47,8 +47,54 @@ pub fn sum_squares16(a: &[f32]) -> f32 {
     dot16(a, a)
 }
 
+/// `exp(x)` for `x <= 0` (softmax after subtracting the maximum), to ~2 ulp, with plain f32
+/// operations in a fixed order: the same bits whether the loop is vectorised or not, and it
+/// vectorises (libm's `expf` is a call per element).
+///
+/// Cody–Waite reduction `x = n ln2 + r`, `|r| <= ln2/2`, then a degree-6 polynomial for `e^r`
+/// and `2^n` built in the exponent bits. Inputs below -87 return 0 (smaller than any softmax
+/// weight that matters, and it keeps `2^n` a normal number).
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let xc = if x < -87.0 { -87.0 } else { x };
+    let n = (xc * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+    // Taylor coefficients 1/k!, evaluated by Horner's rule.
+    let mut p = 1.0 / 720.0f32;
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = p * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exp_nonpositive_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 0.000_435;
+            let got = super::exp_nonpositive(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "max relative error {worst}");
+        assert_eq!(super::exp_nonpositive(0.0), 1.0);
+        assert_eq!(super::exp_nonpositive(-100.0), 0.0);
+    }
+
     use super::*;
 
     #[test]
