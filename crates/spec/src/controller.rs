@@ -33,7 +33,15 @@ pub struct Controller {
     predicted: f64,
     /// Plain steps chosen in a row while drafts were available.
     n_plain_in_row: usize,
+    /// Throughput of steps that ran the drafter, and of those that did not.
+    draft_rate: Option<f64>,
+    plain_rate: Option<f64>,
+    /// Steps in a row on the better arm.
+    n_best_in_row: usize,
 }
+
+/// Weight of a new step in the per-arm throughput averages.
+const RATE_EWMA: f64 = 0.1;
 
 /// Plain steps in a row after which one drafted token is verified anyway.
 pub const EXPLORE_EVERY: usize = 24;
@@ -57,6 +65,9 @@ impl Controller {
             accepted: 0.0,
             predicted: 0.0,
             n_plain_in_row: 0,
+            draft_rate: None,
+            plain_rate: None,
+            n_best_in_row: 0,
         }
     }
 
@@ -118,20 +129,42 @@ impl Controller {
         best.1
     }
 
-    /// Whether drafting can pay at all this step: a chain of `max_depth` nodes, each accepted
-    /// with probability `α^depth` (scores at their best), beats a plain step, or it is time to
-    /// explore. When false the engine skips the drafter (whose own forwards may be costly).
-    pub fn worth_drafting(&self, max_depth: usize) -> bool {
-        if self.n_plain_in_row >= EXPLORE_EVERY {
-            return true;
-        }
-        let alpha = self.alpha();
-        let plain = 1.0 / self.cost(1);
-        let mut gain = 1.0;
-        (1..=max_depth.min(MAX_TREE_NODES - 1)).any(|d| {
-            gain += alpha.powi(d as i32);
-            gain / self.cost(d + 1) > plain
-        })
+    /// Whether to run the drafter this step. Two arms are compared by their measured
+    /// throughput (tokens per second of whole steps, drafting included, as moving averages):
+    /// steps that drafted and steps that did not. The better arm is played, the other once
+    /// every `EXPLORE_EVERY` steps; each is tried once first. This catches drafters whose own
+    /// cost the acceptance model cannot see (a LayerSkip draft forward that proposes nothing).
+    pub fn worth_drafting(&mut self) -> bool {
+        let best = match (self.draft_rate, self.plain_rate) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(d), Some(p)) => d >= p,
+        };
+        let choice = if self.n_best_in_row >= EXPLORE_EVERY {
+            !best
+        } else {
+            best
+        };
+        self.n_best_in_row = if choice == best {
+            self.n_best_in_row + 1
+        } else {
+            0
+        };
+        choice
+    }
+
+    /// Records a whole step: whether the drafter ran, tokens emitted, seconds taken.
+    pub fn record_step(&mut self, drafted: bool, n_tokens: usize, step_s: f64) {
+        let rate = n_tokens as f64 / step_s.max(1e-9);
+        let arm = if drafted {
+            &mut self.draft_rate
+        } else {
+            &mut self.plain_rate
+        };
+        *arm = Some(match *arm {
+            None => rate,
+            Some(r) => (1.0 - RATE_EWMA) * r + RATE_EWMA * rate,
+        });
     }
 
     /// Records a verification: the tree verified, the accepted path (node indices from the
@@ -196,6 +229,31 @@ mod tests {
         assert_eq!(c.choose(&t), 2);
         c.observe(&chain(1, 1.0), &[0], 1.2, 0.0);
         assert_eq!(c.choose(&t), 1);
+    }
+
+    #[test]
+    fn the_slower_arm_is_played_only_to_explore() {
+        let mut c = Controller::new(1.0, 1.5);
+        let mut n_drafted = 0;
+        for _ in 0..400 {
+            let drafted = c.worth_drafting();
+            // Drafting steps emit 1 token in 2 s, plain steps 1 token in 1 s.
+            c.record_step(drafted, 1, if drafted { 2.0 } else { 1.0 });
+            n_drafted += usize::from(drafted);
+        }
+        assert!(
+            n_drafted <= 400 / EXPLORE_EVERY + 2,
+            "drafted {n_drafted} times"
+        );
+        // And the other way round.
+        let mut c = Controller::new(1.0, 1.5);
+        let mut n_plain = 0;
+        for _ in 0..400 {
+            let drafted = c.worth_drafting();
+            c.record_step(drafted, if drafted { 3 } else { 1 }, 1.0);
+            n_plain += usize::from(!drafted);
+        }
+        assert!(n_plain <= 400 / EXPLORE_EVERY + 2, "plain {n_plain} times");
     }
 
     #[test]

@@ -292,8 +292,8 @@ impl SpecSession {
                 self.tree.reset(*ctx.last().expect("the root is in ctx"));
                 let skip = self
                     .controller
-                    .as_ref()
-                    .is_some_and(|c| !c.worth_drafting(AUTO_DEPTH));
+                    .as_mut()
+                    .is_some_and(|c| !c.worth_drafting());
                 // Rows whose hidden state entering the exit layer is in `self.hidden`.
                 let mut n_early = 0;
                 if !skip {
@@ -387,6 +387,7 @@ impl SpecSession {
                     .for_each(|c| *c += 1);
                 if let Some(c) = &mut self.controller {
                     c.observe(&self.tree, &self.path, forward_s, draft_s);
+                    c.record_step(!skip, n_accepted + 1, draft_start.elapsed().as_secs_f64());
                 }
                 stats.draft_s += draft_s;
                 stats.verify_s += verify_start.elapsed().as_secs_f64();
