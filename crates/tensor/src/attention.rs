@@ -7,10 +7,11 @@
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 
-use crate::lanes::{exp_nonpositive, reduce16, LANES};
+use crate::lanes::{dot16, exp_nonpositive, reduce16, LANES};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::sync::Mutex;
 
 /// Which new rows a new row may attend to.
@@ -71,18 +72,22 @@ impl AttentionScratch {
     pub fn with_isa(n_threads: usize, max_ctx: usize, use_avx512: bool) -> Self {
         Self {
             scores: (0..n_threads.max(1))
-                .map(|_| Mutex::new(vec![0f32; max_ctx]))
+                .map(|_| Mutex::new(vec![0f32; max_ctx * MAX_GROUP]))
                 .collect(),
             use_avx512: use_avx512 && crate::qdot::avx512_available(),
         }
     }
     fn max_ctx(&self) -> usize {
-        self.scores[0].lock().map_or(0, |s| s.len())
+        self.scores[0].lock().map_or(0, |s| s.len() / MAX_GROUP)
     }
 }
 
-/// (row, head) items per pool chunk.
-const ITEMS_PER_CHUNK: usize = 4;
+/// (row, KV head) items per pool chunk.
+const ITEMS_PER_CHUNK: usize = 2;
+/// Most query heads per KV head (Llama 3 8B/70B: 4 and 8; SmolLM2: 3).
+const MAX_GROUP: usize = 16;
+/// Largest head dimension.
+const MAX_HEAD_DIM: usize = 256;
 
 /// Sequences one call can take.
 pub const MAX_SEQS: usize = 64;
@@ -147,8 +152,15 @@ pub fn attention(
         p.0 = s.out.as_mut_ptr();
     }
     let seqs = &*seqs;
-    let total: usize = seqs.iter().map(|s| s.n_new(&shape) * n_heads).sum();
     let group = n_heads / n_kv_heads;
+    if group > MAX_GROUP || head_dim > MAX_HEAD_DIM {
+        return Err(Error::Shape(format!(
+            "attention: {group} query heads per KV head (max {MAX_GROUP}) of dim {head_dim} (max {MAX_HEAD_DIM})"
+        )));
+    }
+    // One item = one new row and one KV head with all the query heads that share it, so each
+    // key and value row is converted from f16 once per group rather than once per head.
+    let total: usize = seqs.iter().map(|s| s.n_new(&shape) * n_kv_heads).sum();
     let scale = 1.0 / (head_dim as f32).sqrt();
     pool.run_chunks(total.div_ceil(ITEMS_PER_CHUNK), |chunk, thread_idx| {
         let mine = chunk_range(total, ITEMS_PER_CHUNK, chunk);
@@ -157,36 +169,31 @@ pub fn attention(
             .unwrap_or_else(|e| e.into_inner());
         let mut base = 0;
         for (s, out) in seqs.iter().zip(&out_ptrs) {
-            let items = s.n_new(&shape) * n_heads;
+            let items = s.n_new(&shape) * n_kv_heads;
             let lo = mine.start.max(base);
             let hi = mine.end.min(base + items);
             for item in lo..hi {
-                let (row, head) = ((item - base) / n_heads, (item - base) % n_heads);
-                let q = &s.q[row * row_q + head * head_dim..][..head_dim];
-                // SAFETY: (row, head) is in range and owned by this thread alone.
-                let o = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.0.add(row * row_q + head * head_dim),
-                        head_dim,
-                    )
-                };
+                let (row, kv_head) = ((item - base) / n_kv_heads, (item - base) % n_kv_heads);
+                let at = row * row_q + kv_head * group * head_dim;
+                let q = &s.q[at..at + group * head_dim];
+                // SAFETY: (row, kv_head) is in range and its heads' outputs are owned by this
+                // chunk alone.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.0.add(at), group * head_dim) };
                 let keys = Keys {
                     prefix_len: s.prefix_len,
                     row,
                     visibility: s.visibility,
                 };
-                let kv_off = (head / group) * head_dim;
-                attend_one(
+                let job = GroupJob {
                     q,
-                    &keys,
+                    keys: &keys,
                     s,
+                    head_dim,
                     row_kv,
-                    kv_off,
+                    kv_off: kv_head * head_dim,
                     scale,
-                    &mut scores,
-                    o,
-                    scratch.use_avx512,
-                );
+                };
+                attend_group(&job, &mut scores, o, scratch.use_avx512);
             }
             base += items;
         }
@@ -211,59 +218,80 @@ impl Keys<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    q: &[f32],
-    keys: &Keys<'_>,
-    s: &AttentionSeq<'_>,
+/// One (row, KV head) item: the group's queries and where its keys and values live.
+struct GroupJob<'j, 'a> {
+    /// `group * head_dim` queries (the heads sharing this KV head, consecutive).
+    q: &'j [f32],
+    keys: &'j Keys<'a>,
+    s: &'j AttentionSeq<'a>,
+    head_dim: usize,
     row_kv: usize,
     kv_off: usize,
     scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-    use_avx512: bool,
-) {
-    let hd = q.len();
-    let fast = use_avx512 && hd.is_multiple_of(LANES);
+}
+
+fn attend_group(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32], use_avx512: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512 {
+        // SAFETY: `use_avx512` is set only after `avx512_available()` (AVX-512 F/VL, FMA, F16C).
+        return unsafe { attend_group_avx512(job, scores, out) };
+    }
+    let _ = use_avx512;
+    attend_group_portable(job, scores, out);
+}
+
+/// The same code compiled for AVX-512 (identical results: no reassociation, exact f16 loads).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
+fn attend_group_avx512(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
+    attend_group_portable(job, scores, out);
+}
+
+/// Softmax attention of each query head of the group over the visible keys, in cache order.
+/// Per head: scores in 16 lanes (`dot16`), exponentials and their sum in a fixed order, then
+/// `sum_j p_j v_j` accumulated key by key and scaled by `1 / sum_j p_j`. Each key and value row
+/// is converted from f16 once for the whole group.
+#[inline(always)]
+fn attend_group_portable(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
+    let hd = job.head_dim;
+    let group = job.q.len() / hd;
+    let stride = scores.len() / MAX_GROUP;
+    let mut row_buf = [0f32; MAX_HEAD_DIM];
+    let row = &mut row_buf[..hd];
     let mut n = 0;
-    for r in keys.iter() {
-        let k = &s.k[r * row_kv + kv_off..][..hd];
-        scores[n] = dot_q_k(q, k, fast) * scale;
+    for r in job.keys.iter() {
+        job.s.k[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
+        for g in 0..group {
+            scores[g * stride + n] = dot16(&job.q[g * hd..(g + 1) * hd], row) * job.scale;
+        }
         n += 1;
     }
-    let scores = &mut scores[..n];
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let inv_sum = 1.0 / softmax_numerators(scores, max, fast);
-    out.fill(0.0);
-    for (&p, r) in scores.iter().zip(keys.iter()) {
-        let v = &s.v[r * row_kv + kv_off..][..hd];
-        accumulate_v(out, p, v, fast);
+    let mut inv_sum = [0f32; MAX_GROUP];
+    for (g, inv) in inv_sum.iter_mut().enumerate().take(group) {
+        let sc = &mut scores[g * stride..g * stride + n];
+        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        *inv = 1.0 / softmax_numerators(sc, max);
     }
-    for o in out.iter_mut() {
-        *o *= inv_sum;
+    out.fill(0.0);
+    for (i, r) in job.keys.iter().enumerate() {
+        job.s.v[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
+        for g in 0..group {
+            let p = scores[g * stride + i];
+            for (o, &v) in out[g * hd..(g + 1) * hd].iter_mut().zip(row.iter()) {
+                *o = p.mul_add(v, *o);
+            }
+        }
+    }
+    for (g, &inv) in inv_sum.iter().enumerate().take(group) {
+        for o in &mut out[g * hd..(g + 1) * hd] {
+            *o *= inv;
+        }
     }
 }
 
 /// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order).
-fn softmax_numerators(scores: &mut [f32], max: f32, fast: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` implies AVX-512 F and FMA were detected.
-        return unsafe { softmax_numerators_avx512(scores, max) };
-    }
-    let _ = fast;
-    softmax_numerators_portable(scores, max)
-}
-
-/// The same code compiled for AVX-512 so the exponentials vectorise (identical results).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,fma")]
-fn softmax_numerators_avx512(scores: &mut [f32], max: f32) -> f32 {
-    softmax_numerators_portable(scores, max)
-}
-
 #[inline(always)]
-fn softmax_numerators_portable(scores: &mut [f32], max: f32) -> f32 {
+fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
     let mut lanes = [0f32; LANES];
     for chunk in scores.chunks_mut(LANES) {
         for (lane, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
@@ -272,78 +300,6 @@ fn softmax_numerators_portable(scores: &mut [f32], max: f32) -> f32 {
         }
     }
     reduce16(&lanes)
-}
-
-fn dot_q_k(q: &[f32], k: &[f16], fast: bool) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: `fast` implies AVX-512 F/VL, F16C and FMA were detected, and `len % 16 == 0`.
-        return unsafe { avx512::dot_q_k(q, k) };
-    }
-    let _ = fast;
-    let mut acc = [0f32; LANES];
-    for (i, (&a, &b)) in q.iter().zip(k).enumerate() {
-        acc[i % LANES] = a.mul_add(b.to_f32(), acc[i % LANES]);
-    }
-    reduce16(&acc)
-}
-
-fn accumulate_v(out: &mut [f32], p: f32, v: &[f16], fast: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if fast {
-        // SAFETY: as in `dot_q_k`.
-        unsafe { avx512::accumulate_v(out, p, v) };
-        return;
-    }
-    let _ = fast;
-    for (o, &b) in out.iter_mut().zip(v) {
-        *o = p.mul_add(b.to_f32(), *o);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use half::f16;
-    use std::arch::x86_64::*;
-
-    /// # Safety
-    /// AVX-512 F/DQ/VL, F16C, FMA present; `q.len() == k.len()`, a multiple of 16.
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl,f16c,fma")]
-    pub unsafe fn dot_q_k(q: &[f32], k: &[f16]) -> f32 {
-        let mut acc = _mm512_setzero_ps();
-        for c in 0..q.len() / 16 {
-            // SAFETY: chunk `c` is within both slices (length a multiple of 16).
-            let (qc, kc) = unsafe {
-                (
-                    _mm512_loadu_ps(q.as_ptr().add(16 * c)),
-                    _mm256_loadu_si256(k.as_ptr().add(16 * c).cast()),
-                )
-            };
-            acc = _mm512_fmadd_ps(qc, _mm512_cvtph_ps(kc), acc);
-        }
-        let a = _mm256_add_ps(
-            _mm512_castps512_ps256(acc),
-            _mm512_extractf32x8_ps::<1>(acc),
-        );
-        let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
-        let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-        _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps::<1>(c, c)))
-    }
-
-    /// # Safety
-    /// As [`dot_q_k`], with `out.len() == v.len()`.
-    #[target_feature(enable = "avx512f,avx512dq,avx512vl,f16c,fma")]
-    pub unsafe fn accumulate_v(out: &mut [f32], p: f32, v: &[f16]) {
-        let pv = _mm512_set1_ps(p);
-        for c in 0..out.len() / 16 {
-            // SAFETY: chunk `c` is within both slices.
-            unsafe {
-                let o = out.as_mut_ptr().add(16 * c);
-                let vc = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(16 * c).cast()));
-                _mm512_storeu_ps(o, _mm512_fmadd_ps(pv, vc, _mm512_loadu_ps(o)));
-            }
-        }
-    }
 }
 
 #[cfg(test)]
