@@ -46,10 +46,11 @@ pub struct Args {
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
-    let spec = args
-        .spec
-        .prepare(&loaded)?
-        .context("bench spec needs --spec ngram|draft|layerskip")?;
+    // `--spec none` runs the speculative engine without a drafter: an A/A check of the noise.
+    let spec = match args.spec.prepare(&loaded)? {
+        Some(spec) => spec,
+        None => crate::cmd::spec_args::Prepared::none(&args.spec.tree)?,
+    };
     let text = std::fs::read_to_string(&args.prompts)
         .with_context(|| format!("reading {}", args.prompts.display()))?;
     let template =

@@ -104,6 +104,16 @@ impl SpecArgs {
 }
 
 impl Prepared {
+    /// No drafter: the speculative engine doing plain steps (an A/A baseline for `bench spec`).
+    pub fn none(tree: &str) -> Result<Self> {
+        Ok(Self {
+            method: SpecMethod::None,
+            tree: TreeSpec::parse(tree)?,
+            draft_model: None,
+            exit_layer: 1,
+        })
+    }
+
     /// A fresh drafter for one generation.
     pub fn drafter<'a>(&'a self, loaded: &'a Loaded) -> Result<Box<dyn Drafter + 'a>> {
         let vocab = loaded.model.config().vocab_size;
