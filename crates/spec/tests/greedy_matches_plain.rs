@@ -211,3 +211,71 @@ fn draft_model_greedy_equals_plain_and_vocab_must_match() {
         Err(peregrine_spec::Error::VocabMismatch { draft, target }) if draft == vocab && target == vocab + 1
     ));
 }
+
+#[test]
+fn sampling_path_with_top_k_1_equals_plain_greedy() {
+    // Temperature 1 with top-k 1 is a point mass on the argmax: the sampling verification path
+    // (shaping, point-mass rule, residuals, compaction) must then reproduce greedy exactly.
+    use peregrine_model::SamplingParams;
+    let prompt = &specbench_prompts("sum", 1)[0];
+    let want = plain(prompt, 48);
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_k: 1,
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    let params = GenerateParams {
+        max_tokens: 48,
+        sampling,
+        ..GenerateParams::default()
+    };
+    for tree in ["chain:3", "eagle-default"] {
+        let mut s = SpecSession::new(model(), prompt.len() + 56);
+        let got = s
+            .generate(
+                model(),
+                tokenizer(),
+                &mut NgramDrafter::default(),
+                &TreeSpec::parse(tree).unwrap(),
+                prompt,
+                &params,
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(got.generation.tokens, want, "tree {tree}");
+        assert!(
+            got.stats.tau() > 1.0,
+            "drafts are accepted: {:?}",
+            got.stats
+        );
+    }
+    // Real sampling is reproducible for a seed.
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 3,
+        ..SamplingParams::default()
+    };
+    let params = GenerateParams {
+        max_tokens: 32,
+        sampling,
+        ..GenerateParams::default()
+    };
+    let run = || {
+        let mut s = SpecSession::new(model(), prompt.len() + 40);
+        s.generate(
+            model(),
+            tokenizer(),
+            &mut NgramDrafter::default(),
+            &TreeSpec::Auto,
+            prompt,
+            &params,
+            &mut |_| {},
+        )
+        .unwrap()
+        .generation
+        .tokens
+    };
+    assert_eq!(run(), run());
+}
