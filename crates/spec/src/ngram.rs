@@ -54,6 +54,8 @@ pub struct NgramDrafter {
     frontier: Vec<(f32, usize, usize)>,
     /// Per match length: (accepted drafted tokens, drafted tokens verified), decayed.
     rates: Vec<(f64, f64)>,
+    /// Tree node of each shape node (reused between proposals).
+    placed: Vec<Option<usize>>,
     /// Match length and depth of the last proposal (0 = none).
     last: (usize, usize),
 }
@@ -74,6 +76,7 @@ impl NgramDrafter {
             children: Vec::new(),
             frontier: Vec::new(),
             rates,
+            placed: Vec::new(),
             last: (0, 0),
         }
     }
@@ -195,7 +198,9 @@ impl Drafter for NgramDrafter {
         match plan {
             DraftPlan::Shape(shape) => {
                 // Shape node i -> tree node (if its parent was placed and the rank exists).
-                let mut placed: Vec<Option<usize>> = vec![None; shape.len()];
+                let mut placed = std::mem::take(&mut self.placed);
+                placed.clear();
+                placed.resize(shape.len(), None);
                 placed[0] = Some(0);
                 for i in 1..shape.len() {
                     let Some(parent_tree) = placed[shape.parents()[i]] else {
@@ -212,6 +217,7 @@ impl Drafter for NgramDrafter {
                     self.tree_to_trie.push(c);
                     placed[i] = Some(node);
                 }
+                self.placed = placed;
             }
             DraftPlan::Dynamic {
                 budget,
