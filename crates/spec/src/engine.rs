@@ -5,6 +5,9 @@
 //! step forwards `1 + drafted` tokens and emits `1 + accepted` (tau counts both). With nothing
 //! drafted a step is exactly a plain decoding step. Greedy output equals plain greedy decoding
 //! token for token, because logits do not depend on the tree they are computed in (DESIGN.md §2).
+//! Sampling is distributed as plain sampling and reproducible for a seed with a fixed tree; with
+//! `TreeSpec::Auto` the trees depend on measured timings, so the draws (not their distribution)
+//! vary from run to run.
 
 use crate::controller::Controller;
 use crate::drafter::{DraftPlan, Drafter};
