@@ -280,3 +280,75 @@ fn sampling_path_with_top_k_1_equals_plain_greedy() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn context_full_and_stop_strings_match_plain() {
+    use peregrine_model::StopReason;
+    let prompt = &specbench_prompts("sum", 1)[0];
+    // A context 12 tokens longer than the prompt: trees must shrink to the room left.
+    let params = GenerateParams {
+        max_tokens: 64,
+        ..GenerateParams::default()
+    };
+    let mut p = Session::new(model(), prompt.len() + 12);
+    let want = p
+        .generate(model(), tokenizer(), prompt, &params, &mut |_| {})
+        .unwrap();
+    assert_eq!(want.stop_reason, StopReason::ContextFull);
+    for tree in ["eagle-default", "chain:8", "auto"] {
+        let mut s = SpecSession::new(model(), prompt.len() + 12);
+        let got = s
+            .generate(
+                model(),
+                tokenizer(),
+                &mut NgramDrafter::default(),
+                &TreeSpec::parse(tree).unwrap(),
+                prompt,
+                &params,
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(got.generation.tokens, want.tokens, "tree {tree}");
+        assert_eq!(
+            got.generation.stop_reason,
+            StopReason::ContextFull,
+            "tree {tree}"
+        );
+    }
+    // A stop string taken from the plain output: same text, same reason.
+    let long = plain(prompt, 48);
+    let text = tokenizer().decode(&long[20..24]).unwrap();
+    let params = GenerateParams {
+        max_tokens: 48,
+        stop_strings: vec![text.clone()],
+        ..GenerateParams::default()
+    };
+    let mut p = Session::new(model(), prompt.len() + 56);
+    let want = p
+        .generate(model(), tokenizer(), prompt, &params, &mut |_| {})
+        .unwrap();
+    let mut s = SpecSession::new(model(), prompt.len() + 56);
+    let mut streamed = String::new();
+    let got = s
+        .generate(
+            model(),
+            tokenizer(),
+            &mut NgramDrafter::default(),
+            &TreeSpec::parse("chain:4").unwrap(),
+            prompt,
+            &params,
+            &mut |t| streamed.push_str(t),
+        )
+        .unwrap();
+    assert_eq!(got.generation.text, want.text);
+    assert_eq!(
+        streamed, want.text,
+        "streamed text stops before the stop string"
+    );
+    assert_eq!(got.generation.stop_reason, want.stop_reason);
+    assert!(
+        matches!(got.generation.stop_reason, StopReason::StopString(_)),
+        "{:?}",
+        got.generation.stop_reason
+    );
+}
