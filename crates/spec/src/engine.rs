@@ -289,6 +289,10 @@ impl SpecSession {
             }
             ctx.push(root);
             loop {
+                // Plain generation runs one more forward after its last token; this does not.
+                if emitter.tokens.len() >= params.max_tokens {
+                    break 'gen emitter.finish(StopReason::MaxTokens, on_text);
+                }
                 let base = self.cache.len();
                 debug_assert_eq!(base + 1, ctx.len());
                 let draft_start = Instant::now();

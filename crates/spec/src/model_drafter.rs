@@ -7,8 +7,10 @@
 //! rejected go), feeds the rest of the context (accepted tokens and the root) in one forward,
 //! then drafts a chain greedily, one forward per token, until the planned depth or until the
 //! chain's probability under the draft (the product of the drafted tokens' softmax
-//! probabilities, which is each node's score) falls below `min_score`. Drafts are
-//! deterministic, so sampling verification uses the point-mass rule.
+//! probabilities, which is each node's score) falls below `min_score`. Drafts are the draft's
+//! argmax (deterministic: sampling verification uses the point-mass rule), or, with
+//! `with_sampled_drafts`, sampled from the shaped draft distribution `q`, which the tree
+//! records so that verification uses the multi-round rule.
 
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
@@ -27,6 +29,8 @@ pub struct ModelDrafter<'m> {
     cached: Vec<u32>,
     positions: Vec<u32>,
     min_score: f32,
+    /// When set, drafts are sampled from the draft's distribution shaped like the target's.
+    sampled: Option<(crate::verify::TargetShaper, rand::rngs::StdRng)>,
 }
 
 impl<'m> ModelDrafter<'m> {
@@ -52,12 +56,23 @@ impl<'m> ModelDrafter<'m> {
             cached: Vec::with_capacity(context),
             positions: Vec::with_capacity(PREFILL_CHUNK),
             min_score: 0.1,
+            sampled: None,
         }
     }
 
     /// Stop drafting a chain once its probability under the draft falls below this.
     pub fn with_min_score(mut self, min_score: f32) -> Self {
         self.min_score = min_score;
+        self
+    }
+
+    /// Samples drafts (instead of taking the draft's argmax) from the draft model's logits
+    /// shaped by `params` (temperature > 0), with the multi-round rule at verification.
+    pub fn with_sampled_drafts(mut self, params: peregrine_model::SamplingParams) -> Self {
+        use rand::SeedableRng;
+        let rng = rand::rngs::StdRng::seed_from_u64(params.seed ^ 0x5eed_d4af);
+        let vocab = self.model.config().vocab_size;
+        self.sampled = Some((crate::verify::TargetShaper::new(params, vocab), rng));
         self
     }
 
@@ -134,7 +149,21 @@ impl Drafter for ModelDrafter<'_> {
         let mut parent = 0;
         let mut score = 1.0f32;
         for d in 0..depth {
-            let (token, prob) = top1(self.ws.logits(0));
+            let (token, prob) = match &mut self.sampled {
+                // Sample the draft token and record q, so verification uses the multi-round
+                // rule (one child: Leviathan/Chen).
+                Some((shaper, rng)) => {
+                    let mut q = Vec::new();
+                    shaper.probs(self.ws.logits(0), context, &mut q);
+                    let Some(t) = crate::verify::sample_from(&q, rng) else {
+                        break;
+                    };
+                    let prob = q[t as usize];
+                    tree.set_child_q(parent, q);
+                    (t, prob)
+                }
+                None => top1(self.ws.logits(0)),
+            };
             score *= prob;
             if score < self.min_score {
                 break;

@@ -352,3 +352,54 @@ fn context_full_and_stop_strings_match_plain() {
         got.generation.stop_reason
     );
 }
+
+#[test]
+fn sampled_drafts_from_an_identical_draft_are_always_accepted() {
+    // A model drafting for itself with the target's own shaping has q == p bit for bit, so the
+    // multi-round rule accepts every sampled draft: tau = chain length + 1.
+    use peregrine_model::SamplingParams;
+    let prompt = &specbench_prompts("qa", 1)[0];
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.9,
+        seed: 5,
+        ..SamplingParams::default()
+    };
+    let params = GenerateParams {
+        max_tokens: 41,
+        sampling: sampling.clone(),
+        ..GenerateParams::default()
+    };
+    let vocab = model().config().vocab_size;
+    let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 64)
+        .unwrap()
+        .with_min_score(0.0)
+        .with_sampled_drafts(sampling);
+    let mut s = SpecSession::new(model(), prompt.len() + 64);
+    let got = s
+        .generate(
+            model(),
+            tokenizer(),
+            &mut d,
+            &TreeSpec::parse("chain:3").unwrap(),
+            prompt,
+            &params,
+            &mut |_| {},
+        )
+        .unwrap();
+    let st = &got.stats;
+    if got.generation.tokens.len() == 41 {
+        // 1 token from the prompt's forward, then 10 steps of 4.
+        assert_eq!((st.steps, st.n_step_tokens), (10, 40), "{st:?}");
+    }
+    assert_eq!(
+        st.n_step_tokens,
+        st.steps + st.accepted_per_depth.iter().sum::<u64>() as usize
+    );
+    assert!(
+        st.accepted_per_depth
+            .iter()
+            .all(|&a| a as usize >= st.steps - 1),
+        "{st:?}"
+    );
+}
