@@ -109,7 +109,7 @@ pub fn run(args: Args) -> Result<()> {
             &params,
             &mut |_| {},
         )?;
-        let mut drafter = spec.drafter(&loaded)?;
+        let mut drafter = spec.drafter(&loaded, &params.sampling)?;
         let s = spec_session.generate(
             &loaded.model,
             &loaded.tokenizer,

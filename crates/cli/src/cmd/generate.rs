@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Some(spec) => {
             let mut session = peregrine_spec::SpecSession::new(&loaded.model, loaded.ctx);
-            let mut drafter = spec.drafter(&loaded)?;
+            let mut drafter = spec.drafter(&loaded, &params.sampling)?;
             let out = session.generate(
                 &loaded.model,
                 &loaded.tokenizer,

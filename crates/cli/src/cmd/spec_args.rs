@@ -2,7 +2,7 @@
 
 use crate::cmd::model_args::Loaded;
 use anyhow::{Context, Result};
-use peregrine_model::{LoadOptions, Model};
+use peregrine_model::{LoadOptions, Model, SamplingParams};
 use peregrine_spec::{Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, TreeSpec};
 use std::path::PathBuf;
 
@@ -114,8 +114,13 @@ impl Prepared {
         })
     }
 
-    /// A fresh drafter for one generation.
-    pub fn drafter<'a>(&'a self, loaded: &'a Loaded) -> Result<Box<dyn Drafter + 'a>> {
+    /// A fresh drafter for one generation. With `sampling.temperature > 0` a draft model
+    /// samples its drafts (verified by the multi-round rule).
+    pub fn drafter<'a>(
+        &'a self,
+        loaded: &'a Loaded,
+        sampling: &SamplingParams,
+    ) -> Result<Box<dyn Drafter + 'a>> {
         let vocab = loaded.model.config().vocab_size;
         Ok(match self.method {
             SpecMethod::None => Box::new(NoDrafter),
@@ -125,7 +130,12 @@ impl Prepared {
                     .draft_model
                     .as_ref()
                     .expect("prepare loads the draft model");
-                Box::new(ModelDrafter::draft_model(m, vocab, loaded.ctx)?)
+                let d = ModelDrafter::draft_model(m, vocab, loaded.ctx)?;
+                if sampling.temperature > 0.0 {
+                    Box::new(d.with_sampled_drafts(sampling.clone()))
+                } else {
+                    Box::new(d)
+                }
             }
             SpecMethod::Layerskip => Box::new(LayerSkipDrafter::new(
                 self.exit_layer,
