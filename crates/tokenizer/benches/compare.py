@@ -3,7 +3,7 @@
 
     python3 crates/tokenizer/benches/compare.py [--text FILE] [--repeats N]
 
-The text defaults to every prompt turn of /work/shared/data/specbench/*.jsonl joined by blank
+The text defaults to every prompt turn of data/specbench/*.jsonl joined by blank
 lines. Each encoder gets the whole text as one string, single-threaded, best of N runs, no special
 tokens parsed. Rows:
   SmolLM2  peregrine (GGUF, smollm pre-tokenizer, HF tokenizers BPE inside)
@@ -31,7 +31,7 @@ SMOLLM2 = REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def specbench_text():
     parts = []
-    for f in sorted(glob.glob("/work/shared/data/specbench/*.jsonl")):
+    for f in sorted(glob.glob(str(Path(__file__).resolve().parents[3] / "data/specbench" / "*.jsonl"))):
         for line in open(f, encoding="utf-8"):
             parts.extend(json.loads(line)["turns"])
     return "\n\n".join(parts)

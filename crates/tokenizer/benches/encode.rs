@@ -1,6 +1,6 @@
 //! Encode throughput (criterion, bytes/s) for SmolLM2 (GGUF) and Llama 3 (tiktoken).
 //!
-//! Text: the Spec-Bench prompts (`../shared/data/specbench/*.jsonl`, every turn, blank-line
+//! Text: the Spec-Bench prompts (`data/specbench/*.jsonl`, every turn, blank-line
 //! separated) when present, else the golden corpus. `benches/compare.py` runs the Python peers.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -9,7 +9,7 @@ use peregrine_tokenizer::{EncodeOptions, Tokenizer};
 use std::path::PathBuf;
 
 fn bench_text() -> String {
-    let dir = peregrine_testkit::repo_root().join("../shared/data/specbench");
+    let dir = peregrine_testkit::repo_root().join("data/specbench");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "jsonl")).collect())
         .unwrap_or_default();

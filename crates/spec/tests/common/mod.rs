@@ -18,12 +18,10 @@ pub fn tokenizer() -> &'static Tokenizer {
     })
 }
 
-/// The first turns of `../shared/data/specbench/<set>.jsonl`, rendered with the chat template
-/// and tokenized.
+/// The first turns of `data/specbench/<set>.jsonl`, rendered with the chat template and
+/// tokenized.
 pub fn specbench_prompts(set: &str, n: usize) -> Vec<Vec<u32>> {
-    let path = peregrine_testkit::repo_root()
-        .join("../shared/data/specbench")
-        .join(format!("{set}.jsonl"));
+    let path = peregrine_testkit::specbench_path(set);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let tok = tokenizer();
     let template = ChatTemplate::for_tokenizer(tok).expect("chat template");
