@@ -7,6 +7,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod sampling;
+pub mod stop;
 pub mod weights;
 
 pub use error::{Error, Result};
@@ -14,3 +15,4 @@ pub use generate::{GenerateParams, Generation, Session, StopReason};
 pub use kv_cache::KvCache;
 pub use model::{ForwardOptions, LoadOptions, LogitRows, Model, SeqInput, Workspace};
 pub use sampling::{Sampler, SamplingParams};
+pub use stop::StopScanner;

@@ -17,7 +17,7 @@ use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{
     ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput,
-    StopReason, Workspace,
+    StopReason, StopScanner, Workspace,
 };
 use peregrine_tokenizer::Tokenizer;
 use rand::rngs::StdRng;
@@ -633,71 +633,5 @@ impl<'t, 'p> Emitter<'t, 'p> {
         }
         self.text.flush(on_text);
         reason
-    }
-}
-
-/// Accumulates generated text, holding back enough to catch a stop string spanning tokens
-/// (the same rules as plain generation's).
-struct StopScanner<'a> {
-    stops: &'a [String],
-    text: String,
-    emitted: usize,
-    hold: usize,
-}
-
-impl<'a> StopScanner<'a> {
-    fn new(stops: &'a [String]) -> Self {
-        let hold = stops
-            .iter()
-            .map(|s| s.len())
-            .max()
-            .unwrap_or(0)
-            .saturating_sub(1);
-        Self {
-            stops,
-            text: String::new(),
-            emitted: 0,
-            hold,
-        }
-    }
-
-    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> Option<String> {
-        let search_from = self.emitted.saturating_sub(self.hold);
-        self.text.push_str(piece);
-        let found = self
-            .stops
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| {
-                self.text[search_from..]
-                    .find(s.as_str())
-                    .map(|at| (search_from + at, s))
-            })
-            .min_by_key(|(at, _)| *at);
-        if let Some((at, stop)) = found {
-            self.text.truncate(at);
-            self.flush(on_text);
-            return Some(stop.clone());
-        }
-        let mut safe = self.text.len().saturating_sub(self.hold);
-        while !self.text.is_char_boundary(safe) {
-            safe -= 1;
-        }
-        if safe > self.emitted {
-            on_text(&self.text[self.emitted..safe]);
-            self.emitted = safe;
-        }
-        None
-    }
-
-    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
-        if self.text.len() > self.emitted {
-            on_text(&self.text[self.emitted..]);
-            self.emitted = self.text.len();
-        }
-    }
-
-    fn into_text(self) -> String {
-        self.text
     }
 }
