@@ -138,8 +138,30 @@ impl Sampler {
         }
     }
 
-    fn sample_shaped(&mut self) -> u32 {
-        let p = self.params.clone();
+    /// Writes into `out` (resized to the vocabulary) the probability of each token under
+    /// temperature sampling (`temperature > 0`), after the same penalties, top-k, top-p and min-p
+    /// as [`Sampler::sample`]: the target distribution speculative verification must preserve.
+    pub fn probs(&mut self, logits: &[f32], history: &[u32], out: &mut Vec<f32>) {
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        if self.params.has_penalties() {
+            self.apply_penalties(history);
+        }
+        out.clear();
+        out.resize(logits.len(), 0.0);
+        if !self.shape_candidates() {
+            return;
+        }
+        let (max, inv_t, total) = self.weights();
+        for &(l, id) in &self.candidates {
+            out[id as usize] = ((((l - max) as f64) * inv_t).exp() / total) as f32;
+        }
+    }
+
+    /// Keeps in `candidates` the tokens that top-k, top-p and min-p allow (from `logits`);
+    /// false when no token is left (all logits NaN).
+    fn shape_candidates(&mut self) -> bool {
+        let p = &self.params;
         self.candidates.clear();
         self.candidates.extend(
             self.logits
@@ -149,7 +171,7 @@ impl Sampler {
                 .map(|(i, &l)| (l, i as u32)),
         );
         if self.candidates.is_empty() {
-            return 0;
+            return false;
         }
         let by_logit_desc =
             |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -158,8 +180,7 @@ impl Sampler {
                 .select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             self.candidates.truncate(p.top_k);
         }
-        let needs_sorted = p.top_p < 1.0 || p.min_p > 0.0;
-        if needs_sorted {
+        if p.top_p < 1.0 || p.min_p > 0.0 {
             self.candidates.sort_unstable_by(by_logit_desc);
             let max = self.candidates[0].0;
             let total: f64 = self
@@ -191,16 +212,30 @@ impl Sampler {
             }
             self.candidates.truncate(keep);
         }
+        true
+    }
+
+    /// The candidates' largest logit, `1 / temperature`, and the sum of their weights
+    /// `exp((l - max) / temperature)`.
+    fn weights(&self) -> (f32, f64, f64) {
         let max = self
             .candidates
             .iter()
             .fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
-        let inv_t = 1.0 / p.temperature as f64;
+        let inv_t = 1.0 / self.params.temperature as f64;
         let total: f64 = self
             .candidates
             .iter()
             .map(|&(l, _)| (((l - max) as f64) * inv_t).exp())
             .sum();
+        (max, inv_t, total)
+    }
+
+    fn sample_shaped(&mut self) -> u32 {
+        if !self.shape_candidates() {
+            return 0;
+        }
+        let (max, inv_t, total) = self.weights();
         let mut u = self.rng.random::<f64>() * total;
         for &(l, id) in &self.candidates {
             u -= (((l - max) as f64) * inv_t).exp();
@@ -285,6 +320,21 @@ mod tests {
             let sd = (want * (1.0 - want) / n as f64).sqrt();
             assert!((got - want).abs() < 5.0 * sd, "token {i}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn probs_are_the_shaped_distribution() {
+        let logits = [0.0f32, 1.0, 2.0, 3.0];
+        let params = SamplingParams { temperature: 0.5, top_k: 2, ..Default::default() };
+        let mut s = sampler(params);
+        let mut p = Vec::new();
+        s.probs(&logits, &[], &mut p);
+        assert_eq!(p[0], 0.0);
+        assert_eq!(p[1], 0.0);
+        // Tokens 2 and 3 at temperature 0.5: weights e^4 and e^6.
+        let want3 = (6.0f64).exp() / ((4.0f64).exp() + (6.0f64).exp());
+        assert!((p[3] as f64 - want3).abs() < 1e-6);
+        assert!((p.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -142,116 +142,23 @@ fn normalise(p: &mut [f32], total: f64) {
 /// Shapes logits into the target distribution plain sampling draws from, in the order of
 /// `peregrine_model::Sampler`: penalties → top-k → top-p → min-p → temperature. Buffers are
 /// kept between calls.
-#[derive(Debug)]
 pub struct TargetShaper {
-    params: peregrine_model::SamplingParams,
-    logits: Vec<f32>,
-    candidates: Vec<(f32, u32)>,
-    recent: Vec<(u32, u32)>,
+    sampler: peregrine_model::Sampler,
 }
 
 impl TargetShaper {
     /// A shaper for these sampling parameters (`temperature > 0`).
     pub fn new(params: peregrine_model::SamplingParams, vocab_size: usize) -> Self {
         Self {
-            params,
-            logits: Vec::with_capacity(vocab_size),
-            candidates: Vec::with_capacity(vocab_size),
-            recent: Vec::new(),
+            sampler: peregrine_model::Sampler::new(params, vocab_size),
         }
     }
 
     /// Writes into `out` (resized to the vocabulary) the probability of each token given
-    /// `logits` and the tokens so far (`history`, for penalties).
+    /// `logits` and the tokens so far (`history`, for penalties): plain sampling's distribution,
+    /// computed by the same code (`Sampler::probs`).
     pub fn probs(&mut self, logits: &[f32], history: &[u32], out: &mut Vec<f32>) {
-        let p = &self.params;
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
-        if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-            let start = history.len().saturating_sub(p.penalty_last_n);
-            self.recent.clear();
-            for &t in &history[start..] {
-                match self.recent.iter_mut().find(|(id, _)| *id == t) {
-                    Some((_, n)) => *n += 1,
-                    None => self.recent.push((t, 1)),
-                }
-            }
-            for &(t, count) in &self.recent {
-                let Some(l) = self.logits.get_mut(t as usize) else {
-                    continue;
-                };
-                *l = if *l > 0.0 {
-                    *l / p.repetition_penalty
-                } else {
-                    *l * p.repetition_penalty
-                };
-                *l -= count as f32 * p.frequency_penalty + p.presence_penalty;
-            }
-        }
-        out.clear();
-        out.resize(logits.len(), 0.0);
-        self.candidates.clear();
-        self.candidates.extend(
-            self.logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (l, i as u32)),
-        );
-        if self.candidates.is_empty() {
-            return;
-        }
-        let by_logit_desc =
-            |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-        if p.top_k > 0 && p.top_k < self.candidates.len() {
-            self.candidates
-                .select_nth_unstable_by(p.top_k - 1, by_logit_desc);
-            self.candidates.truncate(p.top_k);
-        }
-        if p.top_p < 1.0 || p.min_p > 0.0 {
-            self.candidates.sort_unstable_by(by_logit_desc);
-            let max = self.candidates[0].0;
-            let total: f64 = self
-                .candidates
-                .iter()
-                .map(|&(l, _)| ((l - max) as f64).exp())
-                .sum();
-            let mut keep = self.candidates.len();
-            if p.top_p < 1.0 {
-                let mut cum = 0.0;
-                for (i, &(l, _)) in self.candidates.iter().enumerate() {
-                    cum += ((l - max) as f64).exp() / total;
-                    if cum >= p.top_p as f64 {
-                        keep = i + 1;
-                        break;
-                    }
-                }
-            }
-            if p.min_p > 0.0 {
-                let floor = (p.min_p as f64).ln();
-                let n_min = self
-                    .candidates
-                    .iter()
-                    .take_while(|&&(l, _)| ((l - max) as f64) >= floor)
-                    .count()
-                    .max(1);
-                keep = keep.min(n_min);
-            }
-            self.candidates.truncate(keep);
-        }
-        let max = self
-            .candidates
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
-        let inv_t = 1.0 / p.temperature as f64;
-        let total: f64 = self
-            .candidates
-            .iter()
-            .map(|&(l, _)| (((l - max) as f64) * inv_t).exp())
-            .sum();
-        for &(l, id) in &self.candidates {
-            out[id as usize] = ((((l - max) as f64) * inv_t).exp() / total) as f32;
-        }
+        self.sampler.probs(logits, history, out);
     }
 }
 
