@@ -93,7 +93,10 @@ fn stop_and_resume_equals_full_forward_and_taps_match() {
         )
         .unwrap();
     for (i, want) in full.iter().enumerate() {
-        assert!(ws3.logits(i) == &want[..], "row {i}: resumed logits differ from the full forward");
+        assert!(
+            ws3.logits(i) == &want[..],
+            "row {i}: resumed logits differ from the full forward"
+        );
     }
     assert_eq!(cache2.layer_len(n_layers - 1), 24);
 
