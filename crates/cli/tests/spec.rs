@@ -137,7 +137,9 @@ fn bad_spec_settings_are_clear_errors() {
 #[test]
 fn bench_spec_checks_greedy_equality() {
     let m = model();
-    let prompts = peregrine_testkit::specbench_path("sum").display().to_string();
+    let prompts = peregrine_testkit::specbench_path("sum")
+        .display()
+        .to_string();
     let out = peregrine(&[
         "bench",
         "spec",

@@ -5,7 +5,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peregrine_loops::quant::quantize_ggml;
-use peregrine_loops::{ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType, SgemmDesc, SgemmKernel};
+use peregrine_loops::{
+    ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType, SgemmDesc, SgemmKernel,
+};
 
 fn sgemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("sgemm");
@@ -14,7 +16,9 @@ fn sgemm(c: &mut Criterion) {
         let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; k * n]);
         let mut out = vec![0f32; m * n];
         g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
-        g.bench_function(format!("{m}x{n}x{k}_{}", Isa::detect()), |bch| bch.iter(|| kernel.run(&a, &b, &mut out).unwrap()));
+        g.bench_function(format!("{m}x{n}x{k}_{}", Isa::detect()), |bch| {
+            bch.iter(|| kernel.run(&a, &b, &mut out).unwrap())
+        });
     }
     g.finish();
 }
@@ -32,13 +36,17 @@ fn qgemv(c: &mut Criterion) {
         let kernel = QGemmKernel::compile(&QGemmDesc::new(ty, 1, n, k)).unwrap();
         let mut y = vec![0f32; n];
         g.throughput(Throughput::Bytes(packed.len_bytes() as u64));
-        g.bench_function(format!("gemv_{ty}_q8act_{n}x{k}_warm"), |b| b.iter(|| kernel.run(&packed, &x, &mut y).unwrap()));
+        g.bench_function(format!("gemv_{ty}_q8act_{n}x{k}_warm"), |b| {
+            b.iter(|| kernel.run(&packed, &x, &mut y).unwrap())
+        });
     }
     g.finish();
 }
 
 fn compile(c: &mut Criterion) {
-    c.bench_function("jit_compile_sgemm_128x128x128", |b| b.iter(|| SgemmKernel::compile(&SgemmDesc::new(128, 128, 128)).unwrap()));
+    c.bench_function("jit_compile_sgemm_128x128x128", |b| {
+        b.iter(|| SgemmKernel::compile(&SgemmDesc::new(128, 128, 128)).unwrap())
+    });
 }
 
 criterion_group!(benches, sgemm, qgemv, compile);

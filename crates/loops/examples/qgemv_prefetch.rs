@@ -10,11 +10,15 @@ fn main() {
     let ty = QuantType::parse(args.get(1).map_or("q4_1", |s| s)).expect("q4_0, q4_1 or q8_0");
     let n: usize = args.get(2).map_or(1536, |s| s.parse().expect("n"));
     let k: usize = args.get(3).map_or(576, |s| s.parse().expect("k"));
-    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let ggml = quantize_ggml(ty, &w);
     let one = PackedWeights::pack(ty, n, k, &ggml).unwrap();
     let n_copies = (128usize << 20).div_ceil(one.len_bytes()).clamp(1, 64);
-    let copies: Vec<PackedWeights> = (0..n_copies).map(|_| PackedWeights::pack(ty, n, k, &ggml).unwrap()).collect();
+    let copies: Vec<PackedWeights> = (0..n_copies)
+        .map(|_| PackedWeights::pack(ty, n, k, &ggml).unwrap())
+        .collect();
     let x = ActsQ8::quantize(&vec![0.25f32; k], 1, k).unwrap();
     let mut y = vec![0f32; n];
     for round in 0..3 {
@@ -32,7 +36,10 @@ fn main() {
                 }
                 best = best.min(t.elapsed().as_secs_f64() / 20.0);
             }
-            println!("round {round} {ty} 1x{n}x{k} prefetch {pf:?}: {:.1} GB/s", one.len_bytes() as f64 / best / 1e9);
+            println!(
+                "round {round} {ty} 1x{n}x{k} prefetch {pf:?}: {:.1} GB/s",
+                one.len_bytes() as f64 / best / 1e9
+            );
         }
     }
 }

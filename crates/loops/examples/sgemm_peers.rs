@@ -37,9 +37,16 @@ fn best_secs(mut f: impl FnMut()) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].clone())
+    };
     let one = arg("--one").map(|t| {
-        let v: Vec<usize> = t.split(',').map(|x| x.parse().expect("--one M,N,K")).collect();
+        let v: Vec<usize> = t
+            .split(',')
+            .map(|x| x.parse().expect("--one M,N,K"))
+            .collect();
         (v[0], v[1], v[2])
     });
     let numpy: HashMap<String, f64> = match arg("--numpy") {
@@ -49,41 +56,101 @@ fn main() {
     let cache_dir = arg("--cache-dir").map(std::path::PathBuf::from);
     let shapes: Vec<(usize, usize, usize)> = match one {
         Some(s) => vec![s],
-        None => std::fs::read_to_string(arg("--shapes").expect("--shapes FILE or --one M,N,K")).expect("read shapes")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Vec<usize> = l.split_whitespace().map(|x| x.parse().expect("number")).collect();
-            (v[0], v[1], v[2])
-        })
-        .collect(),
+        None => std::fs::read_to_string(arg("--shapes").expect("--shapes FILE or --one M,N,K"))
+            .expect("read shapes")
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Vec<usize> = l
+                    .split_whitespace()
+                    .map(|x| x.parse().expect("number"))
+                    .collect();
+                (v[0], v[1], v[2])
+            })
+            .collect(),
     };
     let isa = Isa::detect();
     if one.is_none() {
         println!("isa {isa}; GFLOP/s, single thread; ratio = ours / OpenBLAS");
-        println!("{:>6} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>7} {:>7} | {:>8}", "m", "n", "k", "default", "tuned", "openblas", "gemm", "faer", "def/ob", "tun/ob", "comp_ms");
+        println!(
+            "{:>6} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} {:>8} | {:>7} {:>7} | {:>8}",
+            "m",
+            "n",
+            "k",
+            "default",
+            "tuned",
+            "openblas",
+            "gemm",
+            "faer",
+            "def/ob",
+            "tun/ob",
+            "comp_ms"
+        );
     }
     let mut ratios_def = Vec::new();
     let mut ratios_tun = Vec::new();
     let mut compile_ms = Vec::new();
     for &(m, n, k) in &shapes {
-        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
         let mut c = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
-        let def = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: None, epilogue: Epilogue::NONE }).expect("compile default");
+        let def = SgemmKernel::compile(&SgemmDesc {
+            m,
+            n,
+            k,
+            isa,
+            schedule: None,
+            epilogue: Epilogue::NONE,
+        })
+        .expect("compile default");
         compile_ms.push(def.compile_ms);
         let g_def = flops / best_secs(|| def.run(&a, &b, &mut c).unwrap()) / 1e9;
-        let cfg = TuneConfig { cache_dir: cache_dir.clone(), ..TuneConfig::default() };
+        let cfg = TuneConfig {
+            cache_dir: cache_dir.clone(),
+            ..TuneConfig::default()
+        };
         let tuned = tune::tune_sgemm(m, n, k, isa, &cfg).expect("tune");
-        let tk = SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(tuned.schedule.clone()), epilogue: Epilogue::NONE }).expect("compile tuned");
+        let tk = SgemmKernel::compile(&SgemmDesc {
+            m,
+            n,
+            k,
+            isa,
+            schedule: Some(tuned.schedule.clone()),
+            epilogue: Epilogue::NONE,
+        })
+        .expect("compile tuned");
         let g_tun = flops / best_secs(|| tk.run(&a, &b, &mut c).unwrap()) / 1e9;
         let g_gemm = flops
             / best_secs(|| {
                 // SAFETY: all pointers and strides describe the row-major m x k, k x n and
                 // m x n buffers above, which outlive the call.
                 unsafe {
-                    gemm::gemm(m, n, k, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, k as isize, b.as_ptr(), 1, n as isize, 0.0f32, 1.0f32, false, false, false, gemm::Parallelism::None)
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
                 }
             })
             / 1e9;
@@ -92,7 +159,14 @@ fn main() {
                 let lhs = faer::MatRef::from_row_major_slice(&a, m, k);
                 let rhs = faer::MatRef::from_row_major_slice(&b, k, n);
                 let dst = faer::MatMut::from_row_major_slice_mut(&mut c, m, n);
-                faer::linalg::matmul::matmul(dst, faer::Accum::Replace, lhs, rhs, 1.0f32, faer::Par::Seq);
+                faer::linalg::matmul::matmul(
+                    dst,
+                    faer::Accum::Replace,
+                    lhs,
+                    rhs,
+                    1.0f32,
+                    faer::Par::Seq,
+                );
             })
             / 1e9;
         if one.is_some() {
@@ -140,9 +214,17 @@ fn main() {
 /// Minimal parser for `{"m n k": gflops, ...}` as written by the peer script.
 fn parse_numpy(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
-    for part in text.trim().trim_start_matches('{').trim_end_matches('}').split(',') {
+    for part in text
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .split(',')
+    {
         if let Some((key, val)) = part.split_once(':') {
-            out.insert(key.trim().trim_matches('"').to_string(), val.trim().parse().unwrap_or(f64::NAN));
+            out.insert(
+                key.trim().trim_matches('"').to_string(),
+                val.trim().parse().unwrap_or(f64::NAN),
+            );
         }
     }
     out

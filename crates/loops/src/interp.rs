@@ -8,7 +8,9 @@
 //! keep order), so the result does not depend on the schedule.
 
 use crate::error::{Error, Result};
-use crate::ir::{Access, BinaryOp, Expr, NodeId, Op, QuantPart, ReduceOp, Scalar, Storage, UnaryOp};
+use crate::ir::{
+    Access, BinaryOp, Expr, NodeId, Op, QuantPart, ReduceOp, Scalar, Storage, UnaryOp,
+};
 use crate::quant::{BlockRef, QuantType};
 use crate::schedule::Schedule;
 
@@ -26,21 +28,45 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
     expr.verify()?;
     schedule.validate(expr)?;
     if inputs.len() != expr.inputs.len() {
-        return Err(Error::BufferLen { what: "inputs".into(), want: expr.inputs.len(), got: inputs.len() });
+        return Err(Error::BufferLen {
+            what: "inputs".into(),
+            want: expr.inputs.len(),
+            got: inputs.len(),
+        });
     }
     for (inp, buf) in expr.inputs.iter().zip(inputs) {
         match (inp.storage, buf) {
             (Storage::F32, Buffer::F32(b)) if b.len() >= inp.len => {}
             (Storage::Quant(q), Buffer::Quant(b)) if b.len() >= inp.len * q.block_bytes() => {}
-            (Storage::F32, Buffer::F32(b)) => return Err(Error::BufferLen { what: format!("input {:?}", inp.name), want: inp.len, got: b.len() }),
-            (Storage::Quant(q), Buffer::Quant(b)) => {
-                return Err(Error::BufferLen { what: format!("input {:?} bytes", inp.name), want: inp.len * q.block_bytes(), got: b.len() })
+            (Storage::F32, Buffer::F32(b)) => {
+                return Err(Error::BufferLen {
+                    what: format!("input {:?}", inp.name),
+                    want: inp.len,
+                    got: b.len(),
+                })
             }
-            (s, _) => return Err(Error::InputType { name: inp.name.clone(), want: s.to_string(), got: "other storage".into() }),
+            (Storage::Quant(q), Buffer::Quant(b)) => {
+                return Err(Error::BufferLen {
+                    what: format!("input {:?} bytes", inp.name),
+                    want: inp.len * q.block_bytes(),
+                    got: b.len(),
+                })
+            }
+            (s, _) => {
+                return Err(Error::InputType {
+                    name: inp.name.clone(),
+                    want: s.to_string(),
+                    got: "other storage".into(),
+                })
+            }
         }
     }
     if out.len() < expr.out_len {
-        return Err(Error::BufferLen { what: "output".into(), want: expr.out_len, got: out.len() });
+        return Err(Error::BufferLen {
+            what: "output".into(),
+            want: expr.out_len,
+            got: out.len(),
+        });
     }
     let n_vars = expr.vars.len();
     // Dense row-major strides of each node's buffer, per variable (0 when not in its space).
@@ -57,11 +83,17 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
             st
         })
         .collect();
-    let sizes: Vec<usize> = expr.nodes.iter().map(|n| n.space.iter().map(|v| expr.var(*v).extent).product()).collect();
+    let sizes: Vec<usize> = expr
+        .nodes
+        .iter()
+        .map(|n| n.space.iter().map(|v| expr.var(*v).extent).product())
+        .collect();
     let mut vals: Vec<Vec<f64>> = Vec::with_capacity(expr.nodes.len());
     for (i, node) in expr.nodes.iter().enumerate() {
         let init = match node.op {
-            Op::Reduce { op: ReduceOp::Max, .. } => f64::NEG_INFINITY,
+            Op::Reduce {
+                op: ReduceOp::Max, ..
+            } => f64::NEG_INFINITY,
             _ => 0.0,
         };
         let mut buf = vec![init; sizes[i]];
@@ -72,7 +104,20 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
             let me = at(&strides[i], p);
             let arg = |a: NodeId| vals[a.0 as usize][at(&strides[a.0 as usize], p)];
             match &node.op {
-                Op::Read { input, index, access } => buf[me] = read(expr, inputs[input.0 as usize], index, access, p, input.0 as usize),
+                Op::Read {
+                    input,
+                    index,
+                    access,
+                } => {
+                    buf[me] = read(
+                        expr,
+                        inputs[input.0 as usize],
+                        index,
+                        access,
+                        p,
+                        input.0 as usize,
+                    )
+                }
                 Op::Unary(op, a) => {
                     let x = arg(*a) as f32;
                     buf[me] = match op {
@@ -109,7 +154,9 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
                 Op::Reduce { op, arg: a, .. } => {
                     let acc = buf[me];
                     buf[me] = match (op, &expr.node(*a).op) {
-                        (ReduceOp::Add, Op::Binary(BinaryOp::Mul, x, y)) if f32_node => (arg(*x) as f32).mul_add(arg(*y) as f32, acc as f32) as f64,
+                        (ReduceOp::Add, Op::Binary(BinaryOp::Mul, x, y)) if f32_node => {
+                            (arg(*x) as f32).mul_add(arg(*y) as f32, acc as f32) as f64
+                        }
                         (ReduceOp::Add, _) => round(acc + arg(*a)),
                         (ReduceOp::Max, _) => acc.max(arg(*a)),
                     };
@@ -134,13 +181,24 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
             point[v.0 as usize] = rem % e;
             rem /= e;
         }
-        let pos = expr.out_offset as isize + space.iter().zip(&expr.out_strides).map(|(v, s)| s * point[v.0 as usize] as isize).sum::<isize>();
+        let pos = expr.out_offset as isize
+            + space
+                .iter()
+                .zip(&expr.out_strides)
+                .map(|(v, s)| s * point[v.0 as usize] as isize)
+                .sum::<isize>();
         out[pos as usize] = val as f32;
     }
     Ok(())
 }
 
-fn walk(loops: &[crate::schedule::Loop], level: usize, point: &mut [usize], chunk: &mut [(usize, usize)], visit: &mut dyn FnMut(&[usize])) {
+fn walk(
+    loops: &[crate::schedule::Loop],
+    level: usize,
+    point: &mut [usize],
+    chunk: &mut [(usize, usize)],
+    visit: &mut dyn FnMut(&[usize]),
+) {
     let Some(l) = loops.get(level) else {
         visit(point);
         return;
@@ -158,14 +216,32 @@ fn walk(loops: &[crate::schedule::Loop], level: usize, point: &mut [usize], chun
     chunk[v] = (base, len);
 }
 
-fn read(expr: &Expr, buf: Buffer<'_>, index: &[crate::ir::VarId], access: &Access, p: &[usize], _input: usize) -> f64 {
+fn read(
+    expr: &Expr,
+    buf: Buffer<'_>,
+    index: &[crate::ir::VarId],
+    access: &Access,
+    p: &[usize],
+    _input: usize,
+) -> f64 {
     let idx = |j: usize| p[index[j].0 as usize];
     match (access, buf) {
         (Access::Strided { offset, strides }, Buffer::F32(b)) => {
-            let pos = *offset as isize + strides.iter().enumerate().map(|(j, s)| s * idx(j) as isize).sum::<isize>();
+            let pos = *offset as isize
+                + strides
+                    .iter()
+                    .enumerate()
+                    .map(|(j, s)| s * idx(j) as isize)
+                    .sum::<isize>();
             b[pos as usize] as f64
         }
-        (Access::Quant { part, row_stride_blocks }, Buffer::Quant(b)) => {
+        (
+            Access::Quant {
+                part,
+                row_stride_blocks,
+            },
+            Buffer::Quant(b),
+        ) => {
             let ty = match expr.inputs[_input].storage {
                 Storage::Quant(q) => q,
                 Storage::F32 => QuantType::Q8Act,
@@ -205,7 +281,12 @@ mod tests {
     }
 
     fn data(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0 - 0.5).collect()
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) as f32 / 65536.0
+                    - 0.5
+            })
+            .collect()
     }
 
     #[test]
@@ -214,8 +295,15 @@ mod tests {
         let e = matmul(m, n, k).unwrap();
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let want = naive(&a, &b, m, n, k);
-        for text in ["m/1 n/1 k/1", "k/1 n/1 m/1", "n/4 m/3 k/2 n/1 m/1 k/1", "k/4 n/8 m/1 k/1 n/1:vec"] {
-            let s = Schedule::naive(&e).with_node_text(&e, NodeId(3), text).unwrap();
+        for text in [
+            "m/1 n/1 k/1",
+            "k/1 n/1 m/1",
+            "n/4 m/3 k/2 n/1 m/1 k/1",
+            "k/4 n/8 m/1 k/1 n/1:vec",
+        ] {
+            let s = Schedule::naive(&e)
+                .with_node_text(&e, NodeId(3), text)
+                .unwrap();
             let mut c = vec![0f32; m * n];
             run(&e, &s, &[Buffer::F32(&a), Buffer::F32(&b)], &mut c).unwrap();
             assert_eq!(c, want, "schedule {text}");
@@ -231,7 +319,13 @@ mod tests {
         let b = data(k * n, 4);
         let a: Vec<f32> = (0..m * k).map(|x| at[(x % k) * m + x / k]).collect();
         let mut c = vec![0f32; m * n];
-        run(&e, &Schedule::naive(&e), &[Buffer::F32(&at), Buffer::F32(&b)], &mut c).unwrap();
+        run(
+            &e,
+            &Schedule::naive(&e),
+            &[Buffer::F32(&at), Buffer::F32(&b)],
+            &mut c,
+        )
+        .unwrap();
         assert_eq!(c, naive(&a, &b, m, n, k));
     }
 
@@ -240,7 +334,23 @@ mod tests {
         let e = matmul(3, 3, 3).unwrap();
         let a = vec![0f32; 8];
         let mut c = vec![0f32; 9];
-        let err = run(&e, &Schedule::naive(&e), &[Buffer::F32(&a), Buffer::F32(&a)], &mut c).unwrap_err();
-        assert!(matches!(err, Error::BufferLen { want: 9, got: 8, .. }), "{err}");
+        let err = run(
+            &e,
+            &Schedule::naive(&e),
+            &[Buffer::F32(&a), Buffer::F32(&a)],
+            &mut c,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::BufferLen {
+                    want: 9,
+                    got: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -241,12 +241,19 @@ impl Builder {
     }
     /// Adds an index variable.
     pub fn var(&mut self, name: &str, extent: usize) -> VarId {
-        self.vars.push(Var { name: name.to_string(), extent });
+        self.vars.push(Var {
+            name: name.to_string(),
+            extent,
+        });
         VarId(self.vars.len() as u32 - 1)
     }
     /// Adds an input buffer.
     pub fn input(&mut self, name: &str, storage: Storage, len: usize) -> InputId {
-        self.inputs.push(Input { name: name.to_string(), storage, len });
+        self.inputs.push(Input {
+            name: name.to_string(),
+            storage,
+            len,
+        });
         InputId(self.inputs.len() as u32 - 1)
     }
     fn push(&mut self, op: Op, space: Vec<VarId>, scalar: Scalar) -> NodeId {
@@ -257,15 +264,53 @@ impl Builder {
         &self.nodes[id.0 as usize]
     }
     /// Reads an `F32` input with strides (one per index variable).
-    pub fn read(&mut self, input: InputId, index: &[VarId], offset: usize, strides: &[isize]) -> NodeId {
-        let access = Access::Strided { offset, strides: strides.to_vec() };
-        self.push(Op::Read { input, index: index.to_vec(), access }, dedup(index), Scalar::F32)
+    pub fn read(
+        &mut self,
+        input: InputId,
+        index: &[VarId],
+        offset: usize,
+        strides: &[isize],
+    ) -> NodeId {
+        let access = Access::Strided {
+            offset,
+            strides: strides.to_vec(),
+        };
+        self.push(
+            Op::Read {
+                input,
+                index: index.to_vec(),
+                access,
+            },
+            dedup(index),
+            Scalar::F32,
+        )
     }
     /// Reads a part of a quantized input.
-    pub fn read_quant(&mut self, input: InputId, part: QuantPart, index: &[VarId], row_stride_blocks: usize) -> NodeId {
-        let scalar = if part == QuantPart::Code { Scalar::I32 } else { Scalar::F32 };
-        let access = Access::Quant { part, row_stride_blocks };
-        self.push(Op::Read { input, index: index.to_vec(), access }, dedup(index), scalar)
+    pub fn read_quant(
+        &mut self,
+        input: InputId,
+        part: QuantPart,
+        index: &[VarId],
+        row_stride_blocks: usize,
+    ) -> NodeId {
+        let scalar = if part == QuantPart::Code {
+            Scalar::I32
+        } else {
+            Scalar::F32
+        };
+        let access = Access::Quant {
+            part,
+            row_stride_blocks,
+        };
+        self.push(
+            Op::Read {
+                input,
+                index: index.to_vec(),
+                access,
+            },
+            dedup(index),
+            scalar,
+        )
     }
     /// Elementwise unary.
     pub fn unary(&mut self, op: UnaryOp, a: NodeId) -> NodeId {
@@ -287,7 +332,15 @@ impl Builder {
     /// Reduces `a` to the space `keep`.
     pub fn reduce(&mut self, op: ReduceOp, a: NodeId, keep: &[VarId]) -> NodeId {
         let scalar = self.node(a).scalar;
-        self.push(Op::Reduce { op, arg: a, keep: keep.to_vec() }, keep.to_vec(), scalar)
+        self.push(
+            Op::Reduce {
+                op,
+                arg: a,
+                keep: keep.to_vec(),
+            },
+            keep.to_vec(),
+            scalar,
+        )
     }
     /// Converts an integer node to `F32`.
     pub fn to_f32(&mut self, a: NodeId) -> NodeId {
@@ -299,7 +352,13 @@ impl Builder {
         self.push(Op::Const(value.to_bits()), Vec::new(), Scalar::F32)
     }
     /// Finishes with `output` written through a view, and verifies the expression.
-    pub fn finish(self, output: NodeId, out_offset: usize, out_strides: &[isize], out_len: usize) -> Result<Expr> {
+    pub fn finish(
+        self,
+        output: NodeId,
+        out_offset: usize,
+        out_strides: &[isize],
+        out_len: usize,
+    ) -> Result<Expr> {
         let e = Expr {
             vars: self.vars,
             inputs: self.inputs,
@@ -340,7 +399,11 @@ impl Expr {
             Op::Reduce { arg, keep, .. } => {
                 let mut s = keep.clone();
                 // `get`: callers may ask before `verify` (a dangling argument adds nothing).
-                for v in self.nodes.get(arg.0 as usize).map_or(&[][..], |a| &a.space[..]) {
+                for v in self
+                    .nodes
+                    .get(arg.0 as usize)
+                    .map_or(&[][..], |a| &a.space[..])
+                {
                     if !s.contains(v) {
                         s.push(*v);
                     }
@@ -353,7 +416,15 @@ impl Expr {
     /// The variables a reduce node sums (or maxes) over; empty for other nodes.
     pub fn reduced_vars(&self, id: NodeId) -> Vec<VarId> {
         match &self.node(id).op {
-            Op::Reduce { arg, keep, .. } => self.nodes.get(arg.0 as usize).map_or(Vec::new(), |a| a.space.iter().copied().filter(|v| !keep.contains(v)).collect()),
+            Op::Reduce { arg, keep, .. } => {
+                self.nodes.get(arg.0 as usize).map_or(Vec::new(), |a| {
+                    a.space
+                        .iter()
+                        .copied()
+                        .filter(|v| !keep.contains(v))
+                        .collect()
+                })
+            }
             _ => Vec::new(),
         }
     }
@@ -368,7 +439,11 @@ impl Expr {
     pub fn flops(&self) -> u64 {
         let mut total = 0u64;
         for (i, n) in self.nodes.iter().enumerate() {
-            let points: u64 = self.iter_space(NodeId(i as u32)).iter().map(|v| self.var(*v).extent as u64).product();
+            let points: u64 = self
+                .iter_space(NodeId(i as u32))
+                .iter()
+                .map(|v| self.var(*v).extent as u64)
+                .product();
             total += match n.op {
                 Op::Read { .. } | Op::Const(_) => 0,
                 Op::Reduce { .. } => points,
@@ -385,22 +460,37 @@ impl Expr {
                 if (id.0 as usize) < i {
                     Ok(&self.nodes[id.0 as usize])
                 } else {
-                    Err(Error::DanglingRef { node: i, what: "node", index: id.0 as usize })
+                    Err(Error::DanglingRef {
+                        node: i,
+                        what: "node",
+                        index: id.0 as usize,
+                    })
                 }
             };
             for v in &node.space {
                 if v.0 as usize >= self.vars.len() {
-                    return Err(Error::DanglingRef { node: i, what: "variable", index: v.0 as usize });
+                    return Err(Error::DanglingRef {
+                        node: i,
+                        what: "variable",
+                        index: v.0 as usize,
+                    });
                 }
             }
             let name = node.op.name();
             match &node.op {
-                Op::Read { input, index, access } => {
-                    let inp = self.inputs.get(input.0 as usize).ok_or(Error::DanglingRef {
-                        node: i,
-                        what: "input",
-                        index: input.0 as usize,
-                    })?;
+                Op::Read {
+                    input,
+                    index,
+                    access,
+                } => {
+                    let inp = self
+                        .inputs
+                        .get(input.0 as usize)
+                        .ok_or(Error::DanglingRef {
+                            node: i,
+                            what: "input",
+                            index: input.0 as usize,
+                        })?;
                     if index.iter().any(|v| v.0 as usize >= self.vars.len()) {
                         return Err(Error::bad_node(i, name, "index names an unknown variable"));
                     }
@@ -409,115 +499,235 @@ impl Expr {
                 Op::Unary(op, a) => {
                     let a = check_node(*a)?;
                     if a.scalar != Scalar::F32 && *op != UnaryOp::Neg {
-                        return Err(Error::bad_node(i, name, format!("{op:?} needs an F32 argument")));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            format!("{op:?} needs an F32 argument"),
+                        ));
                     }
                     if node.space != a.space || node.scalar != a.scalar {
-                        return Err(Error::bad_node(i, name, "space or type differs from the argument"));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "space or type differs from the argument",
+                        ));
                     }
                 }
                 Op::Binary(op, a, b) => {
                     let (a, b) = (check_node(*a)?, check_node(*b)?);
                     if a.scalar != b.scalar || node.scalar != a.scalar {
-                        return Err(Error::bad_node(i, name, format!("{op:?} mixes {:?} and {:?}", a.scalar, b.scalar)));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            format!("{op:?} mixes {:?} and {:?}", a.scalar, b.scalar),
+                        ));
                     }
                     if node.scalar == Scalar::I32 && matches!(op, BinaryOp::Div) {
-                        return Err(Error::bad_node(i, name, "integer division is not supported"));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "integer division is not supported",
+                        ));
                     }
                     let covers = |s: &[VarId]| s.iter().all(|v| node.space.contains(v));
-                    if !covers(&a.space) || !covers(&b.space) || node.space.len() != dedup(&[a.space.clone(), b.space.clone()].concat()).len() {
-                        return Err(Error::bad_node(i, name, "space is not the union of the arguments' spaces"));
+                    if !covers(&a.space)
+                        || !covers(&b.space)
+                        || node.space.len()
+                            != dedup(&[a.space.clone(), b.space.clone()].concat()).len()
+                    {
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "space is not the union of the arguments' spaces",
+                        ));
                     }
                 }
                 Op::Reduce { arg, keep, .. } => {
                     let a = check_node(*arg)?;
                     if let Some(v) = keep.iter().find(|v| v.0 as usize >= self.vars.len()) {
-                        return Err(Error::DanglingRef { node: i, what: "variable", index: v.0 as usize });
+                        return Err(Error::DanglingRef {
+                            node: i,
+                            what: "variable",
+                            index: v.0 as usize,
+                        });
                     }
                     if let Some(v) = keep.iter().find(|v| !a.space.contains(v)) {
-                        return Err(Error::bad_node(i, name, format!("kept variable {:?} is not in the argument's space", self.vars[v.0 as usize].name)));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            format!(
+                                "kept variable {:?} is not in the argument's space",
+                                self.vars[v.0 as usize].name
+                            ),
+                        ));
                     }
                     if &node.space != keep || node.scalar != a.scalar {
-                        return Err(Error::bad_node(i, name, "space differs from the kept variables"));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "space differs from the kept variables",
+                        ));
                     }
                 }
                 Op::Const(_) => {
                     if !node.space.is_empty() || node.scalar != Scalar::F32 {
-                        return Err(Error::bad_node(i, name, "a constant is an F32 with an empty space"));
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "a constant is an F32 with an empty space",
+                        ));
                     }
                 }
                 Op::ToF32(a) => {
                     let a = check_node(*a)?;
-                    if a.scalar != Scalar::I32 || node.scalar != Scalar::F32 || node.space != a.space {
-                        return Err(Error::bad_node(i, name, "to_f32 takes an I32 node and keeps its space"));
+                    if a.scalar != Scalar::I32
+                        || node.scalar != Scalar::F32
+                        || node.space != a.space
+                    {
+                        return Err(Error::bad_node(
+                            i,
+                            name,
+                            "to_f32 takes an I32 node and keeps its space",
+                        ));
                     }
                 }
             }
         }
-        let out = self.nodes.get(self.output.0 as usize).ok_or(Error::DanglingRef {
-            node: self.nodes.len(),
-            what: "output node",
-            index: self.output.0 as usize,
-        })?;
+        let out = self
+            .nodes
+            .get(self.output.0 as usize)
+            .ok_or(Error::DanglingRef {
+                node: self.nodes.len(),
+                what: "output node",
+                index: self.output.0 as usize,
+            })?;
         if out.scalar != Scalar::F32 {
-            return Err(Error::bad_node(self.output.0 as usize, "output", "the output must be F32"));
+            return Err(Error::bad_node(
+                self.output.0 as usize,
+                "output",
+                "the output must be F32",
+            ));
         }
         if self.out_strides.len() != out.space.len() {
             return Err(Error::bad_node(
                 self.output.0 as usize,
                 "output",
-                format!("output view has {} strides for a space of {} variables", self.out_strides.len(), out.space.len()),
+                format!(
+                    "output view has {} strides for a space of {} variables",
+                    self.out_strides.len(),
+                    out.space.len()
+                ),
             ));
         }
         let extents: Vec<usize> = out.space.iter().map(|v| self.var(*v).extent).collect();
-        check_view("output", self.out_offset, &self.out_strides, &extents, self.out_len)
+        check_view(
+            "output",
+            self.out_offset,
+            &self.out_strides,
+            &extents,
+            self.out_len,
+        )
     }
 
-    fn verify_read(&self, i: usize, inp: &Input, index: &[VarId], access: &Access, scalar: Scalar) -> Result<()> {
+    fn verify_read(
+        &self,
+        i: usize,
+        inp: &Input,
+        index: &[VarId],
+        access: &Access,
+        scalar: Scalar,
+    ) -> Result<()> {
         let extents: Vec<usize> = index.iter().map(|v| self.var(*v).extent).collect();
         match (inp.storage, access) {
             (Storage::F32, Access::Strided { offset, strides }) => {
                 if strides.len() != index.len() {
-                    return Err(Error::bad_node(i, "read", format!("{} strides for {} index variables", strides.len(), index.len())));
+                    return Err(Error::bad_node(
+                        i,
+                        "read",
+                        format!(
+                            "{} strides for {} index variables",
+                            strides.len(),
+                            index.len()
+                        ),
+                    ));
                 }
                 if scalar != Scalar::F32 {
                     return Err(Error::bad_node(i, "read", "an f32 read yields F32"));
                 }
                 check_view(&inp.name, *offset, strides, &extents, inp.len)
             }
-            (Storage::Quant(q), Access::Quant { part, row_stride_blocks }) => {
+            (
+                Storage::Quant(q),
+                Access::Quant {
+                    part,
+                    row_stride_blocks,
+                },
+            ) => {
                 let want_rank = match part {
                     QuantPart::Value => 2,
                     QuantPart::Code => 3,
                     QuantPart::Scale | QuantPart::Min => 2,
                 };
                 if index.len() != want_rank {
-                    return Err(Error::bad_node(i, "read", format!("{part:?} of {q} takes {want_rank} index variables, got {}", index.len())));
+                    return Err(Error::bad_node(
+                        i,
+                        "read",
+                        format!(
+                            "{part:?} of {q} takes {want_rank} index variables, got {}",
+                            index.len()
+                        ),
+                    ));
                 }
                 if *part == QuantPart::Min && !q.has_min() {
-                    return Err(Error::bad_node(i, "read", format!("{q} has no min/sum field")));
+                    return Err(Error::bad_node(
+                        i,
+                        "read",
+                        format!("{q} has no min/sum field"),
+                    ));
                 }
                 let blocks_per_row = match part {
                     QuantPart::Value => extents[1].div_ceil(32),
                     _ => extents[1],
                 };
                 if *part == QuantPart::Code && extents[2] != 32 {
-                    return Err(Error::bad_node(i, "read", format!("the lane variable of a code read must have extent 32, got {}", extents[2])));
+                    return Err(Error::bad_node(
+                        i,
+                        "read",
+                        format!(
+                            "the lane variable of a code read must have extent 32, got {}",
+                            extents[2]
+                        ),
+                    ));
                 }
                 if blocks_per_row > *row_stride_blocks {
                     return Err(Error::bad_node(i, "read", format!("rows of {blocks_per_row} blocks overlap with a row stride of {row_stride_blocks}")));
                 }
                 let reach = (extents[0].max(1) - 1) * row_stride_blocks + blocks_per_row;
                 if extents[0] > 0 && reach > inp.len {
-                    return Err(Error::ViewOutOfBounds { tensor: inp.name.clone(), reach: reach as i64, len: inp.len });
+                    return Err(Error::ViewOutOfBounds {
+                        tensor: inp.name.clone(),
+                        reach: reach as i64,
+                        len: inp.len,
+                    });
                 }
                 Ok(())
             }
-            (storage, _) => Err(Error::InputType { name: inp.name.clone(), want: format!("{access:?}"), got: storage.to_string() }),
+            (storage, _) => Err(Error::InputType {
+                name: inp.name.clone(),
+                want: format!("{access:?}"),
+                got: storage.to_string(),
+            }),
         }
     }
 }
 
-fn check_view(name: &str, offset: usize, strides: &[isize], extents: &[usize], len: usize) -> Result<()> {
+fn check_view(
+    name: &str,
+    offset: usize,
+    strides: &[isize],
+    extents: &[usize],
+    len: usize,
+) -> Result<()> {
     if extents.contains(&0) {
         return Ok(());
     }
@@ -531,10 +741,18 @@ fn check_view(name: &str, offset: usize, strides: &[isize], extents: &[usize], l
         }
     }
     if lo < 0 {
-        return Err(Error::ViewOutOfBounds { tensor: name.to_string(), reach: lo, len });
+        return Err(Error::ViewOutOfBounds {
+            tensor: name.to_string(),
+            reach: lo,
+            len,
+        });
     }
     if hi >= len as i64 {
-        return Err(Error::ViewOutOfBounds { tensor: name.to_string(), reach: hi, len });
+        return Err(Error::ViewOutOfBounds {
+            tensor: name.to_string(),
+            reach: hi,
+            len,
+        });
     }
     Ok(())
 }
@@ -551,22 +769,44 @@ pub fn args(op: &Op) -> Vec<NodeId> {
 
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |s: &[VarId]| s.iter().map(|v| self.var(*v).name.as_str()).collect::<Vec<_>>().join(",");
+        let names = |s: &[VarId]| {
+            s.iter()
+                .map(|v| self.var(*v).name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         for (i, n) in self.nodes.iter().enumerate() {
             write!(f, "%{i}[{}]:{:?} = ", names(&n.space), n.scalar)?;
             match &n.op {
-                Op::Read { input, index, access } => {
+                Op::Read {
+                    input,
+                    index,
+                    access,
+                } => {
                     let inp = &self.inputs[input.0 as usize];
                     match access {
-                        Access::Strided { offset, strides } => write!(f, "read {}[{}] (offset {offset}, strides {strides:?})", inp.name, names(index))?,
-                        Access::Quant { part, .. } => write!(f, "read {}.{part:?}[{}] ({})", inp.name, names(index), inp.storage)?,
+                        Access::Strided { offset, strides } => write!(
+                            f,
+                            "read {}[{}] (offset {offset}, strides {strides:?})",
+                            inp.name,
+                            names(index)
+                        )?,
+                        Access::Quant { part, .. } => write!(
+                            f,
+                            "read {}.{part:?}[{}] ({})",
+                            inp.name,
+                            names(index),
+                            inp.storage
+                        )?,
                     }
                 }
                 Op::Unary(op, a) => write!(f, "{op:?}({a})")?,
                 Op::Binary(op, a, b) => write!(f, "{op:?}({a}, {b})")?,
-                Op::Reduce { op, arg, .. } => {
-                    write!(f, "reduce_{op:?}({arg}) over [{}]", names(&self.reduced_vars(NodeId(i as u32))))?
-                }
+                Op::Reduce { op, arg, .. } => write!(
+                    f,
+                    "reduce_{op:?}({arg}) over [{}]",
+                    names(&self.reduced_vars(NodeId(i as u32)))
+                )?,
                 Op::ToF32(a) => write!(f, "to_f32({a})")?,
                 Op::Const(bits) => write!(f, "{}", f32::from_bits(*bits))?,
             }
@@ -588,7 +828,13 @@ pub mod library {
 
     /// `C = (A·B + bias[n]) + residual[m, n]` (either addition optional): the matmul with a
     /// fused epilogue. Inputs in order: a, b, then bias and residual when present.
-    pub fn matmul_epilogue(m: usize, n: usize, k: usize, bias: bool, residual: bool) -> Result<Expr> {
+    pub fn matmul_epilogue(
+        m: usize,
+        n: usize,
+        k: usize,
+        bias: bool,
+        residual: bool,
+    ) -> Result<Expr> {
         let mut b = Builder::new();
         let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
         let ia = b.input("a", Storage::F32, m * k);
@@ -612,12 +858,27 @@ pub mod library {
 
     /// Matmul where `A[m, k]` is at `m * a_row + k * a_col` (so `a_col = m_len, a_row = 1` reads a
     /// transposed A), `B[k, n]` at `k * ldb + n`, and `C` row-major.
-    pub fn matmul_strided(m: usize, n: usize, k: usize, a_row: usize, a_col: usize, ldb: usize) -> Result<Expr> {
+    pub fn matmul_strided(
+        m: usize,
+        n: usize,
+        k: usize,
+        a_row: usize,
+        a_col: usize,
+        ldb: usize,
+    ) -> Result<Expr> {
         let mut b = Builder::new();
         let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
-        let a_len = if m == 0 || k == 0 { 0 } else { (m - 1) * a_row + (k - 1) * a_col + 1 };
+        let a_len = if m == 0 || k == 0 {
+            0
+        } else {
+            (m - 1) * a_row + (k - 1) * a_col + 1
+        };
         let ia = b.input("a", Storage::F32, a_len);
-        let ib = b.input("b", Storage::F32, if k == 0 { 0 } else { (k - 1) * ldb + n });
+        let ib = b.input(
+            "b",
+            Storage::F32,
+            if k == 0 { 0 } else { (k - 1) * ldb + n },
+        );
         let ra = b.read(ia, &[vm, vk], 0, &[a_row as isize, a_col as isize]);
         let rb = b.read(ib, &[vk, vn], 0, &[ldb as isize, 1]);
         let p = b.binary(BinaryOp::Mul, ra, rb);
@@ -630,11 +891,19 @@ pub mod library {
     /// `C[m, n] = sum_kb (d_w d_x) * sum_lane(code_w * code_x)` (+ `sum_kb m_w * s_x` for Q4_1).
     pub fn qmatmul(wq: QuantType, m: usize, n: usize, k: usize) -> Result<Expr> {
         if k % 32 != 0 {
-            return Err(Error::BadShape { op: "qmatmul", reason: format!("k = {k} is not a multiple of 32") });
+            return Err(Error::BadShape {
+                op: "qmatmul",
+                reason: format!("k = {k} is not a multiple of 32"),
+            });
         }
         let nb = k / 32;
         let mut b = Builder::new();
-        let (vm, vn, vb, vl) = (b.var("m", m), b.var("n", n), b.var("kb", nb), b.var("kl", 32));
+        let (vm, vn, vb, vl) = (
+            b.var("m", m),
+            b.var("n", n),
+            b.var("kb", nb),
+            b.var("kl", 32),
+        );
         let iw = b.input("w", Storage::Quant(wq), n * nb);
         let ix = b.input("x", Storage::Quant(QuantType::Q8Act), m * nb);
         let cw = b.read_quant(iw, QuantPart::Code, &[vn, vb, vl], nb);
@@ -709,9 +978,21 @@ pub mod library {
     /// `out[h,i,e] = sum_j p v[h,j,e]`. A tree mask is 0 where row `i` may see key `j` (the
     /// committed prefix, itself and its ancestors) and -inf elsewhere ([`crate::kernel::portable::tree_mask`]).
     /// q is `[h, n_q, d]`, k and v are `[h, n_kv, d]`, all row-major.
-    pub fn attention(n_heads: usize, n_q: usize, n_kv: usize, d: usize, scale: f32) -> Result<Expr> {
+    pub fn attention(
+        n_heads: usize,
+        n_q: usize,
+        n_kv: usize,
+        d: usize,
+        scale: f32,
+    ) -> Result<Expr> {
         let mut b = Builder::new();
-        let (vh, vi, vj, vd, ve) = (b.var("h", n_heads), b.var("i", n_q), b.var("j", n_kv), b.var("d", d), b.var("e", d));
+        let (vh, vi, vj, vd, ve) = (
+            b.var("h", n_heads),
+            b.var("i", n_q),
+            b.var("j", n_kv),
+            b.var("d", d),
+            b.var("e", d),
+        );
         let iq = b.input("q", Storage::F32, n_heads * n_q * d);
         let ik = b.input("k", Storage::F32, n_heads * n_kv * d);
         let iv = b.input("v", Storage::F32, n_heads * n_kv * d);
@@ -763,8 +1044,18 @@ mod tests {
         let a = b.input("a", Storage::F32, 19);
         let r = b.read(a, &[m, k], 0, &[5, 1]);
         let err = b.finish(r, 0, &[5, 1], 20).unwrap_err();
-        assert_eq!(err, Error::ViewOutOfBounds { tensor: "a".into(), reach: 19, len: 19 });
-        assert_eq!(err.to_string(), "\"a\": view reaches element 19 but the buffer holds 19");
+        assert_eq!(
+            err,
+            Error::ViewOutOfBounds {
+                tensor: "a".into(),
+                reach: 19,
+                len: 19
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "\"a\": view reaches element 19 but the buffer holds 19"
+        );
     }
 
     #[test]
@@ -778,7 +1069,10 @@ mod tests {
         let i = b.var("i", 4);
         let a = b.input("a", Storage::F32, 4);
         let rev = b.read(a, &[i], 2, &[-1]);
-        assert!(matches!(b.finish(rev, 0, &[1], 4), Err(Error::ViewOutOfBounds { reach: -1, .. })));
+        assert!(matches!(
+            b.finish(rev, 0, &[1], 4),
+            Err(Error::ViewOutOfBounds { reach: -1, .. })
+        ));
     }
 
     #[test]
@@ -792,10 +1086,21 @@ mod tests {
         // A node that refers forward.
         let mut bad = e.clone();
         bad.nodes[2].op = Op::Binary(BinaryOp::Mul, NodeId(0), NodeId(5));
-        assert!(matches!(bad.verify().unwrap_err(), Error::DanglingRef { node: 2, what: "node", index: 5 }));
+        assert!(matches!(
+            bad.verify().unwrap_err(),
+            Error::DanglingRef {
+                node: 2,
+                what: "node",
+                index: 5
+            }
+        ));
         // A reduce keeping a variable its argument does not have.
         let mut bad = e;
-        bad.nodes[3].op = Op::Reduce { op: ReduceOp::Add, arg: NodeId(2), keep: vec![VarId(0), VarId(1), VarId(7)] };
+        bad.nodes[3].op = Op::Reduce {
+            op: ReduceOp::Add,
+            arg: NodeId(2),
+            keep: vec![VarId(0), VarId(1), VarId(7)],
+        };
         assert!(bad.verify().is_err());
     }
 
@@ -820,20 +1125,45 @@ mod tests {
     fn interpreter_matches_naive_dequantized_dot() {
         // The int8 form approximates the dequantized dot product; checks the IR wiring.
         let (m, n, k) = (2, 5, 64);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0).collect();
-        let wf: Vec<f32> = (0..n * k).map(|i| ((i * 53) % 29) as f32 / 14.0 - 1.0).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37) % 23) as f32 / 11.0 - 1.0)
+            .collect();
+        let wf: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53) % 29) as f32 / 14.0 - 1.0)
+            .collect();
         for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
             let w = crate::quant::quantize_ggml(ty, &wf);
             let mut xq = vec![0u8; m * k / 32 * 48];
             crate::quant::quantize_q8act(&x, k, &mut xq);
             let e = library::qmatmul(ty, m, n, k).unwrap();
             let mut y = vec![0f32; m * n];
-            crate::interp::run(&e, &crate::Schedule::naive(&e), &[crate::interp::Buffer::Quant(&w), crate::interp::Buffer::Quant(&xq)], &mut y).unwrap();
+            crate::interp::run(
+                &e,
+                &crate::Schedule::naive(&e),
+                &[
+                    crate::interp::Buffer::Quant(&w),
+                    crate::interp::Buffer::Quant(&xq),
+                ],
+                &mut y,
+            )
+            .unwrap();
             let d = library::dequant_matmul(ty, m, n, k).unwrap();
             let mut want = vec![0f32; m * n];
-            crate::interp::run(&d, &crate::Schedule::naive(&d), &[crate::interp::Buffer::Quant(&w), crate::interp::Buffer::F32(&x)], &mut want).unwrap();
+            crate::interp::run(
+                &d,
+                &crate::Schedule::naive(&d),
+                &[
+                    crate::interp::Buffer::Quant(&w),
+                    crate::interp::Buffer::F32(&x),
+                ],
+                &mut want,
+            )
+            .unwrap();
             for (g, w) in y.iter().zip(&want) {
-                assert!((g - w).abs() <= 0.02 * (1.0 + w.abs()), "{ty}: int8 form {g} vs dequantized {w}");
+                assert!(
+                    (g - w).abs() <= 0.02 * (1.0 + w.abs()),
+                    "{ty}: int8 form {g} vs dequantized {w}"
+                );
             }
         }
     }

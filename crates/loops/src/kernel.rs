@@ -22,7 +22,10 @@ pub struct Epilogue {
 
 impl Epilogue {
     /// No epilogue.
-    pub const NONE: Epilogue = Epilogue { bias: false, residual: false };
+    pub const NONE: Epilogue = Epilogue {
+        bias: false,
+        residual: false,
+    };
 }
 
 /// What an f32 matmul kernel computes: `C[m, n] = sum_k A[m, k] * B[k, n]` plus its
@@ -46,11 +49,24 @@ pub struct SgemmDesc {
 impl SgemmDesc {
     /// A description with the default schedule for this CPU's best ISA.
     pub fn new(m: usize, n: usize, k: usize) -> Self {
-        SgemmDesc { m, n, k, isa: Isa::detect(), schedule: None, epilogue: Epilogue::NONE }
+        SgemmDesc {
+            m,
+            n,
+            k,
+            isa: Isa::detect(),
+            schedule: None,
+            epilogue: Epilogue::NONE,
+        }
     }
     /// The expression.
     pub fn expr(&self) -> Result<Expr> {
-        library::matmul_epilogue(self.m, self.n, self.k, self.epilogue.bias, self.epilogue.residual)
+        library::matmul_epilogue(
+            self.m,
+            self.n,
+            self.k,
+            self.epilogue.bias,
+            self.epilogue.residual,
+        )
     }
     /// The schedule text actually used (the default one when none is given).
     pub fn schedule_text(&self) -> String {
@@ -62,19 +78,40 @@ impl SgemmDesc {
     }
     /// The full schedule (default for the non-reduce nodes).
     pub fn schedule(&self, expr: &Expr) -> Result<Schedule> {
-        let node = crate::jit::sgemm::matmul_shape(expr).map(|s| s.node).unwrap_or(expr.output);
+        let node = crate::jit::sgemm::matmul_shape(expr)
+            .map(|s| s.node)
+            .unwrap_or(expr.output);
         Schedule::naive(expr).with_node_text(expr, node, &self.schedule_text())
     }
 
     fn check_epilogue(&self, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Result<()> {
-        for (what, got, on, want) in [("bias", bias.map(|v| v.len()), self.epilogue.bias, self.n), ("residual", residual.map(|v| v.len()), self.epilogue.residual, self.m * self.n)] {
+        for (what, got, on, want) in [
+            ("bias", bias.map(|v| v.len()), self.epilogue.bias, self.n),
+            (
+                "residual",
+                residual.map(|v| v.len()),
+                self.epilogue.residual,
+                self.m * self.n,
+            ),
+        ] {
             match (got, on) {
                 (Some(got), true) if got != want => {
-                    return Err(Error::BufferLen { what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k), want, got })
+                    return Err(Error::BufferLen {
+                        what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k),
+                        want,
+                        got,
+                    })
                 }
                 (Some(_), true) | (None, false) => {}
                 (None, true) | (Some(_), false) => {
-                    return Err(Error::BadShape { op: "sgemm", reason: format!("{what} given {} but the kernel was compiled {}", if got.is_some() { "" } else { "not" }, if on { "with it" } else { "without it" }) })
+                    return Err(Error::BadShape {
+                        op: "sgemm",
+                        reason: format!(
+                            "{what} given {} but the kernel was compiled {}",
+                            if got.is_some() { "" } else { "not" },
+                            if on { "with it" } else { "without it" }
+                        ),
+                    })
                 }
             }
         }
@@ -82,16 +119,34 @@ impl SgemmDesc {
     }
 
     fn check(&self, a: &[f32], b: &[f32], c: &[f32]) -> Result<()> {
-        for (what, got, want) in [("a", a.len(), self.m * self.k), ("b", b.len(), self.k * self.n), ("c", c.len(), self.m * self.n)] {
+        for (what, got, want) in [
+            ("a", a.len(), self.m * self.k),
+            ("b", b.len(), self.k * self.n),
+            ("c", c.len(), self.m * self.n),
+        ] {
             if got != want {
-                return Err(Error::BufferLen { what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k), want, got });
+                return Err(Error::BufferLen {
+                    what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k),
+                    want,
+                    got,
+                });
             }
         }
         self.isa.check()
     }
 }
 
-type SgemmFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, usize, usize, *mut f32, *const f32, *const f32);
+type SgemmFn = unsafe extern "C" fn(
+    *const f32,
+    *const f32,
+    *mut f32,
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    *const f32,
+    *const f32,
+);
 
 thread_local! {
     /// Per-thread scratch for packed operands; grows to the largest kernel's need, then stays.
@@ -125,7 +180,11 @@ impl SgemmKernel {
         let schedule = desc.schedule(&expr)?;
         schedule.validate(&expr)?;
         if desc.isa == Isa::Portable {
-            return Ok(SgemmKernel { desc: desc.clone(), jit: None, compile_ms: 0.0 });
+            return Ok(SgemmKernel {
+                desc: desc.clone(),
+                jit: None,
+                compile_ms: 0.0,
+            });
         }
         let plan = Plan::new(&expr, &schedule, desc.isa)?;
         let code = sgemm::generate(&plan)?;
@@ -135,7 +194,11 @@ impl SgemmKernel {
         let entry: SgemmFn = unsafe { std::mem::transmute::<*const u8, SgemmFn>(exec.entry()) };
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(m = desc.m, n = desc.n, k = desc.k, isa = %desc.isa, compile_ms, bytes = code.len(), "compiled sgemm");
-        Ok(SgemmKernel { desc: desc.clone(), jit: Some((exec, entry, plan)), compile_ms })
+        Ok(SgemmKernel {
+            desc: desc.clone(),
+            jit: Some((exec, entry, plan)),
+            compile_ms,
+        })
     }
 
     /// The description this kernel was compiled for.
@@ -154,7 +217,14 @@ impl SgemmKernel {
     }
 
     /// `c = (a · b + bias) + residual`, with the epilogue inputs the kernel was compiled for.
-    pub fn run_with(&self, a: &[f32], b: &[f32], bias: Option<&[f32]>, residual: Option<&[f32]>, c: &mut [f32]) -> Result<()> {
+    pub fn run_with(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        c: &mut [f32],
+    ) -> Result<()> {
         self.desc.check(a, b, c)?;
         self.desc.check_epilogue(bias, residual)?;
         match &self.jit {
@@ -164,7 +234,10 @@ impl SgemmKernel {
             }
             Some((_, entry, plan)) => {
                 let (full, tail) = plan.outer_iterations();
-                let (pbias, pres) = (bias.map_or(std::ptr::null(), |v| v.as_ptr()), residual.map_or(std::ptr::null(), |v| v.as_ptr()));
+                let (pbias, pres) = (
+                    bias.map_or(std::ptr::null(), |v| v.as_ptr()),
+                    residual.map_or(std::ptr::null(), |v| v.as_ptr()),
+                );
                 with_scratch(plan.scratch_floats, |scratch| {
                     // SAFETY: the code was generated for `self.desc`'s shape and epilogue, whose
                     // buffer lengths `check`/`check_epilogue` matched (a null epilogue pointer is
@@ -172,7 +245,19 @@ impl SgemmKernel {
                     // `a`, `b`, `bias`, `residual` and writes `c` only within those lengths
                     // (tails are masked), writes at most `plan.scratch_floats` floats of
                     // `scratch`, and visits iterations 0..full plus the tail.
-                    unsafe { entry(a.as_ptr(), b.as_ptr(), c.as_mut_ptr(), 0, full, usize::from(tail), scratch, pbias, pres) }
+                    unsafe {
+                        entry(
+                            a.as_ptr(),
+                            b.as_ptr(),
+                            c.as_mut_ptr(),
+                            0,
+                            full,
+                            usize::from(tail),
+                            scratch,
+                            pbias,
+                            pres,
+                        )
+                    }
                 });
             }
         }
@@ -184,7 +269,9 @@ impl SgemmKernel {
     pub fn run_threads(&self, a: &[f32], b: &[f32], c: &mut [f32], n_threads: usize) -> Result<()> {
         self.desc.check(a, b, c)?;
         self.desc.check_epilogue(None, None)?;
-        let Some((_, entry, plan)) = &self.jit else { return self.run(a, b, c) };
+        let Some((_, entry, plan)) = &self.jit else {
+            return self.run(a, b, c);
+        };
         if n_threads <= 1 || !plan.parallel_ok() {
             return self.run(a, b, c);
         }
@@ -203,7 +290,19 @@ impl SgemmKernel {
                         // SAFETY: as in `run` (each thread has its own scratch); threads get
                         // disjoint ranges of the outermost loop, which is over m or n (not k),
                         // so they write disjoint parts of `c`, and `c` outlives the scope.
-                        unsafe { entry(pa as *const f32, pb as *const f32, c_addr as *mut f32, lo, hi - lo, usize::from(tail && last), scratch, std::ptr::null(), std::ptr::null()) }
+                        unsafe {
+                            entry(
+                                pa as *const f32,
+                                pb as *const f32,
+                                c_addr as *mut f32,
+                                lo,
+                                hi - lo,
+                                usize::from(tail && last),
+                                scratch,
+                                std::ptr::null(),
+                                std::ptr::null(),
+                            )
+                        }
                     });
                 });
             }
@@ -227,25 +326,49 @@ impl KernelCache {
     }
     /// The kernel for `desc`, compiling it on first use.
     pub fn sgemm(&self, desc: &SgemmDesc) -> Result<Arc<SgemmKernel>> {
-        if let Some(k) = self.sgemm.lock().expect("kernel cache lock is never poisoned").get(desc) {
+        if let Some(k) = self
+            .sgemm
+            .lock()
+            .expect("kernel cache lock is never poisoned")
+            .get(desc)
+        {
             return Ok(k.clone());
         }
         let k = Arc::new(SgemmKernel::compile(desc)?);
-        self.sgemm.lock().expect("kernel cache lock is never poisoned").insert(desc.clone(), k.clone());
+        self.sgemm
+            .lock()
+            .expect("kernel cache lock is never poisoned")
+            .insert(desc.clone(), k.clone());
         Ok(k)
     }
     /// The quantized matmul kernel for `desc`, compiling it on first use.
     pub fn qgemm(&self, desc: &QGemmDesc) -> Result<Arc<QGemmKernel>> {
-        if let Some(k) = self.qgemm.lock().expect("kernel cache lock is never poisoned").get(desc) {
+        if let Some(k) = self
+            .qgemm
+            .lock()
+            .expect("kernel cache lock is never poisoned")
+            .get(desc)
+        {
             return Ok(k.clone());
         }
         let k = Arc::new(QGemmKernel::compile(desc)?);
-        self.qgemm.lock().expect("kernel cache lock is never poisoned").insert(desc.clone(), k.clone());
+        self.qgemm
+            .lock()
+            .expect("kernel cache lock is never poisoned")
+            .insert(desc.clone(), k.clone());
         Ok(k)
     }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.sgemm.lock().expect("kernel cache lock is never poisoned").len() + self.qgemm.lock().expect("kernel cache lock is never poisoned").len()
+        self.sgemm
+            .lock()
+            .expect("kernel cache lock is never poisoned")
+            .len()
+            + self
+                .qgemm
+                .lock()
+                .expect("kernel cache lock is never poisoned")
+                .len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
@@ -295,7 +418,18 @@ pub mod portable {
     /// ([`crate::ir::library::attention`]): q `[h, n_q, d]`, k and v `[h, n_kv, d]`,
     /// mask `[n_q, n_kv]`, out `[h, n_q, d]`; `scratch` holds `n_kv` floats.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention(q: &[f32], k: &[f32], v: &[f32], mask: &[f32], n_q: usize, n_kv: usize, d: usize, scale: f32, scratch: &mut [f32], out: &mut [f32]) {
+    pub fn attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: &[f32],
+        n_q: usize,
+        n_kv: usize,
+        d: usize,
+        scale: f32,
+        scratch: &mut [f32],
+        out: &mut [f32],
+    ) {
         let n_heads = q.len() / (n_q * d).max(1);
         for h in 0..n_heads {
             for i in 0..n_q {
@@ -303,7 +437,10 @@ pub mod portable {
                 let mut mx = f32::NEG_INFINITY;
                 for j in 0..n_kv {
                     let kj = &k[(h * n_kv + j) * d..][..d];
-                    let s = qi.iter().zip(kj).fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
+                    let s = qi
+                        .iter()
+                        .zip(kj)
+                        .fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
                     let u = s * scale + mask[i * n_kv + j];
                     scratch[j] = u;
                     mx = mx.max(u);
@@ -421,7 +558,10 @@ mod tests {
         if Isa::Avx512.available() {
             let q = crate::quant::QuantType::Q4_1;
             let d = QGemmDesc::new(q, 1, 32, 64);
-            assert!(Arc::ptr_eq(&cache.qgemm(&d).unwrap(), &cache.qgemm(&d).unwrap()));
+            assert!(Arc::ptr_eq(
+                &cache.qgemm(&d).unwrap(),
+                &cache.qgemm(&d).unwrap()
+            ));
         }
     }
 }

@@ -14,8 +14,8 @@ pub mod tune;
 
 pub use error::{Error, Result};
 pub use ir::{Expr, NodeId, VarId};
-pub use jit::Isa;
 pub use jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
+pub use jit::Isa;
 pub use kernel::{Epilogue, KernelCache, SgemmDesc, SgemmKernel};
 pub use quant::QuantType;
 pub use schedule::{Annot, Loop, Pack, Schedule, Tail};

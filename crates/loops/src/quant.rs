@@ -85,7 +85,10 @@ impl<'a> BlockRef<'a> {
     /// Block `idx` of a buffer of blocks.
     pub fn at(ty: QuantType, buf: &'a [u8], idx: usize) -> Self {
         let n = ty.block_bytes();
-        BlockRef { ty, bytes: &buf[idx * n..(idx + 1) * n] }
+        BlockRef {
+            ty,
+            bytes: &buf[idx * n..(idx + 1) * n],
+        }
     }
     /// The scale `d`.
     pub fn scale(&self) -> f32 {
@@ -137,7 +140,11 @@ impl<'a> BlockRef<'a> {
 pub fn quantize_q8act(x: &[f32], k: usize, out: &mut [u8]) {
     assert!(k % BLOCK == 0, "quantize_q8act: k must be a multiple of 32");
     let n_blocks = x.len() / BLOCK;
-    assert_eq!(out.len(), n_blocks * QuantType::Q8Act.block_bytes(), "quantize_q8act: output length");
+    assert_eq!(
+        out.len(),
+        n_blocks * QuantType::Q8Act.block_bytes(),
+        "quantize_q8act: output length"
+    );
     for (xb, ob) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(48)) {
         let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
@@ -213,7 +220,9 @@ mod tests {
 
     #[test]
     fn q4_1_round_trip_is_close() {
-        let x: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.1).collect();
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.1)
+            .collect();
         for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
             let q = quantize_ggml(ty, &x);
             assert_eq!(q.len(), 2 * ty.block_bytes());

@@ -99,7 +99,12 @@ impl Schedule {
                 loops: expr
                     .iter_space(NodeId(i as u32))
                     .into_iter()
-                    .map(|var| Loop { var, step: 1, tail: Tail::Exact, annot: Annot::Serial })
+                    .map(|var| Loop {
+                        var,
+                        step: 1,
+                        tail: Tail::Exact,
+                        annot: Annot::Serial,
+                    })
                     .collect(),
                 fusion: None,
                 packs: Vec::new(),
@@ -113,22 +118,48 @@ impl Schedule {
         &self.nodes[id.0 as usize]
     }
 
-    fn with_node(&self, id: NodeId, f: impl FnOnce(&mut NodeSchedule) -> Result<()>) -> Result<Schedule> {
+    fn with_node(
+        &self,
+        id: NodeId,
+        f: impl FnOnce(&mut NodeSchedule) -> Result<()>,
+    ) -> Result<Schedule> {
         let mut s = self.clone();
-        let ns = s.nodes.get_mut(id.0 as usize).ok_or(Error::ScheduleArity { got: id.0 as usize + 1, want: self.nodes.len() })?;
+        let ns = s.nodes.get_mut(id.0 as usize).ok_or(Error::ScheduleArity {
+            got: id.0 as usize + 1,
+            want: self.nodes.len(),
+        })?;
         f(ns)?;
         Ok(s)
     }
 
     /// Splits loop `loop_idx` of `node` by `factor`: the loop becomes an outer loop with step
     /// `step * factor` and tail policy `tail`, around the original loop.
-    pub fn split(&self, node: NodeId, loop_idx: usize, factor: usize, tail: Tail) -> Result<Schedule> {
+    pub fn split(
+        &self,
+        node: NodeId,
+        loop_idx: usize,
+        factor: usize,
+        tail: Tail,
+    ) -> Result<Schedule> {
         self.with_node(node, |ns| {
-            let l = *ns.loops.get(loop_idx).ok_or_else(|| bad_loop(node, loop_idx))?;
+            let l = *ns
+                .loops
+                .get(loop_idx)
+                .ok_or_else(|| bad_loop(node, loop_idx))?;
             if factor < 2 {
-                return Err(Error::BadAnnotation { node, loop_idx, var: format!("{:?}", l.var), reason: format!("split factor {factor} must be at least 2") });
+                return Err(Error::BadAnnotation {
+                    node,
+                    loop_idx,
+                    var: format!("{:?}", l.var),
+                    reason: format!("split factor {factor} must be at least 2"),
+                });
             }
-            let outer = Loop { var: l.var, step: l.step * factor, tail, annot: Annot::Serial };
+            let outer = Loop {
+                var: l.var,
+                step: l.step * factor,
+                tail,
+                annot: Annot::Serial,
+            };
             ns.loops.insert(loop_idx, outer);
             Ok(())
         })
@@ -148,7 +179,10 @@ impl Schedule {
     /// Sets the annotation of loop `loop_idx` of `node`.
     pub fn annotate(&self, node: NodeId, loop_idx: usize, annot: Annot) -> Result<Schedule> {
         self.with_node(node, |ns| {
-            ns.loops.get_mut(loop_idx).ok_or_else(|| bad_loop(node, loop_idx))?.annot = annot;
+            ns.loops
+                .get_mut(loop_idx)
+                .ok_or_else(|| bad_loop(node, loop_idx))?
+                .annot = annot;
             Ok(())
         })
     }
@@ -175,7 +209,10 @@ impl Schedule {
     pub fn validate(&self, expr: &Expr) -> Result<()> {
         expr.verify()?;
         if self.nodes.len() != expr.nodes.len() {
-            return Err(Error::ScheduleArity { got: self.nodes.len(), want: expr.nodes.len() });
+            return Err(Error::ScheduleArity {
+                got: self.nodes.len(),
+                want: expr.nodes.len(),
+            });
         }
         for i in 0..self.nodes.len() {
             self.validate_node(expr, NodeId(i as u32))?;
@@ -198,7 +235,11 @@ impl Schedule {
         for (i, ns) in self.nodes.iter().enumerate() {
             let node = NodeId(i as u32);
             let Some(f) = ns.fusion else { continue };
-            let bad = |reason: String| Error::BadFusion { node, into: f.into, reason };
+            let bad = |reason: String| Error::BadFusion {
+                node,
+                into: f.into,
+                reason,
+            };
             let Some(other) = self.nodes.get(f.into.0 as usize) else {
                 return Err(bad("no such node".into()));
             };
@@ -214,7 +255,13 @@ impl Schedule {
             for d in 0..f.depth {
                 let (a, b) = (ns.loops[d], other.loops[d]);
                 if a.var != b.var || a.step != b.step {
-                    return Err(bad(format!("loop {d} differs ({}/{} vs {}/{})", expr.var(a.var).name, a.step, expr.var(b.var).name, b.step)));
+                    return Err(bad(format!(
+                        "loop {d} differs ({}/{} vs {}/{})",
+                        expr.var(a.var).name,
+                        a.step,
+                        expr.var(b.var).name,
+                        b.step
+                    )));
                 }
             }
         }
@@ -227,7 +274,10 @@ impl Schedule {
         let reduced = expr.reduced_vars(node);
         let name = |v: VarId| expr.var(v).name.clone();
         // Chunk sizes each variable's next loop may see.
-        let mut chunks: Vec<(VarId, Vec<usize>, usize)> = space.iter().map(|&v| (v, vec![expr.var(v).extent], usize::MAX)).collect();
+        let mut chunks: Vec<(VarId, Vec<usize>, usize)> = space
+            .iter()
+            .map(|&v| (v, vec![expr.var(v).extent], usize::MAX))
+            .collect();
         let mut n_vectorized = 0;
         for p in &ns.packs {
             if p.input.0 as usize >= expr.inputs.len() || p.depth > ns.loops.len() {
@@ -235,7 +285,10 @@ impl Schedule {
                     node,
                     loop_idx: p.depth,
                     var: String::new(),
-                    reason: format!("pack of input #{} at depth {} is out of range", p.input.0, p.depth),
+                    reason: format!(
+                        "pack of input #{} at depth {} is out of range",
+                        p.input.0, p.depth
+                    ),
                 });
             }
         }
@@ -244,18 +297,34 @@ impl Schedule {
                 return Err(Error::UnknownVar {
                     node,
                     loop_idx,
-                    var: if (l.var.0 as usize) < expr.vars.len() { name(l.var) } else { format!("#{}", l.var.0) },
+                    var: if (l.var.0 as usize) < expr.vars.len() {
+                        name(l.var)
+                    } else {
+                        format!("#{}", l.var.0)
+                    },
                     space: space.iter().map(|&v| name(v)).collect(),
                 });
             };
             if l.step == 0 || l.step >= entry.2 {
-                return Err(Error::BadSplitOrder { node, loop_idx, var: name(l.var), step: l.step, outer_step: entry.2 });
+                return Err(Error::BadSplitOrder {
+                    node,
+                    loop_idx,
+                    var: name(l.var),
+                    step: l.step,
+                    outer_step: entry.2,
+                });
             }
             let mut next = Vec::new();
             for &c in &entry.1 {
                 if c % l.step != 0 && c > 0 {
                     if l.tail == Tail::Exact {
-                        return Err(Error::SplitNoTail { node, loop_idx, var: name(l.var), chunk: c, step: l.step });
+                        return Err(Error::SplitNoTail {
+                            node,
+                            loop_idx,
+                            var: name(l.var),
+                            chunk: c,
+                            step: l.step,
+                        });
                     }
                     next.push(c % l.step);
                 }
@@ -267,7 +336,12 @@ impl Schedule {
             next.dedup();
             entry.1 = next;
             entry.2 = l.step;
-            let bad = |reason: &str| Error::BadAnnotation { node, loop_idx, var: name(l.var), reason: reason.to_string() };
+            let bad = |reason: &str| Error::BadAnnotation {
+                node,
+                loop_idx,
+                var: name(l.var),
+                reason: reason.to_string(),
+            };
             match l.annot {
                 Annot::Vectorize => {
                     n_vectorized += 1;
@@ -275,7 +349,9 @@ impl Schedule {
                         return Err(bad("a vectorized loop must have step 1"));
                     }
                     if reduced.contains(&l.var) {
-                        return Err(bad("vectorizing a reduced variable would change the reduction order"));
+                        return Err(bad(
+                            "vectorizing a reduced variable would change the reduction order",
+                        ));
                     }
                     if n_vectorized > 1 {
                         return Err(bad("only one loop per node can be vectorized"));
@@ -286,19 +362,28 @@ impl Schedule {
                         return Err(bad("only the outermost loop can be parallel"));
                     }
                     if reduced.contains(&l.var) {
-                        return Err(bad("a parallel reduced variable would race on the accumulator"));
+                        return Err(bad(
+                            "a parallel reduced variable would race on the accumulator",
+                        ));
                     }
                 }
-                Annot::Unroll(u) if u == 0 || u > 64 => return Err(bad("unroll factor must be in 1..=64")),
+                Annot::Unroll(u) if u == 0 || u > 64 => {
+                    return Err(bad("unroll factor must be in 1..=64"))
+                }
                 Annot::RegisterTile if reduced.contains(&l.var) => {
-                    return Err(bad("a register tile over a reduced variable would split the accumulator"))
+                    return Err(bad(
+                        "a register tile over a reduced variable would split the accumulator",
+                    ))
                 }
                 _ => {}
             }
         }
         for (v, _, last_step) in &chunks {
             if *last_step != 1 {
-                return Err(Error::MissingVar { node, var: name(*v) });
+                return Err(Error::MissingVar {
+                    node,
+                    var: name(*v),
+                });
             }
         }
         Ok(())
@@ -329,30 +414,56 @@ impl Schedule {
             parts.push(format!("@{}/{}", f.into, f.depth));
         }
         for p in &ns.packs {
-            parts.push(format!("pack:{}@{}", expr.inputs[p.input.0 as usize].name, p.depth));
+            parts.push(format!(
+                "pack:{}@{}",
+                expr.inputs[p.input.0 as usize].name, p.depth
+            ));
         }
         parts.join(" ")
     }
 
     /// Parses one node's loops from [`Schedule::node_text`]'s format and sets them on `node`.
     pub fn with_node_text(&self, expr: &Expr, node: NodeId, text: &str) -> Result<Schedule> {
-        let perr = |reason: String| Error::ParseSchedule { text: text.to_string(), reason };
+        let perr = |reason: String| Error::ParseSchedule {
+            text: text.to_string(),
+            reason,
+        };
         let mut loops = Vec::new();
         let mut fusion = None;
         let mut packs = Vec::new();
         for tok in text.split_whitespace() {
             if let Some(p) = tok.strip_prefix("pack:") {
-                let (name, depth) = p.split_once('@').ok_or_else(|| perr(format!("pack {tok:?} is not pack:INPUT@DEPTH")))?;
-                let input = expr.inputs.iter().position(|i| i.name == name).ok_or_else(|| perr(format!("unknown input {name:?}")))?;
-                let depth = depth.parse().map_err(|_| perr(format!("bad depth in {tok:?}")))?;
-                packs.push(Pack { input: InputId(input as u32), depth });
+                let (name, depth) = p
+                    .split_once('@')
+                    .ok_or_else(|| perr(format!("pack {tok:?} is not pack:INPUT@DEPTH")))?;
+                let input = expr
+                    .inputs
+                    .iter()
+                    .position(|i| i.name == name)
+                    .ok_or_else(|| perr(format!("unknown input {name:?}")))?;
+                let depth = depth
+                    .parse()
+                    .map_err(|_| perr(format!("bad depth in {tok:?}")))?;
+                packs.push(Pack {
+                    input: InputId(input as u32),
+                    depth,
+                });
                 continue;
             }
             if let Some(f) = tok.strip_prefix("@%") {
-                let (into, depth) = f.split_once('/').ok_or_else(|| perr(format!("fusion {tok:?} is not @%NODE/DEPTH")))?;
-                let into = into.parse().map_err(|_| perr(format!("bad node in {tok:?}")))?;
-                let depth = depth.parse().map_err(|_| perr(format!("bad depth in {tok:?}")))?;
-                fusion = Some(Fusion { into: NodeId(into), depth });
+                let (into, depth) = f
+                    .split_once('/')
+                    .ok_or_else(|| perr(format!("fusion {tok:?} is not @%NODE/DEPTH")))?;
+                let into = into
+                    .parse()
+                    .map_err(|_| perr(format!("bad node in {tok:?}")))?;
+                let depth = depth
+                    .parse()
+                    .map_err(|_| perr(format!("bad depth in {tok:?}")))?;
+                fusion = Some(Fusion {
+                    into: NodeId(into),
+                    depth,
+                });
                 continue;
             }
             let (body, annot) = match tok.split_once(':') {
@@ -363,8 +474,16 @@ impl Schedule {
                         "vec" => Annot::Vectorize,
                         "par" => Annot::Parallel,
                         "reg" => Annot::RegisterTile,
-                        u if u.starts_with('u') => Annot::Unroll(u[1..].parse().map_err(|_| perr(format!("bad unroll {a:?}")))?),
-                        _ => return Err(perr(format!("unknown annotation {a:?} (vec, par, reg, uN)"))),
+                        u if u.starts_with('u') => Annot::Unroll(
+                            u[1..]
+                                .parse()
+                                .map_err(|_| perr(format!("bad unroll {a:?}")))?,
+                        ),
+                        _ => {
+                            return Err(perr(format!(
+                                "unknown annotation {a:?} (vec, par, reg, uN)"
+                            )))
+                        }
                     },
                 ),
             };
@@ -372,14 +491,23 @@ impl Schedule {
                 Some(b) => (b, Tail::Exact),
                 None => (body, Tail::Masked),
             };
-            let (var, step) = body.split_once('/').ok_or_else(|| perr(format!("loop {tok:?} is not VAR/STEP")))?;
+            let (var, step) = body
+                .split_once('/')
+                .ok_or_else(|| perr(format!("loop {tok:?} is not VAR/STEP")))?;
             let var = expr
                 .vars
                 .iter()
                 .position(|v| v.name == var)
                 .ok_or_else(|| perr(format!("unknown variable {var:?}")))?;
-            let step = step.parse().map_err(|_| perr(format!("bad step in {tok:?}")))?;
-            loops.push(Loop { var: VarId(var as u32), step, tail, annot });
+            let step = step
+                .parse()
+                .map_err(|_| perr(format!("bad step in {tok:?}")))?;
+            loops.push(Loop {
+                var: VarId(var as u32),
+                step,
+                tail,
+                annot,
+            });
         }
         self.with_node(node, |ns| {
             ns.loops = loops;
@@ -399,17 +527,38 @@ impl Schedule {
                 a => format!(" [{a:?}]"),
             };
             for p in self.node(node).packs.iter().filter(|p| p.depth == depth) {
-                out.push_str(&format!("{:indent$}pack {}\n", "", expr.inputs[p.input.0 as usize].name, indent = 2 * depth));
+                out.push_str(&format!(
+                    "{:indent$}pack {}\n",
+                    "",
+                    expr.inputs[p.input.0 as usize].name,
+                    indent = 2 * depth
+                ));
             }
-            out.push_str(&format!("{:indent$}for {} step {}{tail}{annot}\n", "", expr.var(l.var).name, l.step, indent = 2 * depth));
+            out.push_str(&format!(
+                "{:indent$}for {} step {}{tail}{annot}\n",
+                "",
+                expr.var(l.var).name,
+                l.step,
+                indent = 2 * depth
+            ));
         }
-        out.push_str(&format!("{:indent$}{} = ...\n", "", node, indent = 2 * self.node(node).loops.len()));
+        out.push_str(&format!(
+            "{:indent$}{} = ...\n",
+            "",
+            node,
+            indent = 2 * self.node(node).loops.len()
+        ));
         out
     }
 }
 
 fn bad_loop(node: NodeId, loop_idx: usize) -> Error {
-    Error::BadAnnotation { node, loop_idx, var: String::new(), reason: "no such loop".into() }
+    Error::BadAnnotation {
+        node,
+        loop_idx,
+        var: String::new(),
+        reason: "no such loop".into(),
+    }
 }
 
 impl fmt::Display for Tail {
@@ -441,9 +590,21 @@ mod tests {
     #[test]
     fn split_without_tail_is_rejected() {
         let e = matmul(10, 20, 7).unwrap();
-        let s = Schedule::naive(&e).split(NodeId(3), 1, 8, Tail::Exact).unwrap();
+        let s = Schedule::naive(&e)
+            .split(NodeId(3), 1, 8, Tail::Exact)
+            .unwrap();
         let err = s.validate(&e).unwrap_err();
-        assert!(matches!(err, Error::SplitNoTail { chunk: 20, step: 8, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::SplitNoTail {
+                    chunk: 20,
+                    step: 8,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.to_string().contains("does not divide"), "{err}");
     }
 
@@ -451,9 +612,17 @@ mod tests {
     fn unknown_and_missing_vars_are_rejected() {
         let e = matmul(4, 4, 4).unwrap();
         let s = Schedule::naive(&e);
-        let err = s.with_node_text(&e, NodeId(0), "m/1 n/1 k/1").unwrap().validate(&e).unwrap_err();
+        let err = s
+            .with_node_text(&e, NodeId(0), "m/1 n/1 k/1")
+            .unwrap()
+            .validate(&e)
+            .unwrap_err();
         assert!(matches!(err, Error::UnknownVar { .. }), "{err}");
-        let err = s.with_node_text(&e, NodeId(3), "m/1 n/1").unwrap().validate(&e).unwrap_err();
+        let err = s
+            .with_node_text(&e, NodeId(3), "m/1 n/1")
+            .unwrap()
+            .validate(&e)
+            .unwrap_err();
         assert!(matches!(err, Error::MissingVar { .. }), "{err}");
         let err = s.with_node_text(&e, NodeId(3), "m/1 n/1 q/1").unwrap_err();
         assert!(matches!(err, Error::ParseSchedule { .. }), "{err}");
@@ -463,9 +632,24 @@ mod tests {
     fn bad_annotations_are_rejected() {
         let e = matmul(4, 4, 4).unwrap();
         let s = Schedule::naive(&e);
-        for text in ["m/1 n/1 k/1:vec", "m/1 n/1:par k/1", "m/1 k/1:reg n/1", "m/1 n/2 n/2 k/1"] {
-            let err = s.with_node_text(&e, NodeId(3), text).unwrap().validate(&e).unwrap_err();
-            assert!(matches!(err, Error::BadAnnotation { .. } | Error::BadSplitOrder { .. }), "{text}: {err}");
+        for text in [
+            "m/1 n/1 k/1:vec",
+            "m/1 n/1:par k/1",
+            "m/1 k/1:reg n/1",
+            "m/1 n/2 n/2 k/1",
+        ] {
+            let err = s
+                .with_node_text(&e, NodeId(3), text)
+                .unwrap()
+                .validate(&e)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::BadAnnotation { .. } | Error::BadSplitOrder { .. }
+                ),
+                "{text}: {err}"
+            );
         }
     }
 
@@ -473,21 +657,38 @@ mod tests {
     fn fusion_cycles_and_bad_prefixes_are_rejected() {
         let e = matmul(4, 4, 4).unwrap();
         let s = Schedule::naive(&e);
-        let cyc = s.fuse(NodeId(2), NodeId(3), 1).unwrap().fuse(NodeId(3), NodeId(2), 1).unwrap();
-        assert!(matches!(cyc.validate(&e).unwrap_err(), Error::FusionCycle { .. }));
+        let cyc = s
+            .fuse(NodeId(2), NodeId(3), 1)
+            .unwrap()
+            .fuse(NodeId(3), NodeId(2), 1)
+            .unwrap();
+        assert!(matches!(
+            cyc.validate(&e).unwrap_err(),
+            Error::FusionCycle { .. }
+        ));
         let ok = s.fuse(NodeId(2), NodeId(3), 1).unwrap();
         ok.validate(&e).unwrap();
         let not_user = s.fuse(NodeId(0), NodeId(1), 1).unwrap();
-        assert!(matches!(not_user.validate(&e).unwrap_err(), Error::BadFusion { .. }));
-        let bad_prefix = s.with_node_text(&e, NodeId(2), "n/1 m/1 k/1 @%3/1").unwrap();
-        assert!(matches!(bad_prefix.validate(&e).unwrap_err(), Error::BadFusion { .. }));
+        assert!(matches!(
+            not_user.validate(&e).unwrap_err(),
+            Error::BadFusion { .. }
+        ));
+        let bad_prefix = s
+            .with_node_text(&e, NodeId(2), "n/1 m/1 k/1 @%3/1")
+            .unwrap();
+        assert!(matches!(
+            bad_prefix.validate(&e).unwrap_err(),
+            Error::BadFusion { .. }
+        ));
     }
 
     #[test]
     fn text_round_trips() {
         let e = matmul(64, 64, 64).unwrap();
         let text = "n/32 k/16! m/4 k/1:u4 m/1:reg n/16:reg n/1:vec pack:b@2";
-        let s = Schedule::naive(&e).with_node_text(&e, NodeId(3), text).unwrap();
+        let s = Schedule::naive(&e)
+            .with_node_text(&e, NodeId(3), text)
+            .unwrap();
         s.validate(&e).unwrap();
         assert_eq!(s.node_text(&e, NodeId(3)), text);
     }

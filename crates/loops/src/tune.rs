@@ -27,7 +27,10 @@ pub struct TuneConfig {
 
 impl Default for TuneConfig {
     fn default() -> Self {
-        TuneConfig { cache_dir: None, secs_per_candidate: 0.009 }
+        TuneConfig {
+            cache_dir: None,
+            secs_per_candidate: 0.009,
+        }
     }
 }
 
@@ -72,7 +75,14 @@ impl Knobs {
         outer.extend(blocks);
         let rows_loop = (m > self.rows || m == 1).then(|| format!("m/{}", self.rows));
         let cols_loop = (n > nr).then(|| format!("n/{nr}"));
-        let tiles: Vec<String> = if self.m_outer { [rows_loop, cols_loop] } else { [cols_loop, rows_loop] }.into_iter().flatten().collect();
+        let tiles: Vec<String> = if self.m_outer {
+            [rows_loop, cols_loop]
+        } else {
+            [cols_loop, rows_loop]
+        }
+        .into_iter()
+        .flatten()
+        .collect();
         outer.extend(tiles);
         outer.push(format!("k/1:u{}", self.unroll));
         if m.min(self.rows) > 1 {
@@ -90,7 +100,9 @@ impl Knobs {
 }
 
 fn cache_path(cfg: &TuneConfig, m: usize, n: usize, k: usize, isa: Isa) -> Option<PathBuf> {
-    cfg.cache_dir.as_ref().map(|d| d.join(format!("sgemm-{m}x{n}x{k}-{isa}-{COMPILER_VERSION}.sched")))
+    cfg.cache_dir
+        .as_ref()
+        .map(|d| d.join(format!("sgemm-{m}x{n}x{k}-{isa}-{COMPILER_VERSION}.sched")))
 }
 
 /// The best schedule found for `m x n x k` on `isa` (from the cache when present).
@@ -100,13 +112,32 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
         if let Ok(text) = std::fs::read_to_string(&p) {
             let text = text.trim().to_string();
             // A cached schedule must still compile; otherwise search again.
-            if SgemmKernel::compile(&SgemmDesc { m, n, k, isa, schedule: Some(text.clone()), epilogue: Epilogue::NONE }).is_ok() {
-                return Ok(Tuned { schedule: text, gflops: 0.0, n_tried: 0, cached: true });
+            if SgemmKernel::compile(&SgemmDesc {
+                m,
+                n,
+                k,
+                isa,
+                schedule: Some(text.clone()),
+                epilogue: Epilogue::NONE,
+            })
+            .is_ok()
+            {
+                return Ok(Tuned {
+                    schedule: text,
+                    gflops: 0.0,
+                    n_tried: 0,
+                    cached: true,
+                });
             }
         }
     }
     if isa == Isa::Portable {
-        return Ok(Tuned { schedule: "m/1 n/1 k/1".into(), gflops: 0.0, n_tried: 0, cached: false });
+        return Ok(Tuned {
+            schedule: "m/1 n/1 k/1".into(),
+            gflops: 0.0,
+            n_tried: 0,
+            cached: false,
+        });
     }
     let lanes = isa.lanes();
     let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
@@ -115,7 +146,14 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     let flops = 2.0 * (m * n * k) as f64;
     let mut n_tried = 0;
     let mut measure_text = |text: String| -> Option<f64> {
-        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text), epilogue: Epilogue::NONE };
+        let desc = SgemmDesc {
+            m,
+            n,
+            k,
+            isa,
+            schedule: Some(text),
+            epilogue: Epilogue::NONE,
+        };
         let kernel = SgemmKernel::compile(&desc).ok()?;
         n_tried += 1;
         kernel.run(&a, &b, &mut c).ok()?;
@@ -137,7 +175,15 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     let mut measure = |kn: &Knobs| measure_text(kn.text(m, n, k, lanes));
     let regs = isa.n_vregs() - if isa == Isa::Avx2 { 2 } else { 0 };
     let max_vecs = n.div_ceil(lanes);
-    let mut best = Knobs { rows: 1, vecs: 1, unroll: 4, kc: k, nc_vecs: 1, m_outer: false, pack: false };
+    let mut best = Knobs {
+        rows: 1,
+        vecs: 1,
+        unroll: 4,
+        kc: k,
+        nc_vecs: 1,
+        m_outer: false,
+        pack: false,
+    };
     let mut best_g = 0.0;
     // Stage 1: register tile.
     for rows in [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14] {
@@ -145,10 +191,17 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
             continue;
         }
         for vecs in 1..=max_vecs.min(8) {
-            if rows * vecs + vecs + usize::from(isa == Isa::Avx512 && vecs > 1) > regs || rows * vecs < 4.min(m.min(rows) * max_vecs) {
+            if rows * vecs + vecs + usize::from(isa == Isa::Avx512 && vecs > 1) > regs
+                || rows * vecs < 4.min(m.min(rows) * max_vecs)
+            {
                 continue;
             }
-            let kn = Knobs { rows: rows.min(m.max(1)), vecs, nc_vecs: vecs, ..best };
+            let kn = Knobs {
+                rows: rows.min(m.max(1)),
+                vecs,
+                nc_vecs: vecs,
+                ..best
+            };
             if let Some(g) = measure(&kn) {
                 if g > best_g {
                     best_g = g;
@@ -173,19 +226,49 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
         stage(vec![Knobs { pack: true, ..b0 }], &mut best, &mut best_g);
     }
     let b0 = best;
-    stage([1, 2, 8].iter().map(|&u| Knobs { unroll: u, ..b0 }).collect(), &mut best, &mut best_g);
-    let b0 = best;
-    stage(vec![Knobs { m_outer: !b0.m_outer, ..b0 }], &mut best, &mut best_g);
-    let b0 = best;
-    stage([64, 128, 256, 512].iter().filter(|&&kc| kc < k).map(|&kc| Knobs { kc, ..b0 }).collect(), &mut best, &mut best_g);
+    stage(
+        [1, 2, 8]
+            .iter()
+            .map(|&u| Knobs { unroll: u, ..b0 })
+            .collect(),
+        &mut best,
+        &mut best_g,
+    );
     let b0 = best;
     stage(
-        [2, 4, 8, 16].iter().map(|&f| b0.vecs * f).filter(|&v| v < max_vecs).map(|nc_vecs| Knobs { nc_vecs, ..b0 }).collect(),
+        vec![Knobs {
+            m_outer: !b0.m_outer,
+            ..b0
+        }],
+        &mut best,
+        &mut best_g,
+    );
+    let b0 = best;
+    stage(
+        [64, 128, 256, 512]
+            .iter()
+            .filter(|&&kc| kc < k)
+            .map(|&kc| Knobs { kc, ..b0 })
+            .collect(),
+        &mut best,
+        &mut best_g,
+    );
+    let b0 = best;
+    stage(
+        [2, 4, 8, 16]
+            .iter()
+            .map(|&f| b0.vecs * f)
+            .filter(|&v| v < max_vecs)
+            .map(|nc_vecs| Knobs { nc_vecs, ..b0 })
+            .collect(),
         &mut best,
         &mut best_g,
     );
     if best_g == 0.0 {
-        return Err(Error::Unsupported { backend: "tuner", reason: format!("no candidate compiled for {m}x{n}x{k} on {isa}") });
+        return Err(Error::Unsupported {
+            backend: "tuner",
+            reason: format!("no candidate compiled for {m}x{n}x{k} on {isa}"),
+        });
     }
     let mut schedule = best.text(m, n, k, lanes);
     // Noise can crown a lucky candidate: re-time it against the default, interleaved, and
@@ -213,7 +296,12 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
             tracing::warn!(path = %p.display(), error = %e, "could not cache the tuned schedule");
         }
     }
-    Ok(Tuned { schedule, gflops: best_g, n_tried, cached: false })
+    Ok(Tuned {
+        schedule,
+        gflops: best_g,
+        n_tried,
+        cached: false,
+    })
 }
 
 #[cfg(test)]
@@ -227,12 +315,28 @@ mod tests {
             for rows in [1, 3, 6, 14] {
                 for vecs in [1, 2] {
                     for m_outer in [false, true] {
-                        let kn = Knobs { rows: rows.min(m), vecs, unroll: 4, kc: 128, nc_vecs: vecs * 4, m_outer, pack: m_outer };
+                        let kn = Knobs {
+                            rows: rows.min(m),
+                            vecs,
+                            unroll: 4,
+                            kc: 128,
+                            nc_vecs: vecs * 4,
+                            m_outer,
+                            pack: m_outer,
+                        };
                         let text = kn.text(m, n, k, 16);
                         let expr = crate::ir::library::matmul(m, n, k).unwrap();
-                        let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.clone()), epilogue: Epilogue::NONE };
+                        let desc = SgemmDesc {
+                            m,
+                            n,
+                            k,
+                            isa,
+                            schedule: Some(text.clone()),
+                            epilogue: Epilogue::NONE,
+                        };
                         let sched = desc.schedule(&expr).unwrap();
-                        crate::jit::sgemm::Plan::new(&expr, &sched, isa).unwrap_or_else(|e| panic!("{m}x{n}x{k} `{text}`: {e}"));
+                        crate::jit::sgemm::Plan::new(&expr, &sched, isa)
+                            .unwrap_or_else(|e| panic!("{m}x{n}x{k} `{text}`: {e}"));
                     }
                 }
             }

@@ -7,7 +7,16 @@ use proptest::prelude::*;
 
 fn token() -> impl Strategy<Value = String> {
     let var = prop_oneof![Just("m"), Just("n"), Just("k"), Just("q"), Just("")];
-    let annot = prop_oneof![Just(""), Just(":vec"), Just(":reg"), Just(":par"), Just(":u4"), Just(":u0"), Just(":u99"), Just(":zz")];
+    let annot = prop_oneof![
+        Just(""),
+        Just(":vec"),
+        Just(":reg"),
+        Just(":par"),
+        Just(":u4"),
+        Just(":u0"),
+        Just(":u99"),
+        Just(":zz")
+    ];
     prop_oneof![
         8 => (var, 0..70usize, any::<bool>(), annot).prop_map(|(v, s, exact, a)| format!("{v}/{s}{}{a}", if exact { "!" } else { "" })),
         1 => (0..4usize).prop_map(|d| format!("pack:b@{d}")),
@@ -59,7 +68,9 @@ proptest! {
 #[test]
 fn errors_say_what_is_wrong() {
     let e = matmul(10, 20, 7).unwrap();
-    let s = Schedule::naive(&e).with_node_text(&e, e.output, "m/1 n/8! n/1 k/1").unwrap();
+    let s = Schedule::naive(&e)
+        .with_node_text(&e, e.output, "m/1 n/8! n/1 k/1")
+        .unwrap();
     let msg = s.validate(&e).unwrap_err().to_string();
     assert_eq!(msg, "node %3: loop 1 splits \"n\" chunks of 20 into steps of 8, which does not divide and the loop allows no tail (use a masked tail)");
 }

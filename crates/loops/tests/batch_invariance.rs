@@ -2,13 +2,17 @@
 //! whatever schedule each M gets (default, tuned-style blocking, packing, threads).
 
 use peregrine_loops::quant::quantize_ggml;
-use peregrine_loops::{ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType, SgemmDesc, SgemmKernel};
+use peregrine_loops::{
+    ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType, SgemmDesc, SgemmKernel,
+};
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_add(0x9E3779B97F4A7C15);
     (0..len)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect()
@@ -27,7 +31,13 @@ fn sgemm_rows_do_not_depend_on_m() {
             // Blocked k (accumulators go through C), packing, a different tile.
             let rows = m.min(4);
             let reg = if rows > 1 { "m/1:reg " } else { "" };
-            descs.push(SgemmDesc { schedule: Some(format!("k/100 n/{} m/{rows} k/1:u3 {reg}n/{lanes}:reg n/1:vec", 2 * lanes)), ..SgemmDesc::new(m, n, k) });
+            descs.push(SgemmDesc {
+                schedule: Some(format!(
+                    "k/100 n/{} m/{rows} k/1:u3 {reg}n/{lanes}:reg n/1:vec",
+                    2 * lanes
+                )),
+                ..SgemmDesc::new(m, n, k)
+            });
         }
         for desc in descs {
             let kernel = SgemmKernel::compile(&desc).unwrap();
@@ -38,7 +48,12 @@ fn sgemm_rows_do_not_depend_on_m() {
                 // Row `row` of A is the same data whatever M is, so row 0's result must equal
                 // row 0 of every run, and every row must match its M = 512 twin below.
                 if row == 0 {
-                    assert_eq!(&c[..n], &reference[..], "row 0 differs at M = {m} with `{}`", desc.schedule_text());
+                    assert_eq!(
+                        &c[..n],
+                        &reference[..],
+                        "row 0 differs at M = {m} with `{}`",
+                        desc.schedule_text()
+                    );
                 }
             }
             if m == 512 {
@@ -46,7 +61,11 @@ fn sgemm_rows_do_not_depend_on_m() {
                 for row in [0, 1, 255, 511] {
                     let mut c1 = vec![0f32; n];
                     one.run(&a[row * k..(row + 1) * k], &b, &mut c1).unwrap();
-                    assert_eq!(&c[row * n..(row + 1) * n], &c1[..], "row {row}: M = 512 vs M = 1");
+                    assert_eq!(
+                        &c[row * n..(row + 1) * n],
+                        &c1[..],
+                        "row {row}: M = 512 vs M = 1"
+                    );
                 }
             }
         }
@@ -64,11 +83,17 @@ fn qgemm_rows_do_not_depend_on_m() {
         let w = PackedWeights::pack(ty, n, k, &quantize_ggml(ty, &data(n * k, 4))).unwrap();
         let xq = ActsQ8::quantize(&x, 512, k).unwrap();
         let mut big = vec![0f32; 512 * n];
-        QGemmKernel::compile(&QGemmDesc::new(ty, 512, n, k)).unwrap().run(&w, &xq, &mut big).unwrap();
+        QGemmKernel::compile(&QGemmDesc::new(ty, 512, n, k))
+            .unwrap()
+            .run(&w, &xq, &mut big)
+            .unwrap();
         for m in [1, 3, 4, 5, 64] {
             let xq = ActsQ8::quantize(&x[..m * k], m, k).unwrap();
             let mut y = vec![0f32; m * n];
-            QGemmKernel::compile(&QGemmDesc::new(ty, m, n, k)).unwrap().run(&w, &xq, &mut y).unwrap();
+            QGemmKernel::compile(&QGemmDesc::new(ty, m, n, k))
+                .unwrap()
+                .run(&w, &xq, &mut y)
+                .unwrap();
             assert_eq!(&y[..], &big[..m * n], "{ty}: M = {m} vs M = 512");
         }
     }

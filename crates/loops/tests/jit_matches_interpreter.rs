@@ -8,70 +8,136 @@ use peregrine_loops::{Epilogue, Isa, SgemmDesc, SgemmKernel};
 use proptest::prelude::*;
 
 fn fill(buf: &mut [f32], seed: u64) {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     for v in buf {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *v = ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
     }
 }
 
 /// A random schedule in the family the code generator accepts.
-fn schedule_strategy(lanes: usize, max_rows: usize, max_vecs: usize) -> impl Strategy<Value = String> {
-    (1..=max_rows, 1..=max_vecs, 0..3usize, 0..3usize, 0..3usize, any::<u64>(), 1..=8u8).prop_map(move |(rows, vecs, fm, fn_, fk, perm, unroll)| {
-        let nr = vecs * lanes;
-        let mut blocks = Vec::new();
-        if fm > 0 {
-            blocks.push(format!("m/{}", rows * (fm + 1)));
-        }
-        if fn_ > 0 {
-            blocks.push(format!("n/{}", nr * (fn_ + 1)));
-        }
-        if fk > 0 {
-            blocks.push(format!("k/{}", 3 + 4 * fk));
-        }
-        let mut tiles = [format!("m/{rows}"), format!("n/{nr}")];
-        if perm & 1 == 1 {
-            blocks.reverse();
-        }
-        if perm & 2 == 2 && blocks.len() > 1 {
-            blocks.swap(0, 1);
-        }
-        if perm & 4 == 4 {
-            tiles.reverse();
-        }
-        let mut regs = Vec::new();
-        if rows > 1 {
-            regs.push("m/1:reg".to_string());
-        }
-        if vecs > 1 {
-            regs.push(format!("n/{lanes}:reg"));
-        }
-        if perm & 8 == 8 {
-            regs.reverse();
-        }
-        let reg = regs.join(" ");
-        // Pack B below the blocking loops (AVX-512 only): only the tile loops run inside.
-        let pack = if lanes == 16 && perm & 16 == 16 { format!(" pack:b@{}", blocks.len() + usize::from(perm & 32 == 32 && tiles[0].starts_with('m'))) } else { String::new() };
-        format!("{} {} k/1:u{unroll} {reg} n/1:vec{pack}", blocks.join(" "), tiles.join(" "))
-    })
+fn schedule_strategy(
+    lanes: usize,
+    max_rows: usize,
+    max_vecs: usize,
+) -> impl Strategy<Value = String> {
+    (
+        1..=max_rows,
+        1..=max_vecs,
+        0..3usize,
+        0..3usize,
+        0..3usize,
+        any::<u64>(),
+        1..=8u8,
+    )
+        .prop_map(move |(rows, vecs, fm, fn_, fk, perm, unroll)| {
+            let nr = vecs * lanes;
+            let mut blocks = Vec::new();
+            if fm > 0 {
+                blocks.push(format!("m/{}", rows * (fm + 1)));
+            }
+            if fn_ > 0 {
+                blocks.push(format!("n/{}", nr * (fn_ + 1)));
+            }
+            if fk > 0 {
+                blocks.push(format!("k/{}", 3 + 4 * fk));
+            }
+            let mut tiles = [format!("m/{rows}"), format!("n/{nr}")];
+            if perm & 1 == 1 {
+                blocks.reverse();
+            }
+            if perm & 2 == 2 && blocks.len() > 1 {
+                blocks.swap(0, 1);
+            }
+            if perm & 4 == 4 {
+                tiles.reverse();
+            }
+            let mut regs = Vec::new();
+            if rows > 1 {
+                regs.push("m/1:reg".to_string());
+            }
+            if vecs > 1 {
+                regs.push(format!("n/{lanes}:reg"));
+            }
+            if perm & 8 == 8 {
+                regs.reverse();
+            }
+            let reg = regs.join(" ");
+            // Pack B below the blocking loops (AVX-512 only): only the tile loops run inside.
+            let pack = if lanes == 16 && perm & 16 == 16 {
+                format!(
+                    " pack:b@{}",
+                    blocks.len() + usize::from(perm & 32 == 32 && tiles[0].starts_with('m'))
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "{} {} k/1:u{unroll} {reg} n/1:vec{pack}",
+                blocks.join(" "),
+                tiles.join(" ")
+            )
+        })
 }
 
-fn check(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64) -> Result<(), TestCaseError> {
+fn check(
+    m: usize,
+    n: usize,
+    k: usize,
+    isa: Isa,
+    text: &str,
+    seed: u64,
+) -> Result<(), TestCaseError> {
     check_with(m, n, k, isa, text, seed, Epilogue::NONE)
 }
 
-fn check_with(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64, epilogue: Epilogue) -> Result<(), TestCaseError> {
-    let desc = SgemmDesc { m, n, k, isa, schedule: Some(text.to_string()), epilogue };
-    let kernel = SgemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{m}x{n}x{k} {isa} `{text}`: {e}")))?;
-    let (mut a, mut b, mut c) = (GuardedF32::new(m * k).unwrap(), GuardedF32::new(k * n).unwrap(), GuardedF32::new(m * n).unwrap());
+fn check_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    isa: Isa,
+    text: &str,
+    seed: u64,
+    epilogue: Epilogue,
+) -> Result<(), TestCaseError> {
+    let desc = SgemmDesc {
+        m,
+        n,
+        k,
+        isa,
+        schedule: Some(text.to_string()),
+        epilogue,
+    };
+    let kernel = SgemmKernel::compile(&desc)
+        .map_err(|e| TestCaseError::fail(format!("{m}x{n}x{k} {isa} `{text}`: {e}")))?;
+    let (mut a, mut b, mut c) = (
+        GuardedF32::new(m * k).unwrap(),
+        GuardedF32::new(k * n).unwrap(),
+        GuardedF32::new(m * n).unwrap(),
+    );
     fill(a.as_mut_slice(), seed);
     fill(b.as_mut_slice(), seed + 1);
     c.as_mut_slice().fill(f32::NAN);
     let (mut bias, mut res) = (GuardedF32::new(n).unwrap(), GuardedF32::new(m * n).unwrap());
     fill(bias.as_mut_slice(), seed + 2);
     fill(res.as_mut_slice(), seed + 3);
-    let (bias_in, res_in) = (epilogue.bias.then(|| bias.as_slice()), epilogue.residual.then(|| res.as_slice()));
-    kernel.run_with(a.as_slice(), b.as_slice(), bias_in, res_in, c.as_mut_slice()).unwrap();
+    let (bias_in, res_in) = (
+        epilogue.bias.then(|| bias.as_slice()),
+        epilogue.residual.then(|| res.as_slice()),
+    );
+    kernel
+        .run_with(
+            a.as_slice(),
+            b.as_slice(),
+            bias_in,
+            res_in,
+            c.as_mut_slice(),
+        )
+        .unwrap();
     let expr = matmul_epilogue(m, n, k, epilogue.bias, epilogue.residual).unwrap();
     let sched = desc.schedule(&expr).unwrap();
     let mut want = vec![0f32; m * n];
@@ -81,7 +147,12 @@ fn check_with(m: usize, n: usize, k: usize, isa: Isa, text: &str, seed: u64, epi
     interp::run(&expr, &sched, &inputs, &mut want).unwrap();
     let got = c.as_slice();
     for i in 0..m * n {
-        prop_assert!(got[i].to_bits() == want[i].to_bits(), "{m}x{n}x{k} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}", got[i], want[i]);
+        prop_assert!(
+            got[i].to_bits() == want[i].to_bits(),
+            "{m}x{n}x{k} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}",
+            got[i],
+            want[i]
+        );
     }
     Ok(())
 }
@@ -109,8 +180,25 @@ fn default_schedules_on_odd_shapes() {
         if !isa.available() {
             continue;
         }
-        for (m, n, k) in [(1, 1, 1), (1, 577, 33), (2, 300, 20), (3, 300, 20), (4, 300, 20), (7, 17, 9), (13, 130, 600), (64, 64, 64), (5, 192, 576)] {
-            let desc = SgemmDesc { m, n, k, isa, schedule: None, epilogue: Epilogue::NONE };
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 577, 33),
+            (2, 300, 20),
+            (3, 300, 20),
+            (4, 300, 20),
+            (7, 17, 9),
+            (13, 130, 600),
+            (64, 64, 64),
+            (5, 192, 576),
+        ] {
+            let desc = SgemmDesc {
+                m,
+                n,
+                k,
+                isa,
+                schedule: None,
+                epilogue: Epilogue::NONE,
+            };
             check(m, n, k, isa, &desc.schedule_text(), 7).unwrap();
         }
     }
@@ -120,7 +208,18 @@ fn default_schedules_on_odd_shapes() {
 fn threads_give_the_same_bits() {
     let (m, n, k) = (37, 200, 50);
     let l = Isa::detect().lanes();
-    let desc = SgemmDesc { m, n, k, isa: Isa::detect(), schedule: Some(format!("n/{}:par m/5 n/{} k/1:u2 m/1:reg n/{l}:reg n/1:vec", 6 * l, 3 * l)), epilogue: Epilogue::NONE };
+    let desc = SgemmDesc {
+        m,
+        n,
+        k,
+        isa: Isa::detect(),
+        schedule: Some(format!(
+            "n/{}:par m/5 n/{} k/1:u2 m/1:reg n/{l}:reg n/1:vec",
+            6 * l,
+            3 * l
+        )),
+        epilogue: Epilogue::NONE,
+    };
     if Isa::detect() == Isa::Portable {
         return;
     }
@@ -138,26 +237,67 @@ fn threads_give_the_same_bits() {
 #[test]
 fn wrong_buffer_lengths_are_errors() {
     let kernel = SgemmKernel::compile(&SgemmDesc::new(4, 4, 4)).unwrap();
-    let err = kernel.run(&[0.0; 16], &[0.0; 15], &mut [0.0; 16]).unwrap_err();
-    assert!(err.to_string().contains("expected 16 elements, got 15"), "{err}");
+    let err = kernel
+        .run(&[0.0; 16], &[0.0; 15], &mut [0.0; 16])
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("expected 16 elements, got 15"),
+        "{err}"
+    );
 }
 
 #[test]
 fn oversized_register_tile_is_rejected_before_codegen() {
-    let desc = SgemmDesc { m: 64, n: 64, k: 8, isa: Isa::Avx512, schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()), epilogue: Epilogue::NONE };
-    let err = SgemmKernel::compile(&desc).err().expect("16x4 tile does not fit");
-    assert!(matches!(err, peregrine_loops::Error::RegisterTileTooLarge { needed: 69, available: 32, .. }), "{err}");
+    let desc = SgemmDesc {
+        m: 64,
+        n: 64,
+        k: 8,
+        isa: Isa::Avx512,
+        schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()),
+        epilogue: Epilogue::NONE,
+    };
+    let err = SgemmKernel::compile(&desc)
+        .err()
+        .expect("16x4 tile does not fit");
+    assert!(
+        matches!(
+            err,
+            peregrine_loops::Error::RegisterTileTooLarge {
+                needed: 69,
+                available: 32,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn epilogue_inputs_must_match_the_kernel() {
-    let desc = SgemmDesc { m: 2, n: 3, k: 4, isa: Isa::detect(), schedule: None, epilogue: Epilogue { bias: true, residual: false } };
+    let desc = SgemmDesc {
+        m: 2,
+        n: 3,
+        k: 4,
+        isa: Isa::detect(),
+        schedule: None,
+        epilogue: Epilogue {
+            bias: true,
+            residual: false,
+        },
+    };
     let kernel = SgemmKernel::compile(&desc).unwrap();
     let (a, b) = ([1f32; 8], [1f32; 12]);
     let mut c = [0f32; 6];
     assert!(kernel.run(&a, &b, &mut c).is_err(), "bias missing");
-    assert!(kernel.run_with(&a, &b, Some(&[1.0; 2]), None, &mut c).is_err(), "bias too short");
-    kernel.run_with(&a, &b, Some(&[1.0, 2.0, 3.0]), None, &mut c).unwrap();
+    assert!(
+        kernel
+            .run_with(&a, &b, Some(&[1.0; 2]), None, &mut c)
+            .is_err(),
+        "bias too short"
+    );
+    kernel
+        .run_with(&a, &b, Some(&[1.0, 2.0, 3.0]), None, &mut c)
+        .unwrap();
     assert_eq!(c, [5.0, 6.0, 7.0, 5.0, 6.0, 7.0]);
 }
 
@@ -170,8 +310,13 @@ fn default_schedule_compiles_for_every_small_shape() {
         for m in 1..=40 {
             for n in [1, 7, 8, 15, 16, 17, 100, 577] {
                 for k in [1, 600] {
-                    let desc = SgemmDesc { isa, ..SgemmDesc::new(m, n, k) };
-                    SgemmKernel::compile(&desc).unwrap_or_else(|e| panic!("{m}x{n}x{k} {isa} `{}`: {e}", desc.schedule_text()));
+                    let desc = SgemmDesc {
+                        isa,
+                        ..SgemmDesc::new(m, n, k)
+                    };
+                    SgemmKernel::compile(&desc).unwrap_or_else(|e| {
+                        panic!("{m}x{n}x{k} {isa} `{}`: {e}", desc.schedule_text())
+                    });
                 }
             }
         }

@@ -6,7 +6,13 @@ use peregrine_loops::kernel::portable;
 use peregrine_loops::Schedule;
 
 fn data(len: usize, seed: u32) -> Vec<f32> {
-    (0..len).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 12) as f32 / 1048576.0 - 0.5) * 6.0).collect()
+    (0..len)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 12) as f32 / 1048576.0
+                - 0.5)
+                * 6.0
+        })
+        .collect()
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -19,7 +25,13 @@ fn rms_norm_matches() {
         let (x, w) = (data(m * d, 1), data(d, 2));
         let e = library::rms_norm(m, d, 1e-5).unwrap();
         let mut want = vec![0f32; m * d];
-        interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&x), Buffer::F32(&w)], &mut want).unwrap();
+        interp::run(
+            &e,
+            &Schedule::naive(&e),
+            &[Buffer::F32(&x), Buffer::F32(&w)],
+            &mut want,
+        )
+        .unwrap();
         let mut got = vec![0f32; m * d];
         portable::rms_norm(&x, &w, 1e-5, &mut got);
         assert_eq!(bits(&got), bits(&want), "rms_norm {m}x{d}");
@@ -32,7 +44,13 @@ fn silu_mul_and_softmax_match() {
     let (g, u) = (data(m * d, 3), data(m * d, 4));
     let e = library::silu_mul(m, d).unwrap();
     let mut want = vec![0f32; m * d];
-    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&g), Buffer::F32(&u)], &mut want).unwrap();
+    interp::run(
+        &e,
+        &Schedule::naive(&e),
+        &[Buffer::F32(&g), Buffer::F32(&u)],
+        &mut want,
+    )
+    .unwrap();
     let mut got = vec![0f32; m * d];
     portable::silu_mul(&g, &u, &mut got);
     assert_eq!(bits(&got), bits(&want), "silu_mul");
@@ -81,14 +99,40 @@ fn tree_attention_matches() {
     assert!((0..n_prefix).all(|j| mask[3 * n_kv + j] == 0.0));
     assert!(sees(3, 0) && sees(3, 2) && sees(3, 3) && !sees(3, 1));
     assert!(sees(1, 0) && sees(1, 1) && !sees(1, 2));
-    let (q, k, v) = (data(n_heads * n_q * d, 6), data(n_heads * n_kv * d, 7), data(n_heads * n_kv * d, 8));
+    let (q, k, v) = (
+        data(n_heads * n_q * d, 6),
+        data(n_heads * n_kv * d, 7),
+        data(n_heads * n_kv * d, 8),
+    );
     let scale = 1.0 / (d as f32).sqrt();
     let e = library::attention(n_heads, n_q, n_kv, d, scale).unwrap();
     let mut want = vec![0f32; n_heads * n_q * d];
-    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&q), Buffer::F32(&k), Buffer::F32(&v), Buffer::F32(&mask)], &mut want).unwrap();
+    interp::run(
+        &e,
+        &Schedule::naive(&e),
+        &[
+            Buffer::F32(&q),
+            Buffer::F32(&k),
+            Buffer::F32(&v),
+            Buffer::F32(&mask),
+        ],
+        &mut want,
+    )
+    .unwrap();
     let mut got = vec![0f32; n_heads * n_q * d];
     let mut scratch = vec![0f32; n_kv];
-    portable::attention(&q, &k, &v, &mask, n_q, n_kv, d, scale, &mut scratch, &mut got);
+    portable::attention(
+        &q,
+        &k,
+        &v,
+        &mask,
+        n_q,
+        n_kv,
+        d,
+        scale,
+        &mut scratch,
+        &mut got,
+    );
     assert_eq!(bits(&got), bits(&want), "tree attention");
     // Token 1 does not see token 2: changing key/value 2 (index 3 + 2) leaves row 1 unchanged.
     let mut k2 = k.clone();
@@ -96,7 +140,18 @@ fn tree_attention_matches() {
         *x += 1.0;
     }
     let mut got2 = vec![0f32; n_heads * n_q * d];
-    portable::attention(&q, &k2, &v, &mask, n_q, n_kv, d, scale, &mut scratch, &mut got2);
+    portable::attention(
+        &q,
+        &k2,
+        &v,
+        &mask,
+        n_q,
+        n_kv,
+        d,
+        scale,
+        &mut scratch,
+        &mut got2,
+    );
     assert_eq!(bits(&got2[d..2 * d]), bits(&got[d..2 * d]));
     assert_ne!(bits(&got2[3 * d..4 * d]), bits(&got[3 * d..4 * d]));
 }

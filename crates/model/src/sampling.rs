@@ -325,7 +325,11 @@ mod tests {
     #[test]
     fn probs_are_the_shaped_distribution() {
         let logits = [0.0f32, 1.0, 2.0, 3.0];
-        let params = SamplingParams { temperature: 0.5, top_k: 2, ..Default::default() };
+        let params = SamplingParams {
+            temperature: 0.5,
+            top_k: 2,
+            ..Default::default()
+        };
         let mut s = sampler(params);
         let mut p = Vec::new();
         s.probs(&logits, &[], &mut p);

@@ -113,7 +113,13 @@ pub fn sha256_hex(data: &[u8]) -> String {
 /// A Spec-Bench prompt set in the repository (`data/specbench/<set>.jsonl`: mt_bench, gsm8k,
 /// alpaca, qa, sum).
 pub fn specbench_path(set: &str) -> PathBuf {
-    let path = repo_root().join("data/specbench").join(format!("{set}.jsonl"));
-    assert!(path.exists(), "{} is missing (the repository ships data/specbench)", path.display());
+    let path = repo_root()
+        .join("data/specbench")
+        .join(format!("{set}.jsonl"));
+    assert!(
+        path.exists(),
+        "{} is missing (the repository ships data/specbench)",
+        path.display()
+    );
     path
 }

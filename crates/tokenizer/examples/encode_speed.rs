@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         Tokenizer::from_tiktoken_file(model)?
     };
-    let opts = EncodeOptions { add_bos: false, parse_special: false };
+    let opts = EncodeOptions {
+        add_bos: false,
+        parse_special: false,
+    };
     let mut best = f64::MAX;
     let mut ids = Vec::new();
     for _ in 0..repeats.max(1) {

@@ -25,7 +25,10 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -46,7 +49,10 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("bos_token", &self.bos_token).field("eos_token", &self.eos_token).finish()
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
     }
 }
 
@@ -59,28 +65,42 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_filter("tojson", tojson);
-        env.add_function("strftime_now", |format: String| strftime_utc(&format, now_unix_s()));
+        env.add_function("strftime_now", |format: String| {
+            strftime_utc(&format, now_unix_s())
+        });
         env.add_template_owned(TEMPLATE_NAME, source.to_string())?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
     /// The built-in Llama 3 Instruct template.
     pub fn llama3() -> ChatTemplate {
-        ChatTemplate::new(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>").expect("the built-in Llama 3 template compiles")
+        ChatTemplate::new(LLAMA3_TEMPLATE, "<|begin_of_text|>", "<|eot_id|>")
+            .expect("the built-in Llama 3 template compiles")
     }
 
     /// The tokenizer's own template (GGUF `tokenizer.chat_template`), or the Llama 3 template
     /// when it has none; `bos_token`/`eos_token` are the texts of its BOS/EOS tokens.
     pub fn for_tokenizer(tokenizer: &Tokenizer) -> Result<ChatTemplate> {
         let text = |id: Option<u32>| {
-            id.and_then(|id| tokenizer.piece_bytes(id)).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+            id.and_then(|id| tokenizer.piece_bytes(id))
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
         };
         match tokenizer.chat_template() {
-            Some(source) => ChatTemplate::new(source, &text(tokenizer.bos_id()), &text(tokenizer.eos_id())),
+            Some(source) => {
+                ChatTemplate::new(source, &text(tokenizer.bos_id()), &text(tokenizer.eos_id()))
+            }
             None => Ok(ChatTemplate::llama3()),
         }
     }
@@ -101,14 +121,22 @@ impl ChatTemplate {
 struct PythonCompact;
 
 impl serde_json::ser::Formatter for PythonCompact {
-    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
             w.write_all(b", ")
         }
     }
-    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -124,7 +152,8 @@ impl serde_json::ser::Formatter for PythonCompact {
 fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError> {
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let to_err = |e: serde_json::Error| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
+    let to_err =
+        |e: serde_json::Error| JinjaError::new(ErrorKind::InvalidOperation, format!("tojson: {e}"));
     let mut out = Vec::new();
     match indent {
         None => {
@@ -133,11 +162,16 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError
         }
         Some(n) => {
             let spaces = vec![b' '; n];
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(&spaces));
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&spaces),
+            );
             serde::Serialize::serialize(&value, &mut ser).map_err(to_err)?;
         }
     }
-    Ok(Value::from_safe_string(String::from_utf8(out).expect("serde_json writes UTF-8")))
+    Ok(Value::from_safe_string(
+        String::from_utf8(out).expect("serde_json writes UTF-8"),
+    ))
 }
 
 fn now_unix_s() -> i64 {
@@ -149,8 +183,20 @@ fn now_unix_s() -> i64 {
 /// HF's `strftime_now(format)` (Llama 3.2 templates put today's date in the system prompt),
 /// in UTC, for the directives those templates use: `%d %m %Y %y %b %B %H %M %S %j %%`.
 fn strftime_utc(format: &str, unix_s: i64) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let days = unix_s.div_euclid(86_400);
     let secs = unix_s.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -219,21 +265,36 @@ mod tests {
 
     #[test]
     fn tojson_is_python_json_dumps() {
-        let t = ChatTemplate::new("{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}", "", "").unwrap();
-        let out = t.render(&[ChatMessage::new("user", "<b>&'é")], false).unwrap();
+        let t = ChatTemplate::new(
+            "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2) }}",
+            "",
+            "",
+        )
+        .unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "<b>&'é")], false)
+            .unwrap();
         assert_eq!(out, "[{\"role\": \"user\", \"content\": \"<b>&'é\"}]|{\n  \"role\": \"user\",\n  \"content\": \"<b>&'é\"\n}");
     }
 
     #[test]
     fn runaway_template_runs_out_of_fuel() {
-        let t = ChatTemplate::new("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
         assert!(t.render(&[], false).is_err());
     }
 
     #[test]
     fn strftime_matches_python() {
         // python3 -c "import datetime; print(datetime.datetime.fromtimestamp(1721952000 + 3723, datetime.UTC).strftime('%d %b %Y %B %m %y %H:%M:%S %j %%'))"
-        assert_eq!(strftime_utc("%d %b %Y %B %m %y %H:%M:%S %j %%", 1_721_952_000 + 3_723), "26 Jul 2024 July 07 24 01:02:03 208 %");
+        assert_eq!(
+            strftime_utc("%d %b %Y %B %m %y %H:%M:%S %j %%", 1_721_952_000 + 3_723),
+            "26 Jul 2024 July 07 24 01:02:03 208 %"
+        );
         assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
         assert_eq!(strftime_utc("%Y-%m-%d %j", 951_782_400), "2000-02-29 060");
         let t = ChatTemplate::new("{{ strftime_now('%Y') | length }}", "", "").unwrap();

@@ -42,18 +42,27 @@ impl PreTokenizerInfo {
     pub(crate) fn from_name(pre: &str) -> Result<PreTokenizerInfo> {
         use PreTokenizerKind::*;
         let (kind, ignore_merges, add_bos_default) = match pre {
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-            | "lfm2" | "jina-v5-nano" => (Llama3, true, true),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" | "jina-v5-nano" => (Llama3, true, true),
             "dbrx" | "smaug-bpe" => (Llama3, false, false),
-            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
-                (Smollm, false, false)
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => (Smollm, false, false),
+            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4"
+            | "mellum" | "gigachat" | "a.x-4.0" => (Gpt2, false, false),
+            "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "kormo" | "f2llmv2" => {
+                (Qwen2, false, false)
             }
-            "gpt2" | "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "exaone4" | "mellum"
-            | "gigachat" | "a.x-4.0" => (Gpt2, false, false),
-            "qwen2" | "deepseek-r1-qwen" | "stablelm2" | "megrez" | "kormo" | "f2llmv2" => (Qwen2, false, false),
-            _ => return Err(Error::UnsupportedPreTokenizer { pre: pre.to_string() }),
+            _ => {
+                return Err(Error::UnsupportedPreTokenizer {
+                    pre: pre.to_string(),
+                })
+            }
         };
-        Ok(PreTokenizerInfo { kind, ignore_merges, add_bos_default })
+        Ok(PreTokenizerInfo {
+            kind,
+            ignore_merges,
+            add_bos_default,
+        })
     }
 }
 
@@ -78,17 +87,35 @@ pub(crate) struct SplitScratch {
 impl PreTokenizer {
     /// llama.cpp's rules and tables (GGUF tokenizers).
     pub(crate) fn llama_cpp(kind: PreTokenizerKind) -> PreTokenizer {
-        PreTokenizer { kind, classes: CharClasses::llama_cpp(), fold_long_s: false }
+        PreTokenizer {
+            kind,
+            classes: CharClasses::llama_cpp(),
+            fold_long_s: false,
+        }
     }
 
     /// The rules as the `regex` crate evaluates them (tiktoken files).
     pub(crate) fn regex(kind: PreTokenizerKind) -> PreTokenizer {
-        PreTokenizer { kind, classes: CharClasses::regex(), fold_long_s: true }
+        PreTokenizer {
+            kind,
+            classes: CharClasses::regex(),
+            fold_long_s: true,
+        }
     }
 
     /// Splits `text` into words, appending their byte ranges (relative to `text`) to `out`.
-    pub(crate) fn split(&self, text: &str, scratch: &mut SplitScratch, out: &mut Vec<Range<usize>>) {
-        let SplitScratch { cpts, byte_offsets, lens, segments } = scratch;
+    pub(crate) fn split(
+        &self,
+        text: &str,
+        scratch: &mut SplitScratch,
+        out: &mut Vec<Range<usize>>,
+    ) {
+        let SplitScratch {
+            cpts,
+            byte_offsets,
+            lens,
+            segments,
+        } = scratch;
         cpts.clear();
         byte_offsets.clear();
         for (i, c) in text.char_indices() {
@@ -106,7 +133,12 @@ impl PreTokenizer {
         let mut start = 0;
         for &len in segments.iter() {
             let end = start + len;
-            let seg = Segment { cpts, ini: start, end, classes: self.classes };
+            let seg = Segment {
+                cpts,
+                ini: start,
+                end,
+                classes: self.classes,
+            };
             match self.kind {
                 PreTokenizerKind::Gpt2 | PreTokenizerKind::Smollm => seg.split_gpt2(lens),
                 PreTokenizerKind::Llama3 => seg.split_llama3(lens, 3, self.fold_long_s),
@@ -208,7 +240,11 @@ impl Segment<'_> {
             }
 
             let space = usize::from(cpt == ' ');
-            let mut flags2 = if cpt == ' ' { self.flags(pos + 1) } else { flags };
+            let mut flags2 = if cpt == ' ' {
+                self.flags(pos + 1)
+            } else {
+                flags
+            };
             //  ?\p{L}+
             if is_l(flags2) {
                 pos += space;
@@ -306,7 +342,9 @@ impl Segment<'_> {
             }
 
             // [^\r\n\p{L}\p{N}]?\p{L}+
-            if !(cpt == '\r' || cpt == '\n' || is_n(flags)) && (is_l(flags) || is_l(self.flags(pos + 1))) {
+            if !(cpt == '\r' || cpt == '\n' || is_n(flags))
+                && (is_l(flags) || is_l(self.flags(pos + 1)))
+            {
                 pos += 1;
                 while is_l(self.flags(pos)) {
                     pos += 1;
@@ -330,7 +368,11 @@ impl Segment<'_> {
             }
 
             //  ?[^\s\p{L}\p{N}]+[\r\n]*
-            let mut flags2 = if cpt == ' ' { self.flags(pos + 1) } else { flags };
+            let mut flags2 = if cpt == ' ' {
+                self.flags(pos + 1)
+            } else {
+                flags
+            };
             if !(is_ws(flags2) || is_l(flags2) || is_n(flags2)) && flags != OUT {
                 pos += usize::from(cpt == ' ');
                 while !(is_ws(flags2) || is_l(flags2) || is_n(flags2)) && flags2 != OUT {
@@ -400,14 +442,25 @@ mod tests {
     #[test]
     fn llama3_rules() {
         let pre = PreTokenizer::llama_cpp(PreTokenizerKind::Llama3);
-        assert_eq!(pieces(pre, "Hello world 12345"), ["Hello", " world", " ", "123", "45"]);
-        assert_eq!(pieces(pre, "I'M  here\n\n x"), ["I", "'M", " ", " here", "\n\n", " x"]);
+        assert_eq!(
+            pieces(pre, "Hello world 12345"),
+            ["Hello", " world", " ", "123", "45"]
+        );
+        assert_eq!(
+            pieces(pre, "I'M  here\n\n x"),
+            ["I", "'M", " ", " here", "\n\n", " x"]
+        );
         assert_eq!(pieces(pre, "a!!\n\nb"), ["a", "!!\n\n", "b"]);
     }
 
     #[test]
     fn every_byte_is_covered() {
-        for kind in [PreTokenizerKind::Gpt2, PreTokenizerKind::Smollm, PreTokenizerKind::Llama3, PreTokenizerKind::Qwen2] {
+        for kind in [
+            PreTokenizerKind::Gpt2,
+            PreTokenizerKind::Smollm,
+            PreTokenizerKind::Llama3,
+            PreTokenizerKind::Qwen2,
+        ] {
             let text = " \t\r\n a1 'll ٣٤ 😀‍👩 \u{3000}x  ";
             let joined: String = pieces(PreTokenizer::llama_cpp(kind), text).concat();
             assert_eq!(joined, text, "{kind:?}");

@@ -60,7 +60,12 @@ impl RankBpe {
     }
 
     /// Appends the ids of one pre-tokenized word.
-    pub(crate) fn encode_word(&self, word: &[u8], parts: &mut Vec<(usize, u32)>, out: &mut Vec<u32>) {
+    pub(crate) fn encode_word(
+        &self,
+        word: &[u8],
+        parts: &mut Vec<(usize, u32)>,
+        out: &mut Vec<u32>,
+    ) {
         if word.is_empty() {
             return;
         }
@@ -82,7 +87,11 @@ impl RankBpe {
             match self.get(piece) {
                 Some(id) => out.push(id),
                 // Only reachable for files that lack some single bytes: emit what exists.
-                None => out.extend(piece.iter().filter_map(|b| self.get(std::slice::from_ref(b)))),
+                None => out.extend(
+                    piece
+                        .iter()
+                        .filter_map(|b| self.get(std::slice::from_ref(b))),
+                ),
             }
         }
     }

@@ -47,11 +47,21 @@ impl SpecialMatcher {
             AhoCorasick::new(tokens.iter().map(|t| t.text.as_bytes())).ok()
         };
         let any_always = tokens.iter().any(|t| t.always);
-        SpecialMatcher { tokens, automaton, any_always }
+        SpecialMatcher {
+            tokens,
+            automaton,
+            any_always,
+        }
     }
 
     /// Splits `text` into fragments; `present` is scratch space.
-    pub(crate) fn partition(&self, text: &str, parse_special: bool, present: &mut Vec<bool>, out: &mut Vec<Fragment>) {
+    pub(crate) fn partition(
+        &self,
+        text: &str,
+        parse_special: bool,
+        present: &mut Vec<bool>,
+        out: &mut Vec<Fragment>,
+    ) {
         out.clear();
         if text.is_empty() {
             return;
@@ -60,7 +70,9 @@ impl SpecialMatcher {
         if !parse_special && !self.any_always {
             return;
         }
-        let Some(automaton) = &self.automaton else { return };
+        let Some(automaton) = &self.automaton else {
+            return;
+        };
         present.clear();
         present.resize(self.tokens.len(), false);
         let mut n_present = 0;

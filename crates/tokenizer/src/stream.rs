@@ -13,7 +13,10 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub(crate) fn new(tokenizer: &'a Tokenizer) -> StreamDecoder<'a> {
-        StreamDecoder { tokenizer, pending: Vec::with_capacity(16) }
+        StreamDecoder {
+            tokenizer,
+            pending: Vec::with_capacity(16),
+        }
     }
 
     /// Adds one token; returns the text that is now complete, if any. An id outside the
@@ -35,7 +38,9 @@ impl<'a> StreamDecoder<'a> {
                 }
                 Err(e) => {
                     let valid = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&rest[..valid]).expect("valid_up_to marks valid UTF-8"));
+                    out.push_str(
+                        std::str::from_utf8(&rest[..valid]).expect("valid_up_to marks valid UTF-8"),
+                    );
                     match e.error_len() {
                         Some(n_bad) => {
                             out.push('\u{FFFD}');

@@ -83,27 +83,89 @@ pub struct EncodeOptions {
 impl EncodeOptions {
     /// The file's `add_bos`, with special tokens parsed (what `llama-tokenize` does by default).
     pub fn default_for(tokenizer: &Tokenizer) -> EncodeOptions {
-        EncodeOptions { add_bos: tokenizer.add_bos, parse_special: true }
+        EncodeOptions {
+            add_bos: tokenizer.add_bos,
+            parse_special: true,
+        }
     }
 }
 
 /// Texts that llama.cpp forces to CONTROL when a vocabulary has them as plain tokens
 /// (end-of-turn, end-of-message, fill-in-the-middle and end-of-generation markers).
 const CONTROL_LOOKING: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
-    "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>", "<|eom_id|>", "<|fim_prefix|>",
-    "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>",
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
-    "<|suffix|>", "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
-    "<|code_middle|>", "<|middle|>", "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", "<|fim_repo|>",
-    "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>", "<|file_sep|>", "<|return|>", "<|call|>",
-    "<|flush|>", "<|calls|>", "</s>", "[EOS]", "<eos>", "<turn|>", "<|tool_response>", "[e~[",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+    "<|eom_id|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "</s>",
+    "[EOS]",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "[e~[",
 ];
 
 /// Texts of tokens that end generation (llama.cpp's end-of-generation list, without FIM tokens).
 const END_OF_TURN: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "[EOT]", "<end_of_utterance>", "<｜end▁of▁sentence｜>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<end_of_utterance>",
+    "<｜end▁of▁sentence｜>",
 ];
 
 /// Special tokens of the Llama 3 tiktoken file, after the 128000 ranks (llama_models `tokenizer.py`).
@@ -161,9 +223,11 @@ impl std::fmt::Debug for Tokenizer {
 
 fn check_id(what: &'static str, id: Option<u32>, vocab_size: usize) -> Result<Option<u32>> {
     match id {
-        Some(id) if id as usize >= vocab_size => {
-            Err(Error::SpecialIdOutOfRange { what, id: u64::from(id), vocab_size })
-        }
+        Some(id) if id as usize >= vocab_size => Err(Error::SpecialIdOutOfRange {
+            what,
+            id: u64::from(id),
+            vocab_size,
+        }),
         _ => Ok(id),
     }
 }
@@ -181,26 +245,41 @@ impl Tokenizer {
             return Err(Error::BadVocabSize { n_tokens });
         }
         if !spec.token_types.is_empty() && spec.token_types.len() < n_tokens {
-            return Err(Error::TokenTypeCount { n_types: spec.token_types.len(), n_tokens });
+            return Err(Error::TokenTypeCount {
+                n_types: spec.token_types.len(),
+                n_tokens,
+            });
         }
         let mut types: Vec<TokenType> = if spec.token_types.is_empty() {
             vec![TokenType::Normal; n_tokens]
         } else {
-            spec.token_types[..n_tokens].iter().map(|&t| TokenType::from_gguf(t)).collect()
+            spec.token_types[..n_tokens]
+                .iter()
+                .map(|&t| TokenType::from_gguf(t))
+                .collect()
         };
         // llama.cpp renames empty tokens so that every text maps to one id.
         let texts: Vec<String> = spec
             .tokens
             .into_iter()
             .enumerate()
-            .map(|(i, t)| if t.is_empty() { format!("[EMPTY_{i}]") } else { t })
+            .map(|(i, t)| {
+                if t.is_empty() {
+                    format!("[EMPTY_{i}]")
+                } else {
+                    t
+                }
+            })
             .collect();
         for (text, ty) in texts.iter().zip(types.iter_mut()) {
             if CONTROL_LOOKING.contains(&text.as_str()) && *ty != TokenType::Control {
                 tracing::debug!(token = %text, "control-looking token was {ty:?}; treating it as control");
                 *ty = TokenType::Control;
             }
-            if matches!(text.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
+            if matches!(
+                text.as_str(),
+                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+            ) {
                 *ty = TokenType::UserDefined;
             }
         }
@@ -215,7 +294,13 @@ impl Tokenizer {
         let mut n_skipped = 0usize;
         for m in &spec.merges {
             // llama.cpp splits at the first space after the first byte.
-            let Some(pos) = m.as_bytes().iter().skip(1).position(|&b| b == b' ').map(|p| p + 1) else {
+            let Some(pos) = m
+                .as_bytes()
+                .iter()
+                .skip(1)
+                .position(|&b| b == b' ')
+                .map(|p| p + 1)
+            else {
                 n_skipped += 1;
                 continue;
             };
@@ -230,7 +315,10 @@ impl Tokenizer {
             }
         }
         if n_skipped > 0 {
-            tracing::warn!(n_skipped, "skipped merges whose parts or result are not in the vocabulary");
+            tracing::warn!(
+                n_skipped,
+                "skipped merges whose parts or result are not in the vocabulary"
+            );
         }
         let bpe = tokenizers::models::bpe::BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -252,7 +340,9 @@ impl Tokenizer {
                     for c in text.chars() {
                         match char_to_byte(c) {
                             Some(b) => piece_data.push(b),
-                            None => piece_data.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                            None => {
+                                piece_data.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes())
+                            }
                         }
                     }
                 }
@@ -266,7 +356,12 @@ impl Tokenizer {
                 .iter()
                 .zip(&types)
                 .enumerate()
-                .filter(|(_, (_, ty))| matches!(ty, TokenType::Control | TokenType::UserDefined | TokenType::Unknown))
+                .filter(|(_, (_, ty))| {
+                    matches!(
+                        ty,
+                        TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+                    )
+                })
                 .map(|(i, (text, ty))| (i as u32, text.clone(), *ty == TokenType::UserDefined))
                 .collect(),
         );
@@ -304,8 +399,15 @@ impl Tokenizer {
     /// Llama 3 pre-tokenizer, BOS added by default, and no chat template of its own.
     pub fn from_tiktoken_file(path: &std::path::Path) -> Result<Tokenizer> {
         use base64::Engine as _;
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let line_err = |line_no: usize, problem: String| Error::TiktokenLine { path: path.to_path_buf(), line_no, problem };
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let line_err = |line_no: usize, problem: String| Error::TiktokenLine {
+            path: path.to_path_buf(),
+            line_no,
+            problem,
+        };
         let mut by_rank: Vec<Option<Vec<u8>>> = Vec::new();
         let mut ranks = AHashMap::new();
         for (idx, line) in text.lines().enumerate() {
@@ -314,20 +416,26 @@ impl Tokenizer {
                 continue;
             }
             let mut fields = line.split_whitespace();
-            let (Some(b64), Some(rank), None) = (fields.next(), fields.next(), fields.next()) else {
+            let (Some(b64), Some(rank), None) = (fields.next(), fields.next(), fields.next())
+            else {
                 return Err(line_err(line_no, "expected `<base64 token> <rank>`".into()));
             };
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map_err(|e| line_err(line_no, format!("bad base64 {b64:?}: {e}")))?;
-            let rank: u32 = rank.parse().map_err(|_| line_err(line_no, format!("bad rank {rank:?}")))?;
+            let rank: u32 = rank
+                .parse()
+                .map_err(|_| line_err(line_no, format!("bad rank {rank:?}")))?;
             if rank as usize >= (1 << 31) {
                 return Err(line_err(line_no, format!("rank {rank} is too large")));
             }
             let slot = rank as usize;
             if slot >= by_rank.len() {
                 if slot > text.len() {
-                    return Err(line_err(line_no, format!("rank {rank} exceeds the number of lines")));
+                    return Err(line_err(
+                        line_no,
+                        format!("rank {rank} exceeds the number of lines"),
+                    ));
                 }
                 by_rank.resize(slot + 1, None);
             }
@@ -341,9 +449,16 @@ impl Tokenizer {
         }
         let n_base = by_rank.len();
         if n_base == 0 || ranks.len() != n_base {
-            return Err(line_err(0, format!("ranks are not 0..{n_base} without gaps ({} tokens)", ranks.len())));
+            return Err(line_err(
+                0,
+                format!(
+                    "ranks are not 0..{n_base} without gaps ({} tokens)",
+                    ranks.len()
+                ),
+            ));
         }
-        let mut special_texts: Vec<String> = LLAMA3_SPECIALS.iter().map(|s| s.to_string()).collect();
+        let mut special_texts: Vec<String> =
+            LLAMA3_SPECIALS.iter().map(|s| s.to_string()).collect();
         for i in 2..=(LLAMA3_N_SPECIALS - LLAMA3_SPECIALS.len() + 1) {
             special_texts.push(format!("<|reserved_special_token_{i}|>"));
         }
@@ -359,14 +474,25 @@ impl Tokenizer {
         }
         let mut types = vec![TokenType::Normal; n_base];
         types.extend(std::iter::repeat_n(TokenType::Control, special_texts.len()));
-        let special_id = |text: &str| special_texts.iter().position(|t| t == text).map(|i| (n_base + i) as u32);
+        let special_id = |text: &str| {
+            special_texts
+                .iter()
+                .position(|t| t == text)
+                .map(|i| (n_base + i) as u32)
+        };
         let bos_id = special_id("<|begin_of_text|>");
         let eos_id = special_id("<|end_of_text|>");
-        let mut stop_ids: Vec<u32> =
-            ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"].iter().filter_map(|t| special_id(t)).collect();
+        let mut stop_ids: Vec<u32> = ["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"]
+            .iter()
+            .filter_map(|t| special_id(t))
+            .collect();
         stop_ids.sort_unstable();
         let specials = SpecialMatcher::new(
-            special_texts.iter().enumerate().map(|(i, t)| ((n_base + i) as u32, t.clone(), false)).collect(),
+            special_texts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ((n_base + i) as u32, t.clone(), false))
+                .collect(),
         );
         Ok(Tokenizer {
             model: BpeModel::Ranks(RankBpe::new(ranks)),
@@ -390,7 +516,8 @@ impl Tokenizer {
             out.push(self.bos_id.ok_or(Error::NoBosToken)?);
         }
         let mut fragments = Vec::new();
-        self.specials.partition(text, opts.parse_special, &mut Vec::new(), &mut fragments);
+        self.specials
+            .partition(text, opts.parse_special, &mut Vec::new(), &mut fragments);
         let mut scratch = EncodeScratch::default();
         for frag in fragments {
             match frag {
@@ -402,7 +529,12 @@ impl Tokenizer {
     }
 
     /// Encodes text that holds no special tokens.
-    fn encode_text(&self, text: &str, scratch: &mut EncodeScratch, out: &mut Vec<u32>) -> Result<()> {
+    fn encode_text(
+        &self,
+        text: &str,
+        scratch: &mut EncodeScratch,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
         scratch.words.clear();
         self.pre.split(text, &mut scratch.split, &mut scratch.words);
         let byte_to_char = byte_to_char();
@@ -411,8 +543,12 @@ impl Tokenizer {
             match &self.model {
                 BpeModel::Merges(bpe) => {
                     scratch.encoded.clear();
-                    scratch.encoded.extend(word.iter().map(|&b| byte_to_char[b as usize]));
-                    let tokens = bpe.tokenize(&scratch.encoded).map_err(|e| Error::Bpe(e.to_string()))?;
+                    scratch
+                        .encoded
+                        .extend(word.iter().map(|&b| byte_to_char[b as usize]));
+                    let tokens = bpe
+                        .tokenize(&scratch.encoded)
+                        .map_err(|e| Error::Bpe(e.to_string()))?;
                     out.extend(tokens.iter().map(|t| t.id));
                 }
                 BpeModel::Ranks(bpe) => bpe.encode_word(word, &mut scratch.parts, out),
@@ -426,7 +562,10 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         for &id in ids {
-            bytes.extend_from_slice(self.piece_bytes(id).ok_or(Error::UnknownTokenId { id, vocab_size: self.vocab_size() })?);
+            bytes.extend_from_slice(self.piece_bytes(id).ok_or(Error::UnknownTokenId {
+                id,
+                vocab_size: self.vocab_size(),
+            })?);
         }
         Ok(match String::from_utf8(bytes) {
             Ok(s) => s,
@@ -524,22 +663,48 @@ mod tests {
     #[test]
     fn encodes_and_decodes_a_tiny_vocab() {
         let t = tiny();
-        let ids = t.encode("ab ab12<|im_start|>", EncodeOptions { add_bos: true, parse_special: true }).unwrap();
+        let ids = t
+            .encode(
+                "ab ab12<|im_start|>",
+                EncodeOptions {
+                    add_bos: true,
+                    parse_special: true,
+                },
+            )
+            .unwrap();
         assert_eq!(ids, [0, 4, 5, 6, 7, 0]);
         assert_eq!(t.decode(&ids).unwrap(), "<|im_start|>ab ab12<|im_start|>");
         assert!(t.is_control(0));
         assert!(!t.is_control(1));
         assert!(!t.is_control(99));
         assert_eq!(t.piece_bytes(3), Some(&b" "[..]));
-        assert!(matches!(t.decode(&[42]), Err(Error::UnknownTokenId { id: 42, .. })));
+        assert!(matches!(
+            t.decode(&[42]),
+            Err(Error::UnknownTokenId { id: 42, .. })
+        ));
     }
 
     #[test]
     fn unknown_pre_tokenizer_is_an_error() {
-        let spec = TokenizerSpec { model: "gpt2".into(), pre: Some("nope".into()), tokens: vec!["a".into()], ..Default::default() };
-        assert!(matches!(Tokenizer::from_spec(spec), Err(Error::UnsupportedPreTokenizer { .. })));
-        let spec = TokenizerSpec { model: "llama".into(), tokens: vec!["a".into()], ..Default::default() };
-        assert!(matches!(Tokenizer::from_spec(spec), Err(Error::UnsupportedModel { .. })));
+        let spec = TokenizerSpec {
+            model: "gpt2".into(),
+            pre: Some("nope".into()),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Tokenizer::from_spec(spec),
+            Err(Error::UnsupportedPreTokenizer { .. })
+        ));
+        let spec = TokenizerSpec {
+            model: "llama".into(),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        };
+        assert!(matches!(
+            Tokenizer::from_spec(spec),
+            Err(Error::UnsupportedModel { .. })
+        ));
     }
 
     #[test]

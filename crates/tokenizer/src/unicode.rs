@@ -80,11 +80,15 @@ impl CharClasses {
 /// The inclusive code point ranges of a one-class regex such as `\p{L}`, from `regex-syntax`.
 fn regex_class_ranges(pattern: &str) -> Vec<(u32, u32)> {
     use regex_syntax::hir::{Class, HirKind};
-    let hir = regex_syntax::Parser::new().parse(pattern).expect("built-in class pattern parses");
+    let hir = regex_syntax::Parser::new()
+        .parse(pattern)
+        .expect("built-in class pattern parses");
     match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => {
-            class.ranges().iter().map(|r| (r.start() as u32, r.end() as u32)).collect()
-        }
+        HirKind::Class(Class::Unicode(class)) => class
+            .ranges()
+            .iter()
+            .map(|r| (r.start() as u32, r.end() as u32))
+            .collect(),
         other => unreachable!("built-in class pattern {pattern} parsed to {other:?}"),
     }
 }
@@ -98,7 +102,9 @@ pub(crate) fn byte_to_char() -> &'static [char; 256] {
         let mut table = ['\0'; 256];
         let mut n = 0u32;
         for b in 0..=255u32 {
-            let printable = (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+            let printable = (0x21..=0x7E).contains(&b)
+                || (0xA1..=0xAC).contains(&b)
+                || (0xAE..=0xFF).contains(&b);
             let cp = if printable {
                 b
             } else {
@@ -159,10 +165,17 @@ mod tests {
     fn case_folds_of_contraction_letters() {
         use regex_syntax::hir::{Class, HirKind};
         for letter in ['s', 't', 'r', 'e', 'v', 'm', 'l', 'd'] {
-            let hir = regex_syntax::Parser::new().parse(&format!("(?i:{letter})")).unwrap();
-            let HirKind::Class(Class::Unicode(class)) = hir.kind() else { panic!("{letter}") };
-            let mut chars: Vec<char> =
-                class.ranges().iter().flat_map(|r| r.start()..=r.end()).collect();
+            let hir = regex_syntax::Parser::new()
+                .parse(&format!("(?i:{letter})"))
+                .unwrap();
+            let HirKind::Class(Class::Unicode(class)) = hir.kind() else {
+                panic!("{letter}")
+            };
+            let mut chars: Vec<char> = class
+                .ranges()
+                .iter()
+                .flat_map(|r| r.start()..=r.end())
+                .collect();
             chars.sort();
             let mut want = vec![letter.to_ascii_uppercase(), letter];
             if letter == 's' {

@@ -15,7 +15,9 @@ fn llama3() -> &'static Tokenizer {
 
 fn smollm2() -> &'static Tokenizer {
     static T: OnceLock<Tokenizer> = OnceLock::new();
-    T.get_or_init(|| Tokenizer::from_gguf(&GgufFile::open(peregrine_testkit::smollm2_path()).unwrap()).unwrap())
+    T.get_or_init(|| {
+        Tokenizer::from_gguf(&GgufFile::open(peregrine_testkit::smollm2_path()).unwrap()).unwrap()
+    })
 }
 
 /// Text mixing arbitrary chars with the pieces tokenizers care about.
@@ -38,7 +40,13 @@ fn text() -> impl Strategy<Value = String> {
 
 /// The SmolLM2 vocabulary lacks a few byte tokens (see smollm2_matches_llama_cpp.rs).
 fn smollm2_can_encode(s: &str) -> bool {
-    !s.chars().any(|c| matches!(c, '\u{4}' | '\u{6}' | '\u{13}' | '\u{14}' | '\u{16}' | '\u{1d}' | '\u{40000}'..='\u{bffff}'))
+    !s.chars().any(|c| {
+        matches!(
+            c,
+            '\u{4}' | '\u{6}' | '\u{13}' | '\u{14}' | '\u{16}' | '\u{1d}' | '\u{40000}'
+                ..='\u{bffff}'
+        )
+    })
 }
 
 proptest! {

@@ -12,15 +12,21 @@ use peregrine_tokenizer::{EncodeOptions, Tokenizer};
 use std::path::PathBuf;
 
 fn llama_cpp_src() -> PathBuf {
-    std::env::var_os("PEREGRINE_LLAMA_CPP_SRC").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/peregrine/src/llama_cpp_python-0.3.36/vendor/llama.cpp")
-    })
+    std::env::var_os("PEREGRINE_LLAMA_CPP_SRC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/peregrine/src/llama_cpp_python-0.3.36/vendor/llama.cpp")
+        })
 }
 
 fn check_vocab(name: &str) {
     let path = llama_cpp_src().join(format!("models/ggml-vocab-{name}.gguf"));
-    assert!(path.exists(), "{} is missing: run scripts/build-llama-cpp or set PEREGRINE_LLAMA_CPP_SRC", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-llama-cpp or set PEREGRINE_LLAMA_CPP_SRC",
+        path.display()
+    );
     let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
     let golden = common::read_json("llama_cpp_vocabs.json");
     let stride = golden["corpus_stride"].as_u64().unwrap() as usize;
@@ -28,10 +34,16 @@ fn check_vocab(name: &str) {
     let vocab = &golden["vocabs"][name];
     let add_bos = EncodeOptions::default_for(&tok).add_bos;
     for (key, parse_special) in [("ids_special", true), ("ids_plain", false)] {
-        let opts = EncodeOptions { add_bos, parse_special };
-        common::assert_all_equal(&format!("{name} {key}"), &strings, &common::id_lists(vocab, key), |s| {
-            tok.encode(s, opts).unwrap()
-        });
+        let opts = EncodeOptions {
+            add_bos,
+            parse_special,
+        };
+        common::assert_all_equal(
+            &format!("{name} {key}"),
+            &strings,
+            &common::id_lists(vocab, key),
+            |s| tok.encode(s, opts).unwrap(),
+        );
     }
 }
 

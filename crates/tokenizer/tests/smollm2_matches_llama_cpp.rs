@@ -16,10 +16,16 @@ fn tokenizer() -> Tokenizer {
 fn ids_match_llama_cpp_without_special_parsing() {
     let tok = tokenizer();
     let golden = common::read_json("smollm2_llama_cpp.json");
-    let opts = EncodeOptions { add_bos: false, parse_special: false };
-    common::assert_all_equal("smollm2 --no-parse-special", &common::corpus(), &common::id_lists(&golden, "ids_plain"), |s| {
-        tok.encode(s, opts).unwrap()
-    });
+    let opts = EncodeOptions {
+        add_bos: false,
+        parse_special: false,
+    };
+    common::assert_all_equal(
+        "smollm2 --no-parse-special",
+        &common::corpus(),
+        &common::id_lists(&golden, "ids_plain"),
+        |s| tok.encode(s, opts).unwrap(),
+    );
 }
 
 #[test]
@@ -28,10 +34,19 @@ fn ids_match_llama_cpp_with_special_parsing() {
     let golden = common::read_json("smollm2_llama_cpp.json");
     // llama-tokenize's defaults: the file's add_bos (false for SmolLM2), special tokens parsed.
     let opts = EncodeOptions::default_for(&tok);
-    assert_eq!(opts, EncodeOptions { add_bos: false, parse_special: true });
-    common::assert_all_equal("smollm2 (parse special)", &common::corpus(), &common::id_lists(&golden, "ids_special"), |s| {
-        tok.encode(s, opts).unwrap()
-    });
+    assert_eq!(
+        opts,
+        EncodeOptions {
+            add_bos: false,
+            parse_special: true
+        }
+    );
+    common::assert_all_equal(
+        "smollm2 (parse special)",
+        &common::corpus(),
+        &common::id_lists(&golden, "ids_special"),
+        |s| tok.encode(s, opts).unwrap(),
+    );
 }
 
 #[test]
@@ -47,8 +62,18 @@ fn smollm2_metadata() {
     assert!(tok.is_control(1));
     assert_eq!(tok.piece_bytes(1), Some(&b"<|im_start|>"[..]));
     assert_eq!(tok.piece_bytes(216), Some(&b" "[..]));
-    assert!(tok.chat_template().is_some_and(|t| t.contains("<|im_start|>")));
-    let ids = tok.encode("Hi", EncodeOptions { add_bos: true, parse_special: true }).unwrap();
+    assert!(tok
+        .chat_template()
+        .is_some_and(|t| t.contains("<|im_start|>")));
+    let ids = tok
+        .encode(
+            "Hi",
+            EncodeOptions {
+                add_bos: true,
+                parse_special: true,
+            },
+        )
+        .unwrap();
     assert_eq!(ids[0], 1);
 }
 
@@ -56,14 +81,26 @@ fn smollm2_metadata() {
 /// 0xF2, so text holding those control characters or code points U+40000..=U+BFFFF (UTF-8 lead
 /// byte F1/F2) cannot round-trip; llama.cpp drops those bytes too (see the golden).
 fn smollm2_can_encode(s: &str) -> bool {
-    !s.chars().any(|c| matches!(c, '\u{4}' | '\u{6}' | '\u{13}' | '\u{14}' | '\u{16}' | '\u{1d}' | '\u{40000}'..='\u{bffff}'))
+    !s.chars().any(|c| {
+        matches!(
+            c,
+            '\u{4}' | '\u{6}' | '\u{13}' | '\u{14}' | '\u{16}' | '\u{1d}' | '\u{40000}'
+                ..='\u{bffff}'
+        )
+    })
 }
 
 #[test]
 fn decode_and_stream_invert_encode_on_the_corpus() {
     let tok = tokenizer();
-    let opts = EncodeOptions { add_bos: false, parse_special: false };
-    for s in common::corpus().into_iter().filter(|s| smollm2_can_encode(s)) {
+    let opts = EncodeOptions {
+        add_bos: false,
+        parse_special: false,
+    };
+    for s in common::corpus()
+        .into_iter()
+        .filter(|s| smollm2_can_encode(s))
+    {
         let ids = tok.encode(&s, opts).unwrap();
         assert_eq!(tok.decode(&ids).unwrap(), s);
         let mut dec = tok.stream_decoder();

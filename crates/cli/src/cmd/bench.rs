@@ -54,19 +54,36 @@ pub fn run(args: Args) -> Result<()> {
     }
     let path = args.model.unwrap_or_else(default_model_path);
     let threads = args.threads.unwrap_or_else(default_threads);
-    let model = Model::load(&path, threads).with_context(|| format!("loading {}", path.display()))?;
+    let model =
+        Model::load(&path, threads).with_context(|| format!("loading {}", path.display()))?;
     let cfg = model.config().clone();
     let n_prefill = args.prefill_tokens.max(1);
     let ctx = n_prefill + args.decode_tokens + 64 + 8;
     let mut ws = model.new_workspace(n_prefill.max(64), 64, ctx);
-    let tokens: Vec<u32> = (0..ctx as u64).map(|i| ((i * 7919 + 13) % cfg.vocab_size as u64) as u32).collect();
-    let full = ForwardOptions { layers: 0..cfg.n_layers, head: true, taps: &[] };
+    let tokens: Vec<u32> = (0..ctx as u64)
+        .map(|i| ((i * 7919 + 13) % cfg.vocab_size as u64) as u32)
+        .collect();
+    let full = ForwardOptions {
+        layers: 0..cfg.n_layers,
+        head: true,
+        taps: &[],
+    };
     let repeats = args.repeats.max(1);
     let bar = progress_bar((repeats * (2 + COST_CURVE_K.len())) as u64, "bench");
 
-    let run_chunk = |ws: &mut Workspace, cache: &mut peregrine_model::KvCache, toks: &[u32], start: u32, logits| {
+    let run_chunk = |ws: &mut Workspace,
+                     cache: &mut peregrine_model::KvCache,
+                     toks: &[u32],
+                     start: u32,
+                     logits| {
         let positions: Vec<u32> = (start..start + toks.len() as u32).collect();
-        let mut seqs = [SeqInput { cache, tokens: toks, positions: &positions, tree: None, logits }];
+        let mut seqs = [SeqInput {
+            cache,
+            tokens: toks,
+            positions: &positions,
+            tree: None,
+            logits,
+        }];
         model.forward(ws, &mut seqs, &full)
     };
 
@@ -75,7 +92,13 @@ pub fn run(args: Args) -> Result<()> {
     for _ in 0..repeats {
         let mut cache = model.new_cache(ctx);
         let t = Instant::now();
-        run_chunk(&mut ws, &mut cache, &tokens[..n_prefill], 0, LogitRows::Last)?;
+        run_chunk(
+            &mut ws,
+            &mut cache,
+            &tokens[..n_prefill],
+            0,
+            LogitRows::Last,
+        )?;
         prefill_s.push(t.elapsed().as_secs_f64());
         bar.inc(1);
     }
@@ -108,7 +131,13 @@ pub fn run(args: Args) -> Result<()> {
             let reps = 8;
             let t = Instant::now();
             for _ in 0..reps {
-                run_chunk(&mut ws, &mut cache, &tokens[prefix..prefix + k], prefix as u32, LogitRows::All)?;
+                run_chunk(
+                    &mut ws,
+                    &mut cache,
+                    &tokens[prefix..prefix + k],
+                    prefix as u32,
+                    LogitRows::All,
+                )?;
                 cache.truncate(prefix);
             }
             times.push(t.elapsed().as_secs_f64() / reps as f64);
@@ -126,19 +155,36 @@ pub fn run(args: Args) -> Result<()> {
         decode_tokens: args.decode_tokens,
         prefill_tok_s: n_prefill as f64 / median(&mut prefill_s),
         decode_tok_s: args.decode_tokens as f64 / median(&mut decode_s),
-        cost_curve: per_k.iter().map(|(k, s)| (k.to_string(), s / base)).collect(),
-        forward_ms: per_k.iter().map(|(k, s)| (k.to_string(), s * 1e3)).collect(),
+        cost_curve: per_k
+            .iter()
+            .map(|(k, s)| (k.to_string(), s / base))
+            .collect(),
+        forward_ms: per_k
+            .iter()
+            .map(|(k, s)| (k.to_string(), s * 1e3))
+            .collect(),
         peak_rss_mb: peak_rss_mb(),
-        file_mb: std::fs::metadata(&path).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0),
+        file_mb: std::fs::metadata(&path)
+            .map(|m| m.len() as f64 / 1e6)
+            .unwrap_or(0.0),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("model        {}", report.model);
         println!("threads      {}", report.threads);
-        println!("prefill      {:.1} tok/s ({} tokens)", report.prefill_tok_s, n_prefill);
-        println!("decode       {:.1} tok/s ({} tokens)", report.decode_tok_s, args.decode_tokens);
-        println!("peak RSS     {:.1} MB (file {:.1} MB)", report.peak_rss_mb, report.file_mb);
+        println!(
+            "prefill      {:.1} tok/s ({} tokens)",
+            report.prefill_tok_s, n_prefill
+        );
+        println!(
+            "decode       {:.1} tok/s ({} tokens)",
+            report.decode_tok_s, args.decode_tokens
+        );
+        println!(
+            "peak RSS     {:.1} MB (file {:.1} MB)",
+            report.peak_rss_mb, report.file_mb
+        );
         println!("cost of one forward over k tokens, relative to k = 1:");
         for (k, c) in &report.cost_curve {
             println!("  k = {k:>2}  {c:.2}x  ({:.2} ms)", report.forward_ms[k]);

@@ -24,7 +24,8 @@ pub struct Args {
 /// Runs the verb: reads one user message per line from stdin until EOF or `/exit`.
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
-    let template = ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
+    let template =
+        ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
     let params = GenerateParams {
         max_tokens: args.sampling.max_tokens,
         sampling: args.sampling.sampling(),
@@ -52,8 +53,13 @@ pub fn run(args: Args) -> Result<()> {
             continue;
         }
         messages.push(ChatMessage::new("user", line));
-        let text = template.render(&messages, true).context("rendering the chat template")?;
-        let opts = EncodeOptions { parse_special: true, ..EncodeOptions::default_for(&loaded.tokenizer) };
+        let text = template
+            .render(&messages, true)
+            .context("rendering the chat template")?;
+        let opts = EncodeOptions {
+            parse_special: true,
+            ..EncodeOptions::default_for(&loaded.tokenizer)
+        };
         let prompt = loaded.tokenizer.encode(&text, opts)?;
         let mut out = stdout.lock();
         let mut write_err = None;
@@ -64,7 +70,13 @@ pub fn run(args: Args) -> Result<()> {
                 }
             }
         };
-        let generation = session.generate(&loaded.model, &loaded.tokenizer, &prompt, &params, &mut on_text)?;
+        let generation = session.generate(
+            &loaded.model,
+            &loaded.tokenizer,
+            &prompt,
+            &params,
+            &mut on_text,
+        )?;
         if let Some(e) = write_err {
             return Err(e.into());
         }

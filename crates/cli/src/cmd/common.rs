@@ -12,7 +12,11 @@ pub fn default_model_path() -> PathBuf {
     // Running from elsewhere inside a checkout: look beside the binary's target dir.
     std::env::current_exe()
         .ok()
-        .and_then(|exe| exe.ancestors().find(|a| a.join(&rel).exists()).map(|a| a.join(&rel)))
+        .and_then(|exe| {
+            exe.ancestors()
+                .find(|a| a.join(&rel).exists())
+                .map(|a| a.join(&rel))
+        })
         .unwrap_or(rel)
 }
 
@@ -44,9 +48,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb * 1024.0 / 1e6)
 }

@@ -36,18 +36,27 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
     let text = if args.chat {
-        let template = ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
+        let template =
+            ChatTemplate::for_tokenizer(&loaded.tokenizer).context("reading the chat template")?;
         let mut messages = Vec::new();
         if let Some(system) = &args.system {
             messages.push(ChatMessage::new("system", system.as_str()));
         }
         messages.push(ChatMessage::new("user", args.prompt.as_str()));
-        template.render(&messages, true).context("rendering the chat template")?
+        template
+            .render(&messages, true)
+            .context("rendering the chat template")?
     } else {
         args.prompt.clone()
     };
-    let opts = EncodeOptions { parse_special: true, ..EncodeOptions::default_for(&loaded.tokenizer) };
-    let prompt = loaded.tokenizer.encode(&text, opts).context("tokenizing the prompt")?;
+    let opts = EncodeOptions {
+        parse_special: true,
+        ..EncodeOptions::default_for(&loaded.tokenizer)
+    };
+    let prompt = loaded
+        .tokenizer
+        .encode(&text, opts)
+        .context("tokenizing the prompt")?;
     let params = GenerateParams {
         max_tokens: args.sampling.max_tokens,
         sampling: args.sampling.sampling(),
@@ -68,7 +77,16 @@ pub fn run(args: Args) -> Result<()> {
     let (generation, spec_report) = match spec {
         None => {
             let mut session = Session::new(&loaded.model, loaded.ctx);
-            (session.generate(&loaded.model, &loaded.tokenizer, &prompt, &params, &mut on_text)?, None)
+            (
+                session.generate(
+                    &loaded.model,
+                    &loaded.tokenizer,
+                    &prompt,
+                    &params,
+                    &mut on_text,
+                )?,
+                None,
+            )
         }
         Some(spec) => {
             let mut session = peregrine_spec::SpecSession::new(&loaded.model, loaded.ctx);
@@ -97,7 +115,11 @@ pub fn run(args: Args) -> Result<()> {
         if !args.model.quiet {
             eprintln!(
                 "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {}]",
-                report.n_prompt, report.prefill_tok_s, report.n_generated, report.decode_tok_s, report.stop_reason
+                report.n_prompt,
+                report.prefill_tok_s,
+                report.n_generated,
+                report.decode_tok_s,
+                report.stop_reason
             );
             if let Some(s) = &report.spec {
                 eprintln!(

@@ -107,7 +107,8 @@ fn default_cache_dir() -> Option<PathBuf> {
 fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
     let isa = match &a.isa {
         None => Isa::detect(),
-        Some(s) => Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2, portable)"))?,
+        Some(s) => Isa::parse(s)
+            .with_context(|| format!("unknown --isa {s:?} (avx512, avx2, portable)"))?,
     };
     isa.check()?;
     if a.m == 0 || a.n == 0 || a.k == 0 {
@@ -117,16 +118,40 @@ fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
     let schedule = match a.schedule.as_str() {
         "default" => None,
         "tuned" => {
-            let cfg = TuneConfig { cache_dir: a.cache_dir.clone().or_else(default_cache_dir), ..TuneConfig::default() };
+            let cfg = TuneConfig {
+                cache_dir: a.cache_dir.clone().or_else(default_cache_dir),
+                ..TuneConfig::default()
+            };
             let t0 = Instant::now();
             let t = tune::tune_sgemm(a.m, a.n, a.k, isa, &cfg).context("tuning the schedule")?;
             tune_ms = t0.elapsed().as_secs_f64() * 1e3;
-            tracing::info!(n_tried = t.n_tried, cached = t.cached, tune_ms, "tuned: {}", t.schedule);
+            tracing::info!(
+                n_tried = t.n_tried,
+                cached = t.cached,
+                tune_ms,
+                "tuned: {}",
+                t.schedule
+            );
             Some(t.schedule)
         }
-        path => Some(std::fs::read_to_string(path).with_context(|| format!("reading schedule file {path}"))?.trim().to_string()),
+        path => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading schedule file {path}"))?
+                .trim()
+                .to_string(),
+        ),
     };
-    Ok((SgemmDesc { m: a.m, n: a.n, k: a.k, isa, schedule, epilogue: Epilogue::NONE }, tune_ms))
+    Ok((
+        SgemmDesc {
+            m: a.m,
+            n: a.n,
+            k: a.k,
+            isa,
+            schedule,
+            epilogue: Epilogue::NONE,
+        },
+        tune_ms,
+    ))
 }
 
 fn bench(a: KernelArgs) -> Result<()> {
@@ -134,13 +159,27 @@ fn bench(a: KernelArgs) -> Result<()> {
         return bench_qgemv(a);
     }
     let (desc, tune_ms) = describe(&a)?;
-    let kernel = SgemmKernel::compile(&desc).with_context(|| format!("compiling sgemm {}x{}x{} with `{}`", a.m, a.n, a.k, desc.schedule_text()))?;
+    let kernel = SgemmKernel::compile(&desc).with_context(|| {
+        format!(
+            "compiling sgemm {}x{}x{} with `{}`",
+            a.m,
+            a.n,
+            a.k,
+            desc.schedule_text()
+        )
+    })?;
     let (m, n, k) = (a.m, a.n, a.k);
-    let av: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let bv: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let av: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let bv: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let mut c = vec![0f32; m * n];
     let threads = a.threads.max(1);
-    let best = best_secs(a.min_secs, || Ok(kernel.run_threads(&av, &bv, &mut c, threads)?))?;
+    let best = best_secs(a.min_secs, || {
+        Ok(kernel.run_threads(&av, &bv, &mut c, threads)?)
+    })?;
     let gflops = 2.0 * (m * n * k) as f64 / best / 1e9;
     let out = BenchJson {
         op: a.op.clone(),
@@ -209,13 +248,20 @@ fn dram_read_gbs() -> Result<f64> {
 }
 
 fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_loops::QuantType)> {
-    let quant = peregrine_loops::QuantType::parse(&a.quant).with_context(|| format!("unknown --quant {:?} (q4_0, q4_1, q8_0)", a.quant))?;
+    let quant = peregrine_loops::QuantType::parse(&a.quant)
+        .with_context(|| format!("unknown --quant {:?} (q4_0, q4_1, q8_0)", a.quant))?;
     if !a.k.is_multiple_of(32) || a.m == 0 || a.n == 0 || a.k == 0 {
         bail!("qgemv needs positive sizes and --k a multiple of 32");
     }
     let mut desc = match &a.isa {
         None => peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k),
-        Some(s) => peregrine_loops::QGemmDesc::for_isa(quant, a.m, a.n, a.k, Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?),
+        Some(s) => peregrine_loops::QGemmDesc::for_isa(
+            quant,
+            a.m,
+            a.n,
+            a.k,
+            Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?,
+        ),
     };
     if let Some(blocks) = a.prefetch_blocks {
         desc.prefetch_blocks = (blocks > 0).then_some(blocks);
@@ -228,7 +274,9 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
     let (desc, quant) = qgemv_parts(&a)?;
     let (m, n, k) = (a.m, a.n, a.k);
     let kernel = QGemmKernel::compile(&desc).context("compiling qgemv")?;
-    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let ggml = quantize_ggml(quant, &w);
     drop(w);
     let one = PackedWeights::pack(quant, n, k, &ggml)?;
@@ -238,7 +286,9 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
     for _ in 1..n_copies {
         copies.push(PackedWeights::pack(quant, n, k, &ggml)?);
     }
-    let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
     let xq = ActsQ8::quantize(&x, m, k)?;
     let mut y = vec![0f32; m * n];
     let mut idx = 0;
@@ -264,7 +314,10 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
         compile_ms: kernel.compile_ms,
         tune_ms: 0.0,
-        schedule: format!("m_tile={} n_panels={} prefetch_blocks={:?}", desc.m_tile, desc.n_panels, desc.prefetch_blocks),
+        schedule: format!(
+            "m_tile={} n_panels={} prefetch_blocks={:?}",
+            desc.m_tile, desc.n_panels, desc.prefetch_blocks
+        ),
         gbs: Some(gbs),
         dram_gbs: Some(dram),
     };
@@ -291,8 +344,18 @@ fn show(a: KernelArgs) -> Result<()> {
         let expr = peregrine_loops::ir::library::qmatmul(desc.quant, desc.m, desc.n, desc.k)?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "# expression\n{expr}\n")?;
-        writeln!(out, "# register tile: {} activation rows x {} panels of 16 weight rows\n", desc.m_tile, desc.n_panels)?;
-        writeln!(out, "# code: {} bytes, compiled in {:.3} ms\n{}", kernel.code().len(), kernel.compile_ms, jit::disassemble(kernel.code()))?;
+        writeln!(
+            out,
+            "# register tile: {} activation rows x {} panels of 16 weight rows\n",
+            desc.m_tile, desc.n_panels
+        )?;
+        writeln!(
+            out,
+            "# code: {} bytes, compiled in {:.3} ms\n{}",
+            kernel.code().len(),
+            kernel.compile_ms,
+            jit::disassemble(kernel.code())
+        )?;
         return Ok(());
     }
     let (desc, _) = describe(&a)?;
@@ -301,8 +364,24 @@ fn show(a: KernelArgs) -> Result<()> {
     let kernel = SgemmKernel::compile(&desc)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "# expression\n{expr}\n")?;
-    writeln!(out, "# schedule of {} ({})\n{}\n", expr.output, desc.isa, schedule.node_text(&expr, expr.output))?;
-    writeln!(out, "# loop tree\n{}", schedule.loop_tree(&expr, expr.output))?;
-    writeln!(out, "# code: {} bytes, compiled in {:.3} ms\n{}", kernel.code().len(), kernel.compile_ms, jit::disassemble(kernel.code()))?;
+    writeln!(
+        out,
+        "# schedule of {} ({})\n{}\n",
+        expr.output,
+        desc.isa,
+        schedule.node_text(&expr, expr.output)
+    )?;
+    writeln!(
+        out,
+        "# loop tree\n{}",
+        schedule.loop_tree(&expr, expr.output)
+    )?;
+    writeln!(
+        out,
+        "# code: {} bytes, compiled in {:.3} ms\n{}",
+        kernel.code().len(),
+        kernel.compile_ms,
+        jit::disassemble(kernel.code())
+    )?;
     Ok(())
 }

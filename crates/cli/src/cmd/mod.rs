@@ -6,7 +6,7 @@ pub mod chat;
 pub mod common;
 pub mod generate;
 pub mod inspect;
+pub mod kernels;
 pub mod model_args;
 pub mod spec_args;
-pub mod kernels;
 pub mod tokenize;

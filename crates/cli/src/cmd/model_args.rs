@@ -92,17 +92,32 @@ pub struct Loaded {
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let path = args.model.clone().unwrap_or_else(default_model_path);
     let threads = args.threads.unwrap_or_else(default_threads).max(1);
-    let spinner = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("the template is valid"));
+    let spinner = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    spinner
+        .set_style(ProgressStyle::with_template("{spinner} {msg}").expect("the template is valid"));
     spinner.set_message(format!("loading {}", path.display()));
     spinner.enable_steady_tick(Duration::from_millis(100));
     let start = Instant::now();
-    let model = Model::load_with(&path, &LoadOptions { n_threads: threads, f32_activations: false })
-        .with_context(|| format!("loading {}", path.display()))?;
+    let model = Model::load_with(
+        &path,
+        &LoadOptions {
+            n_threads: threads,
+            f32_activations: false,
+        },
+    )
+    .with_context(|| format!("loading {}", path.display()))?;
     let gguf = model.source().gguf().with_context(|| {
-        format!("{}: generation needs the tokenizer of a GGUF file; safetensors models have none here", path.display())
+        format!(
+            "{}: generation needs the tokenizer of a GGUF file; safetensors models have none here",
+            path.display()
+        )
     })?;
-    let tokenizer = Tokenizer::from_gguf(gguf).with_context(|| format!("{}: reading the tokenizer", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(gguf)
+        .with_context(|| format!("{}: reading the tokenizer", path.display()))?;
     if tokenizer.vocab_size() > model.config().vocab_size {
         anyhow::bail!(
             "{}: the tokenizer has {} tokens but the model only {} embeddings",
@@ -112,7 +127,10 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         );
     }
     spinner.finish_and_clear();
-    let ctx = args.ctx.unwrap_or(model.config().context_length.min(4096)).max(2);
+    let ctx = args
+        .ctx
+        .unwrap_or(model.config().context_length.min(4096))
+        .max(2);
     if !args.quiet {
         eprintln!(
             "loaded {} in {} ms: {} layers, hidden {}, {} threads, context {ctx}, peak RSS {:.0} MB",
@@ -124,5 +142,9 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
             peak_rss_mb()
         );
     }
-    Ok(Loaded { model, tokenizer, ctx })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        ctx,
+    })
 }

@@ -44,9 +44,11 @@ pub fn load_tokenizer(path: &Path) -> anyhow::Result<Tokenizer> {
         .with_context(|| format!("reading {}", path.display()))?;
     if is_gguf {
         let file = GgufFile::open(path).with_context(|| format!("loading {}", path.display()))?;
-        Tokenizer::from_gguf(&file).with_context(|| format!("building the tokenizer of {}", path.display()))
+        Tokenizer::from_gguf(&file)
+            .with_context(|| format!("building the tokenizer of {}", path.display()))
     } else {
-        Tokenizer::from_tiktoken_file(path).with_context(|| format!("loading tiktoken file {}", path.display()))
+        Tokenizer::from_tiktoken_file(path)
+            .with_context(|| format!("loading tiktoken file {}", path.display()))
     }
 }
 
@@ -55,16 +57,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokenizer = load_tokenizer(&args.model)?;
     let text = if args.text == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
         s
     } else {
         args.text
     };
-    let opts = EncodeOptions { add_bos: tokenizer.add_bos() && !args.no_bos, parse_special: !args.no_special };
+    let opts = EncodeOptions {
+        add_bos: tokenizer.add_bos() && !args.no_bos,
+        parse_special: !args.no_special,
+    };
     let ids = tokenizer.encode(&text, opts).context("encoding")?;
     let pieces: Vec<String> = ids
         .iter()
-        .map(|&id| String::from_utf8_lossy(tokenizer.piece_bytes(id).unwrap_or_default()).into_owned())
+        .map(|&id| {
+            String::from_utf8_lossy(tokenizer.piece_bytes(id).unwrap_or_default()).into_owned()
+        })
         .collect();
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -20,7 +20,10 @@ fn page_size() -> usize {
 }
 
 fn errno(op: &'static str) -> Error {
-    Error::ExecMem { op, errno: std::io::Error::last_os_error().to_string() }
+    Error::ExecMem {
+        op,
+        errno: std::io::Error::last_os_error().to_string(),
+    }
 }
 
 /// A read-write mapping being filled with code.
@@ -37,7 +40,16 @@ impl CodeBuffer {
         let map_len = code.len().max(1).div_ceil(page) * page;
         // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
         // result is checked against MAP_FAILED.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(errno("mmap"));
         }
@@ -45,17 +57,31 @@ impl CodeBuffer {
         // SAFETY: the mapping is `map_len >= code.len()` bytes, writable, and fresh, so it does
         // not overlap `code`.
         unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), ptr.as_ptr(), code.len()) };
-        Ok(CodeBuffer { ptr, map_len, code_len: code.len() })
+        Ok(CodeBuffer {
+            ptr,
+            map_len,
+            code_len: code.len(),
+        })
     }
 
     /// Makes the mapping read+execute (no longer writable) and hands it over.
     pub fn finalize(self) -> Result<ExecutableCode> {
         // SAFETY: `ptr`/`map_len` describe exactly the mapping this buffer owns.
-        let rc = unsafe { libc::mprotect(self.ptr.as_ptr().cast(), self.map_len, libc::PROT_READ | libc::PROT_EXEC) };
+        let rc = unsafe {
+            libc::mprotect(
+                self.ptr.as_ptr().cast(),
+                self.map_len,
+                libc::PROT_READ | libc::PROT_EXEC,
+            )
+        };
         if rc != 0 {
             return Err(errno("mprotect"));
         }
-        let code = ExecutableCode { ptr: self.ptr, map_len: self.map_len, code_len: self.code_len };
+        let code = ExecutableCode {
+            ptr: self.ptr,
+            map_len: self.map_len,
+            code_len: self.code_len,
+        };
         std::mem::forget(self);
         Ok(code)
     }
@@ -117,19 +143,36 @@ impl GuardedF32 {
         let data_bytes = (len * 4).div_ceil(page) * page;
         let map_len = data_bytes + page;
         // SAFETY: anonymous private mapping, checked against MAP_FAILED.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), map_len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(errno("mmap"));
         }
         let base = NonNull::new(p.cast::<u8>()).ok_or_else(|| errno("mmap"))?;
         // SAFETY: the last page lies inside the mapping we just made.
-        let rc = unsafe { libc::mprotect(base.as_ptr().add(data_bytes).cast(), page, libc::PROT_NONE) };
+        let rc =
+            unsafe { libc::mprotect(base.as_ptr().add(data_bytes).cast(), page, libc::PROT_NONE) };
         if rc != 0 {
             return Err(errno("mprotect"));
         }
         // SAFETY: `data_bytes - len * 4` is within the mapping and 4-byte aligned (pages are).
-        let data = unsafe { NonNull::new_unchecked(base.as_ptr().add(data_bytes - len * 4).cast::<f32>()) };
-        Ok(GuardedF32 { base, map_len, data, len })
+        let data = unsafe {
+            NonNull::new_unchecked(base.as_ptr().add(data_bytes - len * 4).cast::<f32>())
+        };
+        Ok(GuardedF32 {
+            base,
+            map_len,
+            data,
+            len,
+        })
     }
     /// The elements.
     pub fn as_slice(&self) -> &[f32] {
@@ -157,7 +200,10 @@ mod tests {
     #[test]
     fn finalized_code_runs_and_is_not_writable() {
         // mov eax, 42; ret
-        let code = CodeBuffer::new(&[0xB8, 42, 0, 0, 0, 0xC3]).unwrap().finalize().unwrap();
+        let code = CodeBuffer::new(&[0xB8, 42, 0, 0, 0, 0xC3])
+            .unwrap()
+            .finalize()
+            .unwrap();
         // SAFETY: the bytes above are a complete function returning 42 in eax (SysV).
         let f: extern "C" fn() -> i32 = unsafe { std::mem::transmute(code.entry()) };
         assert_eq!(f(), 42);

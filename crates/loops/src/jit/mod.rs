@@ -35,7 +35,10 @@ impl Isa {
             {
                 return Isa::Avx512;
             }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
                 return Isa::Avx2;
             }
         }
@@ -50,7 +53,9 @@ impl Isa {
         if self.available() {
             Ok(())
         } else {
-            Err(Error::IsaUnavailable { isa: self.to_string() })
+            Err(Error::IsaUnavailable {
+                isa: self.to_string(),
+            })
         }
     }
     /// f32 lanes per vector register.

@@ -59,12 +59,21 @@ impl PackedWeights {
     /// Repacks `n` rows of GGML blocks (`n * k / 32` blocks of `ty`, row-major).
     pub fn pack(ty: QuantType, n: usize, k: usize, ggml: &[u8]) -> Result<Self> {
         if ty == QuantType::Q8Act || k % BLOCK != 0 || n == 0 {
-            return Err(Error::BadShape { op: "qgemm pack", reason: format!("{ty} weights of {n} x {k}: need Q4_0/Q4_1/Q8_0, n > 0, k a multiple of 32") });
+            return Err(Error::BadShape {
+                op: "qgemm pack",
+                reason: format!(
+                    "{ty} weights of {n} x {k}: need Q4_0/Q4_1/Q8_0, n > 0, k a multiple of 32"
+                ),
+            });
         }
         let nb = k / BLOCK;
         let want = n * nb * ty.block_bytes();
         if ggml.len() != want {
-            return Err(Error::BufferLen { what: format!("{ty} weights {n} x {k} bytes"), want, got: ggml.len() });
+            return Err(Error::BufferLen {
+                what: format!("{ty} weights {n} x {k} bytes"),
+                want,
+                got: ggml.len(),
+            });
         }
         let pbb = panel_block_bytes(ty);
         let n_panels = n.div_ceil(16);
@@ -72,7 +81,9 @@ impl PackedWeights {
         let mut lines = vec![Line([0; 64]); total.div_ceil(64)];
         // SAFETY: `Line` is 64 plain bytes with no padding, so the Vec's storage is
         // `lines.len() * 64` initialized bytes, borrowed mutably only here.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64) };
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64)
+        };
         let co = codes_offset(ty);
         for r in 0..n {
             let (p, lane) = (r / 16, r % 16);
@@ -81,14 +92,16 @@ impl PackedWeights {
                 let base = (p * nb + kb) * pbb;
                 bytes[base + 2 * lane..base + 2 * lane + 2].copy_from_slice(&blk.bytes[0..2]);
                 if ty == QuantType::Q4_1 {
-                    bytes[base + 32 + 2 * lane..base + 32 + 2 * lane + 2].copy_from_slice(&blk.bytes[2..4]);
+                    bytes[base + 32 + 2 * lane..base + 32 + 2 * lane + 2]
+                        .copy_from_slice(&blk.bytes[2..4]);
                 }
                 let codes = base + co;
                 match ty {
                     QuantType::Q8_0 => {
                         for g in 0..8 {
                             for b in 0..4 {
-                                bytes[codes + 64 * g + 4 * lane + b] = (blk.raw(4 * g + b) + 128) as u8;
+                                bytes[codes + 64 * g + 4 * lane + b] =
+                                    (blk.raw(4 * g + b) + 128) as u8;
                             }
                         }
                     }
@@ -137,14 +150,22 @@ pub struct ActsQ8 {
 impl ActsQ8 {
     /// Quantizes `x` (`m` rows of `k`, `k` a multiple of 32).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Result<Self> {
-        let mut a = ActsQ8 { bytes: Vec::new(), m: 0, k };
+        let mut a = ActsQ8 {
+            bytes: Vec::new(),
+            m: 0,
+            k,
+        };
         a.requantize(x, m)?;
         Ok(a)
     }
     /// Re-quantizes into the same buffer (no allocation once it is large enough).
     pub fn requantize(&mut self, x: &[f32], m: usize) -> Result<()> {
         if self.k % BLOCK != 0 || x.len() != m * self.k {
-            return Err(Error::BufferLen { what: format!("activations {m} x {} (k a multiple of 32)", self.k), want: m * self.k, got: x.len() });
+            return Err(Error::BufferLen {
+                what: format!("activations {m} x {} (k a multiple of 32)", self.k),
+                want: m * self.k,
+                got: x.len(),
+            });
         }
         self.bytes.resize(m * self.k / BLOCK * ACT_BLOCK, 0);
         crate::quant::quantize_q8act(x, self.k, &mut self.bytes);
@@ -187,7 +208,11 @@ pub struct QGemmDesc {
 impl QGemmDesc {
     /// A description with the default register tile for `m` on this CPU's best ISA.
     pub fn new(quant: QuantType, m: usize, n: usize, k: usize) -> Self {
-        let isa = if Isa::Avx512.available() { Isa::Avx512 } else { Isa::Avx2 };
+        let isa = if Isa::Avx512.available() {
+            Isa::Avx512
+        } else {
+            Isa::Avx2
+        };
         Self::for_isa(quant, m, n, k, isa)
     }
 
@@ -195,7 +220,16 @@ impl QGemmDesc {
     pub fn for_isa(quant: QuantType, m: usize, n: usize, k: usize, isa: Isa) -> Self {
         if isa != Isa::Avx512 {
             let n_panels = if quant == QuantType::Q4_1 { 1 } else { 3 };
-            return QGemmDesc { quant, m, n, k, m_tile: 1, n_panels, prefetch_blocks: Some(4), isa };
+            return QGemmDesc {
+                quant,
+                m,
+                n,
+                k,
+                m_tile: 1,
+                n_panels,
+                prefetch_blocks: Some(4),
+                isa,
+            };
         }
         let (m_tile, n_panels) = match (quant, m) {
             (QuantType::Q4_1, 1) => (1, 8),
@@ -208,14 +242,27 @@ impl QGemmDesc {
         // Measured on cold weights (examples/qgemv_prefetch.rs): 4 blocks ahead lifts Q4_1
         // from ~30 to ~41 GB/s; Q8_0 blocks are larger and gain little beyond 2.
         let prefetch_blocks = Some(if quant == QuantType::Q8_0 { 2 } else { 4 });
-        QGemmDesc { quant, m, n, k, m_tile, n_panels, prefetch_blocks, isa }
+        QGemmDesc {
+            quant,
+            m,
+            n,
+            k,
+            m_tile,
+            n_panels,
+            prefetch_blocks,
+            isa,
+        }
     }
 
     /// Full groups of `n_panels` panels (threads split these), and panels in the last, static
     /// group (which holds the partial panel when `n % 16 != 0`).
     fn groups(&self) -> (usize, usize) {
         let n_panels = self.n.div_ceil(16);
-        let full = if self.n % 16 != 0 { (n_panels - 1) / self.n_panels } else { n_panels / self.n_panels };
+        let full = if self.n % 16 != 0 {
+            (n_panels - 1) / self.n_panels
+        } else {
+            n_panels / self.n_panels
+        };
         (full, n_panels - full * self.n_panels)
     }
 
@@ -245,21 +292,46 @@ impl QGemmKernel {
     pub fn compile(desc: &QGemmDesc) -> Result<Self> {
         let t0 = std::time::Instant::now();
         if !matches!(desc.isa, Isa::Avx512 | Isa::Avx2) {
-            return Err(Error::Unsupported { backend: "qgemm", reason: format!("no code generator for {}", desc.isa) });
+            return Err(Error::Unsupported {
+                backend: "qgemm",
+                reason: format!("no code generator for {}", desc.isa),
+            });
         }
         desc.isa.check()?;
-        if desc.quant == QuantType::Q8Act || desc.k % BLOCK != 0 || desc.k == 0 || desc.n == 0 || desc.m == 0 {
-            return Err(Error::BadShape { op: "qgemm", reason: format!("{} {}x{}x{}: need a weight type, positive sizes, k a multiple of 32", desc.quant, desc.m, desc.n, desc.k) });
+        if desc.quant == QuantType::Q8Act
+            || desc.k % BLOCK != 0
+            || desc.k == 0
+            || desc.n == 0
+            || desc.m == 0
+        {
+            return Err(Error::BadShape {
+                op: "qgemm",
+                reason: format!(
+                    "{} {}x{}x{}: need a weight type, positive sizes, k a multiple of 32",
+                    desc.quant, desc.m, desc.n, desc.k
+                ),
+            });
         }
         if desc.m_tile == 0 || desc.n_panels == 0 || desc.regs_needed() > desc.isa.n_vregs() {
-            return Err(Error::RegisterTileTooLarge { rows: desc.m_tile, vectors: desc.n_panels, needed: desc.regs_needed(), available: desc.isa.n_vregs(), isa: desc.isa.to_string() });
+            return Err(Error::RegisterTileTooLarge {
+                rows: desc.m_tile,
+                vectors: desc.n_panels,
+                needed: desc.regs_needed(),
+                available: desc.isa.n_vregs(),
+                isa: desc.isa.to_string(),
+            });
         }
         let bytes = generate(desc).map_err(asm_err)?;
         let code = std::sync::Arc::new(super::exec_mem::CodeBuffer::new(&bytes)?.finalize()?);
         // SAFETY: `code` holds a complete SysV function generated by `generate` with exactly
         // this signature; the Arc stored beside the pointer keeps it mapped.
         let entry: QGemmFn = unsafe { std::mem::transmute::<*const u8, QGemmFn>(code.entry()) };
-        Ok(QGemmKernel { desc: desc.clone(), code, entry, compile_ms: t0.elapsed().as_secs_f64() * 1e3 })
+        Ok(QGemmKernel {
+            desc: desc.clone(),
+            code,
+            entry,
+            compile_ms: t0.elapsed().as_secs_f64() * 1e3,
+        })
     }
 
     /// The description.
@@ -284,13 +356,22 @@ impl QGemmKernel {
 
     /// Like [`QGemmKernel::run`], with the weight rows split statically among `n_threads`
     /// scoped threads (each output is computed exactly as in `run`: same bits).
-    pub fn run_threads(&self, w: &PackedWeights, x: &ActsQ8, y: &mut [f32], n_threads: usize) -> Result<()> {
+    pub fn run_threads(
+        &self,
+        w: &PackedWeights,
+        x: &ActsQ8,
+        y: &mut [f32],
+        n_threads: usize,
+    ) -> Result<()> {
         self.check(w, x, y)?;
         let (full, tail) = self.desc.groups();
         let y_addr = y.as_mut_ptr() as usize;
         std::thread::scope(|s| {
             for t in 0..n_threads.max(1) {
-                let (lo, hi) = (full * t / n_threads.max(1), full * (t + 1) / n_threads.max(1));
+                let (lo, hi) = (
+                    full * t / n_threads.max(1),
+                    full * (t + 1) / n_threads.max(1),
+                );
                 let last = t + 1 == n_threads.max(1);
                 s.spawn(move || {
                     // SAFETY: as in `run`; threads take disjoint group ranges, so they write
@@ -305,25 +386,55 @@ impl QGemmKernel {
     /// # Safety
     /// `w`, `x` and the `m * n` floats at `y` must have passed [`QGemmKernel::check`], and
     /// `lo + count` must not exceed the full groups.
-    unsafe fn call(&self, w: &PackedWeights, x: &ActsQ8, y: *mut f32, lo: usize, count: usize, run_tail: bool) {
+    unsafe fn call(
+        &self,
+        w: &PackedWeights,
+        x: &ActsQ8,
+        y: *mut f32,
+        lo: usize,
+        count: usize,
+        run_tail: bool,
+    ) {
         let d = &self.desc;
         let group_bytes = d.n_panels * (d.k / BLOCK) * panel_block_bytes(d.quant);
         // SAFETY: group `lo` starts inside the packed weights and at column `lo * 16 *
         // n_panels < n` of `y` (the caller's contract); the code reads and writes only the
         // groups it is told to run.
-        unsafe { (self.entry)(w.as_ptr().add(lo * group_bytes), x.bytes.as_ptr(), y.add(lo * d.n_panels * 16), count, usize::from(run_tail)) }
+        unsafe {
+            (self.entry)(
+                w.as_ptr().add(lo * group_bytes),
+                x.bytes.as_ptr(),
+                y.add(lo * d.n_panels * 16),
+                count,
+                usize::from(run_tail),
+            )
+        }
     }
 
     fn check(&self, w: &PackedWeights, x: &ActsQ8, y: &[f32]) -> Result<()> {
         let d = &self.desc;
         if w.ty != d.quant || w.n != d.n || w.k != d.k {
-            return Err(Error::BadShape { op: "qgemm", reason: format!("weights are {} {}x{}, kernel wants {} {}x{}", w.ty, w.n, w.k, d.quant, d.n, d.k) });
+            return Err(Error::BadShape {
+                op: "qgemm",
+                reason: format!(
+                    "weights are {} {}x{}, kernel wants {} {}x{}",
+                    w.ty, w.n, w.k, d.quant, d.n, d.k
+                ),
+            });
         }
         if x.m != d.m || x.k != d.k {
-            return Err(Error::BufferLen { what: format!("qgemm activations (k = {})", d.k), want: d.m * d.k, got: x.m * x.k });
+            return Err(Error::BufferLen {
+                what: format!("qgemm activations (k = {})", d.k),
+                want: d.m * d.k,
+                got: x.m * x.k,
+            });
         }
         if y.len() != d.m * d.n {
-            return Err(Error::BufferLen { what: "qgemm output".into(), want: d.m * d.n, got: y.len() });
+            return Err(Error::BufferLen {
+                what: "qgemm output".into(),
+                want: d.m * d.n,
+                got: y.len(),
+            });
         }
         self.desc.isa.check()
     }
@@ -344,16 +455,24 @@ pub fn qgemm_portable(ty: QuantType, n: usize, k: usize, w_ggml: &[u8], x: &Acts
                     acc2 = wb.min().mul_add(xb.min(), acc2);
                 }
             }
-            y[i * n + r] = if ty == QuantType::Q4_1 { acc + acc2 } else { acc };
+            y[i * n + r] = if ty == QuantType::Q4_1 {
+                acc + acc2
+            } else {
+                acc
+            };
         }
     }
 }
 
-const YMM: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+const YMM: [AsmRegisterYmm; 16] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
+    ymm15,
+];
 
 const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
-    zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
+    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
+    zmm28, zmm29, zmm30, zmm31,
 ];
 
 type R = std::result::Result<(), iced_x86::IcedError>;
@@ -369,7 +488,10 @@ struct QGen<'d> {
 // Vector registers: 31 = 0x0F bytes, 30 = d_w, 29 = m_w, 28 = codes, 27 = high nibbles,
 // 26 = d_w * d_x, 25 = correction; accumulators from 0.
 fn generate(d: &QGemmDesc) -> R2<Vec<u8>> {
-    let mut g = QGen { a: CodeAssembler::new(64)?, d };
+    let mut g = QGen {
+        a: CodeAssembler::new(64)?,
+        d,
+    };
     g.emit()?;
     g.a.assemble(0)
 }
@@ -387,7 +509,11 @@ impl QGen<'_> {
         if d.isa == Isa::Avx2 {
             // Stack scratch for tail masks.
             self.a.sub(rsp, 64)?;
-            let byte = if d.quant == QuantType::Q8_0 { 0x8080_8080u32 as i32 } else { 0x0F0F_0F0F };
+            let byte = if d.quant == QuantType::Q8_0 {
+                0x8080_8080u32 as i32
+            } else {
+                0x0F0F_0F0F
+            };
             self.a.mov(eax, byte)?;
             self.a.vmovd(xmm15, eax)?;
             self.a.vpbroadcastd(ymm15, xmm15)?;
@@ -490,7 +616,8 @@ impl QGen<'_> {
             let pb = (p * nb * pbb) as i32;
             if let Some(ahead) = d.prefetch_blocks {
                 for line in (0..pbb).step_by(64) {
-                    self.a.prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
+                    self.a
+                        .prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
                 }
             }
             for half in 0..2 {
@@ -508,10 +635,12 @@ impl QGen<'_> {
                     match ty {
                         QuantType::Q8_0 => {
                             for g in 0..8 {
-                                self.a.vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * g) as i32 + hb))?;
+                                self.a
+                                    .vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * g) as i32 + hb))?;
                                 self.a.vpxor(v, v, ymm15)?; // back to signed codes
                                 self.a.vpabsb(hi, v)?;
-                                self.a.vpbroadcastd(xb, dword_ptr(rax + xr + (16 + 4 * g) as i32))?;
+                                self.a
+                                    .vpbroadcastd(xb, dword_ptr(rax + xr + (16 + 4 * g) as i32))?;
                                 self.a.vpsignb(xb, xb, v)?;
                                 self.a.vpmaddubsw(prod, hi, xb)?;
                                 self.a.vpmaddwd(prod, prod, ymm14)?;
@@ -520,7 +649,8 @@ impl QGen<'_> {
                         }
                         _ => {
                             for h in 0..4 {
-                                self.a.vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * h) as i32 + hb))?;
+                                self.a
+                                    .vmovdqu(v, ymmword_ptr(r8 + pb + (co + 64 * h) as i32 + hb))?;
                                 self.a.vpsrlw(hi, v, 4)?;
                                 self.a.vpand(v, v, ymm15)?;
                                 self.a.vpand(hi, hi, ymm15)?;
@@ -534,13 +664,15 @@ impl QGen<'_> {
                         self.a.vpslld(t, t, 3)?;
                         self.a.vpsubd(sumi(i), sumi(i), t)?;
                     }
-                    self.a.vcvtph2ps(dw, xmmword_ptr(r8 + pb + (16 * half) as i32))?;
+                    self.a
+                        .vcvtph2ps(dw, xmmword_ptr(r8 + pb + (16 * half) as i32))?;
                     self.a.vcvtdq2ps(sumi(i), sumi(i))?;
                     self.a.vbroadcastss(t, dword_ptr(rax + xr))?;
                     self.a.vmulps(t, dw, t)?;
                     self.a.vfmadd231ps(acc(i, hx), sumi(i), t)?;
                     if has_min {
-                        self.a.vcvtph2ps(mw, xmmword_ptr(r8 + pb + 32 + (16 * half) as i32))?;
+                        self.a
+                            .vcvtph2ps(mw, xmmword_ptr(r8 + pb + 32 + (16 * half) as i32))?;
                         self.a.vbroadcastss(t, dword_ptr(rax + xr + 4))?;
                         self.a.vfmadd231ps(acc2(i, hx), mw, t)?;
                     }
@@ -558,12 +690,17 @@ impl QGen<'_> {
                     self.a.vaddps(acc(i, h), acc(i, h), acc2(i, h))?;
                 }
                 let m = r9 + (4 * (i * d.n + 8 * h)) as i32;
-                let cols = if last_partial && h / 2 == np - 1 { rem.saturating_sub(8 * (h % 2)).min(8) } else { 8 };
+                let cols = if last_partial && h / 2 == np - 1 {
+                    rem.saturating_sub(8 * (h % 2)).min(8)
+                } else {
+                    8
+                };
                 if cols == 8 {
                     self.a.vmovups(ymmword_ptr(m), acc(i, h))?;
                 } else if cols > 0 {
                     for l in 0..8 {
-                        self.a.mov(dword_ptr(rsp + 4 * l as i32), if l < cols { -1 } else { 0 })?;
+                        self.a
+                            .mov(dword_ptr(rsp + 4 * l as i32), if l < cols { -1 } else { 0 })?;
                     }
                     self.a.vmovdqu(t, ymmword_ptr(rsp))?;
                     self.a.vmaskmovps(ymmword_ptr(m), t, acc(i, h))?;
@@ -605,7 +742,8 @@ impl QGen<'_> {
             if let Some(ahead) = self.d.prefetch_blocks {
                 // Each panel is its own stream; prefetch a few blocks ahead (never faults).
                 for line in (0..pbb).step_by(64) {
-                    self.a.prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
+                    self.a
+                        .prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
                 }
             }
             for i in 0..mt {
@@ -614,22 +752,36 @@ impl QGen<'_> {
             match ty {
                 QuantType::Q8_0 => {
                     for g in 0..8 {
-                        self.a.vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * g) as i32))?;
+                        self.a
+                            .vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * g) as i32))?;
                         for i in 0..mt {
-                            self.a.vpdpbusd(sumi(i), zmm28, dword_bcst(rax + (i * row_bytes + 16 + 4 * g) as i32))?;
+                            self.a.vpdpbusd(
+                                sumi(i),
+                                zmm28,
+                                dword_bcst(rax + (i * row_bytes + 16 + 4 * g) as i32),
+                            )?;
                         }
                     }
                 }
                 _ => {
                     for h in 0..4 {
-                        self.a.vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * h) as i32))?;
+                        self.a
+                            .vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * h) as i32))?;
                         self.a.vpsrlw(zmm27, zmm28, 4)?;
                         self.a.vpandd(zmm28, zmm28, zmm31)?;
                         self.a.vpandd(zmm27, zmm27, zmm31)?;
                         for i in 0..mt {
                             let xb = i * row_bytes + 16;
-                            self.a.vpdpbusd(sumi(i), zmm28, dword_bcst(rax + (xb + 4 * h) as i32))?;
-                            self.a.vpdpbusd(sumi(i), zmm27, dword_bcst(rax + (xb + 16 + 4 * h) as i32))?;
+                            self.a.vpdpbusd(
+                                sumi(i),
+                                zmm28,
+                                dword_bcst(rax + (xb + 4 * h) as i32),
+                            )?;
+                            self.a.vpdpbusd(
+                                sumi(i),
+                                zmm27,
+                                dword_bcst(rax + (xb + 16 + 4 * h) as i32),
+                            )?;
                         }
                     }
                 }
@@ -654,7 +806,8 @@ impl QGen<'_> {
                 self.a.vmulps(zmm26, zmm30, dword_bcst(rax + xr))?;
                 self.a.vfmadd231ps(acc(i, p), sumi(i), zmm26)?;
                 if has_min {
-                    self.a.vfmadd231ps(acc2(i, p), zmm29, dword_bcst(rax + xr + 4))?;
+                    self.a
+                        .vfmadd231ps(acc2(i, p), zmm29, dword_bcst(rax + xr + 4))?;
                 }
             }
         }

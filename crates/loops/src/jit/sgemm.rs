@@ -58,13 +58,23 @@ pub struct MatmulShape {
 
 /// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C.
 pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
-    let unsupported = |reason: &str| Error::Unsupported { backend: "sgemm", reason: reason.to_string() };
+    let unsupported = |reason: &str| Error::Unsupported {
+        backend: "sgemm",
+        reason: reason.to_string(),
+    };
     // Peel the epilogue `Add(Add(reduce, bias[n]), residual[m, n])` (either optional), outer first.
     let mut out = expr.output;
     let (mut bias, mut residual) = (false, false);
     let space = expr.node(expr.output).space.clone();
     while let (Op::Binary(BinaryOp::Add, x, y), [vm, vn]) = (&expr.node(out).op, &space[..]) {
-        let Op::Read { index, access: Access::Strided { offset: 0, strides }, .. } = &expr.node(*y).op else { break };
+        let Op::Read {
+            index,
+            access: Access::Strided { offset: 0, strides },
+            ..
+        } = &expr.node(*y).op
+        else {
+            break;
+        };
         let n = expr.var(*vn).extent as isize;
         if !residual && !bias && index[..] == [*vm, *vn] && strides[..] == [n, 1] {
             residual = true;
@@ -75,14 +85,37 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
         }
         out = *x;
     }
-    let Op::Reduce { op: ReduceOp::Add, arg, keep } = &expr.node(out).op else {
+    let Op::Reduce {
+        op: ReduceOp::Add,
+        arg,
+        keep,
+    } = &expr.node(out).op
+    else {
         return Err(unsupported("the output is not a sum reduction"));
     };
     let Op::Binary(BinaryOp::Mul, ra, rb) = expr.node(*arg).op else {
         return Err(unsupported("the reduction is not over a product"));
     };
-    let (Op::Read { index: ia, access: Access::Strided { offset: 0, strides: sa }, .. }, Op::Read { input: b_input, index: ib, access: Access::Strided { offset: 0, strides: sb } }) =
-        (&expr.node(ra).op, &expr.node(rb).op)
+    let (
+        Op::Read {
+            index: ia,
+            access:
+                Access::Strided {
+                    offset: 0,
+                    strides: sa,
+                },
+            ..
+        },
+        Op::Read {
+            input: b_input,
+            index: ib,
+            access:
+                Access::Strided {
+                    offset: 0,
+                    strides: sb,
+                },
+        },
+    ) = (&expr.node(ra).op, &expr.node(rb).op)
     else {
         return Err(unsupported("operands are not f32 reads at offset 0"));
     };
@@ -145,12 +178,24 @@ impl Plan {
         schedule.validate(expr)?;
         let shape = matmul_shape(expr)?;
         if !matches!(isa, Isa::Avx512 | Isa::Avx2) {
-            return Err(Error::Unsupported { backend: "sgemm", reason: format!("no code generator for {isa}") });
+            return Err(Error::Unsupported {
+                backend: "sgemm",
+                reason: format!("no code generator for {isa}"),
+            });
         }
         let lanes = isa.lanes();
         let loops = &schedule.node(shape.node).loops;
-        let unsupported = |reason: String| Error::Unsupported { backend: "sgemm", reason };
-        let var_idx = |l: &Loop| shape.vars.iter().position(|v| *v == l.var).expect("validated: loops use m, n, k");
+        let unsupported = |reason: String| Error::Unsupported {
+            backend: "sgemm",
+            reason,
+        };
+        let var_idx = |l: &Loop| {
+            shape
+                .vars
+                .iter()
+                .position(|v| *v == l.var)
+                .expect("validated: loops use m, n, k")
+        };
         let suffix_err = || {
             unsupported(format!(
                 "the innermost loops must be `k/1[:uN] [m/1:reg] [n/{lanes}:reg] n/1:vec` (register tiles in either order) for {isa}; got `{}`",
@@ -158,7 +203,10 @@ impl Plan {
             ))
         };
         let mut idx = loops.len();
-        let vec_ok = idx > 0 && var_idx(&loops[idx - 1]) == 1 && loops[idx - 1].step == 1 && loops[idx - 1].annot == Annot::Vectorize;
+        let vec_ok = idx > 0
+            && var_idx(&loops[idx - 1]) == 1
+            && loops[idx - 1].step == 1
+            && loops[idx - 1].annot == Annot::Vectorize;
         if !vec_ok {
             return Err(suffix_err());
         }
@@ -193,24 +241,48 @@ impl Plan {
             outer.push((var_idx(l), l.step));
         }
         let extents = [shape.m, shape.n, shape.k];
-        let chunk = |v: usize| outer.iter().rev().find(|(w, _)| *w == v).map_or(extents[v], |(_, s)| (*s).min(extents[v]));
+        let chunk = |v: usize| {
+            outer
+                .iter()
+                .rev()
+                .find(|(w, _)| *w == v)
+                .map_or(extents[v], |(_, s)| (*s).min(extents[v]))
+        };
         let tile_rows = chunk(0);
         let tile_vecs = chunk(1).div_ceil(lanes);
         if !reg_m && tile_rows > 1 {
             return Err(unsupported(format!("without an m/1:reg loop the outer loops must walk m down to 1 row (chunk is {tile_rows})")));
         }
         if !reg_n && tile_vecs > 1 {
-            return Err(unsupported(format!("without an n/{lanes}:reg loop the n chunk must fit one vector (chunk is {})", chunk(1))));
+            return Err(unsupported(format!(
+                "without an n/{lanes}:reg loop the n chunk must fit one vector (chunk is {})",
+                chunk(1)
+            )));
         }
         // Accumulators, one B vector per column vector, a broadcast register (AVX2, or AVX-512
         // with several vectors per row) and the AVX2 lane mask.
-        let needed = tile_rows * tile_vecs + tile_vecs + usize::from(isa == Isa::Avx2 || tile_vecs > 1) + usize::from(isa == Isa::Avx2);
+        let needed = tile_rows * tile_vecs
+            + tile_vecs
+            + usize::from(isa == Isa::Avx2 || tile_vecs > 1)
+            + usize::from(isa == Isa::Avx2);
         if needed > isa.n_vregs() {
-            return Err(Error::RegisterTileTooLarge { rows: tile_rows, vectors: tile_vecs, needed, available: isa.n_vregs(), isa: isa.to_string() });
+            return Err(Error::RegisterTileTooLarge {
+                rows: tile_rows,
+                vectors: tile_vecs,
+                needed,
+                available: isa.n_vregs(),
+                isa: isa.to_string(),
+            });
         }
-        let max_disp = [shape.a_row * tile_rows + shape.a_col * unroll, shape.ldb * unroll + chunk(1), shape.ldc * tile_rows + chunk(1)];
+        let max_disp = [
+            shape.a_row * tile_rows + shape.a_col * unroll,
+            shape.ldb * unroll + chunk(1),
+            shape.ldc * tile_rows + chunk(1),
+        ];
         if max_disp.iter().any(|d| d * 4 > i32::MAX as usize / 2) {
-            return Err(unsupported("strides too large for 32-bit displacements".into()));
+            return Err(unsupported(
+                "strides too large for 32-bit displacements".into(),
+            ));
         }
         let sched = schedule.node(shape.node);
         let mut pack_b = None;
@@ -223,7 +295,10 @@ impl Plan {
                 return Err(unsupported(format!("packing is not implemented for {isa}")));
             }
             if p.depth > outer.len() {
-                return Err(unsupported(format!("B must be packed above the micro-kernel (depth <= {})", outer.len())));
+                return Err(unsupported(format!(
+                    "B must be packed above the micro-kernel (depth <= {})",
+                    outer.len()
+                )));
             }
             let last_n = outer.iter().rposition(|(v, _)| *v == 1);
             for (i, &(v, _)) in outer.iter().enumerate().skip(p.depth) {
@@ -235,12 +310,28 @@ impl Plan {
                     )));
                 }
             }
-            let at = |v: usize| outer[..p.depth].iter().rev().find(|(w, _)| *w == v).map_or(extents[v], |(_, s)| (*s).min(extents[v]));
+            let at = |v: usize| {
+                outer[..p.depth]
+                    .iter()
+                    .rev()
+                    .find(|(w, _)| *w == v)
+                    .map_or(extents[v], |(_, s)| (*s).min(extents[v]))
+            };
             scratch_floats = at(1).div_ceil(chunk(1)) * chunk(1) * at(2);
             pack_b = Some(p.depth);
         }
         let pack_nr = chunk(1);
-        Ok(Plan { shape, outer, unroll, tile_rows, tile_vecs, isa, pack_b, pack_nr, scratch_floats })
+        Ok(Plan {
+            shape,
+            outer,
+            unroll,
+            tile_rows,
+            tile_vecs,
+            isa,
+            pack_b,
+            pack_nr,
+            scratch_floats,
+        })
     }
 
     /// Full iterations of the outermost loop (threads split these) and whether it has a tail.
@@ -261,10 +352,14 @@ impl Plan {
 }
 
 const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14, zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23,
-    zmm24, zmm25, zmm26, zmm27, zmm28, zmm29, zmm30, zmm31,
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
+    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
+    zmm28, zmm29, zmm30, zmm31,
 ];
-const YMM: [AsmRegisterYmm; 16] = [ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14, ymm15];
+const YMM: [AsmRegisterYmm; 16] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
+    ymm15,
+];
 
 // Register roles: rdi = A cursor, rsi = B cursor, rdx = C cursor, r10 = k offset (elements),
 // r11 / rax = A / B cursors inside the micro-kernel, rbx = k counter, rcx/r8/r9 = lo, count,
@@ -285,7 +380,12 @@ const SLOT_LOOPS: i32 = 32;
 
 /// Emits the machine code of `plan` (assembled at address 0, position-independent).
 pub fn generate(plan: &Plan) -> Result<Vec<u8>> {
-    let mut g = Gen { a: CodeAssembler::new(64).map_err(asm_err)?, plan, has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2), packed_ck: None };
+    let mut g = Gen {
+        a: CodeAssembler::new(64).map_err(asm_err)?,
+        plan,
+        has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2),
+        packed_ck: None,
+    };
     g.emit().map_err(asm_err)?;
     g.a.assemble(0).map_err(asm_err)
 }
@@ -334,8 +434,20 @@ impl Gen<'_> {
         let s = &self.plan.shape;
         let (bias, res) = (i64::from(s.bias), i64::from(s.residual));
         match v {
-            0 => [4 * s.a_row as i64, 0, 4 * s.ldc as i64, 0, 4 * res * s.n as i64],
-            1 => [0, 4 * self.packed_ck.unwrap_or(1) as i64, 4, 4 * bias, 4 * res],
+            0 => [
+                4 * s.a_row as i64,
+                0,
+                4 * s.ldc as i64,
+                0,
+                4 * res * s.n as i64,
+            ],
+            1 => [
+                0,
+                4 * self.packed_ck.unwrap_or(1) as i64,
+                4,
+                4 * bias,
+                4 * res,
+            ],
             _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0, 0, 0],
         }
     }
@@ -510,7 +622,10 @@ impl Gen<'_> {
                     // 32 bytes of mask.
                     let base = SLOT_LOOPS + 8 * self.plan.outer.len() as i32;
                     for l in 0..8 {
-                        self.a.mov(dword_ptr(rsp + (base + 4 * l as i32)), if l < rem { -1 } else { 0 })?;
+                        self.a.mov(
+                            dword_ptr(rsp + (base + 4 * l as i32)),
+                            if l < rem { -1 } else { 0 },
+                        )?;
                     }
                     self.a.vmovdqu(YMM[mask], ymmword_ptr(rsp + base))?;
                 }
@@ -523,7 +638,9 @@ impl Gen<'_> {
             for i in 0..rows {
                 for j in 0..nv {
                     match isa {
-                        Isa::Avx512 => g.a.vpxord(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[acc(i, j)])?,
+                        Isa::Avx512 => {
+                            g.a.vpxord(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[acc(i, j)])?
+                        }
                         _ => g.a.vxorps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[acc(i, j)])?,
                     }
                 }
@@ -543,9 +660,14 @@ impl Gen<'_> {
                     let m = rdx + c_disp(i, j);
                     match (isa, last_masked(j)) {
                         (Isa::Avx512, false) => self.a.vmovups(ZMM[acc(i, j)], zmmword_ptr(m))?,
-                        (Isa::Avx512, true) => self.a.vmovups(ZMM[acc(i, j)].k1().z(), zmmword_ptr(m))?,
+                        (Isa::Avx512, true) => {
+                            self.a.vmovups(ZMM[acc(i, j)].k1().z(), zmmword_ptr(m))?
+                        }
                         (_, false) => self.a.vmovups(YMM[acc(i, j)], ymmword_ptr(m))?,
-                        (_, true) => self.a.vmaskmovps(YMM[acc(i, j)], YMM[mask], ymmword_ptr(m))?,
+                        (_, true) => {
+                            self.a
+                                .vmaskmovps(YMM[acc(i, j)], YMM[mask], ymmword_ptr(m))?
+                        }
                     }
                 }
             }
@@ -557,7 +679,11 @@ impl Gen<'_> {
         // The k loop.
         self.a.mov(r11, rdi)?;
         self.a.mov(rax, rsi)?;
-        let ldb = if self.packed_ck.is_some() { self.plan.pack_nr } else { s.ldb };
+        let ldb = if self.packed_ck.is_some() {
+            self.plan.pack_nr
+        } else {
+            s.ldb
+        };
         let u = self.plan.unroll.min(ck.max(1));
         let iters = ck / u;
         let step = |g: &mut Self, t: usize| -> R {
@@ -573,7 +699,9 @@ impl Gen<'_> {
             for i in 0..rows {
                 let am = r11 + (4 * (i * s.a_row + t * s.a_col)) as i32;
                 match isa {
-                    Isa::Avx512 if nv == 1 => g.a.vfmadd231ps(ZMM[acc(i, 0)], ZMM[breg(0)], dword_bcst(am))?,
+                    Isa::Avx512 if nv == 1 => {
+                        g.a.vfmadd231ps(ZMM[acc(i, 0)], ZMM[breg(0)], dword_bcst(am))?
+                    }
                     Isa::Avx512 => {
                         // One broadcast feeds the row's vectors (an embedded broadcast would
                         // reload A for each).
@@ -631,12 +759,18 @@ impl Gen<'_> {
                     for j in 0..nv {
                         let m = base + (4 * (i * ld + j * lanes)) as i32;
                         match (isa, last_masked(j)) {
-                            (Isa::Avx512, false) => self.a.vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], zmmword_ptr(m))?,
+                            (Isa::Avx512, false) => {
+                                self.a
+                                    .vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], zmmword_ptr(m))?
+                            }
                             (Isa::Avx512, true) => {
                                 self.a.vmovups(ZMM[tmp].k1().z(), zmmword_ptr(m))?;
                                 self.a.vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[tmp])?;
                             }
-                            (_, false) => self.a.vaddps(YMM[acc(i, j)], YMM[acc(i, j)], ymmword_ptr(m))?,
+                            (_, false) => {
+                                self.a
+                                    .vaddps(YMM[acc(i, j)], YMM[acc(i, j)], ymmword_ptr(m))?
+                            }
                             (_, true) => {
                                 self.a.vmaskmovps(YMM[tmp], YMM[mask], ymmword_ptr(m))?;
                                 self.a.vaddps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[tmp])?;
@@ -655,7 +789,9 @@ impl Gen<'_> {
                     (Isa::Avx512, false) => self.a.vmovups(zmmword_ptr(m), ZMM[acc(i, j)])?,
                     (Isa::Avx512, true) => self.a.vmovups(zmmword_ptr(m).k1(), ZMM[acc(i, j)])?,
                     (_, false) => self.a.vmovups(ymmword_ptr(m), YMM[acc(i, j)])?,
-                    (_, true) => self.a.vmaskmovps(ymmword_ptr(m), YMM[mask], YMM[acc(i, j)])?,
+                    (_, true) => self
+                        .a
+                        .vmaskmovps(ymmword_ptr(m), YMM[mask], YMM[acc(i, j)])?,
                 }
             }
         }

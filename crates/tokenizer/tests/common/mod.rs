@@ -31,7 +31,13 @@ pub fn id_lists(golden: &serde_json::Value, key: &str) -> Vec<Vec<u32>> {
         .as_array()
         .unwrap_or_else(|| panic!("golden has no {key:?} array"))
         .iter()
-        .map(|ids| ids.as_array().expect("id list").iter().map(|id| id.as_u64().expect("id") as u32).collect())
+        .map(|ids| {
+            ids.as_array()
+                .expect("id list")
+                .iter()
+                .map(|id| id.as_u64().expect("id") as u32)
+                .collect()
+        })
         .collect()
 }
 
@@ -42,7 +48,10 @@ pub fn llama3_tokenizer_path() -> PathBuf {
         return PathBuf::from(p);
     }
     let out = std::process::Command::new("python3")
-        .args(["-c", "import llama_models, os; print(os.path.dirname(llama_models.__file__))"])
+        .args([
+            "-c",
+            "import llama_models, os; print(os.path.dirname(llama_models.__file__))",
+        ])
         .output()
         .expect("running python3 to locate llama_models");
     assert!(
@@ -54,8 +63,17 @@ pub fn llama3_tokenizer_path() -> PathBuf {
 }
 
 /// Compares our ids with the oracle's for every corpus string; panics listing the first mismatches.
-pub fn assert_all_equal(what: &str, strings: &[String], want: &[Vec<u32>], mut got: impl FnMut(&str) -> Vec<u32>) {
-    assert_eq!(strings.len(), want.len(), "{what}: corpus and golden differ in length");
+pub fn assert_all_equal(
+    what: &str,
+    strings: &[String],
+    want: &[Vec<u32>],
+    mut got: impl FnMut(&str) -> Vec<u32>,
+) {
+    assert_eq!(
+        strings.len(),
+        want.len(),
+        "{what}: corpus and golden differ in length"
+    );
     let mut failures = Vec::new();
     for (s, want) in strings.iter().zip(want) {
         let got = got(s);
@@ -68,6 +86,11 @@ pub fn assert_all_equal(what: &str, strings: &[String], want: &[Vec<u32>], mut g
         "{what}: {} of {} strings differ from the oracle; first ones:\n{}",
         failures.len(),
         strings.len(),
-        failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
