@@ -57,6 +57,68 @@ pub struct Generation {
     pub stop_reason: StopReason,
 }
 
+/// Brings `cache` (holding the tokens in `history`) to `prompt`: keeps the longest cached
+/// common prefix (rolling back the rest), then computes the remaining tokens in chunks of
+/// [`PREFILL_CHUNK`], the last with logits for its final row (at least one token is always
+/// computed, so there are logits to sample from). Returns the number of tokens computed.
+///
+/// Shared by plain generation and speculative decoding, so both start from the same state.
+pub fn prefill_reusing_prefix(
+    model: &Model,
+    cache: &mut KvCache,
+    ws: &mut Workspace,
+    history: &mut Vec<u32>,
+    prompt: &[u32],
+) -> Result<usize> {
+    let capacity = cache.capacity();
+    if prompt.is_empty() {
+        return Err(Error::InvalidRequest("the prompt is empty".into()));
+    }
+    if prompt.len() >= capacity {
+        return Err(Error::InvalidRequest(format!(
+            "the prompt has {} tokens but the context holds {capacity} (and one more is needed to generate)",
+            prompt.len()
+        )));
+    }
+    let common = history
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let keep = common.min(prompt.len() - 1);
+    cache.truncate(keep);
+    history.truncate(keep);
+    let opts = ForwardOptions {
+        layers: 0..model.config().n_layers,
+        head: true,
+        taps: &[],
+    };
+    let mut positions = [0u32; PREFILL_CHUNK];
+    let mut pos = keep;
+    while pos < prompt.len() {
+        let end = (pos + PREFILL_CHUNK).min(prompt.len());
+        let logits = if end == prompt.len() {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        };
+        for (i, p) in positions[..end - pos].iter_mut().enumerate() {
+            *p = (pos + i) as u32;
+        }
+        let mut seqs = [SeqInput {
+            cache: &mut *cache,
+            tokens: &prompt[pos..end],
+            positions: &positions[..end - pos],
+            tree: None,
+            logits,
+        }];
+        model.forward(ws, &mut seqs, &opts)?;
+        history.extend_from_slice(&prompt[pos..end]);
+        pos = end;
+    }
+    Ok(prompt.len() - keep)
+}
+
 /// One sequence being generated: its cache, buffers, and the tokens the cache holds.
 pub struct Session {
     cache: KvCache,
@@ -90,39 +152,14 @@ impl Session {
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
         params.sampling.validate().map_err(Error::InvalidRequest)?;
-        let capacity = self.cache.capacity();
-        if prompt.is_empty() {
-            return Err(Error::InvalidRequest("the prompt is empty".into()));
-        }
-        if prompt.len() >= capacity {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {} tokens but the context holds {capacity} (and one more is needed to generate)",
-                prompt.len()
-            )));
-        }
         let start = Instant::now();
-        let common = self
-            .history
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        // Keep at least one token to compute so there are logits to sample from.
-        let keep = common.min(prompt.len() - 1);
-        self.cache.truncate(keep);
-        self.history.truncate(keep);
-        let n_prompt_computed = prompt.len() - keep;
-        let mut pos = keep;
-        while pos < prompt.len() {
-            let end = (pos + PREFILL_CHUNK).min(prompt.len());
-            let logits = if end == prompt.len() {
-                LogitRows::Last
-            } else {
-                LogitRows::None
-            };
-            self.step(model, &prompt[pos..end], pos, logits)?;
-            pos = end;
-        }
+        let n_prompt_computed = prefill_reusing_prefix(
+            model,
+            &mut self.cache,
+            &mut self.ws,
+            &mut self.history,
+            prompt,
+        )?;
         let prefill_s = start.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
@@ -144,7 +181,7 @@ impl Session {
                     break StopReason::StopString(stop);
                 }
             }
-            if self.history.len() + 1 >= capacity {
+            if self.history.len() + 1 >= self.cache.capacity() {
                 break StopReason::ContextFull;
             }
             self.step(model, &[next], self.history.len(), LogitRows::Last)?;

@@ -14,7 +14,7 @@ use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
 use crate::{Error, Result};
-use peregrine_model::generate::PREFILL_CHUNK;
+use peregrine_model::generate::{prefill_reusing_prefix, PREFILL_CHUNK};
 use peregrine_model::{
     ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput,
     StopReason, StopScanner, Workspace,
@@ -211,38 +211,15 @@ impl SpecSession {
     ) -> Result<SpecGeneration> {
         params.sampling.validate().map_err(Error::InvalidRequest)?;
         let capacity = self.cache.capacity();
-        if prompt.is_empty() {
-            return Err(Error::InvalidRequest("the prompt is empty".into()));
-        }
-        if prompt.len() >= capacity {
-            return Err(Error::InvalidRequest(format!(
-                "the prompt has {} tokens but the context holds {capacity} (and one more is needed to generate)",
-                prompt.len()
-            )));
-        }
         let vocab = model.config().vocab_size;
         let start = Instant::now();
-        let common = self
-            .history
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count();
-        let keep = common.min(prompt.len() - 1);
-        self.cache.truncate(keep);
-        self.history.truncate(keep);
-        let n_prompt_computed = prompt.len() - keep;
-        let mut pos = keep;
-        while pos < prompt.len() {
-            let end = (pos + PREFILL_CHUNK).min(prompt.len());
-            let logits = if end == prompt.len() {
-                LogitRows::Last
-            } else {
-                LogitRows::None
-            };
-            self.chunk(model, &prompt[pos..end], pos, logits)?;
-            pos = end;
-        }
+        let n_prompt_computed = prefill_reusing_prefix(
+            model,
+            &mut self.cache,
+            &mut self.ws,
+            &mut self.history,
+            prompt,
+        )?;
         let prefill_s = start.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
