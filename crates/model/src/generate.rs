@@ -70,6 +70,22 @@ pub fn prefill_reusing_prefix(
     history: &mut Vec<u32>,
     prompt: &[u32],
 ) -> Result<usize> {
+    prefill_reusing_prefix_with_taps(model, cache, ws, history, prompt, &[], &mut |_, _, _| {})
+}
+
+/// [`prefill_reusing_prefix`] that also copies out the residual stream entering each layer of
+/// `taps` (`n_layers` = after the last layer) for every computed prompt token: after each
+/// chunk's forward, `on_chunk(ws, pos, n)` sees the taps of positions `pos..pos + n` as rows
+/// `0..n` of `ws.tap(i)` (EAGLE heads read the target's features this way).
+pub fn prefill_reusing_prefix_with_taps(
+    model: &Model,
+    cache: &mut KvCache,
+    ws: &mut Workspace,
+    history: &mut Vec<u32>,
+    prompt: &[u32],
+    taps: &[usize],
+    on_chunk: &mut dyn FnMut(&Workspace, usize, usize),
+) -> Result<usize> {
     let capacity = cache.capacity();
     if prompt.is_empty() {
         return Err(Error::InvalidRequest("the prompt is empty".into()));
@@ -91,7 +107,7 @@ pub fn prefill_reusing_prefix(
     let opts = ForwardOptions {
         layers: 0..model.config().n_layers,
         head: true,
-        taps: &[],
+        taps,
     };
     let mut positions = [0u32; PREFILL_CHUNK];
     let mut pos = keep;
@@ -113,6 +129,9 @@ pub fn prefill_reusing_prefix(
             logits,
         }];
         model.forward(ws, &mut seqs, &opts)?;
+        if !taps.is_empty() {
+            on_chunk(ws, pos, end - pos);
+        }
         history.extend_from_slice(&prompt[pos..end]);
         pos = end;
     }

@@ -17,7 +17,7 @@ use peregrine_formats::{ModelConfig, RopeScaling};
 use peregrine_tensor::ops::{self, RopeTable};
 use peregrine_tensor::{
     attention, matmul, AttentionScratch, AttentionSeq, AttentionShape, MatmulScratch, MatmulTarget,
-    ThreadPool, Visibility,
+    ThreadPool, Visibility, Weights,
 };
 use std::ops::Range;
 use std::path::Path;
@@ -148,6 +148,37 @@ impl Model {
     /// Threads that run each forward.
     pub fn n_threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    /// The thread pool that runs each forward, for work that runs beside it (draft heads).
+    pub fn pool(&self) -> &ThreadPool {
+        &self.pool
+    }
+
+    /// Writes the token embedding of `token` (`hidden_size` values) into `out`.
+    pub fn embed_row(&self, token: u32, out: &mut [f32]) -> Result<()> {
+        let c = &self.config;
+        if token as usize >= c.vocab_size || out.len() != c.hidden_size {
+            return Err(Error::InvalidRequest(format!(
+                "embedding of token {token} (vocabulary {}) into {} values (hidden {})",
+                c.vocab_size,
+                out.len(),
+                c.hidden_size
+            )));
+        }
+        let table = self.weights.token_embd.matrix(&self.source);
+        peregrine_formats::quant::dequantize_row(table.ty(), table.row(token as usize), out)?;
+        Ok(())
+    }
+
+    /// Weights of the final RMSNorm (before the LM head).
+    pub fn output_norm(&self) -> &[f32] {
+        &self.weights.output_norm
+    }
+
+    /// The LM head as a matmul operand (`vocab_size` rows of `hidden_size`).
+    pub fn lm_head(&self) -> Weights<'_> {
+        self.weights.output.weights(&self.source)
     }
 
     /// A KV cache for one sequence of up to `capacity` tokens.

@@ -3,6 +3,7 @@
 
 use crate::tree::{TokenTree, TreeShape};
 use crate::Result;
+use peregrine_model::Workspace;
 
 /// How a drafter should lay out its proposal.
 #[derive(Clone, Debug)]
@@ -66,6 +67,33 @@ pub trait Drafter {
     /// Updates the drafter's own state after a verification.
     fn accept(&mut self, context: &[u32], n_accepted: usize) {
         let _ = (context, n_accepted);
+    }
+
+    /// Target layers whose input residual stream the drafter reads at every context position
+    /// (`n_layers` = the output of the last layer, before the final norm): EAGLE heads. The
+    /// engine then taps them in the prefill and in every verification forward and hands the
+    /// rows over with [`Drafter::observe_features`]. Empty (the default): none.
+    fn feature_layers(&self) -> &[usize] {
+        &[]
+    }
+
+    /// Called before a prompt is prefilled, for drafters with [`Drafter::feature_layers`]:
+    /// the drafter keeps its state for the longest prefix of `prompt` it can and returns that
+    /// prefix's length. The engine recomputes the target from at most there, so that features
+    /// reach the drafter for every later position.
+    fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let _ = prompt;
+        usize::MAX
+    }
+
+    /// Target features of context positions `pos..pos + rows.len()`: for position `pos + i`,
+    /// row `rows[i]` of the last forward's taps (`ws.tap(j)` holds layer
+    /// `feature_layers()[j]`). In the prefill the rows are the computed prompt tokens; after a
+    /// verification, the root and the accepted path. Positions from `pos` on replace any the
+    /// drafter held.
+    fn observe_features(&mut self, ws: &Workspace, rows: &[usize], pos: usize) -> Result<()> {
+        let _ = (ws, rows, pos);
+        Ok(())
     }
 }
 

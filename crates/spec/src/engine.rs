@@ -14,7 +14,7 @@ use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
 use crate::{Error, Result};
-use peregrine_model::generate::{prefill_reusing_prefix, PREFILL_CHUNK};
+use peregrine_model::generate::{prefill_reusing_prefix_with_taps, PREFILL_CHUNK};
 use peregrine_model::{
     ForwardOptions, GenerateParams, Generation, KvCache, LogitRows, Model, Sampler, SeqInput,
     StopReason, StopScanner, Workspace,
@@ -172,6 +172,8 @@ pub struct SpecSession {
     /// Hidden states entering the exit layer of early-exit drafts, row by row.
     hidden: Vec<f32>,
     controller: Option<Controller>,
+    /// `0..PREFILL_CHUNK`: the rows of a prefill chunk, for `Drafter::observe_features`.
+    tap_rows: Vec<usize>,
 }
 
 impl SpecSession {
@@ -188,6 +190,7 @@ impl SpecSession {
             walk: WalkBuffers::default(),
             hidden: Vec::new(),
             controller: None,
+            tap_rows: (0..PREFILL_CHUNK).collect(),
         }
     }
 
@@ -213,13 +216,33 @@ impl SpecSession {
         let capacity = self.cache.capacity();
         let vocab = model.config().vocab_size;
         let start = Instant::now();
-        let n_prompt_computed = prefill_reusing_prefix(
+        // Drafters that read the target's hidden states (EAGLE) get them for every position.
+        let feature_layers: Vec<usize> = drafter.feature_layers().to_vec();
+        if !feature_layers.is_empty() {
+            let keep = drafter.reuse_prefix(prompt);
+            if self.history.len() > keep {
+                self.history.truncate(keep);
+                self.cache.truncate(keep);
+            }
+        }
+        let mut feature_err = None;
+        let rows = &self.tap_rows;
+        let n_prompt_computed = prefill_reusing_prefix_with_taps(
             model,
             &mut self.cache,
             &mut self.ws,
             &mut self.history,
             prompt,
+            &feature_layers,
+            &mut |ws, pos, n| {
+                if feature_err.is_none() {
+                    feature_err = drafter.observe_features(ws, &rows[..n], pos).err();
+                }
+            },
         )?;
+        if let Some(e) = feature_err {
+            return Err(e);
+        }
         let prefill_s = start.elapsed().as_secs_f64();
 
         let decode_start = Instant::now();
@@ -316,7 +339,7 @@ impl SpecSession {
                 let opts = ForwardOptions {
                     layers: first_layer..model.config().n_layers,
                     head: true,
-                    taps: &[],
+                    taps: &feature_layers,
                 };
                 let mut seqs = [SeqInput {
                     cache: &mut self.cache,
@@ -359,6 +382,10 @@ impl SpecSession {
                     walk_sampled(tree, target, &mut self.walk, &mut self.path, &mut rng)
                 };
                 self.cache.compact(base, &self.path).map_err(Error::Model)?;
+                if !feature_layers.is_empty() {
+                    // The root and the accepted path are positions base.. of the context.
+                    drafter.observe_features(&self.ws, &self.path, base)?;
+                }
                 let n_accepted = self.path.len() - 1;
                 stats.steps += 1;
                 stats.n_step_tokens += n_accepted + 1;

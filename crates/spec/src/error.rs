@@ -70,6 +70,89 @@ pub enum Error {
     /// A bad generation request (empty prompt, prompt too long, bad sampling parameters).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A draft-head file could not be opened or parsed.
+    #[error(transparent)]
+    Format(#[from] peregrine_formats::Error),
+    /// A draft-head kernel rejected its operands.
+    #[error(transparent)]
+    Kernel(#[from] peregrine_tensor::Error),
+    /// The file holds neither an EAGLE-3 nor an EAGLE-1 head.
+    #[error("{path}: not an EAGLE head: it has neither `midlayer.self_attn.q_proj.weight` (EAGLE-3) nor `layers.0.self_attn.q_proj.weight` (EAGLE-1)")]
+    NotEagleHead {
+        /// The head file.
+        path: PathBuf,
+    },
+    /// A tensor the head format requires is absent.
+    #[error("{path}: {format} head lacks tensor {name:?}")]
+    HeadTensorMissing {
+        /// The head file.
+        path: PathBuf,
+        /// `EAGLE-3` or `EAGLE-1`.
+        format: &'static str,
+        /// The tensor.
+        name: String,
+    },
+    /// A head tensor's shape does not fit the target model.
+    #[error("{path}: tensor {name:?} has shape {got:?}, expected {expected:?} ({why})")]
+    HeadShape {
+        /// The head file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Shape found.
+        got: Vec<usize>,
+        /// Shape the target implies.
+        expected: Vec<usize>,
+        /// Where the expected sizes come from.
+        why: String,
+    },
+    /// A head tensor has an element type the loader does not take.
+    #[error("{path}: tensor {name:?} has dtype {dtype}, expected {expected}")]
+    HeadDtype {
+        /// The head file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
+        /// Dtype found.
+        dtype: String,
+        /// Dtypes accepted.
+        expected: &'static str,
+    },
+    /// The draft-to-target vocabulary maps (`d2t`, `t2d`) are inconsistent with each other or
+    /// with the target's vocabulary.
+    #[error("{path}: vocabulary map {name:?}: {msg}")]
+    HeadVocabMap {
+        /// The head file.
+        path: PathBuf,
+        /// `d2t` or `t2d`.
+        name: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A `__metadata__` entry of the head cannot be used.
+    #[error("{path}: metadata {key:?} = {value:?}: {msg}")]
+    HeadMetadata {
+        /// The head file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The head was loaded for a different target than the one it is used with.
+    #[error("the EAGLE head was loaded for a target with hidden size {head_hidden} and vocabulary {head_vocab}, but the model has {model_hidden} and {model_vocab}")]
+    HeadTargetMismatch {
+        /// Hidden size the head was checked against.
+        head_hidden: usize,
+        /// Vocabulary the head was checked against.
+        head_vocab: usize,
+        /// The model's hidden size.
+        model_hidden: usize,
+        /// The model's vocabulary.
+        model_vocab: usize,
+    },
 }
 
 /// Result of speculative decoding operations.

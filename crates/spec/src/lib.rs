@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod drafter;
+pub mod eagle;
 pub mod engine;
 mod error;
 pub mod model_drafter;
@@ -13,6 +14,7 @@ pub mod verify;
 
 pub use controller::Controller;
 pub use drafter::{DraftPlan, Drafter, LayerSkipDrafter, NoDrafter};
+pub use eagle::{EagleDrafter, EagleHead, EagleKind, HeadOptions};
 pub use engine::{SpecGeneration, SpecSession, SpecStats, TreeSpec};
 pub use error::{Error, Result};
 pub use model_drafter::ModelDrafter;

@@ -1,0 +1,641 @@
+//! [`EagleDrafter`]: EAGLE-2 dynamic trees (or static shapes) drafted by an EAGLE head, with the
+//! head's KV cache kept in step with the target's context.
+//!
+//! Head row `t` reads the target's feature `f_t` and the embedding of token `x_{t+1}`, and its
+//! output predicts the feature at `t + 1`, whose logits give `x_{t+2}`. The engine hands the
+//! drafter the target's features for every context position (prefill, then each verification's
+//! root and accepted path); rows whose next token is known are *caught up* into the head's cache
+//! in batched forwards. When drafting with root `x_n`, the rows up to `n - 1` are committed and
+//! the last one's logits give the root's children. A drafted node of depth `d` becomes a head row
+//! at position `n + d - 1` that takes its parent's output as `g` and its own token's embedding;
+//! drafted rows are rolled back before the next step.
+//!
+//! Dynamic plan (EAGLE-2): at each depth, expand the `top_k` frontier nodes of highest
+//! cumulative log-probability in one head forward (each gets its `top_k` most likely children),
+//! up to `depth` levels; then keep the `budget` best candidates, which form a subtree because a
+//! child never scores above its parent, and emit them best first. Expansion stops early once
+//! no frontier node can enter the best `budget`. Drafts are deterministic (top-k), so sampling
+//! verification uses the point-mass rule.
+
+use super::forward::{
+    exp_nonpositive, HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace, MAX_DRAFT_ROWS,
+};
+use super::head::{EagleHead, EagleKind};
+use crate::drafter::{DraftPlan, Drafter};
+use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::{Error, Result};
+use peregrine_model::{Model, Workspace};
+use peregrine_tensor::ops;
+
+/// Rows per head forward (catch-up chunks and tree levels).
+const HEAD_ROWS: usize = 64;
+const NONE: usize = usize::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Cand {
+    /// Parent candidate, or `NONE` for a child of the root.
+    parent: usize,
+    token: u32,
+    /// Cumulative log-probability from the root.
+    logp: f32,
+    /// Head cache slot of the node's row once expanded, else `NONE`.
+    slot: usize,
+}
+
+/// Drafts token trees with an EAGLE head; see the module docs.
+pub struct EagleDrafter<'a> {
+    model: &'a Model,
+    head: &'a EagleHead,
+    cache: HeadCache,
+    ws: HeadWorkspace,
+    /// The context as last seen (prompt, then every propose/accept).
+    tokens: Vec<u32>,
+    /// Target features of positions `cache.n_committed()..` not yet in the head's cache.
+    pending: Vec<f32>,
+    n_pending: usize,
+    /// Output `o` of the last committed row, and whether `root_top` holds its top tokens.
+    last_out: Vec<f32>,
+    root_valid: bool,
+    root_top: Vec<(u32, f32)>,
+    // Reused buffers.
+    embeds: Vec<f32>,
+    positions: Vec<u32>,
+    parents: Vec<Option<usize>>,
+    parent_out: Vec<f32>,
+    /// Outputs of drafted rows, by slot - committed.
+    draft_out: Vec<f32>,
+    cands: Vec<Cand>,
+    frontier: Vec<usize>,
+    order: Vec<usize>,
+    tree_idx: Vec<usize>,
+    top: Vec<(u32, f32)>,
+    logps: Vec<f32>,
+    // Shape plans.
+    shape_depth: Vec<usize>,
+    shape_need: Vec<usize>,
+    shape_cand: Vec<usize>,
+}
+
+impl<'a> EagleDrafter<'a> {
+    /// A drafter for `model` with `head` (loaded for this model's config), for contexts of up
+    /// to `context` tokens.
+    pub fn new(model: &'a Model, head: &'a EagleHead, context: usize) -> Result<Self> {
+        let c = head.config();
+        let mc = model.config();
+        if c.hidden_size != mc.hidden_size || c.target_vocab != mc.vocab_size {
+            return Err(Error::HeadTargetMismatch {
+                head_hidden: c.hidden_size,
+                head_vocab: c.target_vocab,
+                model_hidden: mc.hidden_size,
+                model_vocab: mc.vocab_size,
+            });
+        }
+        if let Some(&bad) = c.feature_layers.iter().find(|&&l| l > mc.n_layers) {
+            return Err(Error::InvalidRequest(format!(
+                "the EAGLE head reads layer {bad} of a {}-layer model",
+                mc.n_layers
+            )));
+        }
+        let h = c.hidden_size;
+        let cache = HeadCache::new(head, context);
+        let ws = HeadWorkspace::new(head, HEAD_ROWS, &cache, model.n_threads());
+        Ok(Self {
+            model,
+            head,
+            cache,
+            ws,
+            tokens: Vec::with_capacity(context),
+            pending: Vec::new(),
+            n_pending: 0,
+            last_out: vec![0.0; h],
+            root_valid: false,
+            root_top: Vec::with_capacity(MAX_TREE_NODES),
+            embeds: vec![0.0; HEAD_ROWS * h],
+            positions: Vec::with_capacity(HEAD_ROWS),
+            parents: Vec::with_capacity(HEAD_ROWS),
+            parent_out: vec![0.0; HEAD_ROWS * h],
+            draft_out: vec![0.0; MAX_DRAFT_ROWS * h],
+            cands: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            frontier: Vec::with_capacity(MAX_DRAFT_ROWS),
+            order: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            tree_idx: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            top: Vec::with_capacity(MAX_TREE_NODES),
+            logps: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            shape_depth: Vec::with_capacity(MAX_TREE_NODES),
+            shape_need: Vec::with_capacity(MAX_TREE_NODES),
+            shape_cand: Vec::with_capacity(MAX_TREE_NODES),
+        })
+    }
+
+    /// The head.
+    pub fn head(&self) -> &EagleHead {
+        self.head
+    }
+
+    /// Context positions whose features the drafter holds (committed head rows + pending).
+    fn covered(&self) -> usize {
+        self.cache.n_committed() + self.n_pending
+    }
+
+    /// Rolls the state back to the first `n` positions.
+    fn truncate(&mut self, n: usize) {
+        let committed = self.cache.n_committed();
+        if n < committed {
+            self.cache.truncate(n);
+            self.n_pending = 0;
+            self.root_valid = false;
+        } else {
+            self.n_pending = self.n_pending.min(n - committed);
+        }
+    }
+
+    /// Turns pending features whose next token is known into committed head rows, in batched
+    /// forwards. With `want_root`, the last row's logits (when it is the row before the root)
+    /// give `root_top`, `k_root` candidates.
+    fn catch_up(&mut self, want_root: bool, k_root: usize) -> Result<()> {
+        let h = self.head.config().hidden_size;
+        let fdim = self.head.config().feature_dim();
+        // Row t needs token t + 1.
+        let n_known = self
+            .tokens
+            .len()
+            .saturating_sub(1)
+            .saturating_sub(self.cache.n_committed())
+            .min(self.n_pending);
+        let mut done = 0;
+        while done < n_known {
+            let n = (n_known - done).min(HEAD_ROWS);
+            let first = self.cache.n_committed();
+            let is_last = done + n == n_known;
+            let root_row = is_last && want_root && first + n + 1 == self.tokens.len();
+            self.positions.clear();
+            for r in 0..n {
+                let t = first + r;
+                self.positions.push(t as u32);
+                self.model
+                    .embed_row(self.tokens[t + 1], &mut self.embeds[r * h..(r + 1) * h])?;
+            }
+            let rows = HeadRows {
+                input: HeadInput::Target {
+                    features: &self.pending[done * fdim..(done + n) * fdim],
+                },
+                embeds: &self.embeds[..n * h],
+                positions: &self.positions,
+                logits: if root_row {
+                    HeadLogits::Last
+                } else {
+                    HeadLogits::None
+                },
+            };
+            self.head.forward(
+                self.model.pool(),
+                self.lm_head(),
+                &mut self.ws,
+                &mut self.cache,
+                &rows,
+            )?;
+            self.last_out.copy_from_slice(self.ws.out(n - 1));
+            self.root_valid = false;
+            if root_row {
+                top_logprobs(self.ws.logits(0), k_root, self.head, &mut self.root_top);
+                self.root_valid = true;
+            }
+            done += n;
+        }
+        if done > 0 {
+            self.pending.copy_within(done * fdim..self.n_pending * fdim, 0);
+            self.n_pending -= done;
+        }
+        Ok(())
+    }
+
+    fn lm_head(&self) -> Option<peregrine_tensor::Weights<'a>> {
+        match self.head.config().kind {
+            EagleKind::Eagle1 => Some(self.model.lm_head()),
+            EagleKind::Eagle3 => None,
+        }
+    }
+
+    /// Forwards the drafted rows described by `self.{embeds, positions, parents, parent_out}`
+    /// (`n` rows) with logits; returns the first slot.
+    fn forward_drafts(&mut self, n: usize) -> Result<usize> {
+        let h = self.head.config().hidden_size;
+        let rows = HeadRows {
+            input: HeadInput::Drafted {
+                parent_out: &self.parent_out[..n * h],
+                parents: &self.parents,
+            },
+            embeds: &self.embeds[..n * h],
+            positions: &self.positions,
+            logits: HeadLogits::All,
+        };
+        let first = self.head.forward(
+            self.model.pool(),
+            self.lm_head(),
+            &mut self.ws,
+            &mut self.cache,
+            &rows,
+        )?;
+        let committed = self.cache.n_committed();
+        for r in 0..n {
+            let at = (first + r - committed) * h;
+            self.draft_out[at..at + h].copy_from_slice(self.ws.out(r));
+        }
+        Ok(first)
+    }
+
+    /// Sets row `r` of the next drafted forward: `token` at `pos`, under the drafted row at
+    /// `parent_slot` (or the last committed row).
+    fn set_draft_row(&mut self, r: usize, token: u32, pos: usize, parent_slot: usize) -> Result<()> {
+        let h = self.head.config().hidden_size;
+        self.model
+            .embed_row(token, &mut self.embeds[r * h..(r + 1) * h])?;
+        self.positions.push(pos as u32);
+        let dst = &mut self.parent_out[r * h..(r + 1) * h];
+        if parent_slot == NONE {
+            dst.copy_from_slice(&self.last_out);
+            self.parents.push(None);
+        } else {
+            let at = (parent_slot - self.cache.n_committed()) * h;
+            dst.copy_from_slice(&self.draft_out[at..at + h]);
+            self.parents.push(Some(parent_slot));
+        }
+        Ok(())
+    }
+
+    fn draft_dynamic(
+        &mut self,
+        n: usize,
+        budget: usize,
+        depth: usize,
+        top_k: usize,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let budget = budget.min(MAX_TREE_NODES - 1);
+        let children = top_k.min(budget).max(1);
+        let expand = top_k.min(budget).min(HEAD_ROWS).max(1);
+        let max_depth = depth.min(MAX_TREE_NODES - 1);
+        self.cands.clear();
+        for &(token, logp) in self.root_top.iter().take(children) {
+            self.cands.push(Cand {
+                parent: NONE,
+                token,
+                logp,
+                slot: NONE,
+            });
+        }
+        self.frontier.clear();
+        self.frontier.extend(0..self.cands.len());
+        for d in 1..max_depth {
+            let cands = &self.cands;
+            self.frontier.sort_by(|&a, &b| {
+                cands[b]
+                    .logp
+                    .total_cmp(&cands[a].logp)
+                    .then(a.cmp(&b))
+            });
+            self.frontier.truncate(expand);
+            self.frontier.retain(|&i| cands[i].logp.is_finite());
+            if self.cands.len() >= budget {
+                // A child scores at most its parent: frontier nodes not above the budget-th
+                // best candidate cannot place a child in the tree.
+                self.logps.clear();
+                self.logps.extend(self.cands.iter().map(|c| c.logp));
+                let (_, &mut kth, _) = self
+                    .logps
+                    .select_nth_unstable_by(budget - 1, |a, b| b.total_cmp(a));
+                self.frontier.retain(|&i| cands[i].logp > kth);
+            }
+            if self.frontier.is_empty()
+                || self.cache.len() - self.cache.n_committed() + self.frontier.len()
+                    > MAX_DRAFT_ROWS
+            {
+                break;
+            }
+            self.positions.clear();
+            self.parents.clear();
+            let n_rows = self.frontier.len();
+            for r in 0..n_rows {
+                let c = self.cands[self.frontier[r]];
+                let parent_slot = if c.parent == NONE {
+                    NONE
+                } else {
+                    self.cands[c.parent].slot
+                };
+                self.set_draft_row(r, c.token, n + d - 1, parent_slot)?;
+            }
+            let first = self.forward_drafts(n_rows)?;
+            let n_old = self.cands.len();
+            for r in 0..n_rows {
+                let i = self.frontier[r];
+                self.cands[i].slot = first + r;
+                top_logprobs(self.ws.logits(r), children, self.head, &mut self.top);
+                let base = self.cands[i].logp;
+                for &(token, lp) in &self.top {
+                    self.cands.push(Cand {
+                        parent: i,
+                        token,
+                        logp: base + lp,
+                        slot: NONE,
+                    });
+                }
+            }
+            self.frontier.clear();
+            self.frontier.extend(n_old..self.cands.len());
+        }
+        // The best `budget` candidates, best first (a parent precedes its children: it scores
+        // at least as much and was created earlier).
+        let cands = &self.cands;
+        self.order.clear();
+        self.order.extend(0..cands.len());
+        self.order
+            .sort_by(|&a, &b| cands[b].logp.total_cmp(&cands[a].logp).then(a.cmp(&b)));
+        self.order.truncate(budget);
+        self.tree_idx.clear();
+        self.tree_idx.resize(cands.len(), NONE);
+        for &i in &self.order {
+            let c = cands[i];
+            let parent = if c.parent == NONE {
+                0
+            } else {
+                self.tree_idx[c.parent]
+            };
+            if parent == NONE || !c.logp.is_finite() {
+                continue;
+            }
+            self.tree_idx[i] = tree.push(parent, c.token, c.logp.exp())?;
+        }
+        Ok(())
+    }
+
+    fn draft_shape(
+        &mut self,
+        n: usize,
+        shape: &crate::tree::TreeShape,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let (parents, ranks) = (shape.parents(), shape.ranks());
+        let len = shape.len();
+        self.shape_depth.clear();
+        self.shape_need.clear();
+        self.shape_depth.resize(len, 0);
+        self.shape_need.resize(len, 0);
+        for i in 1..len {
+            self.shape_depth[i] = self.shape_depth[parents[i]] + 1;
+            let p = parents[i];
+            self.shape_need[p] = self.shape_need[p].max(ranks[i] + 1);
+        }
+        // Candidate of each shape node (NONE: no candidate at that rank).
+        self.cands.clear();
+        self.shape_cand.clear();
+        self.shape_cand.resize(len, NONE);
+        for i in 1..len {
+            if parents[i] == 0 {
+                if let Some(&(token, logp)) = self.root_top.get(ranks[i]) {
+                    self.shape_cand[i] = self.cands.len();
+                    self.cands.push(Cand {
+                        parent: NONE,
+                        token,
+                        logp,
+                        slot: NONE,
+                    });
+                }
+            }
+        }
+        let max_depth = self.shape_depth.iter().copied().max().unwrap_or(0);
+        for d in 1..max_depth {
+            // Expand the nodes at depth d that have children in the shape.
+            self.frontier.clear();
+            for i in 1..len {
+                if self.shape_depth[i] == d && self.shape_need[i] > 0 && self.shape_cand[i] != NONE
+                {
+                    self.frontier.push(i);
+                }
+            }
+            for chunk_start in (0..self.frontier.len()).step_by(HEAD_ROWS) {
+                let chunk_end = (chunk_start + HEAD_ROWS).min(self.frontier.len());
+                let n_rows = chunk_end - chunk_start;
+                if self.cache.len() - self.cache.n_committed() + n_rows > MAX_DRAFT_ROWS {
+                    break;
+                }
+                self.positions.clear();
+                self.parents.clear();
+                for r in 0..n_rows {
+                    let c = self.cands[self.shape_cand[self.frontier[chunk_start + r]]];
+                    let parent_slot = if c.parent == NONE {
+                        NONE
+                    } else {
+                        self.cands[c.parent].slot
+                    };
+                    self.set_draft_row(r, c.token, n + d - 1, parent_slot)?;
+                }
+                let first = self.forward_drafts(n_rows)?;
+                for r in 0..n_rows {
+                    let node = self.frontier[chunk_start + r];
+                    let ci = self.shape_cand[node];
+                    self.cands[ci].slot = first + r;
+                    top_logprobs(
+                        self.ws.logits(r),
+                        self.shape_need[node],
+                        self.head,
+                        &mut self.top,
+                    );
+                    let base = self.cands[ci].logp;
+                    for child in 1..len {
+                        if parents[child] == node {
+                            if let Some(&(token, lp)) = self.top.get(ranks[child]) {
+                                self.shape_cand[child] = self.cands.len();
+                                self.cands.push(Cand {
+                                    parent: ci,
+                                    token,
+                                    logp: base + lp,
+                                    slot: NONE,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Shape order is topological; a node whose parent is missing is left out.
+        self.tree_idx.clear();
+        self.tree_idx.resize(len, NONE);
+        self.tree_idx[0] = 0;
+        for i in 1..len {
+            let p = self.tree_idx[parents[i]];
+            let ci = self.shape_cand[i];
+            if p == NONE || ci == NONE {
+                continue;
+            }
+            let c = self.cands[ci];
+            self.tree_idx[i] = tree.push(p, c.token, c.logp.exp())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drafter for EagleDrafter<'_> {
+    fn name(&self) -> &'static str {
+        "eagle"
+    }
+
+    fn propose(
+        &mut self,
+        context: &[u32],
+        plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let Some(n) = context.len().checked_sub(1) else {
+            return Ok(());
+        };
+        self.cache.drop_drafts();
+        self.tokens.clear();
+        self.tokens.extend_from_slice(context);
+        if self.covered() > n {
+            self.truncate(n);
+        }
+        let k_root = match plan {
+            DraftPlan::Dynamic { budget, top_k, .. } => (*top_k).min(*budget).max(1),
+            DraftPlan::Shape(shape) => (1..shape.len())
+                .filter(|&i| shape.parents()[i] == 0)
+                .map(|i| shape.ranks()[i] + 1)
+                .max()
+                .unwrap_or(0),
+        }
+        .min(MAX_TREE_NODES);
+        self.catch_up(true, k_root)?;
+        // Without features up to the root's position, or with the root row's logits lost,
+        // there is nothing to draft from.
+        if self.cache.n_committed() != n || !self.root_valid || k_root == 0 {
+            return Ok(());
+        }
+        match plan {
+            DraftPlan::Dynamic {
+                budget,
+                depth,
+                top_k,
+            } => self.draft_dynamic(n, *budget, *depth, *top_k, tree),
+            DraftPlan::Shape(shape) => self.draft_shape(n, shape, tree),
+        }
+    }
+
+    fn accept(&mut self, context: &[u32], _n_accepted: usize) {
+        self.tokens.clear();
+        self.tokens.extend_from_slice(context);
+    }
+
+    fn feature_layers(&self) -> &[usize] {
+        &self.head.config().feature_layers
+    }
+
+    fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        // Head row t used token t + 1; feature t depends on tokens 0..=t.
+        let committed = self.cache.n_committed();
+        let rows_ok = committed.min(common.saturating_sub(1));
+        if rows_ok < committed {
+            self.truncate(rows_ok);
+        } else {
+            self.truncate(common.min(self.covered()).max(committed));
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(prompt);
+        self.covered()
+    }
+
+    fn observe_features(&mut self, ws: &Workspace, rows: &[usize], pos: usize) -> Result<()> {
+        let covered = self.covered();
+        if pos > covered {
+            return Err(Error::InvalidRequest(format!(
+                "EAGLE drafter: features for position {pos}, but positions from {covered} are missing"
+            )));
+        }
+        self.truncate(pos);
+        let c = self.head.config();
+        let (h, fdim) = (c.hidden_size, c.feature_dim());
+        if pos + rows.len() > self.cache.context_capacity() {
+            return Err(Error::InvalidRequest(format!(
+                "EAGLE drafter: position {} beyond its context of {}",
+                pos + rows.len(),
+                self.cache.context_capacity()
+            )));
+        }
+        let need = (self.n_pending + rows.len()) * fdim;
+        if self.pending.len() < need {
+            self.pending.resize(need, 0.0);
+        }
+        for &r in rows {
+            let dst = &mut self.pending[self.n_pending * fdim..(self.n_pending + 1) * fdim];
+            match c.kind {
+                EagleKind::Eagle3 => {
+                    for (i, part) in dst.chunks_exact_mut(h).enumerate() {
+                        part.copy_from_slice(&ws.tap(i)[r * h..(r + 1) * h]);
+                    }
+                }
+                EagleKind::Eagle1 => ops::rms_norm(
+                    &ws.tap(0)[r * h..(r + 1) * h],
+                    self.model.output_norm(),
+                    self.model.config().rms_norm_eps,
+                    dst,
+                ),
+            }
+            self.n_pending += 1;
+        }
+        // Catch up at once where the next tokens are known (the prompt), so pending features
+        // stay few.
+        self.catch_up(false, 0)
+    }
+}
+
+/// The `k` most likely tokens of `logits` (draft ids mapped to target ids) with their
+/// log-probabilities, most likely first.
+fn top_logprobs(logits: &[f32], k: usize, head: &EagleHead, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    if k == 0 {
+        return;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return;
+    }
+    let mut acc = [0f32; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..16 {
+            acc[l] += exp_nonpositive(c[l] - max);
+        }
+    }
+    for (l, &x) in rest.iter().enumerate() {
+        acc[l] += exp_nonpositive(x - max);
+    }
+    let lse = max + acc.iter().sum::<f32>().ln();
+    // Insertion into a sorted list of (draft id, logit).
+    let mut best: [(usize, f32); MAX_TREE_NODES] = [(0, f32::NEG_INFINITY); MAX_TREE_NODES];
+    let k = k.min(MAX_TREE_NODES).min(logits.len());
+    let mut n = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if n == k && l <= best[k - 1].1 || l.is_nan() {
+            continue;
+        }
+        let mut j = n.min(k - 1);
+        if n < k {
+            n += 1;
+        }
+        while j > 0 && best[j - 1].1 < l {
+            best[j] = best[j - 1];
+            j -= 1;
+        }
+        best[j] = (i, l);
+    }
+    out.extend(
+        best[..n]
+            .iter()
+            .map(|&(i, l)| (head.target_id(i), (l - lse).min(0.0))),
+    );
+}
