@@ -23,9 +23,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod checkpoint;
 mod error;
 mod matmul;
 pub mod ops;
+pub mod optim;
 mod params;
 mod tape;
 mod tensor;
@@ -36,3 +38,5 @@ pub use ops::{KeyLists, KeyListsBuilder};
 pub use params::{ParamGrads, ParamId, ParamStore};
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Shape, Tensor};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
+pub use checkpoint::{export_bf16, load_checkpoint, load_params, save_checkpoint, Resumed};
