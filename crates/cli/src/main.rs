@@ -36,6 +36,8 @@ enum Cmd {
     Bench(cmd::bench::Args),
     /// Benchmark and inspect generated kernels (sgemm; GFLOP/s, compile time, assembly).
     Kernels(cmd::kernels::Args),
+    /// Train draft heads (EAGLE-3 by online distillation from the target).
+    Train(cmd::train::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Cmd::Generate(args) => cmd::generate::run(args),
         Cmd::Chat(args) => cmd::chat::run(args),
         Cmd::Kernels(args) => cmd::kernels::run(args),
+        Cmd::Train(args) => cmd::train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

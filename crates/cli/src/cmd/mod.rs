@@ -10,3 +10,4 @@ pub mod kernels;
 pub mod model_args;
 pub mod spec_args;
 pub mod tokenize;
+pub mod train;
