@@ -7,11 +7,19 @@ use std::time::Instant;
 
 fn main() -> peregrine_train::Result<()> {
     let (m, n, k) = (1024usize, 576usize, 1152usize);
-    let x = Tensor::matrix(m, k, (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.01).collect())?;
+    let x = Tensor::matrix(
+        m,
+        k,
+        (0..m * k).map(|i| ((i * 7) % 13) as f32 * 0.01).collect(),
+    )?;
     let mut store = ParamStore::new();
     let w = store.insert(
         "w",
-        Tensor::matrix(n, k, (0..n * k).map(|i| ((i * 5) % 11) as f32 * 0.01).collect())?,
+        Tensor::matrix(
+            n,
+            k,
+            (0..n * k).map(|i| ((i * 5) % 11) as f32 * 0.01).collect(),
+        )?,
         true,
     )?;
     let seed = vec![1e-3f32; m * n];

@@ -67,7 +67,11 @@ fn st_err(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-fn write(path: &Path, tensors: &BTreeMap<String, Raw>, meta: HashMap<String, String>) -> Result<()> {
+fn write(
+    path: &Path,
+    tensors: &BTreeMap<String, Raw>,
+    meta: HashMap<String, String>,
+) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -120,7 +124,10 @@ pub fn save_checkpoint(
     for id in store.ids() {
         let (name, value) = (store.name(id), store.value(id));
         let (m, v) = adam.moments(id);
-        tensors.insert(name.to_string(), f32_raw(value.shape().dims(), value.data()));
+        tensors.insert(
+            name.to_string(),
+            f32_raw(value.shape().dims(), value.data()),
+        );
         tensors.insert(format!("adamw.m/{name}"), f32_raw(value.shape().dims(), m));
         tensors.insert(format!("adamw.v/{name}"), f32_raw(value.shape().dims(), v));
     }
@@ -148,7 +155,10 @@ fn read_tensor(st: &SafeTensors<'_>, name: &str, want: &[usize], path: &Path) ->
     if t.shape() != want {
         return Err(st_err(
             path,
-            format!("tensor {name:?} has shape {:?}, the model wants {want:?}", t.shape()),
+            format!(
+                "tensor {name:?} has shape {:?}, the model wants {want:?}",
+                t.shape()
+            ),
         ));
     }
     let b = t.data();
@@ -188,7 +198,10 @@ pub fn load_checkpoint(path: &Path, store: &mut ParamStore) -> Result<Resumed> {
     if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
         return Err(st_err(
             path,
-            format!("not a training checkpoint (format {:?}, want {CHECKPOINT_FORMAT:?})", meta.get("format")),
+            format!(
+                "not a training checkpoint (format {:?}, want {CHECKPOINT_FORMAT:?})",
+                meta.get("format")
+            ),
         ));
     }
     let parse = |key: &str| -> Result<serde_json::Value> {
@@ -238,7 +251,11 @@ pub fn load_checkpoint(path: &Path, store: &mut ParamStore) -> Result<Resumed> {
 
 /// Writes every parameter of `store` as bf16 (round to nearest even) under its own name, with
 /// string `metadata`: the file an inference loader reads.
-pub fn export_bf16(path: &Path, store: &ParamStore, metadata: &BTreeMap<String, String>) -> Result<()> {
+pub fn export_bf16(
+    path: &Path,
+    store: &ParamStore,
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
     let mut tensors = BTreeMap::new();
     for id in store.ids() {
         let v = store.value(id);
@@ -255,7 +272,10 @@ pub fn export_bf16(path: &Path, store: &ParamStore, metadata: &BTreeMap<String, 
             },
         );
     }
-    let meta = metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     write(path, &tensors, meta)
 }
 

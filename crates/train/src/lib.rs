@@ -24,6 +24,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod checkpoint;
+pub mod eagle3;
 mod error;
 mod matmul;
 pub mod ops;
@@ -32,11 +33,12 @@ mod params;
 mod tape;
 mod tensor;
 
+pub use checkpoint::{export_bf16, load_checkpoint, load_params, save_checkpoint, Resumed};
+pub use eagle3::{Eagle3Config, Eagle3Head, TttConfig, TttSequence, TttStats};
 pub use error::{Error, Result};
 pub use matmul::{Compute, MatmulBackend, JIT_MIN_FLOPS};
 pub use ops::{KeyLists, KeyListsBuilder};
+pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 pub use params::{ParamGrads, ParamId, ParamStore};
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Shape, Tensor};
-pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
-pub use checkpoint::{export_bf16, load_checkpoint, load_params, save_checkpoint, Resumed};

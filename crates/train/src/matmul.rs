@@ -267,16 +267,12 @@ struct Strides {
     b_cs: usize,
 }
 
-fn check(
-    what: &str,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-) -> Result<()> {
-    for (name, got, want) in [("a", a.len(), m * k), ("b", b.len(), k * n), ("c", c.len(), m * n)] {
+fn check(what: &str, m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &[f32]) -> Result<()> {
+    for (name, got, want) in [
+        ("a", a.len(), m * k),
+        ("b", b.len(), k * n),
+        ("c", c.len(), m * n),
+    ] {
         if got != want {
             return Err(Error::BufferLen {
                 what: format!("{what} {m}x{n}x{k} operand {name}"),
@@ -309,7 +305,13 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
-    fn naive(m: usize, n: usize, k: usize, a: impl Fn(usize, usize) -> f32, b: impl Fn(usize, usize) -> f32) -> Vec<f64> {
+    fn naive(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: impl Fn(usize, usize) -> f32,
+        b: impl Fn(usize, usize) -> f32,
+    ) -> Vec<f64> {
         let mut c = vec![0f64; m * n];
         for i in 0..m {
             for j in 0..n {
@@ -322,7 +324,13 @@ mod tests {
     #[test]
     fn all_layouts_and_backends_match_naive() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (70, 33, 65), (129, 67, 131), (2, 300, 1)] {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (70, 33, 65),
+            (129, 67, 131),
+            (2, 300, 1),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
             let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -330,21 +338,33 @@ mod tests {
                 for threads in [1, 2] {
                     let cx = Compute::with_backend(threads, backend);
                     let cases: [(&str, Vec<f64>, Vec<f32>); 3] = [
-                        ("nn", naive(m, n, k, |i, p| a[i * k + p], |p, j| b[p * n + j]), {
-                            let mut c = c0.clone();
-                            cx.nn((m, n, k), &a, &b, &mut c, true).unwrap();
-                            c
-                        }),
-                        ("nt", naive(m, n, k, |i, p| a[i * k + p], |p, j| b[j * k + p]), {
-                            let mut c = c0.clone();
-                            cx.nt((m, n, k), &a, &b, &mut c, true).unwrap();
-                            c
-                        }),
-                        ("tn", naive(m, n, k, |i, p| a[p * m + i], |p, j| b[p * n + j]), {
-                            let mut c = c0.clone();
-                            cx.tn((m, n, k), &a, &b, &mut c, true).unwrap();
-                            c
-                        }),
+                        (
+                            "nn",
+                            naive(m, n, k, |i, p| a[i * k + p], |p, j| b[p * n + j]),
+                            {
+                                let mut c = c0.clone();
+                                cx.nn((m, n, k), &a, &b, &mut c, true).unwrap();
+                                c
+                            },
+                        ),
+                        (
+                            "nt",
+                            naive(m, n, k, |i, p| a[i * k + p], |p, j| b[j * k + p]),
+                            {
+                                let mut c = c0.clone();
+                                cx.nt((m, n, k), &a, &b, &mut c, true).unwrap();
+                                c
+                            },
+                        ),
+                        (
+                            "tn",
+                            naive(m, n, k, |i, p| a[p * m + i], |p, j| b[p * n + j]),
+                            {
+                                let mut c = c0.clone();
+                                cx.tn((m, n, k), &a, &b, &mut c, true).unwrap();
+                                c
+                            },
+                        ),
                     ];
                     for (what, want, got) in cases {
                         for i in 0..m * n {
@@ -359,7 +379,10 @@ mod tests {
                     let mut c = vec![9f32; m * n];
                     cx.nn((m, n, k), &a, &b, &mut c, false).unwrap();
                     let want = naive(m, n, k, |i, p| a[i * k + p], |p, j| b[p * n + j]);
-                    assert!(c.iter().zip(&want).all(|(g, w)| (*g as f64 - w).abs() < 1e-3));
+                    assert!(c
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| (*g as f64 - w).abs() < 1e-3));
                 }
             }
         }
@@ -369,6 +392,8 @@ mod tests {
     fn wrong_lengths_are_errors() {
         let cx = Compute::new(1);
         let mut c = vec![0f32; 4];
-        assert!(cx.nn((2, 2, 2), &[0.0; 3], &[0.0; 4], &mut c, false).is_err());
+        assert!(cx
+            .nn((2, 2, 2), &[0.0; 3], &[0.0; 4], &mut c, false)
+            .is_err());
     }
 }

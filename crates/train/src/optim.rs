@@ -185,7 +185,13 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f32) -> f32 {
     let ids: Vec<ParamId> = store.ids().filter(|&id| store.trainable(id)).collect();
     let sq: f64 = ids
         .iter()
-        .map(|&id| store.grad(id).iter().map(|&g| g as f64 * g as f64).sum::<f64>())
+        .map(|&id| {
+            store
+                .grad(id)
+                .iter()
+                .map(|&g| g as f64 * g as f64)
+                .sum::<f64>()
+        })
         .sum();
     let norm = sq.sqrt() as f32;
     if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
@@ -238,7 +244,9 @@ mod tests {
         let (mut p, mut m, mut v) = ([1.0f64, -2.0], [0f64; 2], [0f64; 2]);
         for (t, g) in grads.iter().enumerate() {
             store.zero_grads();
-            store.grad_mut(w).copy_from_slice(&[g[0] as f32, g[1] as f32]);
+            store
+                .grad_mut(w)
+                .copy_from_slice(&[g[0] as f32, g[1] as f32]);
             store.grad_mut(b)[0] = 1.0;
             store.grad_mut(f)[0] = 1.0;
             opt.step(&mut store, 0.01).unwrap();
@@ -252,8 +260,8 @@ mod tests {
                 p[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
             }
         }
-        for i in 0..2 {
-            assert!((store.value(w).data()[i] as f64 - p[i]).abs() < 1e-6);
+        for (got, want) in store.value(w).data().iter().zip(p) {
+            assert!((*got as f64 - want).abs() < 1e-6);
         }
         // The vector is not decayed: two steps of Adam with g = 1 move it by 2·lr.
         assert!((store.value(b).data()[0] - (0.5 - 0.02)).abs() < 1e-6);
@@ -263,7 +271,9 @@ mod tests {
     #[test]
     fn clipping_reports_pre_clip_norm() {
         let mut store = ParamStore::new();
-        let a = store.insert("a", Tensor::vector(vec![0.0; 2]), true).unwrap();
+        let a = store
+            .insert("a", Tensor::vector(vec![0.0; 2]), true)
+            .unwrap();
         store.grad_mut(a).copy_from_slice(&[3.0, 4.0]);
         assert_eq!(clip_grad_norm(&mut store, 1.0), 5.0);
         let g = store.grad(a);

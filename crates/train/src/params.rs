@@ -191,7 +191,10 @@ pub struct ParamGrads(pub(crate) Vec<(ParamId, Vec<f32>)>);
 impl ParamGrads {
     /// The gradient of `id`, if the loss depends on it.
     pub fn get(&self, id: ParamId) -> Option<&[f32]> {
-        self.0.iter().find(|(i, _)| *i == id).map(|(_, g)| g.as_slice())
+        self.0
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, g)| g.as_slice())
     }
     /// All (parameter, gradient) pairs.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &[f32])> {

@@ -1,8 +1,8 @@
 //! Resuming from a checkpoint continues bit-exactly; bf16 export loads back.
 
 use peregrine_train::{
-    clip_grad_norm, export_bf16, load_checkpoint, load_params, save_checkpoint, AdamW,
-    AdamWConfig, Compute, LrSchedule, ParamStore, Tape, Tensor,
+    clip_grad_norm, export_bf16, load_checkpoint, load_params, save_checkpoint, AdamW, AdamWConfig,
+    Compute, LrSchedule, ParamStore, Tape, Tensor,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,11 +19,17 @@ fn model(seed: u64) -> ParamStore {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut s = ParamStore::new();
     let mut m = |r: usize, c: usize| {
-        Tensor::matrix(r, c, (0..r * c).map(|_| rng.random_range(-0.5..0.5)).collect()).unwrap()
+        Tensor::matrix(
+            r,
+            c,
+            (0..r * c).map(|_| rng.random_range(-0.5..0.5)).collect(),
+        )
+        .unwrap()
     };
     s.insert("l1.weight", m(16, 8), true).unwrap();
     s.insert("l2.weight", m(5, 16), true).unwrap();
-    s.insert("norm.weight", Tensor::vector(vec![1.0; 16]), true).unwrap();
+    s.insert("norm.weight", Tensor::vector(vec![1.0; 16]), true)
+        .unwrap();
     s
 }
 
@@ -46,7 +52,9 @@ fn train_step(store: &mut ParamStore, adam: &mut AdamW, sched: &LrSchedule, cx: 
         let h = tape.silu(h).unwrap();
         let h = tape.rms_norm(h, n, 1e-6).unwrap();
         let z = tape.linear(h, w2, None).unwrap();
-        let l = tape.softmax_cross_entropy_hard(z, &y, &[1.0; 6], 6.0).unwrap();
+        let l = tape
+            .softmax_cross_entropy_hard(z, &y, &[1.0; 6], 6.0)
+            .unwrap();
         tape.backward(l).unwrap()
     };
     store.accumulate(&grads).unwrap();
@@ -58,8 +66,16 @@ fn train_step(store: &mut ParamStore, adam: &mut AdamW, sched: &LrSchedule, cx: 
 #[test]
 fn resume_is_bit_exact() {
     let cx = Compute::new(1);
-    let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-    let sched = LrSchedule { peak: 3e-2, floor: 1e-3, warmup_steps: 3, total_steps: 20 };
+    let cfg = AdamWConfig {
+        weight_decay: 0.1,
+        ..AdamWConfig::default()
+    };
+    let sched = LrSchedule {
+        peak: 3e-2,
+        floor: 1e-3,
+        warmup_steps: 3,
+        total_steps: 20,
+    };
     let n = 12;
 
     let mut straight = model(5);
@@ -96,7 +112,14 @@ fn resume_is_bit_exact() {
             straight.name(id)
         );
     }
-    assert!(save_checkpoint(&path, &straight, &adam, &sched, &BTreeMap::from([("step".into(), "1".into())])).is_err());
+    assert!(save_checkpoint(
+        &path,
+        &straight,
+        &adam,
+        &sched,
+        &BTreeMap::from([("step".into(), "1".into())])
+    )
+    .is_err());
 }
 
 #[test]
@@ -110,14 +133,26 @@ fn bf16_export_loads_back() {
     assert_eq!(got, meta);
     for id in store.ids() {
         for (a, b) in store.value(id).data().iter().zip(back.value(id).data()) {
-            assert!((a - b).abs() <= a.abs() / 256.0, "bf16 keeps 8 bits of mantissa");
+            assert!(
+                (a - b).abs() <= a.abs() / 256.0,
+                "bf16 keeps 8 bits of mantissa"
+            );
             assert_eq!(*b, half::bf16::from_f32(*a).to_f32());
         }
     }
     // A training checkpoint is not accepted where the format is wrong, and vice versa.
     assert!(load_checkpoint(&path, &mut back).is_err());
     let mut wrong = ParamStore::new();
-    wrong.insert("l1.weight", Tensor::zeros(peregrine_train::Shape::matrix(8, 16)), true).unwrap();
-    assert!(load_params(&path, &mut wrong).is_err(), "shape mismatch is an error");
+    wrong
+        .insert(
+            "l1.weight",
+            Tensor::zeros(peregrine_train::Shape::matrix(8, 16)),
+            true,
+        )
+        .unwrap();
+    assert!(
+        load_params(&path, &mut wrong).is_err(),
+        "shape mismatch is an error"
+    );
     assert!(load_params(&tmp("missing.safetensors"), &mut wrong).is_err());
 }

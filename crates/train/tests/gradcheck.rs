@@ -7,6 +7,9 @@
 //! below (they bound f32 rounding of the op, not the finite difference, whose error in f64 is
 //! ~1e-10).
 
+// The f64 references are written as plain index loops on purpose (read like the maths).
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use peregrine_train::{Compute, KeyLists, MatmulBackend, ParamStore, Shape, Tape, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -99,29 +102,60 @@ const TIGHT: Tol = Tol {
 fn linear() {
     let mut rng = StdRng::seed_from_u64(1);
     for &(m, n, k) in &[(1, 1, 1), (3, 5, 7), (9, 4, 13), (70, 11, 67)] {
-        let ins = [mat(&mut rng, m, k, 1.0), mat(&mut rng, n, k, 1.0), vecn(&mut rng, n, 1.0)];
+        let ins = [
+            mat(&mut rng, m, k, 1.0),
+            mat(&mut rng, n, k, 1.0),
+            vecn(&mut rng, n, 1.0),
+        ];
         let reference = |x: &[Vec<f64>]| {
             let mut y = vec![0f64; m * n];
             for i in 0..m {
                 for j in 0..n {
-                    y[i * n + j] = x[2][j] + (0..k).map(|p| x[0][i * k + p] * x[1][j * k + p]).sum::<f64>();
+                    y[i * n + j] = x[2][j]
+                        + (0..k)
+                            .map(|p| x[0][i * k + p] * x[1][j * k + p])
+                            .sum::<f64>();
                 }
             }
             y
         };
-        let tol = Tol { fwd: 1e-5 * (k as f64).sqrt(), atol: 1e-4, rtol: 1e-4 };
-        check("linear", &mut rng, &ins, &|t, v| t.linear(v[0], v[1], Some(v[2])).unwrap(), &reference, tol);
+        let tol = Tol {
+            fwd: 1e-5 * (k as f64).sqrt(),
+            atol: 1e-4,
+            rtol: 1e-4,
+        };
+        check(
+            "linear",
+            &mut rng,
+            &ins,
+            &|t, v| t.linear(v[0], v[1], Some(v[2])).unwrap(),
+            &reference,
+            tol,
+        );
         let nb = |x: &[Vec<f64>]| {
             let mut y = vec![0f64; m * n];
             for i in 0..m {
                 for j in 0..n {
-                    y[i * n + j] = (0..k).map(|p| x[0][i * k + p] * x[1][j * k + p]).sum::<f64>();
+                    y[i * n + j] = (0..k)
+                        .map(|p| x[0][i * k + p] * x[1][j * k + p])
+                        .sum::<f64>();
                 }
             }
             y
         };
-        let tol = Tol { fwd: 1e-5 * (k as f64).sqrt(), atol: 1e-4, rtol: 1e-4 };
-        check("linear (no bias)", &mut rng, &ins[..2], &|t, v| t.linear(v[0], v[1], None).unwrap(), &nb, tol);
+        let tol = Tol {
+            fwd: 1e-5 * (k as f64).sqrt(),
+            atol: 1e-4,
+            rtol: 1e-4,
+        };
+        check(
+            "linear (no bias)",
+            &mut rng,
+            &ins[..2],
+            &|t, v| t.linear(v[0], v[1], None).unwrap(),
+            &nb,
+            tol,
+        );
     }
 }
 
@@ -130,15 +164,69 @@ fn elementwise() {
     let mut rng = StdRng::seed_from_u64(2);
     for &(r, c) in &[(1, 1), (3, 7), (5, 13)] {
         let ab = [mat(&mut rng, r, c, 2.0), mat(&mut rng, r, c, 2.0)];
-        check("add", &mut rng, &ab, &|t, v| t.add(v[0], v[1]).unwrap(), &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a + b).collect(), TIGHT);
-        check("sub", &mut rng, &ab, &|t, v| t.sub(v[0], v[1]).unwrap(), &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a - b).collect(), TIGHT);
-        check("mul", &mut rng, &ab, &|t, v| t.mul(v[0], v[1]).unwrap(), &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a * b).collect(), TIGHT);
-        check("mul (aliased)", &mut rng, &ab[..1], &|t, v| t.mul(v[0], v[0]).unwrap(), &|x| x[0].iter().map(|a| a * a).collect(), TIGHT);
+        check(
+            "add",
+            &mut rng,
+            &ab,
+            &|t, v| t.add(v[0], v[1]).unwrap(),
+            &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a + b).collect(),
+            TIGHT,
+        );
+        check(
+            "sub",
+            &mut rng,
+            &ab,
+            &|t, v| t.sub(v[0], v[1]).unwrap(),
+            &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a - b).collect(),
+            TIGHT,
+        );
+        check(
+            "mul",
+            &mut rng,
+            &ab,
+            &|t, v| t.mul(v[0], v[1]).unwrap(),
+            &|x| x[0].iter().zip(&x[1]).map(|(a, b)| a * b).collect(),
+            TIGHT,
+        );
+        check(
+            "mul (aliased)",
+            &mut rng,
+            &ab[..1],
+            &|t, v| t.mul(v[0], v[0]).unwrap(),
+            &|x| x[0].iter().map(|a| a * a).collect(),
+            TIGHT,
+        );
         let xv = [mat(&mut rng, r, c, 2.0), vecn(&mut rng, c, 2.0)];
-        check("mul_row", &mut rng, &xv, &|t, v| t.mul_row(v[0], v[1]).unwrap(), &|x| x[0].iter().enumerate().map(|(i, a)| a * x[1][i % c]).collect(), TIGHT);
-        check("scale", &mut rng, &ab[..1], &|t, v| t.scale(v[0], -1.7).unwrap(), &|x| x[0].iter().map(|a| a * -1.7f32 as f64).collect(), TIGHT);
+        check(
+            "mul_row",
+            &mut rng,
+            &xv,
+            &|t, v| t.mul_row(v[0], v[1]).unwrap(),
+            &|x| {
+                x[0].iter()
+                    .enumerate()
+                    .map(|(i, a)| a * x[1][i % c])
+                    .collect()
+            },
+            TIGHT,
+        );
+        check(
+            "scale",
+            &mut rng,
+            &ab[..1],
+            &|t, v| t.scale(v[0], -1.7).unwrap(),
+            &|x| x[0].iter().map(|a| a * -1.7f32 as f64).collect(),
+            TIGHT,
+        );
         let big = [mat(&mut rng, r, c, 6.0)];
-        check("silu", &mut rng, &big, &|t, v| t.silu(v[0]).unwrap(), &|x| x[0].iter().map(|a| a / (1.0 + (-a).exp())).collect(), TIGHT);
+        check(
+            "silu",
+            &mut rng,
+            &big,
+            &|t, v| t.silu(v[0]).unwrap(),
+            &|x| x[0].iter().map(|a| a / (1.0 + (-a).exp())).collect(),
+            TIGHT,
+        );
     }
 }
 
@@ -146,14 +234,32 @@ fn elementwise() {
 fn reductions() {
     let mut rng = StdRng::seed_from_u64(3);
     let x = [mat(&mut rng, 7, 5, 1.0)];
-    check("sum", &mut rng, &x, &|t, v| t.sum(v[0]).unwrap(), &|x| vec![x[0].iter().sum()], TIGHT);
-    check("mean", &mut rng, &x, &|t, v| t.mean(v[0]).unwrap(), &|x| vec![x[0].iter().sum::<f64>() / 35.0], TIGHT);
+    check(
+        "sum",
+        &mut rng,
+        &x,
+        &|t, v| t.sum(v[0]).unwrap(),
+        &|x| vec![x[0].iter().sum()],
+        TIGHT,
+    );
+    check(
+        "mean",
+        &mut rng,
+        &x,
+        &|t, v| t.mean(v[0]).unwrap(),
+        &|x| vec![x[0].iter().sum::<f64>() / 35.0],
+        TIGHT,
+    );
 }
 
 #[test]
 fn concat_and_slice() {
     let mut rng = StdRng::seed_from_u64(4);
-    let ins = [mat(&mut rng, 3, 2, 1.0), mat(&mut rng, 3, 5, 1.0), mat(&mut rng, 3, 1, 1.0)];
+    let ins = [
+        mat(&mut rng, 3, 2, 1.0),
+        mat(&mut rng, 3, 5, 1.0),
+        mat(&mut rng, 3, 1, 1.0),
+    ];
     let cat = |x: &[Vec<f64>]| {
         let mut y = Vec::new();
         for r in 0..3 {
@@ -163,12 +269,37 @@ fn concat_and_slice() {
         }
         y
     };
-    check("concat_cols", &mut rng, &ins, &|t, v| t.concat_cols(v).unwrap(), &cat, TIGHT);
+    check(
+        "concat_cols",
+        &mut rng,
+        &ins,
+        &|t, v| t.concat_cols(v).unwrap(),
+        &cat,
+        TIGHT,
+    );
     let x = [mat(&mut rng, 4, 9, 1.0)];
-    let sl = |x: &[Vec<f64>]| (0..4).flat_map(|r| x[0][r * 9 + 2..r * 9 + 7].to_vec()).collect();
-    check("slice_cols", &mut rng, &x, &|t, v| t.slice_cols(v[0], 2, 5).unwrap(), &sl, TIGHT);
+    let sl = |x: &[Vec<f64>]| {
+        (0..4)
+            .flat_map(|r| x[0][r * 9 + 2..r * 9 + 7].to_vec())
+            .collect()
+    };
+    check(
+        "slice_cols",
+        &mut rng,
+        &x,
+        &|t, v| t.slice_cols(v[0], 2, 5).unwrap(),
+        &sl,
+        TIGHT,
+    );
     let rows = [mat(&mut rng, 2, 3, 1.0), mat(&mut rng, 5, 3, 1.0)];
-    check("concat_rows", &mut rng, &rows, &|t, v| t.concat_rows(v).unwrap(), &|x| [x[0].clone(), x[1].clone()].concat(), TIGHT);
+    check(
+        "concat_rows",
+        &mut rng,
+        &rows,
+        &|t, v| t.concat_rows(v).unwrap(),
+        &|x| [x[0].clone(), x[1].clone()].concat(),
+        TIGHT,
+    );
 }
 
 #[test]
@@ -176,8 +307,19 @@ fn embedding() {
     let mut rng = StdRng::seed_from_u64(5);
     let ids = [3u32, 0, 3, 6, 1];
     let table = [mat(&mut rng, 7, 5, 1.0)];
-    let reference = |x: &[Vec<f64>]| ids.iter().flat_map(|&i| x[0][i as usize * 5..i as usize * 5 + 5].to_vec()).collect();
-    check("embedding", &mut rng, &table, &|t, v| t.embedding(v[0], &ids).unwrap(), &reference, TIGHT);
+    let reference = |x: &[Vec<f64>]| {
+        ids.iter()
+            .flat_map(|&i| x[0][i as usize * 5..i as usize * 5 + 5].to_vec())
+            .collect()
+    };
+    check(
+        "embedding",
+        &mut rng,
+        &table,
+        &|t, v| t.embedding(v[0], &ids).unwrap(),
+        &reference,
+        TIGHT,
+    );
     // A frozen table: a constant gets no gradient and the op still works.
     let store = ParamStore::new();
     let cx = Compute::new(1);
@@ -185,7 +327,10 @@ fn embedding() {
     let c = tape.constant(table[0].clone());
     let e = tape.embedding(c, &ids).unwrap();
     assert!(!tape.needs_grad(e));
-    assert!(tape.embedding(c, &[7]).is_err(), "out-of-range id is an error");
+    assert!(
+        tape.embedding(c, &[7]).is_err(),
+        "out-of-range id is an error"
+    );
 }
 
 fn rms_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
@@ -194,7 +339,10 @@ fn rms_ref(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
         .flat_map(|r| {
             let ms = r.iter().map(|v| v * v).sum::<f64>() / d as f64;
             let s = 1.0 / (ms + eps).sqrt();
-            r.iter().zip(w).map(move |(v, w)| v * s * w).collect::<Vec<_>>()
+            r.iter()
+                .zip(w)
+                .map(move |(v, w)| v * s * w)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -204,8 +352,19 @@ fn rms_norm() {
     let mut rng = StdRng::seed_from_u64(6);
     for &(r, d) in &[(1, 1), (3, 7), (6, 33)] {
         let ins = [mat(&mut rng, r, d, 2.0), vecn(&mut rng, d, 1.5)];
-        let tol = Tol { fwd: 1e-5, atol: 2e-4, rtol: 2e-4 };
-        check("rms_norm", &mut rng, &ins, &|t, v| t.rms_norm(v[0], v[1], 1e-5).unwrap(), &|x| rms_ref(&x[0], &x[1], 1e-5f32 as f64), tol);
+        let tol = Tol {
+            fwd: 1e-5,
+            atol: 2e-4,
+            rtol: 2e-4,
+        };
+        check(
+            "rms_norm",
+            &mut rng,
+            &ins,
+            &|t, v| t.rms_norm(v[0], v[1], 1e-5).unwrap(),
+            &|x| rms_ref(&x[0], &x[1], 1e-5f32 as f64),
+            tol,
+        );
     }
 }
 
@@ -233,11 +392,27 @@ fn rope() {
         let pos: Vec<usize> = (0..t).map(|i| i * 3 + 1).collect();
         let ins = [mat(&mut rng, t, nh * hd, 1.0)];
         let p2 = pos.clone();
-        check("rope", &mut rng, &ins, &|tp, v| tp.rope(v[0], &p2, hd, 10000.0).unwrap(), &|x| rope_ref(&x[0], &pos, hd, 10000.0), TIGHT);
+        check(
+            "rope",
+            &mut rng,
+            &ins,
+            &|tp, v| tp.rope(v[0], &p2, hd, 10000.0).unwrap(),
+            &|x| rope_ref(&x[0], &pos, hd, 10000.0),
+            TIGHT,
+        );
     }
 }
 
-fn attn_ref(q: &[f64], k: &[f64], v: &[f64], mask: &[bool], t: usize, s: usize, nh: usize, nkv: usize) -> Vec<f64> {
+fn attn_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[bool],
+    t: usize,
+    s: usize,
+    nh: usize,
+    nkv: usize,
+) -> Vec<f64> {
     let hd = q.len() / t / nh;
     let (qc, kc) = (nh * hd, nkv * hd);
     let mut out = vec![0f64; t * qc];
@@ -250,7 +425,12 @@ fn attn_ref(q: &[f64], k: &[f64], v: &[f64], mask: &[bool], t: usize, s: usize, 
             }
             let sc: Vec<f64> = allowed
                 .iter()
-                .map(|&j| (0..hd).map(|d| q[i * qc + h * hd + d] * k[j * kc + g * hd + d]).sum::<f64>() / (hd as f64).sqrt())
+                .map(|&j| {
+                    (0..hd)
+                        .map(|d| q[i * qc + h * hd + d] * k[j * kc + g * hd + d])
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
                 .collect();
             let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let den: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
@@ -269,13 +449,22 @@ fn attn_ref(q: &[f64], k: &[f64], v: &[f64], mask: &[bool], t: usize, s: usize, 
 fn attention_gqa_and_empty_rows() {
     let mut rng = StdRng::seed_from_u64(8);
     // (T, S, heads, KV heads, head dim): GQA 4:1 and 3:1, MHA, MQA.
-    for &(t, s, nh, nkv, hd) in &[(5, 7, 4, 1, 3), (6, 6, 6, 2, 5), (3, 4, 2, 2, 4), (4, 9, 3, 1, 2)] {
+    for &(t, s, nh, nkv, hd) in &[
+        (5, 7, 4, 1, 3),
+        (6, 6, 6, 2, 5),
+        (3, 4, 2, 2, 4),
+        (4, 9, 3, 1, 2),
+    ] {
         let mut mask: Vec<bool> = (0..t * s).map(|_| rng.random_bool(0.6)).collect();
         // Row 1 sees nothing; row 0 sees exactly one key.
         mask[s..2 * s].fill(false);
         mask[..s].fill(false);
         mask[2] = true;
-        let ins = [mat(&mut rng, t, nh * hd, 1.5), mat(&mut rng, s, nkv * hd, 1.5), mat(&mut rng, s, nkv * hd, 1.5)];
+        let ins = [
+            mat(&mut rng, t, nh * hd, 1.5),
+            mat(&mut rng, s, nkv * hd, 1.5),
+            mat(&mut rng, s, nkv * hd, 1.5),
+        ];
         let m2 = mask.clone();
         check(
             "attention",
@@ -283,7 +472,11 @@ fn attention_gqa_and_empty_rows() {
             &ins,
             &|tp, v| tp.attention(v[0], v[1], v[2], &m2, nh, nkv).unwrap(),
             &|x| attn_ref(&x[0], &x[1], &x[2], &mask, t, s, nh, nkv),
-            Tol { fwd: 1e-5, atol: 1e-4, rtol: 1e-4 },
+            Tol {
+                fwd: 1e-5,
+                atol: 1e-4,
+                rtol: 1e-4,
+            },
         );
     }
 }
@@ -300,8 +493,14 @@ fn attention_threads_agree_on_long_causal() {
     let store = ParamStore::new();
     let cx = Compute::new(2);
     let mut tape = Tape::new(&store, &cx);
-    let (qv, kv, vv) = (tape.input(q.clone()), tape.input(k.clone()), tape.input(v.clone()));
-    let o = tape.attention_keys(qv, kv, vv, KeyLists::causal(t), nh, nkv).unwrap();
+    let (qv, kv, vv) = (
+        tape.input(q.clone()),
+        tape.input(k.clone()),
+        tape.input(v.clone()),
+    );
+    let o = tape
+        .attention_keys(qv, kv, vv, KeyLists::causal(t), nh, nkv)
+        .unwrap();
     let o2 = tape.attention(qv, kv, vv, &mask, nh, nkv).unwrap();
     assert_eq!(tape.value(o), tape.value(o2));
     let f = |t: &Tensor| t.data().iter().map(|&x| x as f64).collect::<Vec<_>>();
@@ -341,8 +540,21 @@ fn cross_entropy_hard_and_soft() {
         vec![l / norm as f64]
     };
     let tg = targets.clone();
-    check("ce hard", &mut rng, &logits, &|tp, x| tp.softmax_cross_entropy_hard(x[0], &tg, &weights, norm).unwrap(), &hard, TIGHT);
-    let mut probs = rand_vec(&mut rng, t * v, 1.0).iter().map(|x| x.abs()).collect::<Vec<f32>>();
+    check(
+        "ce hard",
+        &mut rng,
+        &logits,
+        &|tp, x| {
+            tp.softmax_cross_entropy_hard(x[0], &tg, &weights, norm)
+                .unwrap()
+        },
+        &hard,
+        TIGHT,
+    );
+    let mut probs = rand_vec(&mut rng, t * v, 1.0)
+        .iter()
+        .map(|x| x.abs())
+        .collect::<Vec<f32>>();
     for r in probs.chunks_mut(v) {
         let s: f32 = r.iter().sum();
         r.iter_mut().for_each(|p| *p /= s);
@@ -353,14 +565,27 @@ fn cross_entropy_hard_and_soft() {
             .map(|r| {
                 let z = &x[0][r * v..(r + 1) * v];
                 let ls = lse(z);
-                weights[r] as f64 * (0..v).map(|j| probs[r * v + j] as f64 * (ls - z[j])).sum::<f64>()
+                weights[r] as f64
+                    * (0..v)
+                        .map(|j| probs[r * v + j] as f64 * (ls - z[j]))
+                        .sum::<f64>()
             })
             .sum();
         vec![l / norm as f64]
     };
     let p2 = probs.clone();
     let p2: &'static [f32] = Box::leak(p2.into_boxed_slice());
-    check("ce soft", &mut rng, &logits, &|tp, x| tp.softmax_cross_entropy_soft(x[0], p2, &weights, norm).unwrap(), &soft, TIGHT);
+    check(
+        "ce soft",
+        &mut rng,
+        &logits,
+        &|tp, x| {
+            tp.softmax_cross_entropy_soft(x[0], p2, &weights, norm)
+                .unwrap()
+        },
+        &soft,
+        TIGHT,
+    );
 }
 
 #[test]
@@ -370,9 +595,13 @@ fn composite_mlp_through_params() {
     let mut rng = StdRng::seed_from_u64(11);
     let (t, h, i) = (4, 6, 10);
     let mut store = ParamStore::new();
-    let gate = store.insert("gate", mat(&mut rng, i, h, 0.5), true).unwrap();
+    let gate = store
+        .insert("gate", mat(&mut rng, i, h, 0.5), true)
+        .unwrap();
     let up = store.insert("up", mat(&mut rng, i, h, 0.5), true).unwrap();
-    let down = store.insert("down", mat(&mut rng, h, i, 0.5), false).unwrap();
+    let down = store
+        .insert("down", mat(&mut rng, h, i, 0.5), false)
+        .unwrap();
     let x = mat(&mut rng, t, h, 1.0);
     let cx = Compute::new(1);
     let run = |store: &ParamStore| -> (f32, peregrine_train::ParamGrads) {
@@ -389,7 +618,10 @@ fn composite_mlp_through_params() {
         (tape.scalar(l).unwrap(), tape.backward(l).unwrap())
     };
     let (_, grads) = run(&store);
-    assert!(grads.get(down).is_none(), "frozen parameter has no gradient");
+    assert!(
+        grads.get(down).is_none(),
+        "frozen parameter has no gradient"
+    );
     let g_gate = grads.get(gate).unwrap().to_vec();
     store.accumulate(&grads).unwrap();
     assert_eq!(store.grad(gate), &g_gate[..]);
@@ -403,7 +635,11 @@ fn composite_mlp_through_params() {
         let (lm, _) = run(&store);
         store.value_mut(gate).data_mut()[e] = orig;
         let fd = (lp - lm) / (2.0 * hh);
-        assert!((fd - g_gate[e]).abs() < 2e-3 + 2e-2 * fd.abs(), "gate[{e}]: {fd} vs {}", g_gate[e]);
+        assert!(
+            (fd - g_gate[e]).abs() < 2e-3 + 2e-2 * fd.abs(),
+            "gate[{e}]: {fd} vs {}",
+            g_gate[e]
+        );
     }
 }
 
@@ -418,7 +654,11 @@ fn shape_errors_are_errors() {
     assert!(tape.linear(a, b, None).is_err());
     assert!(tape.rope(a, &[0, 1], 2, 1e4).is_err());
     assert!(tape.attention(a, b, b, &[true; 6], 1, 1).is_err());
-    assert!(tape.softmax_cross_entropy_hard(a, &[0, 5], &[1.0, 1.0], 1.0).is_err());
-    assert!(tape.softmax_cross_entropy_hard(a, &[0, 1], &[1.0, 1.0], 0.0).is_err());
+    assert!(tape
+        .softmax_cross_entropy_hard(a, &[0, 5], &[1.0, 1.0], 1.0)
+        .is_err());
+    assert!(tape
+        .softmax_cross_entropy_hard(a, &[0, 1], &[1.0, 1.0], 0.0)
+        .is_err());
     assert!(tape.backward(a).is_err(), "backward needs a scalar");
 }

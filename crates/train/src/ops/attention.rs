@@ -234,19 +234,30 @@ fn forward_rows(
     }
 }
 
+/// Forward values the backward reads.
+#[derive(Clone, Copy)]
+struct Saved<'s> {
+    q: &'s [f32],
+    k: &'s [f32],
+    v: &'s [f32],
+    o: &'s [f32],
+    lse: &'s [f32],
+}
+
 /// Backward for rows `r0..r1`: writes their `dq` rows, adds to `dk`, `dv` (full size).
 #[allow(clippy::too_many_arguments)]
 fn backward_rows(
     (r0, r1): (usize, usize),
     d: Dims,
     keys: &KeyLists,
-    (q, k, v, o, lse): (&[f32], &[f32], &[f32], &[f32], &[f32]),
+    saved: Saved<'_>,
     g: &[f32],
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
     let (qc, kc, hd) = (d.q_cols(), d.kv_cols(), d.hd);
+    let Saved { q, k, v, o, lse } = saved;
     for r in r0..r1 {
         let list = keys.row(r);
         for h in 0..d.n_heads {
@@ -400,7 +411,8 @@ impl Backward for AttentionBack {
                 let mut job = move || {
                     let mut dk = vec![0f32; k.len()];
                     let mut dv = vec![0f32; v.len()];
-                    backward_rows((r0, r1), d, keys, (q, k, v, o, lse), g, dqp, &mut dk, &mut dv);
+                    let saved = Saved { q, k, v, o, lse };
+                    backward_rows((r0, r1), d, keys, saved, g, dqp, &mut dk, &mut dv);
                     (dk, dv)
                 };
                 if ranges.len() == 1 {

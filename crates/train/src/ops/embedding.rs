@@ -45,7 +45,10 @@ impl Backward for EmbeddingBack {
         grads.with(self.table, |acc, _| {
             for (r, &id) in self.ids.iter().enumerate() {
                 let i = id as usize;
-                for (a, v) in acc[i * d..(i + 1) * d].iter_mut().zip(&g[r * d..(r + 1) * d]) {
+                for (a, v) in acc[i * d..(i + 1) * d]
+                    .iter_mut()
+                    .zip(&g[r * d..(r + 1) * d])
+                {
                     *a += v;
                 }
             }

@@ -44,7 +44,12 @@ impl<'a> Tape<'a> {
     /// Sum of all elements → scalar.
     pub fn sum(&mut self, x: Var) -> Result<Var> {
         let s: f64 = self.value(x).iter().map(|&v| v as f64).sum();
-        Ok(self.push_op(Shape::scalar(), vec![s as f32], &[x], SumBack { x, scale: 1.0 }))
+        Ok(self.push_op(
+            Shape::scalar(),
+            vec![s as f32],
+            &[x],
+            SumBack { x, scale: 1.0 },
+        ))
     }
 
     /// Mean of all elements → scalar (an empty input is an error).
@@ -145,7 +150,9 @@ impl<'a> Tape<'a> {
     }
 
     /// `Σ_t w_t · (−Σ_v probs[t,v] · log softmax(logits_t)_v) / normaliser` → scalar, with
-    /// `probs[T, V]` (row-major, borrowed for the tape's life: it is read again by backward).
+    /// `probs[T', V]` (row-major, borrowed for the tape's life: backward reads it again).
+    /// `probs` may cover only the first `T' ≤ T` rows when the rows after it have weight 0
+    /// (sequence ends).
     pub fn softmax_cross_entropy_soft(
         &mut self,
         logits: Var,
@@ -155,11 +162,21 @@ impl<'a> Tape<'a> {
     ) -> Result<Var> {
         let op = "softmax_cross_entropy_soft";
         let (t, v) = self.check_ce(op, logits, row_weights, normaliser)?;
-        if probs.len() != t * v {
+        let covered = probs.len() / v.max(1);
+        if probs.len() % v.max(1) != 0 || covered > t {
             return Err(Error::BufferLen {
-                what: format!("{op} target probabilities [{t}, {v}]"),
+                what: format!("{op} target probabilities [≤{t}, {v}]"),
                 want: t * v,
                 got: probs.len(),
+            });
+        }
+        if let Some(r) = (covered..t).find(|&r| row_weights[r] != 0.0) {
+            return Err(Error::Invalid {
+                what: "cross-entropy row weight",
+                reason: format!(
+                    "row {r} has weight {} but no target distribution ({covered} rows given)",
+                    row_weights[r]
+                ),
             });
         }
         let z = self.value(logits);

@@ -52,7 +52,13 @@ fn rotate(x: &[f32], cols: usize, head_dim: usize, cs: &[f32], sign: f32, y: &mu
 impl Tape<'_> {
     /// RoPE on `x[T, n_heads·head_dim]`, row `t` at position `positions[t]`, base `theta`
     /// (HF halves layout; `head_dim` even).
-    pub fn rope(&mut self, x: Var, positions: &[usize], head_dim: usize, theta: f32) -> Result<Var> {
+    pub fn rope(
+        &mut self,
+        x: Var,
+        positions: &[usize],
+        head_dim: usize,
+        theta: f32,
+    ) -> Result<Var> {
         let s = self.shape(x).clone();
         let (rows, cols) = (s.rows(), s.cols());
         if s.dims().len() != 2

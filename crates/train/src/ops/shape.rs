@@ -66,7 +66,12 @@ impl Tape<'_> {
         for r in 0..rows {
             y.extend_from_slice(&v[r * cols + start..r * cols + start + len]);
         }
-        Ok(self.push_op(Shape::matrix(rows, len), y, &[x], SliceColsBack { x, start }))
+        Ok(self.push_op(
+            Shape::matrix(rows, len),
+            y,
+            &[x],
+            SliceColsBack { x, start },
+        ))
     }
 
     /// Matrices `[r_i, cols]` stacked → `[Σ r_i, cols]`.
