@@ -233,18 +233,233 @@ struct GroupJob<'j, 'a> {
 fn attend_group(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32], use_avx512: bool) {
     #[cfg(target_arch = "x86_64")]
     if use_avx512 {
-        // SAFETY: `use_avx512` is set only after `avx512_available()` (AVX-512 F/VL, FMA, F16C).
-        return unsafe { attend_group_avx512(job, scores, out) };
+        // `use_avx512` is set only after `avx512_available()` (AVX-512 F/VL, FMA, F16C), and
+        // `NC * 16` is the head dimension, as the kernel requires.
+        match job.head_dim {
+            // SAFETY: as above.
+            64 => return unsafe { avx512::attend_group::<4>(job, scores, out) },
+            // SAFETY: as above.
+            128 => return unsafe { avx512::attend_group::<8>(job, scores, out) },
+            _ => {}
+        }
     }
     let _ = use_avx512;
     attend_group_portable(job, scores, out);
 }
 
-/// The same code compiled for AVX-512 (identical results: no reassociation, exact f16 loads).
+impl Keys<'_> {
+    /// The visible keys in cache order: rows `0..n_contiguous`, then `listed[..n_listed]`
+    /// (tree rows visible through the mask, at most 64). Returns `(n_contiguous, n_listed)`.
+    fn visible(&self, listed: &mut [usize; 64]) -> (usize, usize) {
+        match self.visibility {
+            Visibility::Causal => (self.prefix_len + self.row + 1, 0),
+            Visibility::Tree(m) => {
+                let mut n = 0;
+                for j in 0..=self.row {
+                    if m[self.row] >> j & 1 == 1 {
+                        listed[n] = self.prefix_len + j;
+                        n += 1;
+                    }
+                }
+                (self.prefix_len, n)
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
-fn attend_group_avx512(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
-    attend_group_portable(job, scores, out);
+mod avx512 {
+    use super::{softmax_numerators, GroupJob, LANES, MAX_GROUP};
+    use std::arch::x86_64::*;
+
+    /// Folds 16 vectors at once, each as `lanes::reduce16` folds one (8+8, 4+4, 2+2, 1+1):
+    /// lane `i` of the result is the fold of `v[i]`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn reduce16x16(v: &[__m512; 16]) -> __m512 {
+        // a[i] = v[i] + v[i + 8]: quarters (0,1) + (2,3), two vectors per result.
+        let mut a = [_mm512_setzero_ps(); 8];
+        for (j, aj) in a.iter_mut().enumerate() {
+            let (x, y) = (v[2 * j], v[2 * j + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y);
+            *aj = _mm512_add_ps(lo, hi);
+        }
+        // b[i] = a[i] + a[i + 4]: quarters (0,2) + (1,3); result quarters are v[4j..4j+4].
+        let mut b = [_mm512_setzero_ps(); 4];
+        for (j, bj) in b.iter_mut().enumerate() {
+            let (x, y) = (a[2 * j], a[2 * j + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+            *bj = _mm512_add_ps(lo, hi);
+        }
+        // c0 = b0 + b2, c1 = b1 + b3 within each quarter.
+        let mut c = [_mm512_setzero_ps(); 2];
+        for (j, cj) in c.iter_mut().enumerate() {
+            let (x, y) = (b[2 * j], b[2 * j + 1]);
+            let lo = _mm512_shuffle_ps::<0b01_00_01_00>(x, y);
+            let hi = _mm512_shuffle_ps::<0b11_10_11_10>(x, y);
+            *cj = _mm512_add_ps(lo, hi);
+        }
+        // c0 + c1; quarter q, slot s then holds vector 4s + q.
+        let lo = _mm512_shuffle_ps::<0b10_00_10_00>(c[0], c[1]);
+        let hi = _mm512_shuffle_ps::<0b11_01_11_01>(c[0], c[1]);
+        let r = _mm512_add_ps(lo, hi);
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(idx, r)
+    }
+
+    /// 16 f16 values at `p` as f32.
+    ///
+    /// # Safety
+    /// 32 bytes are readable at `p`.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    unsafe fn load_f16x16(p: *const half::f16) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable f16 values.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
+    }
+
+    /// The AVX-512 twin of `attend_group_portable`: the same operations in the same order
+    /// (scores by 16-lane FMA chains folded as `reduce16`, the same softmax, values accumulated
+    /// key by key), with keys and values converted from f16 in registers and the score folds
+    /// done 16 keys at a time.
+    ///
+    /// # Safety
+    /// AVX-512 F/VL, FMA and F16C are present; `job.head_dim == 16 * NC`.
+    #[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
+    pub unsafe fn attend_group<const NC: usize>(
+        job: &GroupJob<'_, '_>,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = job.head_dim;
+        assert_eq!(hd, NC * LANES, "attention: head dimension");
+        let group = job.q.len() / hd;
+        let stride = scores.len() / MAX_GROUP;
+        let mut listed = [0usize; 64];
+        let (n_contiguous, n_listed) = job.keys.visible(&mut listed);
+        let n_keys = n_contiguous + n_listed;
+        assert!(
+            n_keys <= stride && out.len() == group * hd && group <= MAX_GROUP,
+            "attention: scratch or output too small"
+        );
+        let key_row = |i: usize| {
+            if i < n_contiguous {
+                i
+            } else {
+                listed[i - n_contiguous]
+            }
+        };
+        let k_base = job.s.k.as_ptr();
+        let v_base = job.s.v.as_ptr();
+        let row_kv = job.row_kv;
+        let kv_off = job.kv_off;
+        // Every key row read below lies within the cache: `attention` checked that `k`/`v` hold
+        // `prefix_len + n_new` rows of `row_kv`, and `kv_off + hd <= row_kv`.
+        let n_rows = job.keys.prefix_len + job.keys.row + 1;
+        assert!(
+            job.s.k.len() >= n_rows * row_kv
+                && job.s.v.len() >= n_rows * row_kv
+                && kv_off + hd <= row_kv
+        );
+        let scale = _mm512_set1_ps(job.scale);
+
+        // Scores: per key and head, a 16-lane FMA chain over the head's chunks, folded 16 keys
+        // at a time; up to four heads per pass over the keys.
+        for g0 in (0..group).step_by(4) {
+            let ng = (group - g0).min(4);
+            let mut lanes = [[_mm512_setzero_ps(); 16]; 4];
+            let mut n0 = 0;
+            while n0 < n_keys {
+                let n_blk = (n_keys - n0).min(16);
+                for s in 0..16 {
+                    if s >= n_blk {
+                        for lg in lanes.iter_mut().take(ng) {
+                            lg[s] = _mm512_setzero_ps();
+                        }
+                        continue;
+                    }
+                    // SAFETY: the row is within the cache (checked above).
+                    let kr = unsafe { k_base.add(key_row(n0 + s) * row_kv + kv_off) };
+                    let mut kv = [_mm512_setzero_ps(); NC];
+                    for (c, x) in kv.iter_mut().enumerate() {
+                        // SAFETY: chunk `c` of the head lies within the row.
+                        *x = unsafe { load_f16x16(kr.add(16 * c)) };
+                    }
+                    for (gi, lg) in lanes.iter_mut().enumerate().take(ng) {
+                        let q = &job.q[(g0 + gi) * hd..(g0 + gi + 1) * hd];
+                        let mut acc = _mm512_setzero_ps();
+                        for (c, &x) in kv.iter().enumerate() {
+                            // SAFETY: chunk `c` lies within `q` (`hd` values).
+                            let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) };
+                            acc = _mm512_fmadd_ps(qv, x, acc);
+                        }
+                        lg[s] = acc;
+                    }
+                }
+                for (gi, lg) in lanes.iter().enumerate().take(ng) {
+                    let r = _mm512_mul_ps(reduce16x16(lg), scale);
+                    let at = (g0 + gi) * stride + n0;
+                    let dst = &mut scores[at..at + n_blk];
+                    // SAFETY: `dst` has `n_blk <= 16` values; the mask stores exactly those.
+                    unsafe {
+                        _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << n_blk) - 1) as u16, r)
+                    };
+                }
+                n0 += n_blk;
+            }
+        }
+
+        // Softmax numerators and their sums (the portable code, compiled here).
+        let mut inv_sum = [0f32; MAX_GROUP];
+        for (g, inv) in inv_sum.iter_mut().enumerate().take(group) {
+            let sc = &mut scores[g * stride..g * stride + n_keys];
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut chunks = sc.chunks_exact(16);
+            for ch in &mut chunks {
+                // SAFETY: 16 values.
+                m = _mm512_max_ps(unsafe { _mm512_loadu_ps(ch.as_ptr()) }, m);
+            }
+            let mut max = _mm512_reduce_max_ps(m);
+            for &v in chunks.remainder() {
+                max = max.max(v);
+            }
+            *inv = 1.0 / softmax_numerators(sc, max);
+        }
+
+        // Values: out[g] = sum_i p[g][i] v_i, key by key, four heads and 64 dims at a time.
+        for d0 in (0..hd).step_by(64) {
+            let nc = ((hd - d0) / 16).min(4);
+            for g0 in (0..group).step_by(4) {
+                let ng = (group - g0).min(4);
+                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+                for i in 0..n_keys {
+                    // SAFETY: the row is within the cache (checked above).
+                    let vr = unsafe { v_base.add(key_row(i) * row_kv + kv_off + d0) };
+                    let mut vv = [_mm512_setzero_ps(); 4];
+                    for (c, x) in vv.iter_mut().enumerate().take(nc) {
+                        // SAFETY: dims `d0 + 16c..+16` lie within the head.
+                        *x = unsafe { load_f16x16(vr.add(16 * c)) };
+                    }
+                    for (gi, ag) in acc.iter_mut().enumerate().take(ng) {
+                        let p = _mm512_set1_ps(scores[(g0 + gi) * stride + i]);
+                        for c in 0..nc {
+                            ag[c] = _mm512_fmadd_ps(p, vv[c], ag[c]);
+                        }
+                    }
+                }
+                for (gi, ag) in acc.iter().enumerate().take(ng) {
+                    let inv = _mm512_set1_ps(inv_sum[g0 + gi]);
+                    let o = &mut out[(g0 + gi) * hd + d0..(g0 + gi) * hd + d0 + 16 * nc];
+                    for (c, &a) in ag.iter().enumerate().take(nc) {
+                        // SAFETY: `o` holds `16 * nc` values.
+                        unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(a, inv)) };
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Softmax attention of each query head of the group over the visible keys, in cache order.
@@ -342,25 +557,64 @@ mod tests {
 
     #[test]
     fn tree_attention_matches_reference_and_paths_agree() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // (heads, KV heads, head dim, prefix): the portable fallback (32), and the AVX-512
+        // kernels (64, 128) with key counts below, at and past a 16-key fold, and groups of
+        // 1, 3 and 5 heads (two passes of four over the values).
+        for (case, &(n_heads, n_kv_heads, hd, prefix)) in [
+            (4, 2, 32, 5),
+            (9, 3, 64, 5),
+            (9, 3, 64, 12),
+            (9, 3, 64, 37),
+            (2, 2, 64, 16),
+            (10, 2, 128, 29),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for tree in [true, false] {
+                attention_case(case as u64, n_heads, n_kv_heads, hd, prefix, tree);
+            }
+        }
+    }
+
+    fn attention_case(
+        seed: u64,
+        n_heads: usize,
+        n_kv_heads: usize,
+        hd: usize,
+        prefix: usize,
+        tree: bool,
+    ) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3 + seed);
         let shape = AttentionShape {
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 32,
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
         };
-        let (prefix, n_new) = (5, 4);
-        let row_kv = 64;
+        let n_new = 4;
+        let row_kv = n_kv_heads * hd;
+        let row_q = n_heads * hd;
+        let group = n_heads / n_kv_heads;
         let k: Vec<f16> = (0..(prefix + n_new) * row_kv)
             .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
             .collect();
         let v: Vec<f16> = (0..(prefix + n_new) * row_kv)
             .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
             .collect();
-        let q: Vec<f32> = (0..n_new * 128)
+        let q: Vec<f32> = (0..n_new * row_q)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        // Tree: 0 root; 1, 2 children of 0; 3 child of 2.
-        let masks = [0b0001u64, 0b0011, 0b0101, 0b1101];
+        // Tree: 0 root; 1, 2 children of 0; 3 child of 2. Causal: each row sees all before it.
+        let masks = if tree {
+            [0b0001u64, 0b0011, 0b0101, 0b1101]
+        } else {
+            [0b0001u64, 0b0011, 0b0111, 0b1111]
+        };
+        let visibility = if tree {
+            Visibility::Tree(&masks)
+        } else {
+            Visibility::Causal
+        };
         let mut results = Vec::new();
         for avx in [false, true] {
             let pool = ThreadPool::new(2);
@@ -371,13 +625,16 @@ mod tests {
                 k: &k,
                 v: &v,
                 prefix_len: prefix,
-                visibility: Visibility::Tree(&masks),
+                visibility,
                 out: &mut out,
             }];
             attention(&pool, &scratch, shape, &mut seqs).unwrap();
             results.push(out);
         }
-        assert_eq!(results[0], results[1], "portable and AVX-512 paths differ");
+        assert_eq!(
+            results[0], results[1],
+            "portable and AVX-512 paths differ: {n_heads}/{n_kv_heads} heads of {hd}, prefix {prefix}"
+        );
         for (row, &mask) in masks.iter().enumerate() {
             let keys: Vec<usize> = (0..prefix)
                 .chain(
@@ -386,17 +643,17 @@ mod tests {
                         .map(|j| prefix + j),
                 )
                 .collect();
-            for head in 0..4 {
+            for head in 0..n_heads {
                 let want = reference(
-                    &q[row * 128 + head * 32..][..32],
+                    &q[row * row_q + head * hd..][..hd],
                     &keys,
                     &k,
                     &v,
                     row_kv,
-                    (head / 2) * 32,
+                    (head / group) * hd,
                 );
-                for d in 0..32 {
-                    assert!((results[0][row * 128 + head * 32 + d] as f64 - want[d]).abs() < 1e-5);
+                for d in 0..hd {
+                    assert!((results[0][row * row_q + head * hd + d] as f64 - want[d]).abs() < 1e-5);
                 }
             }
         }
