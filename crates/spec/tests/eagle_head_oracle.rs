@@ -2,9 +2,9 @@
 //! (its README entry and docstring say what it computes): tiny random EAGLE-3 and EAGLE-1
 //! heads, written by the script as safetensors, run through target-fed rows, two levels of
 //! drafted rows (tree-masked attention over the head's own cache), a rollback of the drafts,
-//! and more target-fed rows. Outputs `o` and logits are compared by NMSE: 1e-9 with f32
-//! weights (f32 vs float64 arithmetic), 2e-3 with the Q8_0 weights and 8-bit activations the
-//! drafter runs with.
+//! and more target-fed rows. Outputs `o` and logits are compared by NMSE: 1e-6 with f32
+//! weights (f32 arithmetic and the f16 KV cache vs float64; measured ~3e-8), 2e-3 with the
+//! Q8_0 weights and 8-bit activations the drafter runs with (measured ~6e-4).
 
 use peregrine_formats::safetensors_io::SafetensorsFile;
 use peregrine_formats::{GgmlType, ModelConfig};
@@ -168,7 +168,7 @@ fn check(which: &str, file: &str, quantize: bool, bound: f64) {
 
 #[test]
 fn eagle3_head_matches_numpy_f32() {
-    check("eagle3", "eagle3_tiny.safetensors", false, 1e-9);
+    check("eagle3", "eagle3_tiny.safetensors", false, 1e-6);
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn eagle3_head_matches_numpy_q8() {
 
 #[test]
 fn eagle1_head_matches_numpy_f32() {
-    check("eagle1", "eagle1_tiny.safetensors", false, 1e-9);
+    check("eagle1", "eagle1_tiny.safetensors", false, 1e-6);
 }
 
 #[test]

@@ -153,6 +153,7 @@ impl<'a> EagleDrafter<'a> {
     /// forwards. With `want_root`, the last row's logits (when it is the row before the root)
     /// give `root_top`, `k_root` candidates.
     fn catch_up(&mut self, want_root: bool, k_root: usize) -> Result<()> {
+        self.cache.drop_drafts();
         let h = self.head.config().hidden_size;
         let fdim = self.head.config().feature_dim();
         // Row t needs token t + 1.
@@ -203,7 +204,8 @@ impl<'a> EagleDrafter<'a> {
             done += n;
         }
         if done > 0 {
-            self.pending.copy_within(done * fdim..self.n_pending * fdim, 0);
+            self.pending
+                .copy_within(done * fdim..self.n_pending * fdim, 0);
             self.n_pending -= done;
         }
         Ok(())
@@ -246,7 +248,13 @@ impl<'a> EagleDrafter<'a> {
 
     /// Sets row `r` of the next drafted forward: `token` at `pos`, under the drafted row at
     /// `parent_slot` (or the last committed row).
-    fn set_draft_row(&mut self, r: usize, token: u32, pos: usize, parent_slot: usize) -> Result<()> {
+    fn set_draft_row(
+        &mut self,
+        r: usize,
+        token: u32,
+        pos: usize,
+        parent_slot: usize,
+    ) -> Result<()> {
         let h = self.head.config().hidden_size;
         self.model
             .embed_row(token, &mut self.embeds[r * h..(r + 1) * h])?;
@@ -273,7 +281,7 @@ impl<'a> EagleDrafter<'a> {
     ) -> Result<()> {
         let budget = budget.min(MAX_TREE_NODES - 1);
         let children = top_k.min(budget).max(1);
-        let expand = top_k.min(budget).min(HEAD_ROWS).max(1);
+        let expand = top_k.min(budget).clamp(1, HEAD_ROWS);
         let max_depth = depth.min(MAX_TREE_NODES - 1);
         self.cands.clear();
         for &(token, logp) in self.root_top.iter().take(children) {
@@ -288,12 +296,8 @@ impl<'a> EagleDrafter<'a> {
         self.frontier.extend(0..self.cands.len());
         for d in 1..max_depth {
             let cands = &self.cands;
-            self.frontier.sort_by(|&a, &b| {
-                cands[b]
-                    .logp
-                    .total_cmp(&cands[a].logp)
-                    .then(a.cmp(&b))
-            });
+            self.frontier
+                .sort_by(|&a, &b| cands[b].logp.total_cmp(&cands[a].logp).then(a.cmp(&b)));
             self.frontier.truncate(expand);
             self.frontier.retain(|&i| cands[i].logp.is_finite());
             if self.cands.len() >= budget {
@@ -461,8 +465,8 @@ impl<'a> EagleDrafter<'a> {
         self.tree_idx.clear();
         self.tree_idx.resize(len, NONE);
         self.tree_idx[0] = 0;
-        for i in 1..len {
-            let p = self.tree_idx[parents[i]];
+        for (i, &parent) in parents.iter().enumerate().skip(1) {
+            let p = self.tree_idx[parent];
             let ci = self.shape_cand[i];
             if p == NONE || ci == NONE {
                 continue;

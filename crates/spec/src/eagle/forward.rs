@@ -14,14 +14,18 @@
 //! `n = post_attention_layernorm(h)`. Logits: `lm_head(norm(o))` over the draft vocabulary
 //! (EAGLE-3) or the target's LM head applied to `o` (EAGLE-1).
 //!
-//! Matmuls run on the target's thread pool through `peregrine_tensor::matmul`; attention is
-//! computed here in f32 (the head's cache is small: one layer).
+//! Matmuls and attention run on the target's thread pool through `peregrine_tensor`'s kernels
+//! (Q8_0 tiles; attention over an f16 cache, as the target's).
 
 use super::head::{EagleHead, EagleKind};
 use crate::{Error, Result};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use peregrine_tensor::ops::{self, RopeLayout, RopeTable};
-use peregrine_tensor::{matmul, MatmulScratch, MatmulTarget, ThreadPool, Weights};
-use std::sync::Mutex;
+use peregrine_tensor::{
+    attention, matmul, AttentionScratch, AttentionSeq, AttentionShape, MatmulScratch, MatmulTarget,
+    ThreadPool, Visibility, Weights,
+};
 
 /// Most drafted rows a cache holds beyond its committed rows.
 pub const MAX_DRAFT_ROWS: usize = 256;
@@ -29,14 +33,24 @@ pub const MAX_DRAFT_ROWS: usize = 256;
 /// Most draft depth (drafted ancestors of a row).
 const MAX_DEPTH: usize = 64;
 
-/// The head's keys and values, one row per committed position, then drafted rows.
+/// The head's keys and values (f16, as the target's): one row per committed position, then
+/// drafted rows.
+///
+/// Drafted rows live in their own table; to attend, a drafted row's ancestors and itself are
+/// copied right after the committed rows, so that the row sees one contiguous causal run
+/// (the layout `peregrine_tensor::attention` takes).
 pub struct HeadCache {
     kv_dim: usize,
-    capacity: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// Committed rows the cache can hold.
+    context: usize,
+    /// `context + MAX_DEPTH` rows: committed rows, then room for one drafted path.
+    k: Vec<f16>,
+    v: Vec<f16>,
     n_committed: usize,
-    /// Per drafted row (after the committed ones): the cache slot of its drafted parent.
+    /// Drafted rows' keys and values, by drafted index (slot - committed).
+    draft_k: Vec<f16>,
+    draft_v: Vec<f16>,
+    /// Per drafted row: the cache slot of its drafted parent.
     parents: Vec<Option<usize>>,
 }
 
@@ -45,13 +59,15 @@ impl HeadCache {
     pub fn new(head: &EagleHead, context: usize) -> Self {
         let c = head.config();
         let kv_dim = c.n_kv_heads * c.head_dim;
-        let capacity = context + MAX_DRAFT_ROWS;
+        let rows = context + MAX_DEPTH;
         Self {
             kv_dim,
-            capacity,
-            k: vec![0.0; capacity * kv_dim],
-            v: vec![0.0; capacity * kv_dim],
+            context,
+            k: vec![f16::ZERO; rows * kv_dim],
+            v: vec![f16::ZERO; rows * kv_dim],
             n_committed: 0,
+            draft_k: vec![f16::ZERO; MAX_DRAFT_ROWS * kv_dim],
+            draft_v: vec![f16::ZERO; MAX_DRAFT_ROWS * kv_dim],
             parents: Vec::with_capacity(MAX_DRAFT_ROWS),
         }
     }
@@ -73,7 +89,7 @@ impl HeadCache {
 
     /// Most committed rows.
     pub fn context_capacity(&self) -> usize {
-        self.capacity - MAX_DRAFT_ROWS
+        self.context
     }
 
     /// Drops every drafted row.
@@ -152,8 +168,7 @@ pub struct HeadWorkspace {
     angles: Vec<f32>,
     rope: RopeTable,
     mm: MatmulScratch,
-    /// Per thread: attention scores and probabilities.
-    scores: Vec<Mutex<Vec<f32>>>,
+    attn_scratch: AttentionScratch,
 }
 
 impl HeadWorkspace {
@@ -176,7 +191,6 @@ impl HeadWorkspace {
             .into_iter()
             .max()
             .unwrap_or(h);
-        let group = c.n_heads / c.n_kv_heads.max(1);
         let n_threads = n_threads.max(1);
         Self {
             max_rows,
@@ -199,14 +213,7 @@ impl HeadWorkspace {
             angles: vec![0.0; c.head_dim],
             rope: RopeTable::new(c.head_dim, c.rope_theta, 1.0, None),
             mm: MatmulScratch::new(n_threads, widest),
-            scores: (0..n_threads)
-                .map(|_| {
-                    Mutex::new(vec![
-                        0.0;
-                        (cache.capacity + MAX_DEPTH) * group + group * c.head_dim
-                    ])
-                })
-                .collect(),
+            attn_scratch: AttentionScratch::new(n_threads, cache.context + MAX_DEPTH),
         }
     }
 
@@ -262,7 +269,10 @@ impl EagleHead {
             return bad(format!("{m} rows exceed the workspace's {}", ws.max_rows));
         }
         if rows.embeds.len() != m * h {
-            return bad(format!("{} embedding values for {m} rows", rows.embeds.len()));
+            return bad(format!(
+                "{} embedding values for {m} rows",
+                rows.embeds.len()
+            ));
         }
         let first_slot = cache.len();
         match rows.input {
@@ -365,8 +375,12 @@ impl EagleHead {
             EagleKind::Eagle3 => {
                 let u = &mut ws.u[..m * 2 * h];
                 let (input_norm, hidden_norm) = (
-                    self.input_norm.as_deref().expect("EAGLE-3 has input_layernorm"),
-                    self.hidden_norm.as_deref().expect("EAGLE-3 has hidden_norm"),
+                    self.input_norm
+                        .as_deref()
+                        .expect("EAGLE-3 has input_layernorm"),
+                    self.hidden_norm
+                        .as_deref()
+                        .expect("EAGLE-3 has hidden_norm"),
                 );
                 for r in 0..m {
                     let (ue, ug) = u[r * 2 * h..(r + 1) * 2 * h].split_at_mut(h);
@@ -417,15 +431,23 @@ impl EagleHead {
                 RopeLayout::Halves,
             );
         }
-        // Append the rows to the cache.
-        let slots = first_slot * kv_dim..(first_slot + m) * kv_dim;
-        cache.k[slots.clone()].copy_from_slice(&ws.k[..m * kv_dim]);
-        cache.v[slots].copy_from_slice(&ws.v[..m * kv_dim]);
+        // Store the rows' keys and values, then attend.
         match rows.input {
-            HeadInput::Target { .. } => cache.n_committed += m,
-            HeadInput::Drafted { parents, .. } => cache.parents.extend_from_slice(parents),
+            HeadInput::Target { .. } => {
+                let at = first_slot * kv_dim..(first_slot + m) * kv_dim;
+                cache.k[at.clone()].convert_from_f32_slice(&ws.k[..m * kv_dim]);
+                cache.v[at].convert_from_f32_slice(&ws.v[..m * kv_dim]);
+                cache.n_committed += m;
+            }
+            HeadInput::Drafted { parents, .. } => {
+                let d0 = first_slot - cache.n_committed;
+                let at = d0 * kv_dim..(d0 + m) * kv_dim;
+                cache.draft_k[at.clone()].convert_from_f32_slice(&ws.k[..m * kv_dim]);
+                cache.draft_v[at].convert_from_f32_slice(&ws.v[..m * kv_dim]);
+                cache.parents.extend_from_slice(parents);
+            }
         }
-        self.attend(pool, ws, cache, first_slot, m);
+        self.attend(pool, ws, cache, rows.input, first_slot, m)?;
 
         // h = g + o_proj(attn); o = h + mlp(post_norm(h)).
         matmul(
@@ -441,7 +463,12 @@ impl EagleHead {
         let out = &mut ws.out[..m * h];
         out.copy_from_slice(&ws.g[..m * h]);
         ops::add_in_place(out, &ws.tmp[..m * h]);
-        ops::rms_norm(out, &self.post_norm, c.rms_norm_eps, &mut ws.normed[..m * h]);
+        ops::rms_norm(
+            out,
+            &self.post_norm,
+            c.rms_norm_eps,
+            &mut ws.normed[..m * h],
+        );
         let f = c.ffn_size;
         matmul(
             pool,
@@ -516,82 +543,66 @@ impl EagleHead {
         &self,
         pool: &ThreadPool,
         ws: &mut HeadWorkspace,
-        cache: &HeadCache,
+        cache: &mut HeadCache,
+        input: HeadInput<'_>,
         first_slot: usize,
         m: usize,
-    ) {
+    ) -> Result<()> {
         let c = &self.cfg;
-        let hd = c.head_dim;
-        let q_dim = c.n_heads * hd;
-        let kv_dim = cache.kv_dim;
-        let group = c.n_heads / c.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let n_items = m * c.n_kv_heads;
-        let q = &ws.q[..m * q_dim];
-        let scores = &ws.scores;
-        let out = Mutex::new(&mut ws.attn[..m * q_dim]);
-        let work = |item: usize, thread_idx: usize| {
-            let (r, kv_head) = (item / c.n_kv_heads, item % c.n_kv_heads);
-            let slot = first_slot + r;
-            // Visible keys: a run of committed rows, then drafted ancestors (root first).
-            let n_prefix = if slot < cache.n_committed {
-                slot + 1
-            } else {
-                cache.n_committed
-            };
-            let mut extra = [0usize; MAX_DEPTH];
-            let mut n_extra = 0;
-            if slot >= cache.n_committed {
-                let mut s = Some(slot);
-                while let Some(cur) = s {
-                    if n_extra == MAX_DEPTH {
-                        break;
-                    }
-                    extra[n_extra] = cur;
-                    n_extra += 1;
-                    s = cache.parents[cur - cache.n_committed];
-                }
-                extra[..n_extra].reverse();
-            }
-            let n_keys = n_prefix + n_extra;
-            let key = |i: usize| if i < n_prefix { i } else { extra[i - n_prefix] };
-            let mut guard = scores[thread_idx]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let (acc, buf) = guard.split_at_mut(group * hd);
-            let kv = kv_head * hd..(kv_head + 1) * hd;
-            for j in 0..group {
-                let head = kv_head * group + j;
-                let qh = &q[r * q_dim + head * hd..r * q_dim + (head + 1) * hd];
-                let s = &mut buf[j * n_keys..(j + 1) * n_keys];
-                for (i, sv) in s.iter_mut().enumerate() {
-                    let kr = key(i) * kv_dim;
-                    *sv = dot(qh, &cache.k[kr + kv.start..kr + kv.end]) * scale;
-                }
-                softmax(s);
-            }
-            acc.fill(0.0);
-            for i in 0..n_keys {
-                let vr = key(i) * kv_dim;
-                let vrow = &cache.v[vr + kv.start..vr + kv.end];
-                for j in 0..group {
-                    let p = buf[j * n_keys + i];
-                    for (a, &v) in acc[j * hd..(j + 1) * hd].iter_mut().zip(vrow) {
-                        *a += p * v;
-                    }
-                }
-            }
-            let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
-            let at = r * q_dim + kv_head * group * hd;
-            o[at..at + group * hd].copy_from_slice(acc);
+        let shape = AttentionShape {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
         };
-        // Small calls run on this thread: a pool job costs more than it saves.
-        let ctx = first_slot + m;
-        if n_items * ctx < 4096 {
-            (0..n_items).for_each(|i| work(i, 0));
-        } else {
-            pool.run_chunks(n_items, work);
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = cache.kv_dim;
+        if let HeadInput::Target { .. } = input {
+            // Causal over the committed rows: one call.
+            let mut seqs = [AttentionSeq {
+                q: &ws.q[..m * q_dim],
+                k: &cache.k,
+                v: &cache.v,
+                prefix_len: first_slot,
+                visibility: Visibility::Causal,
+                out: &mut ws.attn[..m * q_dim],
+            }];
+            attention(pool, &ws.attn_scratch, shape, &mut seqs)?;
+            return Ok(());
         }
+        // Drafted rows: lay out each row's path (drafted ancestors, root side first, then the
+        // row) right after the committed rows and attend causally from its last row.
+        let committed = cache.n_committed;
+        for r in 0..m {
+            let mut chain = [0usize; MAX_DEPTH];
+            let mut n = 0;
+            let mut s = Some(first_slot + r);
+            while let Some(slot) = s {
+                if n == MAX_DEPTH {
+                    return Err(Error::InvalidRequest(format!(
+                        "EAGLE head forward: drafts deeper than {MAX_DEPTH}"
+                    )));
+                }
+                chain[n] = slot - committed;
+                n += 1;
+                s = cache.parents[slot - committed];
+            }
+            for (i, &d) in chain[..n].iter().rev().enumerate() {
+                let dst = (committed + i) * kv_dim..(committed + i + 1) * kv_dim;
+                let src = d * kv_dim..(d + 1) * kv_dim;
+                cache.k[dst.clone()].copy_from_slice(&cache.draft_k[src.clone()]);
+                cache.v[dst].copy_from_slice(&cache.draft_v[src]);
+            }
+            let mut seqs = [AttentionSeq {
+                q: &ws.q[r * q_dim..(r + 1) * q_dim],
+                k: &cache.k,
+                v: &cache.v,
+                prefix_len: committed + n - 1,
+                visibility: Visibility::Causal,
+                out: &mut ws.attn[r * q_dim..(r + 1) * q_dim],
+            }];
+            attention(pool, &ws.attn_scratch, shape, &mut seqs)?;
+        }
+        Ok(())
     }
 }
 
@@ -601,39 +612,6 @@ fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
             ops::add_in_place(row, b);
         }
     }
-}
-
-/// Dot product in 16 lanes with separate multiply and add (vectorises without FMA).
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    for (l, (&x, &y)) in ra.iter().zip(rb).enumerate() {
-        acc[l] += x * y;
-    }
-    let mut s = [0f32; 8];
-    for l in 0..8 {
-        s[l] = acc[l] + acc[l + 8];
-    }
-    (s[0] + s[4]) + (s[1] + s[5]) + ((s[2] + s[6]) + (s[3] + s[7]))
-}
-
-/// In-place softmax.
-pub(crate) fn softmax(s: &mut [f32]) {
-    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in s.iter_mut() {
-        *v = exp_nonpositive(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    s.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `exp(x)` for `x <= 0` with plain f32 operations (vectorises; no libm call per element):
@@ -666,16 +644,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_and_dot_are_accurate() {
-        for i in 0..2000 {
+    fn exp_is_accurate() {
+        for i in 0..1700 {
             let x = -(i as f32) * 0.05;
             let want = (x as f64).exp();
             let got = exp_nonpositive(x) as f64;
-            assert!((got - want).abs() <= 4e-7 * want + 1e-38, "{x}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 4e-7 * want + 1e-38,
+                "{x}: {got} vs {want}"
+            );
         }
-        let a: Vec<f32> = (0..70).map(|i| i as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..70).map(|i| 1.0 - i as f32 * 0.01).collect();
-        let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-        assert!((dot(&a, &b) as f64 - want).abs() < 1e-3);
     }
 }

@@ -99,7 +99,10 @@ impl Linear {
         if quantize && n_rows.is_multiple_of(TILE_ROWS) && n_cols.is_multiple_of(64) {
             let row_bytes = n_cols / 32 * 34;
             let mut q = vec![0u8; n_rows * row_bytes];
-            for (src, dst) in values.chunks_exact(n_cols).zip(q.chunks_exact_mut(row_bytes)) {
+            for (src, dst) in values
+                .chunks_exact(n_cols)
+                .zip(q.chunks_exact_mut(row_bytes))
+            {
                 peregrine_formats::quant::quantize_row(GgmlType::Q8_0, src, dst)
                     .expect("whole Q8_0 blocks: n_cols is a multiple of 64");
             }
@@ -250,7 +253,12 @@ impl EagleHead {
         };
         let why_mlp = format!("hidden {h}, MLP width {ffn_size} from gate_proj");
         let w_gate = l.matrix(&gate_name, ffn_size, h, &why_mlp)?;
-        let w_up = l.matrix(&format!("{prefix}.mlp.up_proj.weight"), ffn_size, h, &why_mlp)?;
+        let w_up = l.matrix(
+            &format!("{prefix}.mlp.up_proj.weight"),
+            ffn_size,
+            h,
+            &why_mlp,
+        )?;
         let w_down = l.matrix(
             &format!("{prefix}.mlp.down_proj.weight"),
             h,
@@ -270,14 +278,14 @@ impl EagleHead {
             EagleKind::Eagle3 => {
                 let layers = match meta("feature_layers") {
                     None => default_eagle3_layers(target.n_layers),
-                    Some(s) => parse_layers(&s, target.n_layers).map_err(|msg| {
-                        Error::HeadMetadata {
+                    Some(s) => {
+                        parse_layers(&s, target.n_layers).map_err(|msg| Error::HeadMetadata {
                             path: l.path.to_path_buf(),
                             key: "feature_layers",
                             value: s.clone(),
                             msg,
-                        }
-                    })?,
+                        })?
+                    }
                 };
                 let n_feat = layers.len();
                 let fc = l.matrix(

@@ -1,0 +1,304 @@
+//! EAGLE drafting on the real model with random heads: greedy speculative output equals plain
+//! greedy for every tree kind, and the drafter's incremental state (head KV cache caught up
+//! from each verification's accepted path, drafts rolled back, prefix reuse across
+//! generations) drafts exactly the trees a fresh drafter fed the whole context drafts.
+
+mod common;
+
+use common::{model, random_eagle3, specbench_prompts, tokenizer};
+use peregrine_model::generate::prefill_reusing_prefix_with_taps;
+use peregrine_model::{GenerateParams, Session};
+use peregrine_spec::{DraftPlan, Drafter, EagleDrafter, SpecSession, TokenTree, TreeSpec};
+
+fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let params = GenerateParams {
+        max_tokens,
+        ..GenerateParams::default()
+    };
+    let mut s = Session::new(model(), prompt.len() + max_tokens + 8);
+    s.generate(model(), tokenizer(), prompt, &params, &mut |_| {})
+        .expect("plain generation")
+        .tokens
+}
+
+fn spec_with(
+    session: &mut SpecSession,
+    prompt: &[u32],
+    max_tokens: usize,
+    drafter: &mut dyn Drafter,
+    tree: &TreeSpec,
+) -> peregrine_spec::SpecGeneration {
+    let params = GenerateParams {
+        max_tokens,
+        ..GenerateParams::default()
+    };
+    session
+        .generate(
+            model(),
+            tokenizer(),
+            drafter,
+            tree,
+            prompt,
+            &params,
+            &mut |_| {},
+        )
+        .expect("speculative generation")
+}
+
+#[test]
+fn eagle3_greedy_equals_plain() {
+    let head = random_eagle3();
+    for (i, prompt) in [
+        specbench_prompts("mt_bench", 1).remove(0),
+        specbench_prompts("sum", 1).remove(0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let want = plain(prompt, 40);
+        for tree in ["chain:4", "eagle-default", "dynamic:12,6,3", "auto"] {
+            let ctx = prompt.len() + 48;
+            let mut d = EagleDrafter::new(model(), head, ctx).unwrap();
+            let mut s = SpecSession::new(model(), ctx);
+            let got = spec_with(&mut s, prompt, 40, &mut d, &TreeSpec::parse(tree).unwrap());
+            assert_eq!(got.generation.tokens, want, "prompt {i}, tree {tree}");
+            assert_eq!(got.stats.method, "eagle");
+            if tree != "auto" {
+                assert!(got.stats.n_drafted > 0, "tree {tree}: {:?}", got.stats);
+            }
+        }
+    }
+}
+
+#[test]
+fn eagle1_greedy_equals_plain() {
+    let path = std::env::temp_dir().join(format!(
+        "peregrine-eagle1-{}.safetensors",
+        std::process::id()
+    ));
+    common::write_random_eagle1(&path, 9);
+    let head =
+        peregrine_spec::EagleHead::load(&path, model().config(), Default::default()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(head.config().feature_layers, [30]);
+    let prompt = &specbench_prompts("qa", 1)[0];
+    let want = plain(prompt, 24);
+    let ctx = prompt.len() + 32;
+    let mut d = EagleDrafter::new(model(), &head, ctx).unwrap();
+    let mut s = SpecSession::new(model(), ctx);
+    let got = spec_with(
+        &mut s,
+        prompt,
+        24,
+        &mut d,
+        &TreeSpec::parse("dynamic:8,4,2").unwrap(),
+    );
+    assert_eq!(got.generation.tokens, want);
+    assert!(got.stats.n_drafted > 0);
+}
+
+/// The tree a fresh drafter drafts for `context` (its last token the root), with the target's
+/// features computed by one prefill of everything before the root.
+fn fresh_tree(context: &[u32], plan: &DraftPlan<'_>) -> TokenTree {
+    let m = model();
+    let n = context.len() - 1;
+    let mut d = EagleDrafter::new(m, random_eagle3(), n + 8).unwrap();
+    let mut cache = m.new_cache(n + 8);
+    let mut ws = m.new_workspace(512, 1, n + 8);
+    let mut history = Vec::new();
+    let layers = d.feature_layers().to_vec();
+    assert_eq!(d.reuse_prefix(&context[..n]), 0);
+    let rows: Vec<usize> = (0..512).collect();
+    let mut err = None;
+    prefill_reusing_prefix_with_taps(
+        m,
+        &mut cache,
+        &mut ws,
+        &mut history,
+        &context[..n],
+        &layers,
+        &mut |ws, pos, k| {
+            if let Err(e) = d.observe_features(ws, &rows[..k], pos) {
+                err = Some(e);
+            }
+        },
+    )
+    .unwrap();
+    assert!(err.is_none());
+    let mut tree = TokenTree::new();
+    tree.reset(context[n]);
+    d.propose(context, plan, &mut tree).unwrap();
+    tree
+}
+
+/// An EAGLE drafter whose trees are checked against a fresh drafter's, then replaced by the
+/// true continuation hidden among a wrong sibling, so that paths of several tokens (with gaps
+/// in the tree) are accepted and caught up.
+struct Checked<'a> {
+    eagle: EagleDrafter<'a>,
+    truth: Vec<u32>,
+    n_prompt: usize,
+    n_checked: usize,
+}
+
+impl Drafter for Checked<'_> {
+    fn name(&self) -> &'static str {
+        "checked"
+    }
+
+    fn propose(
+        &mut self,
+        context: &[u32],
+        plan: &DraftPlan<'_>,
+        tree: &mut TokenTree,
+    ) -> peregrine_spec::Result<()> {
+        self.eagle.propose(context, plan, tree)?;
+        let done = context.len() - self.n_prompt;
+        if done % 3 != 2 {
+            let fresh = fresh_tree(context, plan);
+            assert_eq!(tree.tokens(), fresh.tokens(), "step at {done} tokens");
+            assert_eq!(tree.parents(), fresh.parents());
+            assert_eq!(tree.scores(), fresh.scores());
+            assert!(tree.len() > 1);
+            self.n_checked += 1;
+        }
+        let root = context[context.len() - 1];
+        tree.reset(root);
+        let mut parent = 0;
+        for depth in 0..(done % 4) {
+            let Some(&t) = self.truth.get(done + depth) else {
+                break;
+            };
+            tree.push(parent, (t + 7) % 49152, 0.5)?;
+            parent = tree.push(parent, t, 0.5)?;
+        }
+        Ok(())
+    }
+
+    fn feature_layers(&self) -> &[usize] {
+        self.eagle.feature_layers()
+    }
+
+    fn reuse_prefix(&mut self, prompt: &[u32]) -> usize {
+        self.eagle.reuse_prefix(prompt)
+    }
+
+    fn observe_features(
+        &mut self,
+        ws: &peregrine_model::Workspace,
+        rows: &[usize],
+        pos: usize,
+    ) -> peregrine_spec::Result<()> {
+        self.eagle.observe_features(ws, rows, pos)
+    }
+
+    fn accept(&mut self, context: &[u32], n_accepted: usize) {
+        self.eagle.accept(context, n_accepted)
+    }
+}
+
+#[test]
+fn incremental_state_drafts_what_a_fresh_drafter_drafts() {
+    let prompt = &specbench_prompts("gsm8k", 1)[0];
+    let want = plain(prompt, 40);
+    let ctx = prompt.len() + 64;
+    let mut checked = Checked {
+        eagle: EagleDrafter::new(model(), random_eagle3(), ctx).unwrap(),
+        truth: want.clone(),
+        n_prompt: prompt.len(),
+        n_checked: 0,
+    };
+    let mut s = SpecSession::new(model(), ctx);
+    let tree = TreeSpec::parse("dynamic:10,4,3").unwrap();
+    let got = spec_with(&mut s, prompt, 24, &mut checked, &tree);
+    assert_eq!(got.generation.tokens, want[..24]);
+    assert!(got.stats.tau() > 1.5, "{:?}", got.stats);
+    assert!(checked.n_checked >= 4);
+    // A second turn that extends the first reuses the cached prefix (the target's and the
+    // head's) and still drafts what a fresh drafter drafts.
+    let mut second = prompt.clone();
+    second.extend_from_slice(&want[..20]);
+    second.extend_from_slice(&specbench_prompts("qa", 1)[0][..8]);
+    checked.truth = plain(&second, 16);
+    checked.n_prompt = second.len();
+    let got = spec_with(
+        &mut s,
+        &second,
+        16,
+        &mut checked,
+        &TreeSpec::parse("eagle-default").unwrap(),
+    );
+    assert_eq!(got.generation.tokens, checked.truth);
+    assert!(
+        got.generation.n_prompt_computed < second.len() / 2,
+        "{}",
+        got.generation.n_prompt_computed
+    );
+}
+
+/// Milliseconds per head forward over 1 and 8 drafted rows (SmolLM2-shaped EAGLE-3 head, Q8_0,
+/// the model's 2 threads), at two context lengths; and per full propose of `auto`'s plan.
+/// A measurement, not a check: `cargo test --release -p peregrine-spec --test eagle_drafting
+/// -- --ignored --nocapture head_forward_speed`.
+#[test]
+#[ignore = "a timing report, not a check"]
+fn head_forward_speed() {
+    use peregrine_spec::eagle::{HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace};
+    let head = random_eagle3();
+    let m = model();
+    let c = head.config();
+    let h = c.hidden_size;
+    for ctx in [256usize, 1024] {
+        let mut cache = HeadCache::new(head, ctx + 8);
+        let mut ws = HeadWorkspace::new(head, 64, &cache, m.n_threads());
+        let feats = vec![0.5f32; 64 * c.feature_dim()];
+        let embeds = vec![0.1f32; 64 * h];
+        let mut pos = 0;
+        while pos < ctx {
+            let n = (ctx - pos).min(64);
+            let positions: Vec<u32> = (pos as u32..(pos + n) as u32).collect();
+            let rows = HeadRows {
+                input: HeadInput::Target {
+                    features: &feats[..n * c.feature_dim()],
+                },
+                embeds: &embeds[..n * h],
+                positions: &positions,
+                logits: HeadLogits::None,
+            };
+            head.forward(m.pool(), None, &mut ws, &mut cache, &rows)
+                .unwrap();
+            pos += n;
+        }
+        for n_rows in [1usize, 8] {
+            let parent_out = vec![0.3f32; n_rows * h];
+            let parents = vec![None; n_rows];
+            let positions = vec![ctx as u32; n_rows];
+            let rows = HeadRows {
+                input: HeadInput::Drafted {
+                    parent_out: &parent_out,
+                    parents: &parents,
+                },
+                embeds: &embeds[..n_rows * h],
+                positions: &positions,
+                logits: HeadLogits::All,
+            };
+            let n_iter = 200;
+            let mut best = f64::INFINITY;
+            let t0 = std::time::Instant::now();
+            for _ in 0..n_iter {
+                let t = std::time::Instant::now();
+                cache.drop_drafts();
+                head.forward(m.pool(), None, &mut ws, &mut cache, &rows)
+                    .unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let mean = t0.elapsed().as_secs_f64() / n_iter as f64;
+            eprintln!(
+                "context {ctx}, {n_rows} drafted rows (draft vocab {}): mean {:.3} ms, best {:.3} ms",
+                c.draft_vocab,
+                mean * 1e3,
+                best * 1e3
+            );
+        }
+    }
+}
