@@ -3,8 +3,16 @@
 use crate::cmd::model_args::Loaded;
 use anyhow::{Context, Result};
 use peregrine_model::{LoadOptions, Model, SamplingParams};
-use peregrine_spec::{Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, TreeSpec};
-use std::path::PathBuf;
+use peregrine_spec::{
+    Drafter, EagleDrafter, EagleHead, HeadOptions, LayerSkipDrafter, ModelDrafter, NgramDrafter,
+    NoDrafter, TreeSpec,
+};
+use std::path::{Path, PathBuf};
+
+/// The EAGLE-3 head shipped for the default model, relative to the repository root.
+const SHIPPED_EAGLE_HEAD: &str = "assets/eagle/SmolLM2-135M-Instruct.eagle3.safetensors";
+/// The model file the shipped head was trained for.
+const SHIPPED_EAGLE_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// LayerSkip chains stop below this cumulative draft probability.
 const LAYERSKIP_MIN_SCORE: f32 = 0.3;
@@ -20,6 +28,9 @@ pub enum SpecMethod {
     Draft,
     /// The target's first `--exit-layer` layers and its LM head (early-exit self-speculation).
     Layerskip,
+    /// An EAGLE draft head (`--eagle`; EAGLE-3 or EAGLE-1) drafting from the target's hidden
+    /// states, EAGLE-2 dynamic trees.
+    Eagle,
 }
 
 /// Speculative-decoding flags.
@@ -38,6 +49,10 @@ pub struct SpecArgs {
     /// Exit layer for `--spec layerskip` (1..layers-1; default: a quarter of the layers).
     #[arg(long)]
     pub exit_layer: Option<usize>,
+    /// EAGLE head (safetensors, EAGLE-3 or EAGLE-1 tensor names) for `--spec eagle`; default
+    /// for SmolLM2-135M-Instruct: the shipped assets/eagle/SmolLM2-135M-Instruct.eagle3.safetensors.
+    #[arg(long)]
+    pub eagle: Option<PathBuf>,
 }
 
 /// Checked speculative settings, with the draft model loaded if one is needed.
@@ -48,6 +63,7 @@ pub struct Prepared {
     pub tree: TreeSpec,
     draft_model: Option<Model>,
     exit_layer: usize,
+    eagle_head: Option<EagleHead>,
 }
 
 impl SpecArgs {
@@ -94,12 +110,51 @@ impl SpecArgs {
             }
             _ => None,
         };
+        let eagle_head = match self.spec {
+            SpecMethod::Eagle => {
+                let path = self.eagle_path(loaded.model.source().path())?;
+                let head = EagleHead::load(&path, loaded.model.config(), HeadOptions::default())
+                    .with_context(|| format!("loading EAGLE head {}", path.display()))?;
+                Some(head)
+            }
+            _ => None,
+        };
         Ok(Some(Prepared {
             method: self.spec,
             tree,
             draft_model,
             exit_layer,
+            eagle_head,
         }))
+    }
+
+    /// `--eagle`, or the shipped head when the model is the default SmolLM2.
+    fn eagle_path(&self, model_path: &Path) -> Result<PathBuf> {
+        if let Some(p) = &self.eagle {
+            return Ok(p.clone());
+        }
+        if model_path.file_name().and_then(|n| n.to_str()) != Some(SHIPPED_EAGLE_MODEL) {
+            anyhow::bail!(
+                "--spec eagle needs --eagle PATH: a head is shipped only for {SHIPPED_EAGLE_MODEL}, not {}",
+                model_path.display()
+            );
+        }
+        let rel = PathBuf::from(SHIPPED_EAGLE_HEAD);
+        let found = if rel.exists() {
+            Some(rel.clone())
+        } else {
+            // Running from elsewhere inside a checkout: look above the binary.
+            std::env::current_exe().ok().and_then(|exe| {
+                exe.ancestors()
+                    .find(|a| a.join(&rel).exists())
+                    .map(|a| a.join(&rel))
+            })
+        };
+        found.with_context(|| {
+            format!(
+                "the shipped EAGLE head {SHIPPED_EAGLE_HEAD} is missing (not in this checkout yet); pass --eagle PATH to use another head"
+            )
+        })
     }
 }
 
@@ -111,6 +166,7 @@ impl Prepared {
             tree: TreeSpec::parse(tree)?,
             draft_model: None,
             exit_layer: 1,
+            eagle_head: None,
         })
     }
 
@@ -142,6 +198,13 @@ impl Prepared {
                 loaded.model.config().n_layers,
                 LAYERSKIP_MIN_SCORE,
             )?),
+            SpecMethod::Eagle => {
+                let head = self
+                    .eagle_head
+                    .as_ref()
+                    .expect("prepare loads the EAGLE head");
+                Box::new(EagleDrafter::new(&loaded.model, head, loaded.ctx)?)
+            }
         })
     }
 }
