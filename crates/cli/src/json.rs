@@ -137,3 +137,50 @@ pub struct SpecBenchReport {
     /// Speculation counters summed over the prompts.
     pub spec: SpecReport,
 }
+
+/// `peregrine bench spec --json` with `--sweep-trees` or `--sweep-specs`: plain decoding and
+/// every (drafter, tree) configuration on the same prompts, in the same run.
+#[derive(Serialize)]
+pub struct SpecSweepReport {
+    /// Prompt file.
+    pub prompts: String,
+    /// Prompts run.
+    pub n_prompts: usize,
+    /// Prompts skipped because they do not fit the context.
+    pub n_skipped: usize,
+    /// New tokens per prompt (at most).
+    pub max_tokens: usize,
+    /// Sampling temperature.
+    pub temperature: f32,
+    /// Threads.
+    pub threads: usize,
+    /// Plain decoding throughput (all prompts' generated tokens over their decode time).
+    pub plain_decode_tok_s: f64,
+    /// The PNG written (`--png`), if any.
+    pub png: Option<String>,
+    /// One entry per configuration, drafters outer, trees inner, in flag order.
+    pub runs: Vec<SpecSweepRun>,
+}
+
+/// One configuration of a [`SpecSweepReport`].
+#[derive(Serialize)]
+pub struct SpecSweepRun {
+    /// Drafter (`--spec` value).
+    pub method: String,
+    /// Tree spec, as given.
+    pub tree: String,
+    /// Nodes the tree drafts at most per step; `null` for `auto` (chosen each step).
+    pub tree_nodes: Option<usize>,
+    /// Drafted nodes verified per target forward, on average (`spec.n_drafted / spec.steps`).
+    pub drafted_per_step: f64,
+    /// Speculative decoding throughput.
+    pub spec_decode_tok_s: f64,
+    /// `spec_decode_tok_s / plain_decode_tok_s` (the report's plain figure).
+    pub speedup: f64,
+    /// Prompts whose greedy output differs from plain (must be 0).
+    pub n_mismatches: usize,
+    /// Their indices.
+    pub mismatched_prompts: Vec<usize>,
+    /// Speculation counters summed over the prompts.
+    pub spec: SpecReport,
+}
