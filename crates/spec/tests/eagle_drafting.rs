@@ -6,7 +6,6 @@
 mod common;
 
 use common::{model, random_eagle3, specbench_prompts, tokenizer};
-use peregrine_model::generate::prefill_reusing_prefix_with_taps;
 use peregrine_model::{GenerateParams, Session};
 use peregrine_spec::{DraftPlan, Drafter, EagleDrafter, SpecSession, TokenTree, TreeSpec};
 
@@ -97,38 +96,8 @@ fn eagle1_greedy_equals_plain() {
     assert!(got.stats.n_drafted > 0);
 }
 
-/// The tree a fresh drafter drafts for `context` (its last token the root), with the target's
-/// features computed by one prefill of everything before the root.
 fn fresh_tree(context: &[u32], plan: &DraftPlan<'_>) -> TokenTree {
-    let m = model();
-    let n = context.len() - 1;
-    let mut d = EagleDrafter::new(m, random_eagle3(), n + 8).unwrap();
-    let mut cache = m.new_cache(n + 8);
-    let mut ws = m.new_workspace(512, 1, n + 8);
-    let mut history = Vec::new();
-    let layers = d.feature_layers().to_vec();
-    assert_eq!(d.reuse_prefix(&context[..n]), 0);
-    let rows: Vec<usize> = (0..512).collect();
-    let mut err = None;
-    prefill_reusing_prefix_with_taps(
-        m,
-        &mut cache,
-        &mut ws,
-        &mut history,
-        &context[..n],
-        &layers,
-        &mut |ws, pos, k| {
-            if let Err(e) = d.observe_features(ws, &rows[..k], pos) {
-                err = Some(e);
-            }
-        },
-    )
-    .unwrap();
-    assert!(err.is_none());
-    let mut tree = TokenTree::new();
-    tree.reset(context[n]);
-    d.propose(context, plan, &mut tree).unwrap();
-    tree
+    common::eagle_tree(random_eagle3(), context, plan)
 }
 
 /// An EAGLE drafter whose trees are checked against a fresh drafter's, then replaced by the

@@ -7,12 +7,16 @@
 //! continuations, theirs) are computed once with the model; the sampling runs then use them
 //! through `walk_sampled`, mapped onto the small set of tokens that occur. Bound as in
 //! `sampling_is_lossless.rs` (Bretagnolle–Huber–Carol, δ = 1e-6, K = the reachable triples).
+//!
+//! EAGLE drafts: the trees an `EagleDrafter` (random EAGLE-3 head whose draft vocabulary holds
+//! the reachable tokens and others) drafts for every reachable context, computed once by the
+//! drafter on the real model, verified by the engine's rule for them (point mass).
 
 mod common;
 
 use common::{model, specbench_prompts};
 use peregrine_model::{ForwardOptions, LogitRows, SamplingParams, SeqInput};
-use peregrine_spec::{walk_sampled, TargetShaper, TokenTree, WalkBuffers};
+use peregrine_spec::{walk_sampled, DraftPlan, EagleHead, TargetShaper, TokenTree, WalkBuffers};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -24,6 +28,9 @@ struct Dists {
     tokens: Vec<u32>,
     p: HashMap<Vec<u32>, Vec<f32>>,
     q: HashMap<Vec<u32>, Vec<f32>>,
+    /// EAGLE trees (parent, token, depth per node after the root) for prefixes of 0 and 1
+    /// tokens.
+    eagle: HashMap<Vec<u32>, Vec<(usize, u32, usize)>>,
 }
 
 fn dists() -> &'static Dists {
@@ -100,6 +107,48 @@ fn compute_dists() -> Dists {
         .collect();
     tokens.sort_unstable();
     tokens.dedup();
+    // EAGLE trees from a random head whose draft vocabulary holds the reachable tokens and a
+    // few others: the first seed whose root children include a token the target can emit, so
+    // that EAGLE drafts get accepted as well as rejected.
+    let mut draft_vocab = tokens.clone();
+    draft_vocab.extend((0..8u32).map(|i| 1000 + 613 * i));
+    draft_vocab.sort_unstable();
+    draft_vocab.dedup();
+    let plan = DraftPlan::Dynamic {
+        budget: 6,
+        depth: 2,
+        top_k: 3,
+    };
+    let path = std::env::temp_dir().join(format!(
+        "peregrine-eagle-lossless-{}.safetensors",
+        std::process::id()
+    ));
+    let mut full_eagle: HashMap<Vec<u32>, Vec<(usize, u32, usize)>> = HashMap::new();
+    for seed in 21..61 {
+        common::write_random_eagle3(&path, &draft_vocab, 3.0, seed);
+        let head = EagleHead::load(&path, m.config(), Default::default()).expect("head loads");
+        full_eagle.clear();
+        for prefix in full_p.keys().filter(|k| k.len() <= 1) {
+            let context: Vec<u32> = prompt.iter().chain(prefix).copied().collect();
+            let tree = common::eagle_tree(&head, &context, &plan);
+            assert!(tree.len() > 1, "the EAGLE drafter drafts");
+            let nodes = (1..tree.len())
+                .map(|i| (tree.parents()[i], tree.tokens()[i], tree.depths()[i]))
+                .collect();
+            full_eagle.insert(prefix.clone(), nodes);
+        }
+        let p0 = &full_p[&vec![]];
+        if full_eagle[&vec![]]
+            .iter()
+            .any(|&(parent, t, _)| parent == 0 && p0[t as usize] > 0.0)
+        {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    tokens.extend(full_eagle.values().flatten().map(|&(_, t, _)| t));
+    tokens.sort_unstable();
+    tokens.dedup();
     let project = |d: &Vec<f32>| tokens.iter().map(|&t| d[t as usize]).collect::<Vec<f32>>();
     let small = |m: &HashMap<Vec<u32>, Vec<f32>>| {
         m.iter()
@@ -113,9 +162,23 @@ fn compute_dists() -> Dists {
             })
             .collect()
     };
+    let to_small = |t: &u32| tokens.binary_search(t).unwrap() as u32;
+    let eagle = full_eagle
+        .iter()
+        .map(|(k, nodes)| {
+            (
+                k.iter().map(to_small).collect(),
+                nodes
+                    .iter()
+                    .map(|&(parent, t, depth)| (parent, to_small(&t), depth))
+                    .collect(),
+            )
+        })
+        .collect();
     Dists {
         p: small(&full_p),
         q: small(&full_q),
+        eagle,
         tokens,
     }
 }
@@ -125,6 +188,7 @@ enum Drafts {
     Chain,
     Sampled(usize),
     TopK(usize),
+    Eagle,
 }
 
 fn draw<R: Rng>(q: &[f32], rng: &mut R) -> u32 {
@@ -147,7 +211,20 @@ fn first_three<R: Rng>(
         let depth = 2 - out.len().min(2);
         let mut tree = TokenTree::new();
         tree.reset(0);
+        if let Drafts::Eagle = drafts {
+            // The drafter's tree for this context, cut to `depth` (a prefix by depth is a
+            // subtree: parents are shallower).
+            let mut index = vec![0usize];
+            for &(parent, t, node_depth) in d.eagle.get(&out).map_or(&[][..], |n| n) {
+                if node_depth <= depth {
+                    index.push(tree.push(index[parent], t, 1.0).unwrap());
+                } else {
+                    index.push(usize::MAX);
+                }
+            }
+        }
         let mut frontier = vec![(0usize, out.clone())];
+        let depth = if let Drafts::Eagle = drafts { 0 } else { depth };
         for _ in 0..depth {
             let mut next = Vec::new();
             for (node, prefix) in frontier {
@@ -156,6 +233,7 @@ fn first_three<R: Rng>(
                 let toks: Vec<u32> = match drafts {
                     Drafts::Chain => vec![draw(q, rng)],
                     Drafts::Sampled(k) => (0..k).map(|_| draw(q, rng)).collect(),
+                    Drafts::Eagle => unreachable!("EAGLE trees are built above"),
                     Drafts::TopK(k) => {
                         let mut ids: Vec<u32> = (0..v as u32).collect();
                         ids.sort_by(|&a, &b| q[b as usize].total_cmp(&q[a as usize]));
@@ -163,7 +241,7 @@ fn first_three<R: Rng>(
                         ids
                     }
                 };
-                if !matches!(drafts, Drafts::TopK(_)) {
+                if matches!(drafts, Drafts::Chain | Drafts::Sampled(_)) {
                     tree.set_child_q(node, q.clone());
                 }
                 for t in toks {
@@ -267,4 +345,17 @@ fn real_model_first_three_tokens_multi_round() {
 #[test]
 fn real_model_first_three_tokens_point_mass() {
     check(Drafts::TopK(3), 13);
+}
+
+#[test]
+fn real_model_first_three_tokens_eagle_drafts() {
+    // Some EAGLE drafts are accepted (the walk is not trivially all rejections).
+    let d = dists();
+    let p0 = &d.p[&vec![]];
+    let hits = d.eagle[&vec![]]
+        .iter()
+        .filter(|&&(parent, t, _)| parent == 0 && p0[t as usize] > 0.0)
+        .count();
+    assert!(hits > 0, "no depth-1 EAGLE draft is in the target's support");
+    check(Drafts::Eagle, 14);
 }

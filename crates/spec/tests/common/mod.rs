@@ -178,3 +178,43 @@ pub fn random_eagle3() -> &'static peregrine_spec::EagleHead {
         head
     })
 }
+
+/// The tree a fresh drafter drafts for `context` (its last token the root), with the target's
+/// features computed by one prefill of everything before the root.
+pub fn eagle_tree(
+    head: &peregrine_spec::EagleHead,
+    context: &[u32],
+    plan: &peregrine_spec::DraftPlan<'_>,
+) -> peregrine_spec::TokenTree {
+    use peregrine_spec::Drafter;
+    let m = model();
+    let n = context.len() - 1;
+    let mut d = peregrine_spec::EagleDrafter::new(m, head, n + 8).unwrap();
+    let mut cache = m.new_cache(n + 8);
+    let mut ws = m.new_workspace(512, 1, n + 8);
+    let mut history = Vec::new();
+    let layers = d.feature_layers().to_vec();
+    assert_eq!(d.reuse_prefix(&context[..n]), 0);
+    let rows: Vec<usize> = (0..512).collect();
+    let mut err = None;
+    peregrine_model::generate::prefill_reusing_prefix_with_taps(
+        m,
+        &mut cache,
+        &mut ws,
+        &mut history,
+        &context[..n],
+        &layers,
+        &mut |ws, pos, k| {
+            if let Err(e) = d.observe_features(ws, &rows[..k], pos) {
+                err = Some(e);
+            }
+        },
+    )
+    .unwrap();
+    assert!(err.is_none());
+    let mut tree = peregrine_spec::TokenTree::new();
+    tree.reset(context[n]);
+    d.propose(context, plan, &mut tree).unwrap();
+    tree
+}
+
