@@ -30,6 +30,7 @@ mod matmul;
 pub mod ops;
 pub mod optim;
 mod params;
+mod simd;
 mod tape;
 mod tensor;
 
@@ -40,5 +41,5 @@ pub use matmul::{Compute, MatmulBackend, JIT_MIN_FLOPS};
 pub use ops::{KeyLists, KeyListsBuilder};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 pub use params::{ParamGrads, ParamId, ParamStore};
-pub use tape::{Gradients, Tape, Var};
+pub use tape::{Gradients, OpTime, Tape, Var};
 pub use tensor::{Shape, Tensor};

@@ -5,7 +5,9 @@ use crate::error::{Error, Result};
 use crate::matmul::Compute;
 use crate::params::{ParamGrads, ParamId, ParamStore};
 use crate::tensor::{Shape, Tensor};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 /// A value on a [`Tape`] (an index into it; only meaningful for the tape that made it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +34,8 @@ enum Leaf {
 
 /// How an op sends the gradient of its output to its inputs.
 pub(crate) trait Backward {
+    /// The op's name (profiles).
+    fn name(&self) -> &'static str;
     /// Adds the input gradients for output gradient `g` of node `out`.
     fn backward(&self, tape: &Tape<'_>, out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()>;
 }
@@ -56,6 +60,23 @@ pub struct Tape<'a> {
     cx: &'a Compute,
     nodes: Vec<Node<'a>>,
     param_vars: HashMap<ParamId, Var>,
+    profile: Option<RefCell<Profile>>,
+}
+
+/// Time spent per op kind, from [`Tape::enable_profiling`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpTime {
+    /// Nodes recorded.
+    pub count: usize,
+    /// Seconds of forward (time from the previous node's recording to this one's).
+    pub forward_s: f64,
+    /// Seconds of backward.
+    pub backward_s: f64,
+}
+
+struct Profile {
+    last: Instant,
+    by_op: BTreeMap<&'static str, OpTime>,
 }
 
 impl<'a> Tape<'a> {
@@ -66,7 +87,24 @@ impl<'a> Tape<'a> {
             cx,
             nodes: Vec::new(),
             param_vars: HashMap::new(),
+            profile: None,
         }
+    }
+
+    /// Starts timing ops: forward time of a node is the time since the previous node was
+    /// recorded (ops compute eagerly), backward time is measured around its backward.
+    pub fn enable_profiling(&mut self) {
+        self.profile = Some(RefCell::new(Profile {
+            last: Instant::now(),
+            by_op: BTreeMap::new(),
+        }));
+    }
+
+    /// Time per op kind so far (empty unless [`Tape::enable_profiling`] was called).
+    pub fn profile(&self) -> Vec<(&'static str, OpTime)> {
+        self.profile.as_ref().map_or(Vec::new(), |p| {
+            p.borrow().by_op.iter().map(|(k, v)| (*k, *v)).collect()
+        })
     }
 
     /// The compute context.
@@ -159,6 +197,15 @@ impl<'a> Tape<'a> {
         backward: impl Backward + 'a,
     ) -> Var {
         debug_assert_eq!(shape.numel(), data.len());
+        if let Some(p) = &self.profile {
+            let mut p = p.borrow_mut();
+            let now = Instant::now();
+            let dt = (now - p.last).as_secs_f64();
+            p.last = now;
+            let e = p.by_op.entry(backward.name()).or_default();
+            e.count += 1;
+            e.forward_s += dt;
+        }
         let needs = inputs.iter().any(|v| self.nodes[v.0].needs_grad);
         let v = Var(self.nodes.len());
         self.nodes.push(Node {
@@ -256,7 +303,12 @@ impl<'a> Tape<'a> {
                 Leaf::Constant => {}
                 Leaf::No => {
                     if let Some(b) = &node.backward {
+                        let t0 = self.profile.as_ref().map(|_| Instant::now());
                         b.backward(self, Var(idx), &g, &mut grads)?;
+                        if let (Some(p), Some(t0)) = (&self.profile, t0) {
+                            let dt = t0.elapsed().as_secs_f64();
+                            p.borrow_mut().by_op.entry(b.name()).or_default().backward_s += dt;
+                        }
                     }
                 }
             }

@@ -9,6 +9,7 @@
 //! split among the compute context's threads, balanced by allowed pairs.
 
 use crate::error::{shape_err, Error, Result};
+use crate::simd::{axpy, dot, exp, multiversion};
 use crate::tape::{Backward, GradBuf, Tape, Var};
 
 /// Allowed keys per query row (compressed rows of a boolean attention mask).
@@ -164,34 +165,11 @@ struct AttentionBack {
     lse: Vec<f32>,
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ar.iter().zip(br) {
-        s += x * y;
-    }
-    s
-}
-
-#[inline]
-fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yv, xv) in y.iter_mut().zip(x) {
-        *yv += alpha * xv;
-    }
-}
-
 /// Forward for rows `r0..r1`: writes their outputs (`out` holds exactly those rows) and lse.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn forward_rows(
-    (r0, r1): (usize, usize),
+    rows: (usize, usize),
     d: Dims,
     keys: &KeyLists,
     q: &[f32],
@@ -200,6 +178,7 @@ fn forward_rows(
     out: &mut [f32],
     lse: &mut [f32],
 ) {
+    let (r0, r1) = rows;
     let (qc, kc, hd) = (d.q_cols(), d.kv_cols(), d.hd);
     let mut p = Vec::new();
     for r in r0..r1 {
@@ -221,7 +200,7 @@ fn forward_rows(
             }
             let mut den = 0f32;
             for pj in p.iter_mut() {
-                *pj = (*pj - mx).exp();
+                *pj = exp(*pj - mx);
                 den += *pj;
             }
             o.fill(0.0);
@@ -246,8 +225,9 @@ struct Saved<'s> {
 
 /// Backward for rows `r0..r1`: writes their `dq` rows, adds to `dk`, `dv` (full size).
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn backward_rows(
-    (r0, r1): (usize, usize),
+    rows: (usize, usize),
     d: Dims,
     keys: &KeyLists,
     saved: Saved<'_>,
@@ -256,6 +236,7 @@ fn backward_rows(
     dk: &mut [f32],
     dv: &mut [f32],
 ) {
+    let (r0, r1) = rows;
     let (qc, kc, hd) = (d.q_cols(), d.kv_cols(), d.hd);
     let Saved { q, k, v, o, lse } = saved;
     for r in r0..r1 {
@@ -273,7 +254,7 @@ fn backward_rows(
             for &j in list {
                 let (ko, vo) = (j as usize * kc + gi * hd, j as usize * kc + gi * hd);
                 let kj = &k[ko..][..hd];
-                let p = (dot(qh, kj) * d.scale - l).exp();
+                let p = exp(dot(qh, kj) * d.scale - l);
                 let dp = dot(gh, &v[vo..][..hd]);
                 let ds = p * (dp - big_d) * d.scale;
                 axpy(ds, kj, dqh);
@@ -282,6 +263,32 @@ fn backward_rows(
             }
         }
     }
+}
+
+multiversion! {
+    fn forward_rows_best(
+        rows: (usize, usize),
+        d: Dims,
+        keys: &KeyLists,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) => forward_rows;
+}
+
+multiversion! {
+    fn backward_rows_best(
+        rows: (usize, usize),
+        d: Dims,
+        keys: &KeyLists,
+        saved: Saved<'_>,
+        g: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) => backward_rows;
 }
 
 impl Tape<'_> {
@@ -358,7 +365,7 @@ impl Tape<'_> {
                 let (l, rest) = std::mem::take(&mut lse_rest).split_at_mut((r1 - r0) * n_heads);
                 lse_rest = rest;
                 let keys = &keys;
-                let mut job = move || forward_rows((r0, r1), d, keys, qv, kv, vv, o, l);
+                let mut job = move || forward_rows_best((r0, r1), d, keys, qv, kv, vv, o, l);
                 if ranges.len() == 1 {
                     job();
                 } else {
@@ -388,6 +395,10 @@ impl Tape<'_> {
 }
 
 impl Backward for AttentionBack {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
     fn backward(&self, tape: &Tape<'_>, out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let d = self.dims;
         let (q, k, v, o) = (
@@ -412,7 +423,7 @@ impl Backward for AttentionBack {
                     let mut dk = vec![0f32; k.len()];
                     let mut dv = vec![0f32; v.len()];
                     let saved = Saved { q, k, v, o, lse };
-                    backward_rows((r0, r1), d, keys, saved, g, dqp, &mut dk, &mut dv);
+                    backward_rows_best((r0, r1), d, keys, saved, g, dqp, &mut dk, &mut dv);
                     (dk, dv)
                 };
                 if ranges.len() == 1 {

@@ -2,6 +2,7 @@
 //! over rows), `scale` (by a constant), `silu`.
 
 use crate::error::{shape_err, Result};
+use crate::simd::{exp, multiversion};
 use crate::tape::{Backward, GradBuf, Tape, Var};
 
 #[derive(Clone, Copy)]
@@ -98,17 +99,50 @@ impl Tape<'_> {
 
     /// `silu(x) = x · σ(x)` elementwise.
     pub fn silu(&mut self, x: Var) -> Result<Var> {
-        let y = self.value(x).iter().map(|&v| v * sigmoid(v)).collect();
+        let mut y = vec![0f32; self.shape(x).numel()];
+        silu_forward(self.value(x), &mut y);
         let shape = self.shape(x).clone();
         Ok(self.push_op(shape, y, &[x], SiluBack { x }))
     }
 }
 
+#[inline(always)]
 fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    1.0 / (1.0 + exp(-v))
+}
+
+#[inline(always)]
+fn silu_forward_kernel(x: &[f32], y: &mut [f32]) {
+    for (yv, &v) in y.iter_mut().zip(x) {
+        *yv = v * sigmoid(v);
+    }
+}
+
+#[inline(always)]
+fn silu_backward_kernel(x: &[f32], g: &[f32], acc: &mut [f32]) {
+    for ((a, gv), &x) in acc.iter_mut().zip(g).zip(x) {
+        let s = sigmoid(x);
+        *a += gv * s * (1.0 + x * (1.0 - s));
+    }
+}
+
+multiversion! {
+    fn silu_forward(x: &[f32], y: &mut [f32]) => silu_forward_kernel;
+}
+
+multiversion! {
+    fn silu_backward(x: &[f32], g: &[f32], acc: &mut [f32]) => silu_backward_kernel;
 }
 
 impl Backward for BinaryBack {
+    fn name(&self) -> &'static str {
+        match self.op {
+            Binary::Add => "add",
+            Binary::Sub => "sub",
+            Binary::Mul => "mul",
+        }
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         match self.op {
             Binary::Add | Binary::Sub => {
@@ -143,6 +177,10 @@ impl Backward for BinaryBack {
 }
 
 impl Backward for MulRowBack {
+    fn name(&self) -> &'static str {
+        "mul_row"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let (xv, vv) = (tape.value(self.x), tape.value(self.v));
         let cols = vv.len();
@@ -165,6 +203,10 @@ impl Backward for MulRowBack {
 }
 
 impl Backward for ScaleBack {
+    fn name(&self) -> &'static str {
+        "scale"
+    }
+
     fn backward(&self, _tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         grads.with(self.x, |acc, _| {
             acc.iter_mut().zip(g).for_each(|(a, v)| *a += self.s * v)
@@ -174,14 +216,13 @@ impl Backward for ScaleBack {
 }
 
 impl Backward for SiluBack {
+    fn name(&self) -> &'static str {
+        "silu"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let xv = tape.value(self.x);
-        grads.with(self.x, |acc, _| {
-            for ((a, gv), &x) in acc.iter_mut().zip(g).zip(xv) {
-                let s = sigmoid(x);
-                *a += gv * s * (1.0 + x * (1.0 - s));
-            }
-        });
+        grads.with(self.x, |acc, _| silu_backward(xv, g, acc));
         Ok(())
     }
 }

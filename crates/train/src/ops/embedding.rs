@@ -40,6 +40,10 @@ impl Tape<'_> {
 }
 
 impl Backward for EmbeddingBack {
+    fn name(&self) -> &'static str {
+        "embedding"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let d = tape.shape(self.table).cols();
         grads.with(self.table, |acc, _| {

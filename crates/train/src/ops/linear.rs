@@ -68,6 +68,10 @@ impl Tape<'_> {
 }
 
 impl Backward for LinearBack {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let (m, n, k) = (self.m, self.n, self.k);
         let cx = tape.compute();

@@ -9,6 +9,7 @@
 //! the same gradient).
 
 use crate::error::{shape_err, Error, Result};
+use crate::simd::{dot, exp, max, multiversion, sum};
 use crate::tape::{Backward, GradBuf, Tape, Var};
 use crate::tensor::Shape;
 
@@ -31,12 +32,27 @@ struct CrossEntropyBack<'a> {
 }
 
 /// `log Σ exp(z)` of one row.
+#[inline(always)]
 fn log_sum_exp(z: &[f32]) -> f32 {
-    let mx = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mx = max(z);
     if mx == f32::NEG_INFINITY {
         return mx;
     }
-    let s: f32 = z.iter().map(|&v| (v - mx).exp()).sum();
+    let mut acc = [0f32; 16];
+    let chunks = z.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] += exp(c[i] - mx);
+        }
+    }
+    let mut s = 0f32;
+    for v in acc {
+        s += v;
+    }
+    for &v in rest {
+        s += exp(v - mx);
+    }
     mx + s.ln()
 }
 
@@ -129,18 +145,11 @@ impl<'a> Tape<'a> {
         }
         let z = self.value(logits);
         let mut lse = vec![0f32; t];
-        let mut total = 0f64;
-        for r in 0..t {
-            if row_weights[r] == 0.0 {
-                continue;
-            }
-            let zr = &z[r * v..(r + 1) * v];
-            lse[r] = log_sum_exp(zr);
-            total += row_weights[r] as f64 * (lse[r] - zr[targets[r] as usize]) as f64;
-        }
+        let hard = Targets::Hard(targets.to_vec());
+        let total = ce_forward(z, v, row_weights, &hard, &mut lse);
         let back = CrossEntropyBack {
             logits,
-            targets: Targets::Hard(targets.to_vec()),
+            targets: hard,
             weights: row_weights.to_vec(),
             normaliser,
             lse,
@@ -181,22 +190,7 @@ impl<'a> Tape<'a> {
         }
         let z = self.value(logits);
         let mut lse = vec![0f32; t];
-        let mut total = 0f64;
-        for r in 0..t {
-            if row_weights[r] == 0.0 {
-                continue;
-            }
-            let zr = &z[r * v..(r + 1) * v];
-            let pr = &probs[r * v..(r + 1) * v];
-            lse[r] = log_sum_exp(zr);
-            let mut ce = 0f64;
-            for (&p, &zv) in pr.iter().zip(zr) {
-                if p != 0.0 {
-                    ce += p as f64 * (lse[r] - zv) as f64;
-                }
-            }
-            total += row_weights[r] as f64 * ce;
-        }
+        let total = ce_forward(z, v, row_weights, &Targets::Soft(probs), &mut lse);
         let back = CrossEntropyBack {
             logits,
             targets: Targets::Soft(probs),
@@ -210,6 +204,10 @@ impl<'a> Tape<'a> {
 }
 
 impl Backward for SumBack {
+    fn name(&self) -> &'static str {
+        "sum"
+    }
+
     fn backward(&self, _tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let d = g[0] * self.scale;
         grads.with(self.x, |acc, _| acc.iter_mut().for_each(|a| *a += d));
@@ -218,34 +216,102 @@ impl Backward for SumBack {
 }
 
 impl Backward for CrossEntropyBack<'_> {
+    fn name(&self) -> &'static str {
+        match self.targets {
+            Targets::Hard(_) => "cross_entropy_hard",
+            Targets::Soft(_) => "cross_entropy_soft",
+        }
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let z = tape.value(self.logits);
         let v = tape.shape(self.logits).cols();
+        let scale = g[0] / self.normaliser;
         grads.with(self.logits, |acc, _| {
-            for (r, &w) in self.weights.iter().enumerate() {
-                if w == 0.0 {
-                    continue;
-                }
-                let c = g[0] * w / self.normaliser;
-                let (zr, ar) = (&z[r * v..(r + 1) * v], &mut acc[r * v..(r + 1) * v]);
-                let l = self.lse[r];
-                match &self.targets {
-                    Targets::Hard(y) => {
-                        for (a, &zv) in ar.iter_mut().zip(zr) {
-                            *a += c * (zv - l).exp();
-                        }
-                        ar[y[r] as usize] -= c;
-                    }
-                    Targets::Soft(p) => {
-                        let pr = &p[r * v..(r + 1) * v];
-                        let mass: f32 = pr.iter().sum();
-                        for ((a, &zv), &pv) in ar.iter_mut().zip(zr).zip(pr) {
-                            *a += c * ((zv - l).exp() * mass - pv);
-                        }
-                    }
-                }
-            }
+            ce_backward(z, v, &self.weights, &self.lse, &self.targets, scale, acc)
         });
         Ok(())
     }
+}
+
+/// Weighted CE sum over rows (not normalised), writing each weighted row's lse.
+#[inline(always)]
+fn ce_forward_kernel(
+    z: &[f32],
+    v: usize,
+    weights: &[f32],
+    targets: &Targets<'_>,
+    lse: &mut [f32],
+) -> f64 {
+    let mut total = 0f64;
+    for (r, &w) in weights.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        let zr = &z[r * v..(r + 1) * v];
+        let l = log_sum_exp(zr);
+        lse[r] = l;
+        let ce = match targets {
+            Targets::Hard(y) => (l - zr[y[r] as usize]) as f64,
+            Targets::Soft(p) => {
+                // Σ_v p (lse − z) = lse·Σp − p·z
+                let pr = &p[r * v..(r + 1) * v];
+                l as f64 * sum(pr) as f64 - dot(pr, zr) as f64
+            }
+        };
+        total += w as f64 * ce;
+    }
+    total
+}
+
+/// `acc += scale · w_t · (softmax(z_t)·Σp_t − p_t)` per weighted row.
+#[inline(always)]
+fn ce_backward_kernel(
+    z: &[f32],
+    v: usize,
+    weights: &[f32],
+    lse: &[f32],
+    targets: &Targets<'_>,
+    scale: f32,
+    acc: &mut [f32],
+) {
+    for (r, &w) in weights.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        let c = scale * w;
+        let (zr, ar) = (&z[r * v..(r + 1) * v], &mut acc[r * v..(r + 1) * v]);
+        let l = lse[r];
+        match targets {
+            Targets::Hard(y) => {
+                for (a, &zv) in ar.iter_mut().zip(zr) {
+                    *a += c * exp(zv - l);
+                }
+                ar[y[r] as usize] -= c;
+            }
+            Targets::Soft(p) => {
+                let pr = &p[r * v..(r + 1) * v];
+                let mass = sum(pr);
+                for ((a, &zv), &pv) in ar.iter_mut().zip(zr).zip(pr) {
+                    *a += c * (exp(zv - l) * mass - pv);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn ce_forward(z: &[f32], v: usize, weights: &[f32], targets: &Targets<'_>, lse: &mut [f32]) -> f64 => ce_forward_kernel;
+}
+
+multiversion! {
+    fn ce_backward(
+        z: &[f32],
+        v: usize,
+        weights: &[f32],
+        lse: &[f32],
+        targets: &Targets<'_>,
+        scale: f32,
+        acc: &mut [f32],
+    ) => ce_backward_kernel;
 }

@@ -38,6 +38,10 @@ impl Tape<'_> {
 }
 
 impl Backward for RmsNormBack {
+    fn name(&self) -> &'static str {
+        "rms_norm"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let (xv, wv) = (tape.value(self.x), tape.value(self.w));
         let d = wv.len();

@@ -83,6 +83,10 @@ impl Tape<'_> {
 }
 
 impl Backward for RopeBack {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let cols = tape.shape(self.x).cols();
         let mut dx = vec![0f32; g.len()];

@@ -103,6 +103,10 @@ impl Tape<'_> {
 }
 
 impl Backward for ConcatColsBack {
+    fn name(&self) -> &'static str {
+        "concat_cols"
+    }
+
     fn backward(&self, _tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let total: usize = self.parts.iter().map(|(_, w)| w).sum();
         let rows = g.len() / total.max(1);
@@ -123,6 +127,10 @@ impl Backward for ConcatColsBack {
 }
 
 impl Backward for SliceColsBack {
+    fn name(&self) -> &'static str {
+        "slice_cols"
+    }
+
     fn backward(&self, tape: &Tape<'_>, out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let cols = tape.shape(self.x).cols();
         let len = tape.shape(out).cols();
@@ -139,6 +147,10 @@ impl Backward for SliceColsBack {
 }
 
 impl Backward for ConcatRowsBack {
+    fn name(&self) -> &'static str {
+        "concat_rows"
+    }
+
     fn backward(&self, tape: &Tape<'_>, _out: Var, g: &[f32], grads: &mut GradBuf) -> Result<()> {
         let mut off = 0;
         for &p in &self.parts {
