@@ -270,4 +270,53 @@ fn head_forward_speed() {
             );
         }
     }
+    // Whole proposals (catch-up already done), on a real context.
+    let prompt = &specbench_prompts("mt_bench", 1)[0];
+    let mut context = prompt.clone();
+    context.push(plain(prompt, 1)[0]);
+    for spec in ["chain:4", "eagle-default", "dynamic:32,16,4", "dynamic:60,6,10"] {
+        let tree_spec = TreeSpec::parse(spec).unwrap();
+        let plan = match &tree_spec {
+            TreeSpec::Shape(s) => DraftPlan::Shape(s),
+            TreeSpec::Dynamic { budget, depth, top_k } => DraftPlan::Dynamic {
+                budget: *budget,
+                depth: *depth,
+                top_k: *top_k,
+            },
+            TreeSpec::Auto => unreachable!(),
+        };
+        let n = context.len() - 1;
+        let mut d = EagleDrafter::new(m, head, n + 8).unwrap();
+        let mut tree = common::eagle_tree(head, &context, &plan);
+        let n_nodes = tree.len();
+        // Feed the same features again so `d` is at the same state as the fresh drafter.
+        let mut cache = m.new_cache(n + 8);
+        let mut tws = m.new_workspace(512, 1, n + 8);
+        let mut history = Vec::new();
+        let layers = d.feature_layers().to_vec();
+        d.reuse_prefix(&context[..n]);
+        let rows: Vec<usize> = (0..512).collect();
+        peregrine_model::generate::prefill_reusing_prefix_with_taps(
+            m, &mut cache, &mut tws, &mut history, &context[..n], &layers,
+            &mut |ws, pos, k| d.observe_features(ws, &rows[..k], pos).unwrap(),
+        )
+        .unwrap();
+        let n_iter = 50;
+        let mut best = f64::INFINITY;
+        let t0 = std::time::Instant::now();
+        for _ in 0..n_iter {
+            let t = std::time::Instant::now();
+            tree.reset(context[n]);
+            d.propose(&context, &plan, &mut tree).unwrap();
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        assert_eq!(tree.len(), n_nodes);
+        eprintln!(
+            "propose {spec} at context {n}: {} nodes, depth {}, mean {:.3} ms, best {:.3} ms",
+            tree.len() - 1,
+            tree.max_depth(),
+            t0.elapsed().as_secs_f64() / n_iter as f64 * 1e3,
+            best * 1e3
+        );
+    }
 }
