@@ -100,9 +100,9 @@ pub enum Error {
         /// The tensor.
         name: String,
         /// Shape found.
-        got: Vec<usize>,
+        got: Box<[usize]>,
         /// Shape the target implies.
-        expected: Vec<usize>,
+        expected: Box<[usize]>,
         /// Where the expected sizes come from.
         why: String,
     },

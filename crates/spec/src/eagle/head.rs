@@ -454,8 +454,8 @@ impl<'a> Loader<'a> {
         Error::HeadShape {
             path: self.path.to_path_buf(),
             name: name.to_string(),
-            got: got.to_vec(),
-            expected: expected.to_vec(),
+            got: got.into(),
+            expected: expected.into(),
             why: why.to_string(),
         }
     }
