@@ -454,7 +454,9 @@ mod avx512 {
                     let o = &mut out[(g0 + gi) * hd + d0..(g0 + gi) * hd + d0 + 16 * nc];
                     for (c, &a) in ag.iter().enumerate().take(nc) {
                         // SAFETY: `o` holds `16 * nc` values.
-                        unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(a, inv)) };
+                        unsafe {
+                            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(a, inv))
+                        };
                     }
                 }
             }
@@ -653,7 +655,9 @@ mod tests {
                     (head / group) * hd,
                 );
                 for d in 0..hd {
-                    assert!((results[0][row * row_q + head * hd + d] as f64 - want[d]).abs() < 1e-5);
+                    assert!(
+                        (results[0][row * row_q + head * hd + d] as f64 - want[d]).abs() < 1e-5
+                    );
                 }
             }
         }

@@ -10,7 +10,7 @@
 
 use crate::act_q8::QuantizedRows;
 use crate::lanes::dot16;
-use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS};
+use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS, TILE_TOKENS};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
@@ -167,7 +167,7 @@ unsafe impl Sync for OutPtr {}
 // SAFETY: as above.
 unsafe impl Send for OutPtr {}
 
-/// Tokens per kernel call and weight rows per cache block.
+/// Tokens per row-kernel call and weight rows per cache block.
 const TOKENS_PER_CALL: usize = 4;
 /// Weight rows per pool chunk (a multiple of the 16-row tile).
 const CHUNK_ROWS: usize = 64;
@@ -205,8 +205,13 @@ pub fn matmul(
             )));
         }
     }
-    if targets.iter().any(|t| t.w.needs_quantized_acts()) {
+    if targets
+        .iter()
+        .any(|t| matches!(t.w, Weights::Rows(w) if w.quant_kind().is_some()))
+    {
         scratch.acts.quantize(x, m, k);
+    } else if targets.iter().any(|t| t.w.needs_quantized_acts()) {
+        scratch.acts.quantize_for_tiles(x, m, k);
     }
     let mut outs = [const { None::<(Weights<'_>, OutPtr)> }; 4];
     if targets.len() > outs.len() {
@@ -264,11 +269,23 @@ fn compute_tiles(
     rows: std::ops::Range<usize>,
 ) {
     debug_assert!(rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS));
-    let mut res = [0f32; 64];
-    for g in rows.start / TILE_ROWS..rows.end / TILE_ROWS {
-        for t0 in (0..m).step_by(TOKENS_PER_CALL) {
-            let n = (m - t0).min(TOKENS_PER_CALL);
-            tile_dot(p, g, &scratch.acts, t0, n, scratch.use_avx512, &mut res);
+    let mut res = [0f32; TILE_ROWS * TILE_TOKENS];
+    let groups = rows.start / TILE_ROWS..rows.end / TILE_ROWS;
+    for g in groups.clone() {
+        for t0 in (0..m).step_by(TILE_TOKENS) {
+            let n = (m - t0).min(TILE_TOKENS);
+            // The first pass over a tile group fetches the next one (within this chunk).
+            let prefetch = (t0 == 0 && g + 1 < groups.end).then_some(g + 1);
+            tile_dot(
+                p,
+                g,
+                &scratch.acts,
+                t0,
+                n,
+                prefetch,
+                scratch.use_avx512,
+                &mut res,
+            );
             for t in 0..n {
                 // SAFETY: token `t0 + t < m` and rows `16g..16g+16 < n_rows`: inside the
                 // `m * n_rows` output; this thread alone owns tile `g` (static split).

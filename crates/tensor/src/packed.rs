@@ -18,7 +18,7 @@
 //! `out = acc + accm`. The integer `sumi` is exact, so the portable twin matches bit for bit,
 //! and no token's result depends on the others in its batch.
 
-use crate::act_q8::QuantizedRows;
+use crate::act_q8::{GroupPtrs, QuantizedRows, GROUP_TOKENS};
 use crate::qdot::QuantKind;
 use half::f16;
 
@@ -114,59 +114,99 @@ impl PackedMatrix {
     }
 }
 
-/// `out[t][0..16] = rows 16g..16g+16 · token t0 + t`, for `t < n` (n ≤ 4), into `out[t*16..]`.
+/// Most tokens one [`tile_dot`] call computes (one token group of the activation layout).
+pub const TILE_TOKENS: usize = GROUP_TOKENS;
+
+/// `out[t*16..t*16+16] = rows 16g..16g+16 · token t0 + t`, for `t < n`. The tokens lie in one
+/// group of the activation layout: `t0 % 8 + n <= 8`. With `prefetch = Some(h)`, tile group `h`
+/// is fetched into the cache along the way (the next group, so that streaming weights from
+/// memory overlaps with computing on cached ones).
+#[allow(clippy::too_many_arguments)]
 pub fn tile_dot(
     m: &PackedMatrix,
     g: usize,
     acts: &QuantizedRows,
     t0: usize,
     n: usize,
+    prefetch: Option<usize>,
     use_avx512: bool,
-    out: &mut [f32; 64],
+    out: &mut [f32; TILE_ROWS * TILE_TOKENS],
 ) {
     assert!(
-        n <= 4 && t0 + n <= acts.m() && acts.k() == m.n_cols,
+        n >= 1
+            && t0 % GROUP_TOKENS + n <= GROUP_TOKENS
+            && t0 + n <= acts.m()
+            && acts.k() == m.n_cols
+            && g < m.n_rows / TILE_ROWS,
         "tile_dot: bad operands"
     );
     let tiles = m.group(g);
     #[cfg(target_arch = "x86_64")]
     if use_avx512 {
-        // SAFETY: callers pass `use_avx512` only when `qdot::avx512_available()`; the assert above
-        // bounds the activation rows, and `tiles` holds `k/32` tiles of this kind.
-        // SAFETY: within bounds, as stated at the top of this loop.
-        unsafe {
-            match n {
-                1 => avx512::tile_dot::<1>(m.kind, tiles, acts, t0, out),
-                2 => avx512::tile_dot::<2>(m.kind, tiles, acts, t0, out),
-                3 => avx512::tile_dot::<3>(m.kind, tiles, acts, t0, out),
-                4 => avx512::tile_dot::<4>(m.kind, tiles, acts, t0, out),
-                _ => {}
+        let a = acts.group(t0 / GROUP_TOKENS);
+        let off = t0 % GROUP_TOKENS;
+        // SAFETY: offsetting within the group's first block (`off < 8` tokens).
+        let a = unsafe {
+            GroupPtrs {
+                qs: a.qs.add(off * 32),
+                d: a.d.add(off),
+                s: a.s.add(off),
+                corr: a.corr.add(off),
             }
+        };
+        let nb = m.n_cols / 32;
+        let (t, o) = (tiles.as_ptr(), out.as_mut_ptr());
+        let pf = match prefetch {
+            Some(h) if h < m.n_rows / TILE_ROWS => m.group(h).as_ptr(),
+            _ => std::ptr::null(),
+        };
+        macro_rules! dispatch {
+            ($kernel:ident) => {
+                // SAFETY: callers pass `use_avx512` only when `qdot::avx512_available()`;
+                // `tiles` holds `nb` tiles of this kind; the group holds `nb` blocks of tokens
+                // `off..off + n` (asserted above); `out` holds `16 * n` values.
+                unsafe {
+                    match n {
+                        1 => avx512::$kernel::<1>(t, nb, a, pf, o),
+                        2 => avx512::$kernel::<2>(t, nb, a, pf, o),
+                        3 => avx512::$kernel::<3>(t, nb, a, pf, o),
+                        4 => avx512::$kernel::<4>(t, nb, a, pf, o),
+                        5 => avx512::$kernel::<5>(t, nb, a, pf, o),
+                        6 => avx512::$kernel::<6>(t, nb, a, pf, o),
+                        7 => avx512::$kernel::<7>(t, nb, a, pf, o),
+                        _ => avx512::$kernel::<8>(t, nb, a, pf, o),
+                    }
+                }
+            };
+        }
+        match m.kind {
+            QuantKind::Q4_0 => dispatch!(tile_dot_q4_0),
+            QuantKind::Q4_1 => dispatch!(tile_dot_q4_1),
+            QuantKind::Q8_0 => dispatch!(tile_dot_q8_0),
         }
         return;
     }
-    let _ = use_avx512;
+    let _ = (use_avx512, prefetch);
     tile_dot_portable(m.kind, tiles, acts, t0, n, out);
 }
 
-/// Portable twin of the AVX-512 tile kernel.
+/// Portable twin of the AVX-512 tile kernels.
 pub fn tile_dot_portable(
     kind: QuantKind,
     tiles: &[u8],
     acts: &QuantizedRows,
     t0: usize,
     n: usize,
-    out: &mut [f32; 64],
+    out: &mut [f32; TILE_ROWS * TILE_TOKENS],
 ) {
     let tb = PackedMatrix::tile_bytes(kind);
     let n_blocks = acts.k() / 32;
     for t in 0..n {
-        let x = acts.row_qs(t0 + t);
         let mut acc = [0f32; TILE_ROWS];
         let mut accm = [0f32; TILE_ROWS];
         for b in 0..n_blocks {
             let tile = &tiles[b * tb..(b + 1) * tb];
-            let xb = &x[32 * b..32 * b + 32];
+            let xb = acts.block_qs(t0 + t, b);
             let (dx, sx, sumx) = acts.block(t0 + t, b);
             for r in 0..TILE_ROWS {
                 let dw = f16::from_le_bytes([tile[2 * r], tile[2 * r + 1]]).to_f32();
@@ -203,113 +243,181 @@ pub fn tile_dot_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{PackedMatrix, QuantKind};
-    use crate::act_q8::QuantizedRows;
+    use crate::act_q8::{GroupPtrs, GROUP_TOKENS};
     use std::arch::x86_64::*;
 
+    /// Tokens `0..N` of the group: their four activation bytes `4p..4p+4` of block `b`, as a
+    /// broadcast operand.
+    ///
     /// # Safety
-    /// AVX-512 F/BW/VL/VNNI, F16C and FMA are present; `tiles` holds `acts.k()/32` tiles of
-    /// `kind`; rows `t0..t0+N` exist in `acts`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn tile_dot<const N: usize>(
-        kind: QuantKind,
-        tiles: &[u8],
-        acts: &QuantizedRows,
-        t0: usize,
-        out: &mut [f32; 64],
-    ) {
-        let tb = PackedMatrix::tile_bytes(kind);
-        let n_blocks = acts.k() / 32;
-        let mut xq = [std::ptr::null::<i8>(); N];
-        for (t, p) in xq.iter_mut().enumerate() {
-            *p = acts.row_qs(t0 + t).as_ptr();
+    /// Block `b` of the group exists; `t < 8`, `at + 4 <= 32`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn x4(a: &GroupPtrs, b: usize, t: usize, at: usize) -> __m512i {
+        // SAFETY: the caller keeps the offset within block `b`'s 8 x 32 bytes.
+        _mm512_set1_epi32(unsafe {
+            a.qs.add((b * GROUP_TOKENS + t) * 32 + at)
+                .cast::<i32>()
+                .read_unaligned()
+        })
+    }
+
+    /// Prefetches tile `b` (`tb` bytes) of the tile group at `pf`, if not null.
+    #[inline]
+    #[target_feature(enable = "sse")]
+    fn prefetch_tile(pf: *const u8, b: usize, tb: usize) {
+        if pf.is_null() {
+            return;
         }
-        let mut acc = [_mm512_setzero_ps(); N];
-        let mut accm = [_mm512_setzero_ps(); N];
-        let nib = _mm512_set1_epi8(0x0F);
-        for b in 0..n_blocks {
-            // SAFETY (pointer reads below): tile `b` lies within `tiles` (k/32 tiles), and
-            // activation bytes `32b..32b+32` within each row of `k`.
-            // SAFETY: within bounds, as stated at the top of this loop.
-            let tile = unsafe { tiles.as_ptr().add(b * tb) };
-            // SAFETY: within bounds, as stated at the top of this loop.
-            let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.cast()) });
-            match kind {
-                QuantKind::Q4_0 | QuantKind::Q4_1 => {
-                    let q_at = if kind == QuantKind::Q4_1 { 64 } else { 32 };
+        let mut at = b * tb;
+        while at < (b + 1) * tb {
+            // A prefetch never faults; the address stays inside the group anyway.
+            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(at).cast());
+            at += 64;
+        }
+    }
+
+    /// Scalar `v[b][t]` of the group's per-block arrays.
+    ///
+    /// # Safety
+    /// Block `b` of the group exists; `t < 8`.
+    #[inline(always)]
+    unsafe fn at<T: Copy>(p: *const T, b: usize, t: usize) -> T {
+        // SAFETY: as the caller guarantees.
+        unsafe { *p.add(b * GROUP_TOKENS + t) }
+    }
+
+    macro_rules! q4_kernel {
+        ($name:ident, $q4_1:expr) => {
+            /// 16 rows of 4-bit weights times tokens `0..N` of a group; see `tile_dot`.
+            ///
+            /// # Safety
+            /// AVX-512 F/BW/VNNI, F16C and FMA are present; `tiles` holds `nb` tiles of this
+            /// kind; `a` points at a group offset by at most `8 - N` tokens with `nb` blocks;
+            /// `out` holds `16 * N` floats.
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+            pub unsafe fn $name<const N: usize>(
+                tiles: *const u8,
+                nb: usize,
+                a: GroupPtrs,
+                pf: *const u8,
+                out: *mut f32,
+            ) {
+                const Q4_1: bool = $q4_1;
+                let (tb, q_at) = if Q4_1 { (320, 64) } else { (288, 32) };
+                let nib = _mm512_set1_epi8(0x0F);
+                let mut acc = [_mm512_setzero_ps(); N];
+                for b in 0..nb {
+                    // All reads in this loop: tile `b < nb` and block `b` of the group exist,
+                    // and every offset stays inside them (see the function's contract).
+                    // SAFETY: as above.
+                    let tile = unsafe { tiles.add(b * tb) };
+                    prefetch_tile(pf, b, tb);
+                    // SAFETY: as above.
+                    let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.cast()) });
                     let mut lo = [_mm512_setzero_si512(); 4];
                     let mut hi = [_mm512_setzero_si512(); 4];
                     for p in 0..4 {
-                        // SAFETY: within bounds, as stated at the top of this loop.
-                        let packed = unsafe { _mm512_loadu_si512(tile.add(q_at + 64 * p).cast()) };
-                        lo[p] = _mm512_and_si512(packed, nib);
-                        hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), nib);
+                        // SAFETY: as above.
+                        let w = unsafe { _mm512_loadu_si512(tile.add(q_at + 64 * p).cast()) };
+                        lo[p] = _mm512_and_si512(w, nib);
+                        hi[p] = _mm512_and_si512(_mm512_srli_epi16::<4>(w), nib);
                     }
-                    let mw = if kind == QuantKind::Q4_1 {
-                        // SAFETY: within bounds, as stated at the top of this loop.
-                        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.add(32).cast()) })
-                    } else {
-                        _mm512_setzero_ps()
-                    };
                     for t in 0..N {
-                        let (dx, sx, sumx) = acts.block(t0 + t, b);
-                        // SAFETY: within bounds, as stated at the top of this loop.
-                        let x = unsafe { xq[t].add(32 * b) };
-                        let init = if kind == QuantKind::Q4_0 {
-                            -8 * sumx
+                        let mut s0 = if Q4_1 {
+                            _mm512_setzero_si512()
                         } else {
-                            0
+                            // -8 * sum(x) = (-128 * sum(x)) / 16, exact.
+                            // SAFETY: as above.
+                            _mm512_set1_epi32(unsafe { at(a.corr, b, t) } >> 4)
                         };
-                        let mut s0 = _mm512_set1_epi32(init);
                         let mut s1 = _mm512_setzero_si512();
                         for p in 0..4 {
-                            // SAFETY: within bounds, as stated at the top of this loop.
-                            let xl = unsafe { x.add(4 * p).cast::<i32>().read_unaligned() };
-                            // SAFETY: within bounds, as stated at the top of this loop.
-                            let xh = unsafe { x.add(16 + 4 * p).cast::<i32>().read_unaligned() };
-                            s0 = _mm512_dpbusd_epi32(s0, lo[p], _mm512_set1_epi32(xl));
-                            s1 = _mm512_dpbusd_epi32(s1, hi[p], _mm512_set1_epi32(xh));
+                            // SAFETY: as above.
+                            let (xl, xh) =
+                                unsafe { (x4(&a, b, t, 4 * p), x4(&a, b, t, 16 + 4 * p)) };
+                            s0 = _mm512_dpbusd_epi32(s0, lo[p], xl);
+                            s1 = _mm512_dpbusd_epi32(s1, hi[p], xh);
                         }
                         let sumi = _mm512_add_epi32(s0, s1);
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(dx));
+                        // SAFETY: as above.
+                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(unsafe { at(a.d, b, t) }));
                         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc[t]);
-                        if kind == QuantKind::Q4_1 {
-                            accm[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), accm[t]);
+                    }
+                }
+                // The offset term `sum_b m_w[b] * s_x[b]`, block by block in order, in a pass of
+                // its own so the main loop keeps its registers.
+                let mut accm = [_mm512_setzero_ps(); N];
+                if Q4_1 {
+                    for b in 0..nb {
+                        // SAFETY: as in the main loop.
+                        let mw = _mm512_cvtph_ps(unsafe {
+                            _mm256_loadu_si256(tiles.add(b * tb + 32).cast())
+                        });
+                        for (t, am) in accm.iter_mut().enumerate() {
+                            // SAFETY: as in the main loop.
+                            let sx = unsafe { at(a.s, b, t) };
+                            *am = _mm512_fmadd_ps(mw, _mm512_set1_ps(sx), *am);
                         }
                     }
                 }
-                QuantKind::Q8_0 => {
-                    let mut w = [_mm512_setzero_si512(); 8];
-                    for (p, wp) in w.iter_mut().enumerate() {
-                        // SAFETY: within bounds, as stated at the top of this loop.
-                        *wp = unsafe { _mm512_loadu_si512(tile.add(32 + 64 * p).cast()) };
-                    }
-                    for t in 0..N {
-                        let (dx, _, sumx) = acts.block(t0 + t, b);
-                        // SAFETY: within bounds, as stated at the top of this loop.
-                        let x = unsafe { xq[t].add(32 * b) };
-                        let mut s0 = _mm512_set1_epi32(-128 * sumx);
-                        let mut s1 = _mm512_setzero_si512();
-                        for p in 0..4 {
-                            // SAFETY: within bounds, as stated at the top of this loop.
-                            let xa = unsafe { x.add(4 * p).cast::<i32>().read_unaligned() };
-                            // SAFETY: within bounds, as stated at the top of this loop.
-                            let xb = unsafe { x.add(16 + 4 * p).cast::<i32>().read_unaligned() };
-                            s0 = _mm512_dpbusd_epi32(s0, w[p], _mm512_set1_epi32(xa));
-                            s1 = _mm512_dpbusd_epi32(s1, w[p + 4], _mm512_set1_epi32(xb));
-                        }
-                        let sumi = _mm512_add_epi32(s0, s1);
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(dx));
-                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc[t]);
-                    }
+                for t in 0..N {
+                    // SAFETY: `out` holds 16 * N floats.
+                    unsafe { _mm512_storeu_ps(out.add(16 * t), _mm512_add_ps(acc[t], accm[t])) };
                 }
             }
+        };
+    }
+
+    q4_kernel!(tile_dot_q4_0, false);
+    q4_kernel!(tile_dot_q4_1, true);
+
+    /// 16 rows of Q8_0 weights (stored `+128`) times tokens `0..N` of a group.
+    ///
+    /// # Safety
+    /// As for the 4-bit kernels.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    pub unsafe fn tile_dot_q8_0<const N: usize>(
+        tiles: *const u8,
+        nb: usize,
+        a: GroupPtrs,
+        pf: *const u8,
+        out: *mut f32,
+    ) {
+        let tb = 544;
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            // All reads in this loop: tile `b < nb` and block `b` of the group exist, and every
+            // offset stays inside them.
+            // SAFETY: as above.
+            let tile = unsafe { tiles.add(b * tb) };
+            prefetch_tile(pf, b, tb);
+            // SAFETY: as above.
+            let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.cast()) });
+            let mut w = [_mm512_setzero_si512(); 8];
+            for (p, wp) in w.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *wp = unsafe { _mm512_loadu_si512(tile.add(32 + 64 * p).cast()) };
+            }
+            for (t, acc_t) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let mut s0 = _mm512_set1_epi32(unsafe { at(a.corr, b, t) });
+                let mut s1 = _mm512_setzero_si512();
+                for p in 0..4 {
+                    // SAFETY: as above.
+                    let (xa, xb) = unsafe { (x4(&a, b, t, 4 * p), x4(&a, b, t, 16 + 4 * p)) };
+                    s0 = _mm512_dpbusd_epi32(s0, w[p], xa);
+                    s1 = _mm512_dpbusd_epi32(s1, w[p + 4], xb);
+                }
+                let sumi = _mm512_add_epi32(s0, s1);
+                // SAFETY: as above.
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(unsafe { at(a.d, b, t) }));
+                *acc_t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, *acc_t);
+            }
         }
-        for t in 0..N {
-            // SAFETY: `out` has 64 = 4 x 16 floats and t < N <= 4.
-            unsafe {
-                _mm512_storeu_ps(out.as_mut_ptr().add(16 * t), _mm512_add_ps(acc[t], accm[t]))
-            };
+        for (t, &a) in acc.iter().enumerate() {
+            // SAFETY: `out` holds 16 * N floats; `+ 0` as the portable twin's `acc + accm`.
+            unsafe { _mm512_storeu_ps(out.add(16 * t), _mm512_add_ps(a, _mm512_setzero_ps())) };
         }
     }
 }
@@ -339,13 +447,17 @@ mod tests {
             let packed = PackedMatrix::pack(kind, n_rows, k, |r| {
                 &rows[r * row_bytes..(r + 1) * row_bytes]
             });
-            let x: Vec<f32> = (0..4 * k).map(|_| rng.random_range(-3.0..3.0)).collect();
+            let m = 13;
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-3.0..3.0)).collect();
             let mut acts = QuantizedRows::default();
-            acts.quantize(&x, 4, k);
+            acts.quantize(&x, m, k);
             for g in 0..2 {
-                let mut portable = [0f32; 64];
-                tile_dot(&packed, g, &acts, 0, 4, false, &mut portable);
-                for t in 0..4 {
+                // Portable, one token at a time, against the row kernel.
+                let mut portable = vec![0f32; 16 * m];
+                for t in 0..m {
+                    let mut one = [0f32; TILE_ROWS * TILE_TOKENS];
+                    tile_dot(&packed, g, &acts, t, 1, None, false, &mut one);
+                    portable[16 * t..16 * t + 16].copy_from_slice(&one[..16]);
                     for r in 0..16 {
                         let mut want = [0f32];
                         dot_rows_portable(
@@ -363,11 +475,23 @@ mod tests {
                         );
                     }
                 }
-                if avx512_available() {
-                    for n in 1..=4 {
-                        let mut fast = [0f32; 64];
-                        tile_dot(&packed, g, &acts, 4 - n, n, true, &mut fast);
-                        assert_eq!(fast[..16 * n], portable[16 * (4 - n)..], "{kind:?} n={n}");
+                // Every (t0, n) within a token group, both paths, same bits.
+                let mut tiles_only = QuantizedRows::default();
+                tiles_only.quantize_for_tiles(&x, m, k);
+                for avx in [false, true] {
+                    if avx && !avx512_available() {
+                        continue;
+                    }
+                    for t0 in 0..m {
+                        for n in 1..=(TILE_TOKENS - t0 % TILE_TOKENS).min(m - t0) {
+                            let mut got = [0f32; TILE_ROWS * TILE_TOKENS];
+                            tile_dot(&packed, g, &tiles_only, t0, n, Some(g + 1), avx, &mut got);
+                            assert_eq!(
+                                got[..16 * n],
+                                portable[16 * t0..16 * (t0 + n)],
+                                "{kind:?} g={g} t0={t0} n={n} avx={avx}"
+                            );
+                        }
                     }
                 }
             }
