@@ -11,6 +11,7 @@
 //! - [`ParamStore`]: named parameters with gradients; [`Tape`] borrows it, records ops
 //!   ([`ops`]) and returns [`ParamGrads`] from [`Tape::backward`].
 //! - [`Compute`]: matmul backend (JIT sgemm / `gemm` crate) and thread count.
+//! - [`Tape::enable_profiling`] / [`Tape::profile`]: forward and backward time per op kind.
 //! - [`optim`]: [`AdamW`], [`LrSchedule`], [`clip_grad_norm`].
 //! - [`checkpoint`]: save/resume training state; bf16 export of parameters.
 //! - [`eagle3`]: the EAGLE-3 head, its TTT batches and loss.
