@@ -3,6 +3,7 @@
 
 mod cmd;
 mod json;
+mod plot;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;

@@ -8,9 +8,11 @@
 
 pub mod dataset;
 pub mod draft_vocab;
+pub mod head_file;
 pub mod selfgen;
 pub mod sharegpt;
 pub mod target;
+pub mod train_loop;
 
 /// Errors of the distillation pipeline.
 #[derive(Debug, thiserror::Error)]

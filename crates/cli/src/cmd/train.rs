@@ -5,11 +5,23 @@
 
 use crate::cmd::common::{default_model_path, progress_bar};
 use crate::cmd::model_args::{load, ModelArgs};
+use crate::plot::{panels_png, Panel, Series};
 use anyhow::{bail, Context, Result};
 use peregrine_distill::dataset::{chat_prompts, load_samples, save_samples};
+use peregrine_distill::draft_vocab::DraftVocab;
+use peregrine_distill::head_file::write_eagle3_head;
+use peregrine_distill::selfgen::Sample;
 use peregrine_distill::selfgen::{generate_responses, SelfGenConfig};
 use peregrine_distill::sharegpt;
+use peregrine_distill::target::{feature_layers, TargetRunner, TargetTables};
+use peregrine_distill::train_loop::{
+    train_eagle3, warm_start, TrainConfig, TrainHistory, ValPoint,
+};
+use peregrine_model::Model;
 use peregrine_tokenizer::ChatTemplate;
+use peregrine_train::{AdamWConfig, Compute, Eagle3Config, Eagle3Head, TttConfig};
+use rand::SeedableRng;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -65,6 +77,42 @@ pub struct EagleArgs {
     /// Stop after preparing the samples.
     #[arg(long)]
     prepare_only: bool,
+    /// Draft vocabulary: the target tokens most frequent in the responses.
+    #[arg(long, default_value_t = 8192)]
+    draft_vocab: usize,
+    /// Head MLP width (default: the target's).
+    #[arg(long)]
+    intermediate: Option<usize>,
+    /// Training-time-test steps (self-fed unroll).
+    #[arg(long, default_value_t = 5)]
+    ttt_steps: usize,
+    /// Passes over the training sequences.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Tokens per update.
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Warm-up updates.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// AdamW weight decay (matrices only).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Validate every N updates.
+    #[arg(long, default_value_t = 20)]
+    val_every: u64,
+    /// Checkpoint file, resumed when it exists (default: OUT with .ckpt.safetensors).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Training curves (default: OUT with .png); the history goes beside it as JSON.
+    #[arg(long)]
+    png: Option<PathBuf>,
     /// Hide progress bars.
     #[arg(long)]
     quiet: bool,
@@ -194,5 +242,217 @@ fn eagle(args: EagleArgs) -> Result<()> {
     if args.prepare_only {
         return Ok(());
     }
-    bail!("training is not wired in yet")
+    let (train, val) = samples.split_at(args.n_prompts);
+    train_head(&args, &loaded.model, train, val, &key)
+}
+
+fn train_head(
+    args: &EagleArgs,
+    model: &Model,
+    train: &[Sample],
+    val: &[Sample],
+    data_key: &str,
+) -> Result<()> {
+    let c = model.config();
+    let mut counts = vec![0u64; c.vocab_size];
+    for s in train {
+        s.tokens[s.n_prompt..]
+            .iter()
+            .for_each(|&t| counts[t as usize] += 1);
+    }
+    let vocab = DraftVocab::most_frequent(&counts, args.draft_vocab)?;
+    eprintln!(
+        "draft vocabulary: {} tokens cover {:.2}% of the training responses' tokens",
+        vocab.len(),
+        100.0 * vocab.coverage(&counts)
+    );
+    let tables = TargetTables::load(model)?;
+    let lm_head_init: Vec<f32> = vocab
+        .to_target
+        .iter()
+        .flat_map(|&t| tables.embedding(t).iter().copied())
+        .collect();
+    let config = Eagle3Config {
+        hidden: c.hidden_size,
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        intermediate: args.intermediate.unwrap_or(c.ffn_size),
+        draft_vocab: vocab.len(),
+        rms_norm_eps: c.rms_norm_eps,
+        rope_theta: c.rope_base,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let mut head = Eagle3Head::init(
+        config,
+        &mut rng,
+        Some(&lm_head_init),
+        Some(&tables.final_norm),
+    )
+    .context("initialising the head")?;
+    warm_start(&mut head)?;
+    let threads = model.n_threads();
+    let cx = Compute::new(threads);
+    let max_len = train
+        .iter()
+        .chain(val)
+        .map(|s| s.tokens.len())
+        .max()
+        .unwrap_or(2);
+    let mut runner = TargetRunner::new(model, max_len);
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("ckpt.safetensors"));
+    for file in [&args.out, &checkpoint] {
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    let cfg = TrainConfig {
+        ttt: TttConfig {
+            steps: args.ttt_steps,
+            step_decay: 0.8,
+        },
+        adam: AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..AdamWConfig::default()
+        },
+        lr: args.lr,
+        lr_floor_frac: 0.1,
+        warmup_steps: args.warmup,
+        clip: args.clip,
+        batch_tokens: args.batch_tokens,
+        epochs: args.epochs,
+        val_every: args.val_every,
+        checkpoint_every: args.val_every,
+        checkpoint: Some(checkpoint.clone()),
+        seed: args.seed,
+    };
+    eprintln!(
+        "training {} parameters on {} sequences ({} validation), {} threads; checkpoint {}",
+        head.store().n_elements(),
+        train.len(),
+        val.len(),
+        threads,
+        checkpoint.display()
+    );
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        progress_bar(0, "training")
+    };
+    let start = Instant::now();
+    let history = train_eagle3(
+        &mut head,
+        &cx,
+        &mut runner,
+        &tables,
+        &vocab,
+        train,
+        val,
+        &cfg,
+        &mut |h| {
+            bar.set_length(h.total_steps);
+            if let Some(u) = h.updates.last() {
+                bar.set_position(u.step);
+            }
+            if let Some(v) = h.validations.last() {
+                bar.set_message(format!(
+                    "val loss {:.3}, chain tau {:.2}",
+                    v.loss, v.chain_tau
+                ));
+                if args.quiet {
+                    return;
+                }
+                bar.println(format!(
+                    "update {:>4}: val loss {:.4}, chain tau {:.3}, step accuracy {}",
+                    v.step,
+                    v.loss,
+                    v.chain_tau,
+                    v.step_accuracy
+                        .iter()
+                        .map(|a| format!("{a:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+            }
+        },
+    )?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let layers = feature_layers(c.n_layers);
+    let meta = BTreeMap::from([
+        ("target".to_string(), data_key.split('|').next().unwrap_or("").to_string()),
+        ("training".to_string(), format!(
+            "peregrine train eagle: {} sequences x {} epochs, {} updates of {} tokens, {} TTT steps, lr {}",
+            train.len(), args.epochs, history.total_steps, args.batch_tokens, args.ttt_steps, args.lr
+        )),
+    ]);
+    write_eagle3_head(&args.out, &head, &vocab, &layers, &meta)?;
+    let png = args
+        .png
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("png"));
+    let json_path = png.with_extension("json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&history)?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    draw_curves(&png, &history)?;
+    let last = history.validations.last();
+    eprintln!(
+        "wrote {} in {:.0} s ({} updates this run); validation chain tau {:.3}; curves {}, history {}",
+        args.out.display(),
+        secs,
+        history.updates.len(),
+        last.map_or(f64::NAN, |v| v.chain_tau),
+        png.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// Loss (training and validation) and validation acceptance against updates.
+fn draw_curves(path: &std::path::Path, h: &TrainHistory) -> Result<()> {
+    let val = |f: &dyn Fn(&ValPoint) -> f64| -> Vec<(f64, f64)> {
+        h.validations
+            .iter()
+            .map(|v| (v.step as f64, f(v)))
+            .collect()
+    };
+    let mut accuracy: Vec<Series> = vec![Series {
+        name: "chain tau (tokens per target forward)".into(),
+        points: val(&|v| v.chain_tau),
+    }];
+    let steps = h.validations.first().map_or(0, |v| v.step_accuracy.len());
+    for s in 0..steps.min(3) {
+        accuracy.push(Series {
+            name: format!("step {s} top-1 agreement"),
+            points: val(&|v| v.step_accuracy[s]),
+        });
+    }
+    panels_png(
+        path,
+        &[
+            Panel {
+                title: "EAGLE-3 head: TTT loss".into(),
+                x_label: "update".into(),
+                y_label: "loss".into(),
+                series: vec![
+                    Series {
+                        name: "training batch".into(),
+                        points: h.updates.iter().map(|u| (u.step as f64, u.loss)).collect(),
+                    },
+                    Series {
+                        name: "validation".into(),
+                        points: val(&|v| v.loss),
+                    },
+                ],
+            },
+            Panel {
+                title: "held-out acceptance".into(),
+                x_label: "update".into(),
+                y_label: "tau / agreement".into(),
+                series: accuracy,
+            },
+        ],
+    )
 }
