@@ -208,12 +208,21 @@ fn incremental_state_drafts_what_a_fresh_drafter_drafts() {
 /// Milliseconds per head forward over 1 and 8 drafted rows (SmolLM2-shaped EAGLE-3 head, Q8_0,
 /// the model's 2 threads), at two context lengths; and per full propose of `auto`'s plan.
 /// A measurement, not a check: `cargo test --release -p peregrine-spec --test eagle_drafting
-/// -- --ignored --nocapture head_forward_speed`.
+/// -- --ignored --nocapture head_forward_speed` (`PEREGRINE_EAGLE_HEAD=FILE` times that head).
 #[test]
 #[ignore = "a timing report, not a check"]
 fn head_forward_speed() {
     use peregrine_spec::eagle::{HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace};
-    let head = random_eagle3();
+    // PEREGRINE_EAGLE_HEAD=path times that head instead of the random one.
+    let loaded = std::env::var_os("PEREGRINE_EAGLE_HEAD").map(|p| {
+        peregrine_spec::EagleHead::load(
+            std::path::Path::new(&p),
+            model().config(),
+            Default::default(),
+        )
+        .expect("the head loads")
+    });
+    let head = loaded.as_ref().unwrap_or_else(|| random_eagle3());
     let m = model();
     let c = head.config();
     let h = c.hidden_size;
@@ -274,11 +283,20 @@ fn head_forward_speed() {
     let prompt = &specbench_prompts("mt_bench", 1)[0];
     let mut context = prompt.clone();
     context.push(plain(prompt, 1)[0]);
-    for spec in ["chain:4", "eagle-default", "dynamic:32,16,4", "dynamic:60,6,10"] {
+    for spec in [
+        "chain:4",
+        "eagle-default",
+        "dynamic:32,16,4",
+        "dynamic:60,6,10",
+    ] {
         let tree_spec = TreeSpec::parse(spec).unwrap();
         let plan = match &tree_spec {
             TreeSpec::Shape(s) => DraftPlan::Shape(s),
-            TreeSpec::Dynamic { budget, depth, top_k } => DraftPlan::Dynamic {
+            TreeSpec::Dynamic {
+                budget,
+                depth,
+                top_k,
+            } => DraftPlan::Dynamic {
                 budget: *budget,
                 depth: *depth,
                 top_k: *top_k,
@@ -297,7 +315,12 @@ fn head_forward_speed() {
         d.reuse_prefix(&context[..n]);
         let rows: Vec<usize> = (0..512).collect();
         peregrine_model::generate::prefill_reusing_prefix_with_taps(
-            m, &mut cache, &mut tws, &mut history, &context[..n], &layers,
+            m,
+            &mut cache,
+            &mut tws,
+            &mut history,
+            &context[..n],
+            &layers,
             &mut |ws, pos, k| d.observe_features(ws, &rows[..k], pos).unwrap(),
         )
         .unwrap();

@@ -356,6 +356,9 @@ fn real_model_first_three_tokens_eagle_drafts() {
         .iter()
         .filter(|&&(parent, t, _)| parent == 0 && p0[t as usize] > 0.0)
         .count();
-    assert!(hits > 0, "no depth-1 EAGLE draft is in the target's support");
+    assert!(
+        hits > 0,
+        "no depth-1 EAGLE draft is in the target's support"
+    );
     check(Drafts::Eagle, 14);
 }

@@ -217,4 +217,3 @@ pub fn eagle_tree(
     d.propose(context, plan, &mut tree).unwrap();
     tree
 }
-
