@@ -374,7 +374,14 @@ pub fn run(args: Args) -> Result<()> {
 
     let n_mismatches: usize = configs.iter().map(|c| c.tally.mismatches.len()).sum();
     if sweep {
-        let report = sweep_report(&args, prompts.len() - n_skipped, n_skipped, &loaded, &plain, &configs);
+        let report = sweep_report(
+            &args,
+            prompts.len() - n_skipped,
+            n_skipped,
+            &loaded,
+            &plain,
+            &configs,
+        );
         if let Some(png) = &args.png {
             plot::speedup_png(png, &report)
                 .with_context(|| format!("writing {}", png.display()))?;
@@ -542,7 +549,9 @@ fn print_sweep(report: &SpecSweepReport) {
         }
     );
     for r in &report.runs {
-        let nodes = r.tree_nodes.map_or_else(|| "auto".to_string(), |n| n.to_string());
+        let nodes = r
+            .tree_nodes
+            .map_or_else(|| "auto".to_string(), |n| n.to_string());
         let differing = if greedy {
             format!("{:>9}  ", r.n_mismatches)
         } else {
@@ -633,16 +642,15 @@ mod plot {
 
         let root = BitMapBackend::new(path, (1000, 620)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
-        let file = Path::new(&report.prompts)
-            .file_name()
-            .map_or_else(|| report.prompts.clone(), |f| f.to_string_lossy().into_owned());
+        let file = Path::new(&report.prompts).file_name().map_or_else(
+            || report.prompts.clone(),
+            |f| f.to_string_lossy().into_owned(),
+        );
         let title = format!(
             "speed-up over plain decoding: {file}, {} prompts x {} tokens, T = {}, {} threads",
             report.n_prompts, report.max_tokens, report.temperature, report.threads
         );
-        let root = root
-            .titled(&title, (FONT, 18))
-            .map_err(err)?;
+        let root = root.titled(&title, (FONT, 18)).map_err(err)?;
         let (plot_area, legend_area) = root.split_horizontally(760);
         let mut chart = ChartBuilder::on(&plot_area)
             .margin(14)
@@ -665,7 +673,12 @@ mod plot {
         let level = |y: f64| [(x_lo, y), (x_hi, y)];
         let grey = RGBColor(90, 90, 90);
         chart
-            .draw_series(DashedLineSeries::new(level(1.0), 10, 6, grey.stroke_width(2)))
+            .draw_series(DashedLineSeries::new(
+                level(1.0),
+                10,
+                6,
+                grey.stroke_width(2),
+            ))
             .map_err(err)?;
         legend.push((
             grey,
@@ -691,7 +704,11 @@ mod plot {
                     ))
                     .map_err(err)?;
                 chart
-                    .draw_series(fixed.iter().map(|p| Circle::new((p.0, p.1), 5, color.filled())))
+                    .draw_series(
+                        fixed
+                            .iter()
+                            .map(|p| Circle::new((p.0, p.1), 5, color.filled())),
+                    )
                     .map_err(err)?;
                 // Labels above the points for even drafters, below for odd ones, so that two
                 // drafters' labels at the same tree size do not overprint each other.
@@ -710,7 +727,12 @@ mod plot {
                 .filter(|r| r.method == *method && r.tree_nodes.is_none())
             {
                 chart
-                    .draw_series(DashedLineSeries::new(level(r.speedup), 3, 5, color.stroke_width(2)))
+                    .draw_series(DashedLineSeries::new(
+                        level(r.speedup),
+                        3,
+                        5,
+                        color.stroke_width(2),
+                    ))
                     .map_err(err)?;
                 legend.push((
                     color,
@@ -732,14 +754,20 @@ mod plot {
             let (x0, x1) = (12, 48);
             match stroke {
                 Stroke::Solid => area
-                    .draw(&PathElement::new(vec![(x0, y), (x1, y)], color.stroke_width(3)))
+                    .draw(&PathElement::new(
+                        vec![(x0, y), (x1, y)],
+                        color.stroke_width(3),
+                    ))
                     .map_err(err)?,
                 Stroke::Dashed(dash, gap) => {
                     let mut x = x0;
                     while x < x1 {
                         let end = (x + *dash as i32).min(x1);
-                        area.draw(&PathElement::new(vec![(x, y), (end, y)], color.stroke_width(2)))
-                            .map_err(err)?;
+                        area.draw(&PathElement::new(
+                            vec![(x, y), (end, y)],
+                            color.stroke_width(2),
+                        ))
+                        .map_err(err)?;
                         x = end + *gap as i32;
                     }
                 }
@@ -765,7 +793,10 @@ mod tests {
         }
         assert_eq!(orders[3], run_order(5, 3), "seeded: the same every run");
         let plain_first = orders.iter().filter(|o| o[0] == 0).count();
-        assert!(plain_first < 8, "plain decoding is not always first: {orders:?}");
+        assert!(
+            plain_first < 8,
+            "plain decoding is not always first: {orders:?}"
+        );
         assert_eq!(run_order(1, 7), [0]);
     }
 
@@ -778,7 +809,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             v,
-            ["chain:1", "chain:4", "dynamic:16,4,4", "eagle-default", "auto"]
+            [
+                "chain:1",
+                "chain:4",
+                "dynamic:16,4,4",
+                "eagle-default",
+                "auto"
+            ]
         );
         let err = split_tree_list(&["4,chain:1".to_string()])
             .unwrap_err()
