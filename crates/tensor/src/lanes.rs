@@ -79,6 +79,39 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     }
 }
 
+/// `exp(x)` for any `x`, by the reduction and polynomial of [`exp_nonpositive`]: arguments
+/// above 88 give `exp(88)` (finite), below -87 give 0. Vectorises, same bits on every path.
+#[inline(always)]
+pub fn exp_clamped(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let xc = if x < -87.0 {
+        -87.0
+    } else if x > 88.0 {
+        88.0
+    } else {
+        x
+    };
+    let n = (xc * LOG2E).round_ties_even();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+    let mut p = 1.0 / 720.0f32;
+    p = p.mul_add(r, 1.0 / 120.0);
+    p = p.mul_add(r, 1.0 / 24.0);
+    p = p.mul_add(r, 1.0 / 6.0);
+    p = p.mul_add(r, 0.5);
+    p = p.mul_add(r, 1.0);
+    p = p.mul_add(r, 1.0);
+    // n <= 127 here, so 2^n is a normal number.
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = p * scale;
+    if x < -87.0 {
+        0.0
+    } else {
+        y
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -96,6 +129,21 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn exp_clamped_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=400_000 {
+            let x = -87.0 + (i as f32) * 0.000_4375;
+            let got = exp_clamped(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "max relative error {worst}");
+        assert!(exp_clamped(1000.0).is_finite());
+        assert_eq!(exp_clamped(-1000.0), 0.0);
+        assert_eq!(exp_clamped(0.0), 1.0);
+    }
 
     #[test]
     fn dot16_matches_f64_reference() {
