@@ -334,8 +334,9 @@ mod avx512 {
                         let mut s1 = _mm512_setzero_si512();
                         for p in 0..4 {
                             // SAFETY: as above.
-                            let (xl, xh) =
-                                unsafe { (x4(&a, b, t, 4 * p), x4(&a, b, t, 16 + 4 * p)) };
+                            let xl = unsafe { x4(&a, b, t, 4 * p) };
+                            // SAFETY: as above.
+                            let xh = unsafe { x4(&a, b, t, 16 + 4 * p) };
                             s0 = _mm512_dpbusd_epi32(s0, lo[p], xl);
                             s1 = _mm512_dpbusd_epi32(s1, hi[p], xh);
                         }
