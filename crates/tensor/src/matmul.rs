@@ -10,7 +10,7 @@
 
 use crate::act_q8::QuantizedRows;
 use crate::lanes::dot16;
-use crate::packed::{tile_dot, PackedMatrix, TILE_ROWS, TILE_TOKENS};
+use crate::packed::{prefetch_group, tile_dot, PackedMatrix, TILE_ROWS, TILE_TOKENS};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
@@ -169,8 +169,12 @@ unsafe impl Send for OutPtr {}
 
 /// Tokens per row-kernel call and weight rows per cache block.
 const TOKENS_PER_CALL: usize = 4;
-/// Weight rows per pool chunk (a multiple of the 16-row tile).
-const CHUNK_ROWS: usize = 64;
+/// Weight rows per pool chunk: about four chunks per thread, so that a thread that starts late
+/// still finds work, but no fewer than 64 or more than 256 rows (a multiple of the 16-row tile):
+/// each chunk starts a new stream of weights from memory, which costs a cache-miss latency.
+fn chunk_rows(total_rows: usize, n_threads: usize) -> usize {
+    (total_rows / (4 * n_threads) / TILE_ROWS * TILE_ROWS).clamp(64, 256)
+}
 const ROWS_PER_BLOCK: usize = 32;
 
 /// Computes every target's `out = x · wᵀ` in one pool job (e.g. Q, K and V together).
@@ -242,8 +246,9 @@ pub fn matmul(
         base += w.n_rows();
     }
     let scratch = &*scratch;
-    pool.run_chunks(total_rows.div_ceil(CHUNK_ROWS), |chunk, thread_idx| {
-        let mine = chunk_range(total_rows, CHUNK_ROWS, chunk);
+    let chunk_rows = chunk_rows(total_rows, pool.n_threads());
+    pool.run_chunks(total_rows.div_ceil(chunk_rows), |chunk, thread_idx| {
+        let mine = chunk_range(total_rows, chunk_rows, chunk);
         let mut base = 0;
         for (w, out) in outs.iter().flatten() {
             let lo = mine.start.max(base);
@@ -271,10 +276,12 @@ fn compute_tiles(
     debug_assert!(rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS));
     let mut res = [0f32; TILE_ROWS * TILE_TOKENS];
     let groups = rows.start / TILE_ROWS..rows.end / TILE_ROWS;
+    // Weights stream from memory: the chunk's first tile group is fetched all at once, and the
+    // first pass over each group fetches the next one (within this chunk).
+    prefetch_group(p, groups.start);
     for g in groups.clone() {
         for t0 in (0..m).step_by(TILE_TOKENS) {
             let n = (m - t0).min(TILE_TOKENS);
-            // The first pass over a tile group fetches the next one (within this chunk).
             let prefetch = (t0 == 0 && g + 1 < groups.end).then_some(g + 1);
             tile_dot(
                 p,

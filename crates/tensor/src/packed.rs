@@ -114,6 +114,24 @@ impl PackedMatrix {
     }
 }
 
+/// Fetches tile group `g` of `m` into the cache (all of it, so its misses overlap).
+pub fn prefetch_group(m: &PackedMatrix, g: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if g < m.n_rows / TILE_ROWS {
+        let tiles = m.group(g);
+        for at in (0..tiles.len()).step_by(64) {
+            // SAFETY: SSE is part of x86-64; a prefetch reads nothing architecturally.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    tiles.as_ptr().add(at).cast(),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (m, g);
+}
+
 /// Most tokens one [`tile_dot`] call computes (one token group of the activation layout).
 pub const TILE_TOKENS: usize = GROUP_TOKENS;
 

@@ -47,6 +47,8 @@ struct Shared {
     job: UnsafeCell<Option<*const Job<'static>>>,
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Workers blocked (or about to block) on `wake`; publishing a job notifies only if any.
+    n_sleeping: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
 }
@@ -80,6 +82,7 @@ impl ThreadPool {
             job: UnsafeCell::new(None),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            n_sleeping: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -159,6 +162,13 @@ impl ThreadPool {
     }
 
     fn wake_sleepers(&self) {
+        // Dekker-style with the worker (which counts itself, fences, then re-reads the
+        // generation): either we see it counted, or it sees the generation we just published.
+        // A notify is a system call, too slow to make for every job while workers spin.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shared.n_sleeping.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         // Taking the lock orders this notify after any worker's check-then-wait.
         let _lock = self
             .shared
@@ -264,13 +274,18 @@ fn wait_for_new_generation(shared: &Shared, seen: u64) -> u64 {
         std::thread::yield_now();
     }
     let mut lock = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
+    shared.n_sleeping.fetch_add(1, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let g = loop {
         let g = shared.generation.0.load(Ordering::Acquire);
         if g != seen {
-            return g;
+            break g;
         }
         lock = shared.wake.wait(lock).unwrap_or_else(|e| e.into_inner());
-    }
+    };
+    shared.n_sleeping.fetch_sub(1, Ordering::SeqCst);
+    drop(lock);
+    g
 }
 
 /// Chunk `chunk_idx` of `0..n` cut into pieces of `chunk_len` (the last may be shorter).
@@ -316,6 +331,34 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn sleeping_worker_wakes_for_the_next_job() {
+        let pool = ThreadPool::new(2);
+        for _ in 0..3 {
+            // Long enough idle for the worker to spin, yield and block on the condvar.
+            std::thread::sleep(Duration::from_millis(30));
+            // The caller claims chunk 0 and waits there for chunk 1, which only the worker can
+            // run: this finishes only if the worker woke up.
+            let done = AtomicBool::new(false);
+            let ok = AtomicBool::new(false);
+            pool.run_chunks(2, |c, _| {
+                if c == 1 {
+                    done.store(true, Ordering::Release);
+                    return;
+                }
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(5) {
+                    if done.load(Ordering::Acquire) {
+                        ok.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+            });
+            assert!(ok.load(Ordering::Relaxed), "the sleeping worker never woke");
+        }
     }
 
     #[test]
