@@ -235,11 +235,22 @@ fn attend_group(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32], use
     if use_avx512 {
         // `use_avx512` is set only after `avx512_available()` (AVX-512 F/VL, FMA, F16C), and
         // `NC * 16` is the head dimension, as the kernel requires.
-        match job.head_dim {
-            // SAFETY: as above.
-            64 => return unsafe { avx512::attend_group::<4>(job, scores, out) },
-            // SAFETY: as above.
-            128 => return unsafe { avx512::attend_group::<8>(job, scores, out) },
+        let group = job.q.len() / job.head_dim.max(1);
+        macro_rules! go {
+            ($g:literal, $nc:literal) => {
+                // SAFETY: as above.
+                return unsafe { avx512::attend_group::<$g, $nc>(job, scores, out) }
+            };
+        }
+        match (group, job.head_dim) {
+            (1, 64) => go!(1, 4),
+            (2, 64) => go!(2, 4),
+            (3, 64) => go!(3, 4),
+            (4, 64) => go!(4, 4),
+            (1, 128) => go!(1, 8),
+            (2, 128) => go!(2, 8),
+            (3, 128) => go!(3, 8),
+            (4, 128) => go!(4, 8),
             _ => {}
         }
     }
@@ -322,101 +333,107 @@ mod avx512 {
 
     /// The AVX-512 twin of `attend_group_portable`: the same operations in the same order
     /// (scores by 16-lane FMA chains folded as `reduce16`, the same softmax, values accumulated
-    /// key by key), with keys and values converted from f16 in registers and the score folds
-    /// done 16 keys at a time.
+    /// key by key), with keys and values converted from f16 in registers, the queries held in
+    /// registers, and the score folds done 16 keys at a time. `G` query heads share the KV head;
+    /// `NC * 16` is the head dimension.
     ///
     /// # Safety
-    /// AVX-512 F/VL, FMA and F16C are present; `job.head_dim == 16 * NC`.
+    /// AVX-512 F/VL, FMA and F16C are present; `job.head_dim == 16 * NC` and
+    /// `job.q.len() == G * job.head_dim`.
     #[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
-    pub unsafe fn attend_group<const NC: usize>(
+    pub unsafe fn attend_group<const G: usize, const NC: usize>(
         job: &GroupJob<'_, '_>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
         let hd = job.head_dim;
-        assert_eq!(hd, NC * LANES, "attention: head dimension");
-        let group = job.q.len() / hd;
+        assert!(
+            hd == NC * LANES && job.q.len() == G * hd && out.len() == G * hd && G <= MAX_GROUP,
+            "attention: head shape"
+        );
         let stride = scores.len() / MAX_GROUP;
         let mut listed = [0usize; 64];
         let (n_contiguous, n_listed) = job.keys.visible(&mut listed);
         let n_keys = n_contiguous + n_listed;
+        let row_kv = job.row_kv;
+        let n_rows = job.keys.prefix_len + job.keys.row + 1;
+        // Every key row read below lies within the cache: the visible rows are below `n_rows`,
+        // and `k`/`v` hold `n_rows` rows of `row_kv` with the head at `kv_off..kv_off + hd`.
         assert!(
-            n_keys <= stride && out.len() == group * hd && group <= MAX_GROUP,
-            "attention: scratch or output too small"
+            n_keys <= stride
+                && job.s.k.len() >= n_rows * row_kv
+                && job.s.v.len() >= n_rows * row_kv
+                && job.kv_off + hd <= row_kv
+                && listed[..n_listed].iter().all(|&r| r < n_rows)
+                && n_contiguous <= n_rows,
+            "attention: scratch or cache too small"
         );
-        let key_row = |i: usize| {
-            if i < n_contiguous {
+        let k_base = job.s.k.as_ptr().wrapping_add(job.kv_off);
+        let v_base = job.s.v.as_ptr().wrapping_add(job.kv_off);
+        // Offset of the row of the `i`-th visible key (`i < n_keys`).
+        let row_at = |i: usize| {
+            let r = if i < n_contiguous {
                 i
             } else {
-                listed[i - n_contiguous]
-            }
+                // SAFETY: `i - n_contiguous < n_listed <= 64`.
+                unsafe { *listed.get_unchecked(i - n_contiguous) }
+            };
+            r * row_kv
         };
-        let k_base = job.s.k.as_ptr();
-        let v_base = job.s.v.as_ptr();
-        let row_kv = job.row_kv;
-        let kv_off = job.kv_off;
-        // Every key row read below lies within the cache: `attention` checked that `k`/`v` hold
-        // `prefix_len + n_new` rows of `row_kv`, and `kv_off + hd <= row_kv`.
-        let n_rows = job.keys.prefix_len + job.keys.row + 1;
-        assert!(
-            job.s.k.len() >= n_rows * row_kv
-                && job.s.v.len() >= n_rows * row_kv
-                && kv_off + hd <= row_kv
-        );
         let scale = _mm512_set1_ps(job.scale);
+        let sc = scores.as_mut_ptr();
 
         // Scores: per key and head, a 16-lane FMA chain over the head's chunks, folded 16 keys
-        // at a time; up to four heads per pass over the keys.
-        for g0 in (0..group).step_by(4) {
-            let ng = (group - g0).min(4);
-            let mut lanes = [[_mm512_setzero_ps(); 16]; 4];
-            let mut n0 = 0;
-            while n0 < n_keys {
-                let n_blk = (n_keys - n0).min(16);
-                for s in 0..16 {
-                    if s >= n_blk {
-                        for lg in lanes.iter_mut().take(ng) {
-                            lg[s] = _mm512_setzero_ps();
-                        }
-                        continue;
-                    }
-                    // SAFETY: the row is within the cache (checked above).
-                    let kr = unsafe { k_base.add(key_row(n0 + s) * row_kv + kv_off) };
-                    let mut kv = [_mm512_setzero_ps(); NC];
-                    for (c, x) in kv.iter_mut().enumerate() {
-                        // SAFETY: chunk `c` of the head lies within the row.
-                        *x = unsafe { load_f16x16(kr.add(16 * c)) };
-                    }
-                    for (gi, lg) in lanes.iter_mut().enumerate().take(ng) {
-                        let q = &job.q[(g0 + gi) * hd..(g0 + gi + 1) * hd];
-                        let mut acc = _mm512_setzero_ps();
-                        for (c, &x) in kv.iter().enumerate() {
-                            // SAFETY: chunk `c` lies within `q` (`hd` values).
-                            let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(16 * c)) };
-                            acc = _mm512_fmadd_ps(qv, x, acc);
-                        }
-                        lg[s] = acc;
-                    }
-                }
-                for (gi, lg) in lanes.iter().enumerate().take(ng) {
-                    let r = _mm512_mul_ps(reduce16x16(lg), scale);
-                    let at = (g0 + gi) * stride + n0;
-                    let dst = &mut scores[at..at + n_blk];
-                    // SAFETY: `dst` has `n_blk <= 16` values; the mask stores exactly those.
-                    unsafe {
-                        _mm512_mask_storeu_ps(dst.as_mut_ptr(), ((1u32 << n_blk) - 1) as u16, r)
-                    };
-                }
-                n0 += n_blk;
+        // at a time.
+        let mut q = [[_mm512_setzero_ps(); NC]; G];
+        for (g, qg) in q.iter_mut().enumerate() {
+            for (c, x) in qg.iter_mut().enumerate() {
+                // SAFETY: `q` holds `G * hd` values.
+                *x = unsafe { _mm512_loadu_ps(job.q.as_ptr().add(g * hd + 16 * c)) };
             }
+        }
+        let mut lanes = [[_mm512_setzero_ps(); 16]; G];
+        let mut n0 = 0;
+        while n0 < n_keys {
+            let n_blk = (n_keys - n0).min(16);
+            for s in 0..16 {
+                if s >= n_blk {
+                    for lg in lanes.iter_mut() {
+                        lg[s] = _mm512_setzero_ps();
+                    }
+                    continue;
+                }
+                let kr = k_base.wrapping_add(row_at(n0 + s));
+                let mut kv = [_mm512_setzero_ps(); NC];
+                for (c, x) in kv.iter_mut().enumerate() {
+                    // SAFETY: the row is within the cache (checked above).
+                    *x = unsafe { load_f16x16(kr.add(16 * c)) };
+                }
+                for (lg, qg) in lanes.iter_mut().zip(&q) {
+                    let mut acc = _mm512_setzero_ps();
+                    for (&qv, &x) in qg.iter().zip(&kv) {
+                        acc = _mm512_fmadd_ps(qv, x, acc);
+                    }
+                    lg[s] = acc;
+                }
+            }
+            for (g, lg) in lanes.iter().enumerate() {
+                let r = _mm512_mul_ps(reduce16x16(lg), scale);
+                // SAFETY: `g * stride + n0 + n_blk <= g * stride + n_keys`, inside `scores`;
+                // the mask stores exactly `n_blk` values.
+                unsafe {
+                    _mm512_mask_storeu_ps(sc.add(g * stride + n0), ((1u32 << n_blk) - 1) as u16, r)
+                };
+            }
+            n0 += n_blk;
         }
 
         // Softmax numerators and their sums (the portable code, compiled here).
-        let mut inv_sum = [0f32; MAX_GROUP];
-        for (g, inv) in inv_sum.iter_mut().enumerate().take(group) {
-            let sc = &mut scores[g * stride..g * stride + n_keys];
+        let mut inv_sum = [0f32; G];
+        for (g, inv) in inv_sum.iter_mut().enumerate() {
+            let sg = &mut scores[g * stride..g * stride + n_keys];
             let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-            let mut chunks = sc.chunks_exact(16);
+            let mut chunks = sg.chunks_exact(16);
             for ch in &mut chunks {
                 // SAFETY: 16 values.
                 m = _mm512_max_ps(unsafe { _mm512_loadu_ps(ch.as_ptr()) }, m);
@@ -425,39 +442,39 @@ mod avx512 {
             for &v in chunks.remainder() {
                 max = max.max(v);
             }
-            *inv = 1.0 / softmax_numerators(sc, max);
+            *inv = 1.0 / softmax_numerators(sg, max);
         }
 
-        // Values: out[g] = sum_i p[g][i] v_i, key by key, four heads and 64 dims at a time.
-        for d0 in (0..hd).step_by(64) {
-            let nc = ((hd - d0) / 16).min(4);
-            for g0 in (0..group).step_by(4) {
-                let ng = (group - g0).min(4);
-                let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-                for i in 0..n_keys {
+        // Values: out[g] = sum_i p[g][i] v_i, key by key, 64 dims at a time.
+        let sc = scores.as_ptr();
+        for d0 in (0..NC).step_by(4) {
+            let nc = (NC - d0).min(4);
+            let mut acc = [[_mm512_setzero_ps(); 4]; G];
+            for i in 0..n_keys {
+                let vr = v_base.wrapping_add(row_at(i) + 16 * d0);
+                let mut vv = [_mm512_setzero_ps(); 4];
+                for (c, x) in vv.iter_mut().enumerate().take(nc) {
                     // SAFETY: the row is within the cache (checked above).
-                    let vr = unsafe { v_base.add(key_row(i) * row_kv + kv_off + d0) };
-                    let mut vv = [_mm512_setzero_ps(); 4];
-                    for (c, x) in vv.iter_mut().enumerate().take(nc) {
-                        // SAFETY: dims `d0 + 16c..+16` lie within the head.
-                        *x = unsafe { load_f16x16(vr.add(16 * c)) };
-                    }
-                    for (gi, ag) in acc.iter_mut().enumerate().take(ng) {
-                        let p = _mm512_set1_ps(scores[(g0 + gi) * stride + i]);
-                        for c in 0..nc {
-                            ag[c] = _mm512_fmadd_ps(p, vv[c], ag[c]);
-                        }
+                    *x = unsafe { load_f16x16(vr.add(16 * c)) };
+                }
+                for (g, ag) in acc.iter_mut().enumerate() {
+                    // SAFETY: `g * stride + i < g * stride + n_keys`, inside `scores`.
+                    let p = _mm512_set1_ps(unsafe { *sc.add(g * stride + i) });
+                    for (a, &x) in ag.iter_mut().zip(&vv).take(nc) {
+                        *a = _mm512_fmadd_ps(p, x, *a);
                     }
                 }
-                for (gi, ag) in acc.iter().enumerate().take(ng) {
-                    let inv = _mm512_set1_ps(inv_sum[g0 + gi]);
-                    let o = &mut out[(g0 + gi) * hd + d0..(g0 + gi) * hd + d0 + 16 * nc];
-                    for (c, &a) in ag.iter().enumerate().take(nc) {
-                        // SAFETY: `o` holds `16 * nc` values.
-                        unsafe {
-                            _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), _mm512_mul_ps(a, inv))
-                        };
-                    }
+            }
+            for (g, ag) in acc.iter().enumerate() {
+                let inv = _mm512_set1_ps(inv_sum[g]);
+                for (c, &a) in ag.iter().enumerate().take(nc) {
+                    // SAFETY: `g * hd + 16 * (d0 + c) + 16 <= G * hd = out.len()`.
+                    unsafe {
+                        _mm512_storeu_ps(
+                            out.as_mut_ptr().add(g * hd + 16 * (d0 + c)),
+                            _mm512_mul_ps(a, inv),
+                        )
+                    };
                 }
             }
         }
@@ -559,15 +576,17 @@ mod tests {
 
     #[test]
     fn tree_attention_matches_reference_and_paths_agree() {
-        // (heads, KV heads, head dim, prefix): the portable fallback (32), and the AVX-512
-        // kernels (64, 128) with key counts below, at and past a 16-key fold, and groups of
-        // 1, 3 and 5 heads (two passes of four over the values).
+        // (heads, KV heads, head dim, prefix): the portable fallback (head dim 32, groups of 5),
+        // and the AVX-512 kernels (64, 128: one and two passes over the values) with key counts
+        // below, at and past a 16-key fold, and groups of 1 to 4 heads.
         for (case, &(n_heads, n_kv_heads, hd, prefix)) in [
             (4, 2, 32, 5),
             (9, 3, 64, 5),
             (9, 3, 64, 12),
             (9, 3, 64, 37),
             (2, 2, 64, 16),
+            (8, 2, 128, 29),
+            (4, 2, 128, 3),
             (10, 2, 128, 29),
         ]
         .iter()
