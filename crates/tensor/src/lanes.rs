@@ -47,6 +47,15 @@ pub fn sum_squares16(a: &[f32]) -> f32 {
     dot16(a, a)
 }
 
+/// `2^n` for an integer-valued `n` in `-126..=127`, built in the exponent bits. The same bits as
+/// `f32::from_bits(((n as i32 + 127) as u32) << 23)`, but without the saturating float-to-int
+/// cast, which does not vectorise: `n + 2^23 + 127` holds `n + 127` in its low mantissa bits.
+#[inline(always)]
+pub fn pow2i(n: f32) -> f32 {
+    let biased = (n + 8_388_735.0).to_bits().wrapping_sub(0x4B00_0000);
+    f32::from_bits(biased << 23)
+}
+
 /// `exp(x)` for `x <= 0` (softmax after subtracting the maximum), to ~2 ulp, with plain f32
 /// operations in a fixed order: the same bits whether the loop is vectorised or not, and it
 /// vectorises (libm's `expf` is a call per element).
@@ -70,8 +79,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p = p.mul_add(r, 0.5);
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let y = p * scale;
+    let y = p * pow2i(n);
     if x < -87.0 {
         0.0
     } else {
@@ -97,8 +105,7 @@ pub fn exp_clamped(x: f32) -> f32 {
     p = p.mul_add(r, 1.0);
     p = p.mul_add(r, 1.0);
     // n <= 127 here, so 2^n is a normal number.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    let y = p * scale;
+    let y = p * pow2i(n);
     if x < -87.0 {
         0.0
     } else {
@@ -123,6 +130,14 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn pow2i_matches_the_integer_cast() {
+        for n in -126..=127 {
+            let want = f32::from_bits(((n + 127) as u32) << 23);
+            assert_eq!(pow2i(n as f32).to_bits(), want.to_bits(), "n = {n}");
+        }
+    }
 
     #[test]
     fn exp_clamped_is_accurate() {
