@@ -169,11 +169,64 @@ unsafe impl Send for OutPtr {}
 
 /// Tokens per row-kernel call and weight rows per cache block.
 const TOKENS_PER_CALL: usize = 4;
-/// Weight rows per pool chunk: about four chunks per thread, so that a thread that starts late
-/// still finds work, but no fewer than 64 or more than 256 rows (a multiple of the 16-row tile):
-/// each chunk starts a new stream of weights from memory, which costs a cache-miss latency.
-fn chunk_rows(total_rows: usize, n_threads: usize) -> usize {
-    (total_rows / (4 * n_threads) / TILE_ROWS * TILE_ROWS).clamp(64, 256)
+/// How a matmul's output rows are cut into pool chunks: big chunks first (each starts a new
+/// stream of weights from memory, which costs a cache-miss latency, so fewer is better), then
+/// small ones at the end, so that the threads finish together. The cut depends only on the row
+/// count and the thread count, and every row's result is the same whatever the cut.
+#[derive(Clone, Copy, Debug)]
+struct ChunkPlan {
+    total: usize,
+    big: usize,
+    n_big: usize,
+    small: usize,
+}
+
+impl ChunkPlan {
+    /// Rows of a big chunk (at most) and of a small one, and rows left for small chunks per
+    /// thread. Multiples of the 16-row tile.
+    const BIG_ROWS: usize = 256;
+    const SMALL_ROWS: usize = 32;
+    const TAIL_ROWS_PER_THREAD: usize = 128;
+
+    fn new(total: usize, n_threads: usize) -> Self {
+        if n_threads <= 1 {
+            return Self {
+                total,
+                big: Self::BIG_ROWS,
+                n_big: total.div_ceil(Self::BIG_ROWS),
+                small: Self::SMALL_ROWS,
+            };
+        }
+        let tail = (n_threads * Self::TAIL_ROWS_PER_THREAD).min(total);
+        let head = total - tail;
+        // Big chunks of equal size (at most BIG_ROWS), a multiple of 16 rows, covering `head`.
+        let n_big = head.div_ceil(Self::BIG_ROWS);
+        let big = if n_big == 0 {
+            Self::BIG_ROWS
+        } else {
+            head.div_ceil(n_big).div_ceil(TILE_ROWS) * TILE_ROWS
+        };
+        Self {
+            total,
+            big,
+            n_big: head.div_ceil(big),
+            small: Self::SMALL_ROWS,
+        }
+    }
+
+    fn n_chunks(&self) -> usize {
+        let head = (self.n_big * self.big).min(self.total);
+        self.n_big + (self.total - head).div_ceil(self.small)
+    }
+
+    fn range(&self, chunk: usize) -> std::ops::Range<usize> {
+        if chunk < self.n_big {
+            return chunk_range(self.total, self.big, chunk);
+        }
+        let head = (self.n_big * self.big).min(self.total);
+        let start = (head + (chunk - self.n_big) * self.small).min(self.total);
+        start..(start + self.small).min(self.total)
+    }
 }
 const ROWS_PER_BLOCK: usize = 32;
 
@@ -246,9 +299,9 @@ pub fn matmul(
         base += w.n_rows();
     }
     let scratch = &*scratch;
-    let chunk_rows = chunk_rows(total_rows, pool.n_threads());
-    pool.run_chunks(total_rows.div_ceil(chunk_rows), |chunk, thread_idx| {
-        let mine = chunk_range(total_rows, chunk_rows, chunk);
+    let plan = ChunkPlan::new(total_rows, pool.n_threads());
+    pool.run_chunks(plan.n_chunks(), |chunk, thread_idx| {
+        let mine = plan.range(chunk);
         let mut base = 0;
         for (w, out) in outs.iter().flatten() {
             let lo = mine.start.max(base);
@@ -377,4 +430,27 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx512f,fma")]
 fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
     dot16(a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_plans_cover_every_row_once_in_whole_tiles() {
+        for total in [16, 48, 64, 192, 576, 960, 1536, 3072, 49152, 50000] {
+            for n_threads in 1..=4 {
+                let plan = ChunkPlan::new(total, n_threads);
+                let mut next = 0;
+                for c in 0..plan.n_chunks() {
+                    let r = plan.range(c);
+                    assert_eq!(r.start, next, "{total} rows, {n_threads} threads: {plan:?}");
+                    assert!(r.end > r.start && r.end - r.start <= ChunkPlan::BIG_ROWS);
+                    assert!(r.start.is_multiple_of(TILE_ROWS));
+                    next = r.end;
+                }
+                assert_eq!(next, total, "{total} rows, {n_threads} threads: {plan:?}");
+            }
+        }
+    }
 }
