@@ -68,6 +68,13 @@ pub struct EagleArgs {
     /// Sequences the target decodes together while regenerating responses.
     #[arg(long, default_value_t = 16)]
     gen_batch: usize,
+    /// Start from this head's weights (a head file written by this command, same draft
+    /// vocabulary) instead of the warm start: to continue training with new settings.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Seed of the order of training sequences (default: --seed).
+    #[arg(long)]
+    order_seed: Option<u64>,
     /// Shuffling and initialisation seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -289,7 +296,21 @@ fn train_head(
         Some(&tables.final_norm),
     )
     .context("initialising the head")?;
-    warm_start(&mut head)?;
+    match &args.init {
+        Some(path) => {
+            let file_d2t = read_d2t(path)?;
+            if file_d2t != vocab.d2t() {
+                bail!(
+                    "{}: its draft vocabulary is not the one these samples give (train it from the same data)",
+                    path.display()
+                );
+            }
+            head.load(path)
+                .with_context(|| format!("loading {}", path.display()))?;
+            eprintln!("starting from {}", path.display());
+        }
+        None => warm_start(&mut head)?,
+    }
     let threads = model.n_threads();
     let cx = Compute::new(threads);
     let max_len = train
@@ -326,7 +347,7 @@ fn train_head(
         val_every: args.val_every,
         checkpoint_every: args.val_every,
         checkpoint: Some(checkpoint.clone()),
-        seed: args.seed,
+        seed: args.order_seed.unwrap_or(args.seed),
     };
     eprintln!(
         "training {} parameters on {} sequences ({} validation), {} threads; checkpoint {}",
@@ -342,6 +363,7 @@ fn train_head(
         progress_bar(0, "training")
     };
     let start = Instant::now();
+    let mut n_reported = 0;
     let history = train_eagle3(
         &mut head,
         &cx,
@@ -356,6 +378,10 @@ fn train_head(
             if let Some(u) = h.updates.last() {
                 bar.set_position(u.step);
             }
+            if h.validations.len() == n_reported {
+                return;
+            }
+            n_reported = h.validations.len();
             if let Some(v) = h.validations.last() {
                 bar.set_message(format!(
                     "val loss {:.3}, chain tau {:.2}",
@@ -364,9 +390,11 @@ fn train_head(
                 if args.quiet {
                     return;
                 }
-                bar.println(format!(
-                    "update {:>4}: val loss {:.4}, chain tau {:.3}, step accuracy {}",
+                let line = format!(
+                    "update {:>4}/{} ({:.0} s): val loss {:.4}, chain tau {:.3}, step accuracy {}",
                     v.step,
+                    h.total_steps,
+                    h.updates.last().map_or(0.0, |u| u.seconds),
                     v.loss,
                     v.chain_tau,
                     v.step_accuracy
@@ -374,7 +402,13 @@ fn train_head(
                         .map(|a| format!("{a:.3}"))
                         .collect::<Vec<_>>()
                         .join(" ")
-                ));
+                );
+                // indicatif draws nothing when stderr is not a terminal (logs): print plainly.
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
         },
     )?;
@@ -408,6 +442,22 @@ fn train_head(
         json_path.display()
     );
     Ok(())
+}
+
+/// The `d2t` map of a head file.
+fn read_d2t(path: &std::path::Path) -> Result<Vec<i64>> {
+    let file = peregrine_formats::safetensors_io::SafetensorsFile::open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let t = file
+        .tensor("d2t")
+        .with_context(|| format!("{}: no d2t tensor", path.display()))?;
+    if t.dtype != peregrine_formats::safetensors_io::Dtype::I64 {
+        bail!("{}: d2t is {:?}, not int64", path.display(), t.dtype);
+    }
+    Ok(t.data
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect())
 }
 
 /// Loss (training and validation) and validation acceptance against updates.

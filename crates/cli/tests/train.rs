@@ -1,0 +1,198 @@
+//! `peregrine train eagle` end to end on a tiny ShareGPT-format file: it regenerates the
+//! responses, trains a few updates, writes a head the engine loads (greedy `--spec eagle` output
+//! equals plain decoding), the curves PNG and the history; bad inputs are clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn peregrine(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
+        .args(args)
+        .current_dir(peregrine_testkit::repo_root())
+        .output()
+        .expect("the binary runs");
+    eprintln!(
+        "peregrine {args:?}\nexit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("peregrine-train-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A ShareGPT-format array, cut off inside a last record as the PyPI file is.
+fn write_sharegpt(path: &Path) {
+    let questions = [
+        "Name three rivers in Europe.",
+        "What is the capital of Japan?",
+        "Give me a synonym for happy.",
+        "Count from one to five.",
+        "What color is the sky on a clear day?",
+        "Write one sentence about cats.",
+        "Say hello in Spanish.",
+    ];
+    let records: Vec<String> = questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            format!(
+                r#"{{"id": "q{i}", "conversations": [{{"from": "human", "value": "{q}"}}, {{"from": "gpt", "value": "..."}}]}}"#
+            )
+        })
+        .collect();
+    let text = format!(
+        "[\n{},\n{{\"id\": \"cut\", \"conversations\": [{{\"from\": \"hum",
+        records.join(",\n")
+    );
+    std::fs::write(path, text).expect("write data");
+}
+
+#[test]
+fn trains_a_head_the_engine_runs_losslessly() {
+    let dir = scratch("e2e");
+    let data = dir.join("sharegpt.json");
+    write_sharegpt(&data);
+    let out_path = dir.join("head.safetensors");
+    let (d, o, s) = (
+        data.display().to_string(),
+        out_path.display().to_string(),
+        dir.join("samples.json").display().to_string(),
+    );
+    let model = peregrine_testkit::smollm2_path().display().to_string();
+    let run = peregrine(&[
+        "train",
+        "eagle",
+        "--target",
+        &model,
+        "--data",
+        &d,
+        "--out",
+        &o,
+        "--samples",
+        &s,
+        "--n-prompts",
+        "4",
+        "--n-val",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--draft-vocab",
+        "256",
+        "--intermediate",
+        "128",
+        "--batch-tokens",
+        "60",
+        "--val-every",
+        "2",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+    assert_eq!(run.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("cut off after the last complete one"),
+        "{stderr}"
+    );
+    assert!(out_path.exists());
+    let png = std::fs::read(out_path.with_extension("png")).expect("curves PNG");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let history: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_path.with_extension("json")).unwrap()).unwrap();
+    let updates = history["updates"].as_array().expect("updates");
+    assert!(updates.len() >= 2, "{history}");
+    assert!(history["validations"].as_array().unwrap().len() >= 2);
+
+    // The engine loads it, and speculative greedy output is plain greedy output.
+    let gen = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--chat",
+            "--prompt",
+            "Count from one to five.",
+            "--max-tokens",
+            "24",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let out = peregrine(&args);
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let plain = gen(&[]);
+    let spec = gen(&["--spec", "eagle", "--eagle", &o, "--tree", "dynamic:8,4,2"]);
+    assert_eq!(spec["tokens"], plain["tokens"]);
+    assert_eq!(spec["spec"]["method"], "eagle");
+
+    // Continuing from the head works; a resumed checkpoint of other settings is refused.
+    let again = peregrine(&[
+        "train",
+        "eagle",
+        "--target",
+        &model,
+        "--data",
+        &d,
+        "--out",
+        &o,
+        "--samples",
+        &s,
+        "--n-prompts",
+        "4",
+        "--n-val",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--draft-vocab",
+        "256",
+        "--intermediate",
+        "128",
+        "--batch-tokens",
+        "60",
+        "--lr",
+        "5e-4",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("schedule"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_training_inputs_are_clear_errors() {
+    let dir = scratch("bad");
+    let not_json = dir.join("bad.json");
+    std::fs::write(&not_json, "{ this is not a ShareGPT array").unwrap();
+    let model = peregrine_testkit::smollm2_path().display().to_string();
+    let out = dir.join("h.safetensors").display().to_string();
+    for (extra, want) in [
+        (
+            vec!["--data", "/nonexistent/sharegpt.json"],
+            "scripts/fetch-sharegpt",
+        ),
+        (
+            vec!["--data", not_json.to_str().unwrap()],
+            "expected the top-level array",
+        ),
+    ] {
+        let mut args = vec![
+            "train", "eagle", "--target", &model, "--out", &out, "--quiet",
+        ];
+        args.extend(extra);
+        let run = peregrine(&args);
+        assert_eq!(run.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(stderr.contains(want), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
