@@ -10,7 +10,7 @@
 
 use crate::act_q8::QuantizedRows;
 use crate::lanes::dot16;
-use crate::packed::{prefetch_group, tile_dot, PackedMatrix, TILE_ROWS, TILE_TOKENS};
+use crate::packed::{tiles_dot_into, PackedMatrix, TILE_ROWS};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
@@ -327,38 +327,19 @@ fn compute_tiles(
     rows: std::ops::Range<usize>,
 ) {
     debug_assert!(rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS));
-    let mut res = [0f32; TILE_ROWS * TILE_TOKENS];
-    let groups = rows.start / TILE_ROWS..rows.end / TILE_ROWS;
-    // Weights stream from memory: the chunk's first tile group is fetched all at once, and the
-    // first pass over each group fetches the next one (within this chunk).
-    prefetch_group(p, groups.start);
-    for g in groups.clone() {
-        for t0 in (0..m).step_by(TILE_TOKENS) {
-            let n = (m - t0).min(TILE_TOKENS);
-            let prefetch = (t0 == 0 && g + 1 < groups.end).then_some(g + 1);
-            tile_dot(
-                p,
-                g,
-                &scratch.acts,
-                t0,
-                n,
-                prefetch,
-                scratch.use_avx512,
-                &mut res,
-            );
-            for t in 0..n {
-                // SAFETY: token `t0 + t < m` and rows `16g..16g+16 < n_rows`: inside the
-                // `m * n_rows` output; this thread alone owns tile `g` (static split).
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.ptr.add((t0 + t) * out.n_rows + g * TILE_ROWS),
-                        TILE_ROWS,
-                    )
-                };
-                dst.copy_from_slice(&res[t * TILE_ROWS..(t + 1) * TILE_ROWS]);
-            }
-        }
-    }
+    debug_assert_eq!(scratch.acts.m(), m);
+    // SAFETY: the output holds `m` rows of `n_rows` values, and rows `rows` of it belong to
+    // this chunk alone (the chunk plan never splits a tile).
+    unsafe {
+        tiles_dot_into(
+            p,
+            rows.start / TILE_ROWS..rows.end / TILE_ROWS,
+            &scratch.acts,
+            scratch.use_avx512,
+            out.ptr,
+            out.n_rows,
+        )
+    };
 }
 
 fn compute_rows(

@@ -185,14 +185,14 @@ pub fn tile_dot(
                 // `off..off + n` (asserted above); `out` holds `16 * n` values.
                 unsafe {
                     match n {
-                        1 => avx512::$kernel::<1>(t, nb, a, pf, o),
-                        2 => avx512::$kernel::<2>(t, nb, a, pf, o),
-                        3 => avx512::$kernel::<3>(t, nb, a, pf, o),
-                        4 => avx512::$kernel::<4>(t, nb, a, pf, o),
-                        5 => avx512::$kernel::<5>(t, nb, a, pf, o),
-                        6 => avx512::$kernel::<6>(t, nb, a, pf, o),
-                        7 => avx512::$kernel::<7>(t, nb, a, pf, o),
-                        _ => avx512::$kernel::<8>(t, nb, a, pf, o),
+                        1 => avx512::$kernel::<1>(t, nb, a, pf, o, 16),
+                        2 => avx512::$kernel::<2>(t, nb, a, pf, o, 16),
+                        3 => avx512::$kernel::<3>(t, nb, a, pf, o, 16),
+                        4 => avx512::$kernel::<4>(t, nb, a, pf, o, 16),
+                        5 => avx512::$kernel::<5>(t, nb, a, pf, o, 16),
+                        6 => avx512::$kernel::<6>(t, nb, a, pf, o, 16),
+                        7 => avx512::$kernel::<7>(t, nb, a, pf, o, 16),
+                        _ => avx512::$kernel::<8>(t, nb, a, pf, o, 16),
                     }
                 }
             };
@@ -206,6 +206,93 @@ pub fn tile_dot(
     }
     let _ = (use_avx512, prefetch);
     tile_dot_portable(m.kind, tiles, acts, t0, n, out);
+}
+
+/// Every token's dot products with tile groups `groups`, written straight into a row-major
+/// output: `out[t * out_stride + 16 * g + r] = row 16g + r · token t` for `t < acts.m()`. The
+/// first tile group is prefetched whole, and the first pass over each group fetches the next.
+/// Same results as [`tile_dot`], bit for bit.
+///
+/// # Safety
+/// `out` is valid for writes at `t * out_stride + 16 * g .. + 16` for every `t < acts.m()` and
+/// `g` in `groups`, and nothing else accesses those cells during the call.
+pub unsafe fn tiles_dot_into(
+    m: &PackedMatrix,
+    groups: std::ops::Range<usize>,
+    acts: &QuantizedRows,
+    use_avx512: bool,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    assert!(
+        acts.k() == m.n_cols && groups.end <= m.n_rows / TILE_ROWS,
+        "tiles_dot_into: bad operands"
+    );
+    if groups.is_empty() {
+        return;
+    }
+    let n_tok = acts.m();
+    prefetch_group(m, groups.start);
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512 {
+        let nb = m.n_cols / 32;
+        for g in groups.clone() {
+            let t = m.group(g).as_ptr();
+            let next = if g + 1 < groups.end {
+                m.group(g + 1).as_ptr()
+            } else {
+                std::ptr::null()
+            };
+            for (grp, t0) in (0..n_tok).step_by(GROUP_TOKENS).enumerate() {
+                let n = (n_tok - t0).min(GROUP_TOKENS);
+                let a = acts.group(grp);
+                let pf = if grp == 0 { next } else { std::ptr::null() };
+                let o = out.wrapping_add(t0 * out_stride + g * TILE_ROWS);
+                macro_rules! dispatch {
+                    ($kernel:ident) => {
+                        // SAFETY: AVX-512 was detected by the caller's scratch; tile group `g`
+                        // and the token group hold `nb` blocks; the caller vouches for `out`.
+                        unsafe {
+                            match n {
+                                1 => avx512::$kernel::<1>(t, nb, a, pf, o, out_stride),
+                                2 => avx512::$kernel::<2>(t, nb, a, pf, o, out_stride),
+                                3 => avx512::$kernel::<3>(t, nb, a, pf, o, out_stride),
+                                4 => avx512::$kernel::<4>(t, nb, a, pf, o, out_stride),
+                                5 => avx512::$kernel::<5>(t, nb, a, pf, o, out_stride),
+                                6 => avx512::$kernel::<6>(t, nb, a, pf, o, out_stride),
+                                7 => avx512::$kernel::<7>(t, nb, a, pf, o, out_stride),
+                                _ => avx512::$kernel::<8>(t, nb, a, pf, o, out_stride),
+                            }
+                        }
+                    };
+                }
+                match m.kind {
+                    QuantKind::Q4_0 => dispatch!(tile_dot_q4_0),
+                    QuantKind::Q4_1 => dispatch!(tile_dot_q4_1),
+                    QuantKind::Q8_0 => dispatch!(tile_dot_q8_0),
+                }
+            }
+        }
+        return;
+    }
+    let _ = use_avx512;
+    let mut res = [0f32; TILE_ROWS * TILE_TOKENS];
+    for g in groups {
+        for t0 in (0..n_tok).step_by(GROUP_TOKENS) {
+            let n = (n_tok - t0).min(GROUP_TOKENS);
+            tile_dot_portable(m.kind, m.group(g), acts, t0, n, &mut res);
+            for t in 0..n {
+                // SAFETY: the caller vouches for these 16 cells.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.add((t0 + t) * out_stride + g * TILE_ROWS),
+                        TILE_ROWS,
+                    )
+                };
+                dst.copy_from_slice(&res[t * TILE_ROWS..(t + 1) * TILE_ROWS]);
+            }
+        }
+    }
 }
 
 /// Portable twin of the AVX-512 tile kernels.
@@ -320,6 +407,7 @@ mod avx512 {
                 a: GroupPtrs,
                 pf: *const u8,
                 out: *mut f32,
+                out_stride: usize,
             ) {
                 const Q4_1: bool = $q4_1;
                 let (tb, q_at) = if Q4_1 { (320, 64) } else { (288, 32) };
@@ -381,8 +469,10 @@ mod avx512 {
                     }
                 }
                 for t in 0..N {
-                    // SAFETY: `out` holds 16 * N floats.
-                    unsafe { _mm512_storeu_ps(out.add(16 * t), _mm512_add_ps(acc[t], accm[t])) };
+                    // SAFETY: `out` holds 16 floats at every `t * out_stride`, `t < N`.
+                    unsafe {
+                        _mm512_storeu_ps(out.add(out_stride * t), _mm512_add_ps(acc[t], accm[t]))
+                    };
                 }
             }
         };
@@ -402,6 +492,7 @@ mod avx512 {
         a: GroupPtrs,
         pf: *const u8,
         out: *mut f32,
+        out_stride: usize,
     ) {
         let tb = 544;
         let mut acc = [_mm512_setzero_ps(); N];
@@ -435,8 +526,14 @@ mod avx512 {
             }
         }
         for (t, &a) in acc.iter().enumerate() {
-            // SAFETY: `out` holds 16 * N floats; `+ 0` as the portable twin's `acc + accm`.
-            unsafe { _mm512_storeu_ps(out.add(16 * t), _mm512_add_ps(a, _mm512_setzero_ps())) };
+            // SAFETY: `out` holds 16 floats at every `t * out_stride`, `t < N`; `+ 0` as the
+            // portable twin's `acc + accm`.
+            unsafe {
+                _mm512_storeu_ps(
+                    out.add(out_stride * t),
+                    _mm512_add_ps(a, _mm512_setzero_ps()),
+                )
+            };
         }
     }
 }
@@ -491,6 +588,25 @@ mod tests {
                             (got - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0),
                             "{kind:?} g={g} t={t} r={r}: {got} vs {}",
                             want[0]
+                        );
+                    }
+                }
+                // Straight into a strided output, both paths, same bits.
+                for avx in [false, true] {
+                    if avx && !avx512_available() {
+                        continue;
+                    }
+                    let stride = 16 * 2 + 5;
+                    let mut out = vec![f32::NAN; m * stride];
+                    // SAFETY: `out` holds `m` rows of `stride >= 16 * (g + 1)` values.
+                    unsafe {
+                        tiles_dot_into(&packed, g..g + 1, &acts, avx, out.as_mut_ptr(), stride)
+                    };
+                    for t in 0..m {
+                        assert_eq!(
+                            out[t * stride + 16 * g..][..16],
+                            portable[16 * t..16 * t + 16],
+                            "{kind:?} g={g} t={t} avx={avx}"
                         );
                     }
                 }
