@@ -169,11 +169,14 @@ pub fn attention(
             .unwrap_or_else(|e| e.into_inner());
         let mut base = 0;
         for (s, out) in seqs.iter().zip(&out_ptrs) {
-            let items = s.n_new(&shape) * n_kv_heads;
+            let n_new = s.n_new(&shape);
+            let items = n_new * n_kv_heads;
             let lo = mine.start.max(base);
             let hi = mine.end.min(base + items);
             for item in lo..hi {
-                let (row, kv_head) = ((item - base) / n_kv_heads, (item - base) % n_kv_heads);
+                // KV-head major: a chunk's items are rows of one KV head, which share the
+                // head's keys and values in the cache.
+                let (kv_head, row) = ((item - base) / n_new, (item - base) % n_new);
                 let at = row * row_q + kv_head * group * head_dim;
                 let q = &s.q[at..at + group * head_dim];
                 // SAFETY: (row, kv_head) is in range and its heads' outputs are owned by this
