@@ -37,6 +37,22 @@ fn rms_norm_portable(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// `x += y`.
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { add_in_place_avx512(x, y) };
+    }
+    add_in_place_portable(x, y);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn add_in_place_avx512(x: &mut [f32], y: &[f32]) {
+    add_in_place_portable(x, y);
+}
+
+#[inline(always)]
+fn add_in_place_portable(x: &mut [f32], y: &[f32]) {
     for (a, &b) in x.iter_mut().zip(y) {
         *a += b;
     }
@@ -122,6 +138,23 @@ impl RopeTable {
 
 /// Rotates every head of one row (`n_heads * head_dim` values) by precomputed `angles`.
 pub fn rope_row(x: &mut [f32], head_dim: usize, angles: &[f32], layout: RopeLayout) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was just detected.
+        return unsafe { rope_row_avx512(x, head_dim, angles, layout) };
+    }
+    rope_row_portable(x, head_dim, angles, layout);
+}
+
+/// The same code compiled with AVX-512 (identical results: no reassociation or contraction).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn rope_row_avx512(x: &mut [f32], head_dim: usize, angles: &[f32], layout: RopeLayout) {
+    rope_row_portable(x, head_dim, angles, layout);
+}
+
+#[inline(always)]
+fn rope_row_portable(x: &mut [f32], head_dim: usize, angles: &[f32], layout: RopeLayout) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
@@ -170,7 +203,9 @@ mod tests {
     #[test]
     fn silu_mul_matches_definition_and_paths_agree() {
         let g: Vec<f32> = (0..999).map(|i| (i as f32 - 499.0) * 0.23).collect();
-        let u: Vec<f32> = (0..999).map(|i| ((i * 7) % 13) as f32 * 0.5 - 3.0).collect();
+        let u: Vec<f32> = (0..999)
+            .map(|i| ((i * 7) % 13) as f32 * 0.5 - 3.0)
+            .collect();
         let mut fast = g.clone();
         silu_mul(&mut fast, &u);
         let mut slow = g.clone();
@@ -179,7 +214,10 @@ mod tests {
         for i in 0..g.len() {
             let v = g[i] as f64;
             let want = v / (1.0 + (-v).exp()) * u[i] as f64;
-            assert!((fast[i] as f64 - want).abs() <= 2e-6 * want.abs() + 1e-30, "v={v}");
+            assert!(
+                (fast[i] as f64 - want).abs() <= 2e-6 * want.abs() + 1e-30,
+                "v={v}"
+            );
         }
     }
 
@@ -199,6 +237,17 @@ mod tests {
         let mut a = hf.clone();
         rope_row(&mut a, d, &cs, RopeLayout::Halves);
         rope_row(&mut gguf, d, &cs, RopeLayout::Adjacent);
+        let (mut a2, mut gguf2) = (hf.clone(), gguf.clone());
+        rope_row_portable(&mut a2, d, &cs, RopeLayout::Halves);
+        let mut g0 = vec![0f32; d];
+        for i in 0..d / 2 {
+            g0[2 * i] = hf[i];
+            g0[2 * i + 1] = hf[i + d / 2];
+        }
+        gguf2.copy_from_slice(&g0);
+        rope_row_portable(&mut gguf2, d, &cs, RopeLayout::Adjacent);
+        assert_eq!(a, a2, "AVX-512 and portable RoPE differ");
+        assert_eq!(gguf, gguf2, "AVX-512 and portable RoPE differ");
         for i in 0..d / 2 {
             assert_eq!(a[i], gguf[2 * i]);
             assert_eq!(a[i + d / 2], gguf[2 * i + 1]);
