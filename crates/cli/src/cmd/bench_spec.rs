@@ -55,7 +55,8 @@ pub struct Args {
     #[arg(long, value_name = "TREES")]
     sweep_trees: Vec<String>,
     /// Drafters to run (comma-separated; default: `--spec`). Flags that belong to one drafter
-    /// (`--draft-model`, `--exit-layer`) are passed to that drafter only.
+    /// (`--draft-model`, `--exit-layer`) are passed to that drafter only. `none` is run once,
+    /// whatever the trees: the speculative engine taking plain steps (an A/A check).
     #[arg(long, value_name = "METHODS", value_delimiter = ',')]
     sweep_specs: Vec<SpecMethod>,
     /// Write a PNG of speed-up over plain decoding against drafted nodes per step, one line
@@ -67,6 +68,9 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     dump_prompts: Option<PathBuf>,
 }
+
+/// The tree column of `--spec none` (no drafter: plain steps in the speculative engine).
+const A_A_TREE: &str = "(A/A)";
 
 /// One speculative configuration of a run: a drafter with a tree.
 struct Config {
@@ -277,13 +281,24 @@ pub fn run(args: Args) -> Result<()> {
     // Every configuration is checked (tree, exit layer, draft model) before any generation.
     let mut configs = Vec::new();
     for &method in &methods {
+        if method == SpecMethod::None {
+            // The speculative engine with no drafter takes plain steps whatever the tree: one
+            // configuration, the A/A check of the engines' noise (no controller: chain:1).
+            configs.push(Config {
+                method: method_name(method),
+                tree: A_A_TREE.to_string(),
+                tree_nodes: None,
+                prepared: Prepared::none("chain:1")?,
+                tally: Tally::default(),
+            });
+            continue;
+        }
         for tree in &trees {
             let spec_args = if sweep {
                 spec_args_for(&args.spec, method, tree)
             } else {
                 args.spec.clone()
             };
-            // `--spec none` runs the speculative engine without a drafter: an A/A check.
             let prepared = match spec_args
                 .prepare(&loaded)
                 .with_context(|| format!("--spec {} --tree {tree}", method_name(method)))?
@@ -400,7 +415,7 @@ pub fn run(args: Args) -> Result<()> {
             max_tokens: args.max_tokens,
             temperature: args.temperature,
             threads: loaded.model.n_threads(),
-            tree: args.spec.tree.clone(),
+            tree: config.tree.clone(),
             plain_decode_tok_s: plain.tok_s(),
             spec_decode_tok_s: config.tally.tok_s(),
             speedup: ratio(config.tally.tok_s(), plain.tok_s()),
@@ -551,7 +566,7 @@ fn print_sweep(report: &SpecSweepReport) {
     for r in &report.runs {
         let nodes = r
             .tree_nodes
-            .map_or_else(|| "auto".to_string(), |n| n.to_string());
+            .map_or_else(|| "-".to_string(), |n| n.to_string());
         let differing = if greedy {
             format!("{:>9}  ", r.n_mismatches)
         } else {
