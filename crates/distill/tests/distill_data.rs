@@ -141,6 +141,13 @@ fn the_target_view_holds_the_engines_taps_and_renormalised_logits() {
             );
         }
     }
+    // The tables are the engine's own embeddings.
+    let mut row = vec![0f32; h];
+    for t in [0u32, 1, 17, 1000, 49151] {
+        model.embed_row(t, &mut row).unwrap();
+        assert_eq!(tables.embedding(t), &row[..], "embedding of token {t}");
+    }
+    assert_eq!(tables.final_norm, model.output_norm());
     // Rows past the sequence are padding for the training-time-test steps.
     assert_eq!(view.weights.len(), tokens.len() + steps);
     assert!(view.weights[tokens.len()..].iter().all(|&w| w == 0.0));
