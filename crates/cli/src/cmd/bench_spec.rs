@@ -284,6 +284,10 @@ pub fn run(args: Args) -> Result<()> {
         if method == SpecMethod::None {
             // The speculative engine with no drafter takes plain steps whatever the tree: one
             // configuration, the A/A check of the engines' noise (no controller: chain:1).
+            if !sweep {
+                // Still rejects flags that need another drafter (`--exit-layer`, ...).
+                args.spec.prepare(&loaded)?;
+            }
             configs.push(Config {
                 method: method_name(method),
                 tree: A_A_TREE.to_string(),
@@ -398,7 +402,7 @@ pub fn run(args: Args) -> Result<()> {
             &configs,
         );
         if let Some(png) = &args.png {
-            plot::speedup_png(png, &report)
+            speedup_plot::speedup_png(png, &report)
                 .with_context(|| format!("writing {}", png.display()))?;
         }
         if args.json {
@@ -591,30 +595,12 @@ fn print_sweep(report: &SpecSweepReport) {
 }
 
 /// The speed-up plot (`--png`).
-mod plot {
+mod speedup_plot {
     use crate::json::SpecSweepReport;
+    use crate::plot::{register_font, COLORS, FONT};
     use anyhow::{anyhow, Result};
     use plotters::prelude::*;
     use std::path::Path;
-
-    /// Line colours, one per drafter (colour-blind-safe order).
-    const COLORS: [RGBColor; 6] = [
-        RGBColor(0, 114, 178),
-        RGBColor(213, 94, 0),
-        RGBColor(0, 158, 115),
-        RGBColor(204, 121, 167),
-        RGBColor(230, 159, 0),
-        RGBColor(86, 180, 233),
-    ];
-
-    /// Text is drawn with a font compiled into the binary (Hack, from the
-    /// `epaint_default_fonts` crate), so no system font or fontconfig is needed.
-    const FONT: &str = "sans-serif";
-
-    fn register_font() -> Result<()> {
-        plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR)
-            .map_err(|_| anyhow!("the embedded font does not parse"))
-    }
 
     fn err(e: impl std::fmt::Display) -> anyhow::Error {
         anyhow!("drawing the plot: {e}")
