@@ -196,3 +196,32 @@ fn bad_training_inputs_are_clear_errors() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_shipped_head_is_found_and_lossless() {
+    let model = peregrine_testkit::smollm2_path().display().to_string();
+    let gen = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--chat",
+            "--prompt",
+            "Write a short note to a friend about a trip to the mountains.",
+            "--max-tokens",
+            "48",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        let out = peregrine(&args);
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice(&out.stdout).expect("JSON")
+    };
+    let plain = gen(&[]);
+    // No --eagle: the default model finds assets/eagle/SmolLM2-135M-Instruct.eagle3.safetensors.
+    let spec = gen(&["--spec", "eagle", "--tree", "chain:2"]);
+    assert_eq!(spec["tokens"], plain["tokens"]);
+    // A trained head gets some drafts accepted (a random one almost never does).
+    assert!(spec["spec"]["tau"].as_f64().unwrap() > 1.0, "{spec}");
+}
