@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tok = Tokenizer::from_gguf(model.source().gguf().expect("a GGUF model"))?;
     let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nThe capital of France is Paris, a city known for its art and history.";
     let tokens = tok.encode(text, EncodeOptions::default_for(&tok))?;
-    let sample = Sample { n_prompt: 10, tokens };
+    let sample = Sample {
+        n_prompt: 10,
+        tokens,
+    };
     let counts: Vec<u64> = vec![1; model.config().vocab_size];
     let vocab = DraftVocab::most_frequent(&counts, 256)?;
     let tables = TargetTables::load(&model)?;

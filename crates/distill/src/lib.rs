@@ -26,9 +26,6 @@ pub enum DistillError {
     /// The target model failed.
     #[error(transparent)]
     Model(#[from] peregrine_model::Error),
-    /// The model file failed.
-    #[error(transparent)]
-    Format(#[from] peregrine_formats::Error),
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -5,7 +5,6 @@
 use crate::draft_vocab::DraftVocab;
 use crate::selfgen::Sample;
 use crate::{DistillError, Result};
-use peregrine_formats::names::LlamaTensor;
 use peregrine_model::{ForwardOptions, LogitRows, Model, SeqInput, Workspace};
 
 /// Rows the target computes per forward while building a view.
@@ -27,20 +26,16 @@ pub struct TargetTables {
 }
 
 impl TargetTables {
-    /// Reads the tables from the model's GGUF file.
+    /// Copies the tables out of the model (any file type the engine loads).
     pub fn load(model: &Model) -> Result<Self> {
-        let gguf = model.source().gguf().ok_or_else(|| {
-            DistillError::Config("training reads the target's tables from a GGUF file".into())
-        })?;
-        let read = |t: LlamaTensor| -> Result<Vec<f32>> {
-            let name = t.gguf_name(None);
-            let info = gguf.require_tensor(&name)?;
-            Ok(gguf.tensor_to_f32(info)?)
-        };
-        let hidden = model.config().hidden_size;
+        let (vocab, hidden) = (model.config().vocab_size, model.config().hidden_size);
+        let mut embed = vec![0f32; vocab * hidden];
+        for (t, row) in embed.chunks_exact_mut(hidden).enumerate() {
+            model.embed_row(t as u32, row)?;
+        }
         Ok(Self {
-            embed: read(LlamaTensor::TokenEmbd)?,
-            final_norm: read(LlamaTensor::OutputNorm)?,
+            embed,
+            final_norm: model.output_norm().to_vec(),
             hidden,
         })
     }

@@ -3,7 +3,7 @@
 //! held-out sequences, and resumable checkpoints.
 
 use crate::draft_vocab::DraftVocab;
-use crate::selfgen::Sample;
+use crate::selfgen::{argmax, Sample};
 use crate::target::{TargetRunner, TargetTables, TargetView};
 use crate::{DistillError, Result};
 use peregrine_train::{
@@ -283,7 +283,7 @@ fn validate(
                     break;
                 };
                 let logits = &tape.value(out.logits)[t * vd..(t + 1) * vd];
-                if vocab.to_target[argmax(logits)] != actual {
+                if vocab.to_target[argmax(logits) as usize] != actual {
                     break;
                 }
                 accepted += 1;
@@ -296,16 +296,6 @@ fn validate(
         step_accuracy: stats.step_accuracy,
         chain_tau: 1.0 + accepted as f64 / rows.max(1) as f64,
     })
-}
-
-fn argmax(x: &[f32]) -> usize {
-    let (mut best, mut max) = (0, f32::NEG_INFINITY);
-    for (i, &v) in x.iter().enumerate() {
-        if v > max {
-            (best, max) = (i, v);
-        }
-    }
-    best
 }
 
 fn train_err(e: peregrine_train::Error) -> DistillError {
