@@ -38,6 +38,8 @@ pub struct Controller {
     plain_rate: Option<f64>,
     /// Steps in a row on the better arm.
     n_best_in_row: usize,
+    /// Moving average of the drafted nodes kept on steps that drafted; NaN = none yet.
+    kept: f64,
 }
 
 /// Weight of a new step in the per-arm throughput averages.
@@ -68,7 +70,28 @@ impl Controller {
             draft_rate: None,
             plain_rate: None,
             n_best_in_row: 0,
+            kept: f64::NAN,
         }
+    }
+
+    /// How many nodes to ask the drafter for: about twice what recent steps kept (at least 1,
+    /// at most `max`; `max` until a step has drafted). Drafting a 32-node tree to keep 1 node
+    /// would cost a drafter like EAGLE, whose cost grows with the tree, more than the kept
+    /// draft gains.
+    pub fn draft_budget(&self, max: usize) -> usize {
+        if self.kept.is_nan() {
+            return max.max(1);
+        }
+        ((2.0 * self.kept).round() as usize + 1).clamp(1, max.max(1))
+    }
+
+    /// Records how many drafted nodes a drafting step kept after [`Controller::choose`].
+    pub fn record_kept(&mut self, n_kept: usize) {
+        self.kept = if self.kept.is_nan() {
+            n_kept as f64
+        } else {
+            (1.0 - RATE_EWMA) * self.kept + RATE_EWMA * n_kept as f64
+        };
     }
 
     /// The calibration factor `α`.
@@ -260,6 +283,24 @@ mod tests {
             n_plain <= 400 / (4 * EXPLORE_EVERY) + 2,
             "plain {n_plain} times"
         );
+    }
+
+    #[test]
+    fn the_budget_follows_what_is_kept() {
+        let mut c = Controller::new(1.0, 1.5);
+        assert_eq!(c.draft_budget(32), 32);
+        for _ in 0..100 {
+            c.record_kept(1);
+        }
+        assert_eq!(c.draft_budget(32), 3);
+        for _ in 0..100 {
+            c.record_kept(0);
+        }
+        assert_eq!(c.draft_budget(32), 1);
+        for _ in 0..100 {
+            c.record_kept(20);
+        }
+        assert_eq!(c.draft_budget(32), 32);
     }
 
     #[test]

@@ -309,12 +309,27 @@ impl SpecSession {
                             n_early =
                                 self.draft_early_exit(model, e, plan_depth, drafter.min_score())?
                         }
-                        None => drafter.propose(&ctx, &plan, &mut self.tree)?,
+                        None => match (&plan, &self.controller) {
+                            // Auto: ask for a tree about the size the controller keeps.
+                            (DraftPlan::Dynamic { top_k, .. }, Some(c)) => {
+                                let budget = c.draft_budget(AUTO_BUDGET);
+                                let adaptive = DraftPlan::Dynamic {
+                                    budget,
+                                    depth: AUTO_DEPTH.min(budget),
+                                    top_k: *top_k,
+                                };
+                                drafter.propose(&ctx, &adaptive, &mut self.tree)?
+                            }
+                            _ => drafter.propose(&ctx, &plan, &mut self.tree)?,
+                        },
                     }
                 }
-                if let Some(c) = &self.controller {
+                if let Some(c) = &mut self.controller {
                     let keep = c.choose(&self.tree);
                     self.tree.truncate(keep);
+                    if !skip {
+                        c.record_kept(keep - 1);
+                    }
                 }
                 // Room in the cache, and no deeper than the tokens still to emit.
                 let remaining = params.max_tokens.saturating_sub(emitter.tokens.len());
