@@ -254,7 +254,10 @@ impl SpecSession {
             method: drafter.name().to_string(),
             ..SpecStats::default()
         };
-        if matches!(tree_spec, TreeSpec::Auto) && self.controller.is_none() {
+        // The controller (kept across generations, with its measurements) steers `auto` trees
+        // only: a fixed tree is drafted and verified as asked.
+        let adaptive = matches!(tree_spec, TreeSpec::Auto);
+        if adaptive && self.controller.is_none() {
             self.controller = Some(self.measure_costs(model)?);
         }
         let plan = tree_spec.plan();
@@ -300,6 +303,7 @@ impl SpecSession {
                 let skip = self
                     .controller
                     .as_mut()
+                    .filter(|_| adaptive)
                     .is_some_and(|c| !c.worth_drafting());
                 // Rows whose hidden state entering the exit layer is in `self.hidden`.
                 let mut n_early = 0;
@@ -309,22 +313,22 @@ impl SpecSession {
                             n_early =
                                 self.draft_early_exit(model, e, plan_depth, drafter.min_score())?
                         }
-                        None => match (&plan, &self.controller) {
+                        None => match (&plan, self.controller.as_ref().filter(|_| adaptive)) {
                             // Auto: ask for a tree about the size the controller keeps.
                             (DraftPlan::Dynamic { top_k, .. }, Some(c)) => {
                                 let budget = c.draft_budget(AUTO_BUDGET);
-                                let adaptive = DraftPlan::Dynamic {
+                                let sized = DraftPlan::Dynamic {
                                     budget,
                                     depth: AUTO_DEPTH.min(budget),
                                     top_k: *top_k,
                                 };
-                                drafter.propose(&ctx, &adaptive, &mut self.tree)?
+                                drafter.propose(&ctx, &sized, &mut self.tree)?
                             }
                             _ => drafter.propose(&ctx, &plan, &mut self.tree)?,
                         },
                     }
                 }
-                if let Some(c) = &mut self.controller {
+                if let Some(c) = self.controller.as_mut().filter(|_| adaptive) {
                     let keep = c.choose(&self.tree);
                     self.tree.truncate(keep);
                     if !skip {
@@ -411,7 +415,7 @@ impl SpecSession {
                 stats.accepted_per_depth[..n_accepted]
                     .iter_mut()
                     .for_each(|c| *c += 1);
-                if let Some(c) = &mut self.controller {
+                if let Some(c) = self.controller.as_mut().filter(|_| adaptive) {
                     c.observe(&self.tree, &self.path, forward_s, draft_s);
                     c.record_step(!skip, n_accepted + 1, draft_start.elapsed().as_secs_f64());
                 }

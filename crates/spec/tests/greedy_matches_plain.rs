@@ -403,3 +403,41 @@ fn sampled_drafts_from_an_identical_draft_are_always_accepted() {
         "{st:?}"
     );
 }
+
+/// A session that ran an `auto` generation keeps its controller for later `auto` runs, but a
+/// later fixed tree is drafted and verified as asked, not cut by that controller.
+#[test]
+fn a_fixed_tree_after_an_auto_run_is_not_cut() {
+    let prompt = &specbench_prompts("mt_bench", 1)[0];
+    let vocab = model().config().vocab_size;
+    let params = GenerateParams {
+        max_tokens: 24,
+        ..GenerateParams::default()
+    };
+    let mut session = SpecSession::new(model(), prompt.len() + 64);
+    for tree in ["auto", "chain:2"] {
+        // The target drafting for itself: every draft is accepted, so a 2-node chain verifies
+        // 2 drafted tokens per step until the token budget cuts it.
+        let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 64).unwrap();
+        let g = session
+            .generate(
+                model(),
+                tokenizer(),
+                &mut d,
+                &TreeSpec::parse(tree).unwrap(),
+                prompt,
+                &params,
+                &mut |_| {},
+            )
+            .unwrap();
+        if tree == "chain:2" {
+            let s = &g.stats;
+            assert!(
+                s.n_drafted + 2 >= 2 * s.steps,
+                "chain:2 after auto: {} drafted in {} steps",
+                s.n_drafted,
+                s.steps
+            );
+        }
+    }
+}
