@@ -524,6 +524,168 @@ pub mod portable {
         }
     }
 
+    /// Operands of [`exp_clamped`], shared with the JIT so both compute the same bits.
+    pub mod exp_consts {
+        /// Arguments below this give 0 (and are clamped to it first).
+        pub const LO: f32 = -87.0;
+        /// Arguments are clamped to at most this (so `2^n` stays a normal number).
+        pub const HI: f32 = 88.0;
+        /// `log2(e)`, to find `n = round(x log2 e)`.
+        pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+        /// High part of `ln 2` (Cody–Waite): `n * LN2_HI` is exact.
+        pub const LN2_HI: f32 = 0.693_145_75;
+        /// Low part of `ln 2`.
+        pub const LN2_LO: f32 = 1.428_606_8e-6;
+        /// Taylor coefficients `1/k!`, highest first, for Horner's rule (`p = 1/720`, then
+        /// `p = fma(p, r, c)` for each following `c`).
+        pub const POLY: [f32; 7] = [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ];
+        /// [`super::pow2i`]: `n + MAGIC` holds `n + 127` in its low mantissa bits.
+        pub const POW2I_MAGIC: f32 = 8_388_735.0;
+        /// [`super::pow2i`]: the bits of `2^23`, subtracted to leave `n + 127`.
+        pub const POW2I_BIAS: u32 = 0x4B00_0000;
+    }
+
+    /// Folds 16 lanes in the order `_mm512` code uses: halves of 8, 4, then pairs
+    /// (`(v0 + v2) + (v1 + v3)` after two halvings).
+    #[inline(always)]
+    pub fn reduce16(v: &[f32; 16]) -> f32 {
+        let mut a = [0f32; 8];
+        for i in 0..8 {
+            a[i] = v[i] + v[i + 8];
+        }
+        let mut b = [0f32; 4];
+        for i in 0..4 {
+            b[i] = a[i] + a[i + 4];
+        }
+        let c0 = b[0] + b[2];
+        let c1 = b[1] + b[3];
+        c0 + c1
+    }
+
+    /// `sum(a[i] * b[i])` with fused multiply-adds into 16 lanes (`lane = i % 16`, the tail
+    /// into the first lanes), folded by [`reduce16`]. Rust neither reassociates nor contracts,
+    /// so the bits are the same whether or not the loop is vectorised.
+    #[inline(always)]
+    pub fn dot16(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        for (ca, cb) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+            for l in 0..16 {
+                acc[l] = ca[l].mul_add(cb[l], acc[l]);
+            }
+        }
+        let tail = a.len().min(b.len()) / 16 * 16;
+        for (i, (&x, &y)) in a[tail..].iter().zip(&b[tail..]).enumerate() {
+            acc[i] = x.mul_add(y, acc[i]);
+        }
+        reduce16(&acc)
+    }
+
+    /// `2^n` for an integer-valued `n` in `-126..=127`, built in the exponent bits: the same
+    /// bits as `f32::from_bits(((n as i32 + 127) as u32) << 23)` without the saturating
+    /// float-to-int cast, which does not vectorise.
+    #[inline(always)]
+    pub fn pow2i(n: f32) -> f32 {
+        let biased = (n + exp_consts::POW2I_MAGIC)
+            .to_bits()
+            .wrapping_sub(exp_consts::POW2I_BIAS);
+        f32::from_bits(biased << 23)
+    }
+
+    /// `exp(x)` to ~2 ulp with plain f32 operations in a fixed order (the JIT emits the same
+    /// ones): clamp to `[-87, 88]`, Cody–Waite reduction `x = n ln2 + r`, a degree-6 Taylor
+    /// polynomial by Horner's rule, times `2^n`; below -87 the result is 0.
+    #[inline(always)]
+    pub fn exp_clamped(x: f32) -> f32 {
+        use exp_consts::*;
+        let xc = x.clamp(LO, HI);
+        let n = (xc * LOG2E).round_ties_even();
+        let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+        let mut p = POLY[0];
+        for &c in &POLY[1..] {
+            p = p.mul_add(r, c);
+        }
+        let y = p * pow2i(n);
+        if x < LO {
+            0.0
+        } else {
+            y
+        }
+    }
+
+    /// RMSNorm of rows of `w.len()` as the engine computes it: `out = (x * scale) * w` with
+    /// `scale = 1 / sqrt(dot16(x, x) / d + eps)`. The JIT's `RowOp::RmsNorm` equals it bit
+    /// for bit. (Not the interpreter's order: see [`rms_norm`].)
+    #[inline(always)]
+    pub fn rms_norm_lanes16(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+        let d = w.len();
+        if d == 0 {
+            return;
+        }
+        for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let mean = dot16(xr, xr) / d as f32;
+            let scale = 1.0 / (mean + eps).sqrt();
+            for ((o, &v), &wv) in or.iter_mut().zip(xr).zip(w) {
+                *o = v * scale * wv;
+            }
+        }
+    }
+
+    /// `x += y` (over the shorter length).
+    #[inline(always)]
+    pub fn add_in_place(x: &mut [f32], y: &[f32]) {
+        for (a, &b) in x.iter_mut().zip(y) {
+            *a += b;
+        }
+    }
+
+    /// `gate = gate / (1 + exp_clamped(-gate)) * up`, SwiGLU in place with the polynomial
+    /// [`exp_clamped`] (not libm's `exp`: see [`silu_mul`]). For gate < -88 the result is a
+    /// tiny number rather than the exact one (`|v| e^v < 1e-36`).
+    #[inline(always)]
+    pub fn silu_mul_in_place(gate: &mut [f32], up: &[f32]) {
+        for (g, &u) in gate.iter_mut().zip(up) {
+            let v = *g;
+            *g = v / (1.0 + exp_clamped(-v)) * u;
+        }
+    }
+
+    /// Rotates every head of `x` (heads of `head_dim`) by precomputed `angles` (`head_dim / 2`
+    /// cosines, then the sines), pairing dimensions as `layout` says:
+    /// `x_a' = x_a c - x_b s`, `x_b' = x_a s + x_b c` (two products, then the sum: no FMA).
+    #[inline(always)]
+    pub fn rope_row(
+        x: &mut [f32],
+        head_dim: usize,
+        angles: &[f32],
+        layout: crate::jit::rowops::RopeLayout,
+    ) {
+        use crate::jit::rowops::RopeLayout;
+        let half = head_dim / 2;
+        if half == 0 || angles.len() < 2 * half {
+            return;
+        }
+        for head in x.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let (c, s) = (angles[i], angles[half + i]);
+                let (a, b) = match layout {
+                    RopeLayout::Adjacent => (2 * i, 2 * i + 1),
+                    RopeLayout::Halves => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+
     /// `c = a · b`, one fma chain per output in increasing `k`.
     pub fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
         c.fill(0.0);

@@ -6,6 +6,7 @@
 
 pub mod exec_mem;
 pub mod qgemm;
+pub mod rowops;
 pub mod sgemm;
 
 use crate::error::{Error, Result};
