@@ -2,7 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use peregrine_loops::tune::{self, TuneConfig};
-use peregrine_loops::{jit, Epilogue, Isa, SgemmDesc, SgemmKernel};
+use peregrine_loops::{
+    jit, Epilogue, Isa, RopeLayout, RowKernel, RowOp, RowOpDesc, SgemmDesc, SgemmKernel,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,9 +26,10 @@ enum Sub {
 
 #[derive(clap::Args)]
 struct KernelArgs {
-    /// The operation: `sgemm` (f32), or `qgemv` (quantized weights x int8 activations, VNNI;
-    /// with --m > 1 it is the small-M GEMM).
-    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv"])]
+    /// The operation: `sgemm` (f32), `qgemv` (quantized weights x int8 activations, VNNI;
+    /// with --m > 1 it is the small-M GEMM), or a row kernel of one row of --n values:
+    /// `rmsnorm`, `add`, `silu_mul`, `rope` (heads of 64, adjacent pairs) or `argmax`.
+    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv", "rmsnorm", "add", "silu_mul", "rope", "argmax"])]
     op: String,
     /// Weight block type for `qgemv`: q4_0, q4_1 or q8_0.
     #[arg(long, default_value = "q4_1")]
@@ -157,6 +160,9 @@ fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
 fn bench(a: KernelArgs) -> Result<()> {
     if a.op == "qgemv" {
         return bench_qgemv(a);
+    }
+    if let Some(op) = row_op(&a)? {
+        return bench_row(&a, op);
     }
     let (desc, tune_ms) = describe(&a)?;
     let kernel = SgemmKernel::compile(&desc).with_context(|| {
@@ -337,7 +343,152 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
     Ok(())
 }
 
+/// Head size of `--op rope`.
+const ROPE_HEAD_DIM: usize = 64;
+
+/// The row kernel `a.op` names, if it names one, for rows of `a.n`.
+fn row_op(a: &KernelArgs) -> Result<Option<RowOp>> {
+    let op = match a.op.as_str() {
+        "rmsnorm" => RowOp::RmsNorm { d: a.n },
+        "add" => RowOp::AddInPlace,
+        "silu_mul" => RowOp::SiluMul,
+        "rope" => RowOp::Rope {
+            head_dim: ROPE_HEAD_DIM,
+            layout: RopeLayout::Adjacent,
+        },
+        "argmax" => RowOp::Argmax,
+        _ => return Ok(None),
+    };
+    if a.n == 0 {
+        bail!("--n must be positive");
+    }
+    if a.op == "rope" && !a.n.is_multiple_of(ROPE_HEAD_DIM) {
+        bail!("--op rope takes --n a multiple of the head size {ROPE_HEAD_DIM}");
+    }
+    Ok(Some(op))
+}
+
+/// `--json` output of `peregrine kernels bench` for a row kernel (`--op rmsnorm|add|silu_mul|
+/// rope|argmax`): one object. `jit_ns` / `portable_ns`: best-of-batches nanoseconds per call
+/// of the JIT kernel and of its portable twin (`peregrine_loops::kernel::portable`, the
+/// fallback on CPUs without AVX2; same results bit for bit) on one row of `n` values, hot in
+/// cache; `*_gbs`: bytes read and written per call over that time; `speedup`: portable / JIT.
+#[derive(serde::Serialize)]
+struct RowBenchJson {
+    op: String,
+    n: usize,
+    isa: String,
+    jit_ns: f64,
+    portable_ns: f64,
+    jit_gbs: f64,
+    portable_gbs: f64,
+    speedup: f64,
+    compile_ms: f64,
+}
+
+fn bench_row(a: &KernelArgs, op: RowOp) -> Result<()> {
+    use peregrine_loops::kernel::portable;
+    let isa = match &a.isa {
+        None => Isa::detect(),
+        Some(s) => Isa::parse(s)
+            .with_context(|| format!("unknown --isa {s:?} (avx512, avx2, portable)"))?,
+    };
+    isa.check()?;
+    let kernel = RowKernel::compile(&RowOpDesc { op, isa })
+        .with_context(|| format!("compiling {} for {isa}", a.op))?;
+    let n = a.n;
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+        .collect();
+    let y: Vec<f32> = (0..n)
+        .map(|i| ((i * 104729) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let angles: Vec<f32> = (0..ROPE_HEAD_DIM).map(|i| (i as f32 * 0.1).cos()).collect();
+    let mut out = vec![0f32; n];
+    // Bytes each call reads and writes.
+    let bytes = 4 * match op {
+        RowOp::Argmax => n,
+        RowOp::Rope { .. } => 2 * n + ROPE_HEAD_DIM,
+        _ => 3 * n,
+    };
+    let mut run = |jit: bool| -> Result<f64> {
+        out.copy_from_slice(&x);
+        best_secs(a.min_secs / 2.0, || {
+            match (op, jit) {
+                (RowOp::RmsNorm { .. }, true) => kernel.rms_norm(&x, &y, 1e-5, &mut out)?,
+                (RowOp::RmsNorm { .. }, false) => {
+                    portable::rms_norm_lanes16(&x, &y, 1e-5, &mut out)
+                }
+                // In-place ops rewrite `out` (a copy of x made once): the values drift but
+                // stay finite, and the work per call is the same.
+                (RowOp::AddInPlace, true) => kernel.add_in_place(&mut out, &y)?,
+                (RowOp::AddInPlace, false) => portable::add_in_place(&mut out, &y),
+                (RowOp::SiluMul, true) => {
+                    out.copy_from_slice(&x);
+                    kernel.silu_mul(&mut out, &y)?
+                }
+                (RowOp::SiluMul, false) => {
+                    out.copy_from_slice(&x);
+                    portable::silu_mul_in_place(&mut out, &y)
+                }
+                (RowOp::Rope { .. }, true) => kernel.rope(&mut out, &angles)?,
+                (RowOp::Rope { head_dim, layout }, false) => {
+                    portable::rope_row(&mut out, head_dim, &angles, layout)
+                }
+                (RowOp::Argmax, true) => {
+                    std::hint::black_box(kernel.argmax(&x)?);
+                }
+                (RowOp::Argmax, false) => {
+                    std::hint::black_box(portable::argmax(&x));
+                }
+            }
+            std::hint::black_box(&mut out);
+            Ok(())
+        })
+    };
+    let jit_s = run(true)?;
+    let portable_s = run(false)?;
+    let res = RowBenchJson {
+        op: a.op.clone(),
+        n,
+        isa: isa.to_string(),
+        jit_ns: jit_s * 1e9,
+        portable_ns: portable_s * 1e9,
+        jit_gbs: bytes as f64 / jit_s / 1e9,
+        portable_gbs: bytes as f64 / portable_s / 1e9,
+        speedup: portable_s / jit_s,
+        compile_ms: kernel.compile_ms,
+    };
+    let mut stdout = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut stdout, &res)?;
+        writeln!(stdout)?;
+    } else {
+        writeln!(
+            stdout,
+            "{} n={n} {isa}: jit {:.1} ns ({:.1} GB/s), portable {:.1} ns ({:.1} GB/s), {:.2}x; compile {:.3} ms",
+            res.op, res.jit_ns, res.jit_gbs, res.portable_ns, res.portable_gbs, res.speedup, res.compile_ms
+        )?;
+    }
+    Ok(())
+}
+
 fn show(a: KernelArgs) -> Result<()> {
+    if let Some(op) = row_op(&a)? {
+        let isa = match &a.isa {
+            None => Isa::detect(),
+            Some(s) => Isa::parse(s).with_context(|| format!("unknown --isa {s:?}"))?,
+        };
+        let kernel = RowKernel::compile(&RowOpDesc { op, isa })?;
+        writeln!(
+            std::io::stdout().lock(),
+            "# {op:?} ({isa})\n# code: {} bytes, compiled in {:.3} ms\n{}",
+            kernel.code().len(),
+            kernel.compile_ms,
+            jit::disassemble(kernel.code())
+        )?;
+        return Ok(());
+    }
     if a.op == "qgemv" {
         let (desc, _) = qgemv_parts(&a)?;
         let kernel = peregrine_loops::QGemmKernel::compile(&desc)?;
