@@ -95,6 +95,16 @@ pub trait Drafter {
         let _ = (ws, rows, pos);
         Ok(())
     }
+
+    /// Does the work a drafter deferred while the engine was not drafting (an EAGLE head's
+    /// catch-up over the features of plain steps), for `context` (root last), leaving what
+    /// [`Drafter::propose`] needs for itself. The engine calls it before a drafting step that
+    /// follows plain steps and keeps its time out of that step's, so the controller prices a
+    /// draft by the drafting alone. The default does nothing.
+    fn catch_up(&mut self, context: &[u32]) -> Result<()> {
+        let _ = context;
+        Ok(())
+    }
 }
 
 /// The drafter that never drafts: speculative machinery, plain decoding's output and cost.

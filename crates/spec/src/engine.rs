@@ -9,7 +9,7 @@
 //! `TreeSpec::Auto` the trees depend on measured timings, so the draws (not their distribution)
 //! vary from run to run.
 
-use crate::controller::Controller;
+use crate::controller::{Controller, StepReport, CALIBRATION_SIZES};
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
@@ -291,6 +291,8 @@ impl SpecSession {
                 break 'gen stop;
             }
             ctx.push(root);
+            // Whether the last step was plain; the prompt's features may also wait for a catch-up.
+            let mut prev_skipped = true;
             loop {
                 // Plain generation runs one more forward after its last token; this does not.
                 if emitter.tokens.len() >= params.max_tokens {
@@ -298,13 +300,18 @@ impl SpecSession {
                 }
                 let base = self.cache.len();
                 debug_assert_eq!(base + 1, ctx.len());
-                let draft_start = Instant::now();
-                self.tree.reset(*ctx.last().expect("the root is in ctx"));
                 let skip = self
                     .controller
                     .as_mut()
                     .filter(|_| adaptive)
                     .is_some_and(|c| !c.worth_drafting());
+                if !skip && prev_skipped {
+                    // Work deferred over plain steps is not this draft's cost.
+                    drafter.catch_up(&ctx)?;
+                }
+                prev_skipped = skip;
+                let draft_start = Instant::now();
+                self.tree.reset(*ctx.last().expect("the root is in ctx"));
                 // Rows whose hidden state entering the exit layer is in `self.hidden`.
                 let mut n_early = 0;
                 if !skip {
@@ -316,10 +323,10 @@ impl SpecSession {
                         None => match (&plan, self.controller.as_ref().filter(|_| adaptive)) {
                             // Auto: ask for a tree about the size the controller keeps.
                             (DraftPlan::Dynamic { top_k, .. }, Some(c)) => {
-                                let budget = c.draft_budget(AUTO_BUDGET);
+                                let depth = c.draft_depth(AUTO_DEPTH);
                                 let sized = DraftPlan::Dynamic {
-                                    budget,
-                                    depth: AUTO_DEPTH.min(budget),
+                                    budget: c.draft_budget(AUTO_BUDGET).max(depth),
+                                    depth,
                                     top_k: *top_k,
                                 };
                                 drafter.propose(&ctx, &sized, &mut self.tree)?
@@ -328,12 +335,14 @@ impl SpecSession {
                         },
                     }
                 }
+                // Levels drafted (a drafter pays about one forward per level).
+                let levels = self.tree.depths().iter().copied().max().unwrap_or(0);
                 if let Some(c) = self.controller.as_mut().filter(|_| adaptive) {
                     let keep = c.choose(&self.tree);
-                    self.tree.truncate(keep);
                     if !skip {
-                        c.record_kept(keep - 1);
+                        c.record_choice(&self.tree, keep);
                     }
+                    self.tree.truncate(keep);
                 }
                 // Room in the cache, and no deeper than the tokens still to emit.
                 let remaining = params.max_tokens.saturating_sub(emitter.tokens.len());
@@ -416,8 +425,16 @@ impl SpecSession {
                     .iter_mut()
                     .for_each(|c| *c += 1);
                 if let Some(c) = self.controller.as_mut().filter(|_| adaptive) {
-                    c.observe(&self.tree, &self.path, forward_s, draft_s);
-                    c.record_step(!skip, n_accepted + 1, draft_start.elapsed().as_secs_f64());
+                    c.observe(&self.tree, &self.path, draft_s);
+                    c.record_step(&StepReport {
+                        drafted: !skip,
+                        levels,
+                        k: n,
+                        n_tokens: n_accepted + 1,
+                        draft_s,
+                        forward_s,
+                        step_s: draft_start.elapsed().as_secs_f64(),
+                    });
                 }
                 stats.draft_s += draft_s;
                 stats.verify_s += verify_start.elapsed().as_secs_f64();
@@ -513,16 +530,22 @@ impl SpecSession {
         Ok(self.tree.len())
     }
 
-    /// Times target forwards of 1 and 16 tokens on the current cache (then rolled back).
+    /// Times target forwards of [`CALIBRATION_SIZES`] tokens on the current cache (then
+    /// rolled back): two rounds over the sizes, the fastest of each kept, so that a change of
+    /// machine load mid-way hits every size alike.
     fn measure_costs(&mut self, model: &Model) -> Result<Controller> {
         let base = self.cache.len();
-        let mut times = [0.0f64; 2];
-        for (slot, k) in [1usize, 16].into_iter().enumerate() {
-            let k = k.min(self.cache.capacity() - base);
-            let tokens = [self.history.last().copied().unwrap_or(0); 16];
-            let positions: Vec<u32> = (0..k).map(|i| (base + i) as u32).collect();
-            let mut best = f64::INFINITY;
-            for _ in 0..2 {
+        let max_k = CALIBRATION_SIZES[CALIBRATION_SIZES.len() - 1];
+        let tokens = vec![self.history.last().copied().unwrap_or(0); max_k];
+        let positions: Vec<u32> = (0..max_k).map(|i| (base + i) as u32).collect();
+        let sizes: Vec<usize> = CALIBRATION_SIZES
+            .iter()
+            .map(|&k| k.min(self.cache.capacity() - base))
+            .filter(|&k| k > 0)
+            .collect();
+        let mut times: Vec<(usize, f64)> = sizes.iter().map(|&k| (k, f64::INFINITY)).collect();
+        for _round in 0..2 {
+            for (k, best) in &mut times {
                 let t = Instant::now();
                 let opts = ForwardOptions {
                     layers: 0..model.config().n_layers,
@@ -531,29 +554,24 @@ impl SpecSession {
                 };
                 let mut seqs = [SeqInput {
                     cache: &mut self.cache,
-                    tokens: &tokens[..k],
-                    positions: &positions,
+                    tokens: &tokens[..*k],
+                    positions: &positions[..*k],
                     tree: None,
                     logits: LogitRows::All,
                 }];
                 let r = model.forward(&mut self.ws, &mut seqs, &opts);
                 self.cache.truncate(base);
                 r?;
-                best = best.min(t.elapsed().as_secs_f64());
+                *best = best.min(t.elapsed().as_secs_f64());
             }
-            times[slot] = best;
         }
         // The probe overwrote the prefill logits: recompute the last prompt token's.
         let last = *self.history.last().expect("the prompt is prefilled");
         self.cache.truncate(base - 1);
         self.history.pop();
         self.chunk(model, &[last], base - 1, LogitRows::Last)?;
-        tracing::debug!(
-            cost_1_ms = times[0] * 1e3,
-            cost_16_ms = times[1] * 1e3,
-            "controller costs measured"
-        );
-        Ok(Controller::new(times[0], times[1]))
+        tracing::debug!(?times, "controller costs measured");
+        Ok(Controller::new(&times))
     }
 
     /// One causal forward over `tokens` at positions `pos..`, appending them to the history.

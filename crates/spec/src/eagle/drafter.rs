@@ -5,7 +5,8 @@
 //! output predicts the feature at `t + 1`, whose logits give `x_{t+2}`. The engine hands the
 //! drafter the target's features for every context position (prefill, then each verification's
 //! root and accepted path); rows whose next token is known are *caught up* into the head's cache
-//! in batched forwards. When drafting with root `x_n`, the rows up to `n - 1` are committed and
+//! in batched forwards, lazily: at the next `propose`, or once a whole batch is pending, so
+//! steps that do not draft cost the head nothing. When drafting with root `x_n`, the rows up to `n - 1` are committed and
 //! the last one's logits give the root's children. A drafted node of depth `d` becomes a head row
 //! at position `n + d - 1` that takes its parent's output as `g` and its own token's embedding;
 //! drafted rows are rolled back before the next step.
@@ -152,7 +153,9 @@ impl<'a> EagleDrafter<'a> {
     /// Turns pending features whose next token is known into committed head rows, in batched
     /// forwards. With `want_root`, the last row's logits (when it is the row before the root)
     /// give `root_top`, `k_root` candidates.
-    fn catch_up(&mut self, want_root: bool, k_root: usize) -> Result<()> {
+    /// With `leave_last`, the last known row stays pending (for a `propose` to compute with
+    /// its logits).
+    fn commit_pending(&mut self, want_root: bool, k_root: usize, leave_last: bool) -> Result<()> {
         self.cache.drop_drafts();
         let h = self.head.config().hidden_size;
         let fdim = self.head.config().feature_dim();
@@ -162,7 +165,8 @@ impl<'a> EagleDrafter<'a> {
             .len()
             .saturating_sub(1)
             .saturating_sub(self.cache.n_committed())
-            .min(self.n_pending);
+            .min(self.n_pending)
+            .saturating_sub(usize::from(leave_last));
         let mut done = 0;
         while done < n_known {
             let n = (n_known - done).min(HEAD_ROWS);
@@ -209,6 +213,18 @@ impl<'a> EagleDrafter<'a> {
             self.n_pending -= done;
         }
         Ok(())
+    }
+
+    /// Takes `context` (root last) as the sequence, dropping drafted rows and any state past
+    /// the root's position.
+    fn set_context(&mut self, context: &[u32]) {
+        self.cache.drop_drafts();
+        self.tokens.clear();
+        self.tokens.extend_from_slice(context);
+        let n = context.len().saturating_sub(1);
+        if self.covered() > n {
+            self.truncate(n);
+        }
     }
 
     fn lm_head(&self) -> Option<peregrine_tensor::Weights<'a>> {
@@ -492,12 +508,7 @@ impl Drafter for EagleDrafter<'_> {
         let Some(n) = context.len().checked_sub(1) else {
             return Ok(());
         };
-        self.cache.drop_drafts();
-        self.tokens.clear();
-        self.tokens.extend_from_slice(context);
-        if self.covered() > n {
-            self.truncate(n);
-        }
+        self.set_context(context);
         let k_root = match plan {
             DraftPlan::Dynamic { budget, top_k, .. } => (*top_k).min(*budget).max(1),
             DraftPlan::Shape(shape) => (1..shape.len())
@@ -507,7 +518,7 @@ impl Drafter for EagleDrafter<'_> {
                 .unwrap_or(0),
         }
         .min(MAX_TREE_NODES);
-        self.catch_up(true, k_root)?;
+        self.commit_pending(true, k_root, false)?;
         // Without features up to the root's position, or with the root row's logits lost,
         // there is nothing to draft from.
         if self.cache.n_committed() != n || !self.root_valid || k_root == 0 {
@@ -590,9 +601,18 @@ impl Drafter for EagleDrafter<'_> {
             }
             self.n_pending += 1;
         }
-        // Catch up at once where the next tokens are known (the prompt), so pending features
-        // stay few.
-        self.catch_up(false, 0)
+        // Catch up lazily, in whole batches: on steps where the controller declines to draft,
+        // the head's forward over one row would cost ~5% of a target step, while the rows
+        // left pending are caught up together (cheaper per row) at the next `propose`.
+        if self.n_pending >= HEAD_ROWS {
+            self.commit_pending(false, 0, false)?;
+        }
+        Ok(())
+    }
+
+    fn catch_up(&mut self, context: &[u32]) -> Result<()> {
+        self.set_context(context);
+        self.commit_pending(false, 0, true)
     }
 }
 
