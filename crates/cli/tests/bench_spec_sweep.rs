@@ -2,26 +2,9 @@
 //! per tree, a valid PNG, `--dump-prompts`, and clear errors (exit 1) for bad sweep flags.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn peregrine(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args(args)
-        .current_dir(peregrine_testkit::repo_root())
-        .output()
-        .expect("the binary runs");
-    eprintln!(
-        "peregrine {args:?}\nexit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn model() -> String {
-    peregrine_testkit::smollm2_path().display().to_string()
-}
+mod common;
+use common::{model, peregrine};
 
 fn sum_prompts() -> String {
     peregrine_testkit::specbench_path("sum")

@@ -5,27 +5,11 @@ use peregrine_formats::{GgmlType, GgufWriter, MetadataValue};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn peregrine(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args(args)
-        .current_dir(peregrine_testkit::repo_root())
-        .output()
-        .expect("the binary runs");
-    eprintln!(
-        "peregrine {args:?}\nexit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::{model, peregrine};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn model() -> String {
-    peregrine_testkit::smollm2_path().display().to_string()
 }
 
 #[test]

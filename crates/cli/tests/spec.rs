@@ -2,26 +2,8 @@
 //! the `spec` JSON object, output identical to plain greedy decoding, and clear errors with
 //! exit code 1 for bad speculative settings.
 
-use std::process::{Command, Output};
-
-fn peregrine(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args(args)
-        .current_dir(peregrine_testkit::repo_root())
-        .output()
-        .expect("the binary runs");
-    eprintln!(
-        "peregrine {args:?}\nexit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn model() -> String {
-    peregrine_testkit::smollm2_path().display().to_string()
-}
+mod common;
+use common::{model, peregrine};
 
 const PROMPT: &str = "Repeat this sentence twice: the falcon dives at two hundred miles an hour.";
 

@@ -3,22 +3,9 @@
 //! equals plain decoding), the curves PNG and the history; bad inputs are clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn peregrine(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
-        .args(args)
-        .current_dir(peregrine_testkit::repo_root())
-        .output()
-        .expect("the binary runs");
-    eprintln!(
-        "peregrine {args:?}\nexit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+mod common;
+use common::peregrine;
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peregrine-train-{tag}-{}", std::process::id()));
