@@ -74,7 +74,7 @@ impl MatrixLoc {
         }
     }
 
-    /// Repacks a Q4_0/Q4_1/Q8_0 matrix into 16-row tiles (the fast kernels' layout) and lets
+    /// Repacks a Q4_0/Q4_1/Q8_0 matrix into 16-row panels (the fast kernels' layout) and lets
     /// the file's copy of its pages go, so resident memory stays about one model's worth.
     fn pack(&mut self, source: &Source) {
         let kind = match self.ty {
@@ -83,12 +83,8 @@ impl MatrixLoc {
             GgmlType::Q8_0 => QuantKind::Q8_0,
             _ => return,
         };
-        if self.f32_activations
-            || !self
-                .n_rows
-                .is_multiple_of(peregrine_tensor::packed::TILE_ROWS)
-            || !self.n_cols.is_multiple_of(32)
-        {
+        // Any row count: the last 16-row panel may be partial.
+        if self.f32_activations || !self.n_cols.is_multiple_of(32) {
             return;
         }
         let w = self.matrix(source);

@@ -3,7 +3,6 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-pub mod act_q8;
 pub mod attention;
 pub mod lanes;
 pub mod matmul;

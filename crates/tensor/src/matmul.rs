@@ -1,20 +1,21 @@
 //! `y = x · Wᵀ` for weights that stay in their file layout (quantized or not), over a thread pool.
 //!
-//! Q4_0, Q4_1 and Q8_0 weights run on 8-bit activations ([`QuantizedRows`]) with the VNNI
-//! kernels of [`crate::qdot`]. Every other type (f32, f16, bf16, K-quants, Q5_x) dequantizes one
-//! weight row at a time into a per-thread buffer and takes f32 dot products: the model is never
-//! copied to f32 as a whole.
+//! Q4_0, Q4_1 and Q8_0 weights, repacked at load ([`PackedMatrix`]), run on 8-bit activations
+//! (`loops`' [`ActsQ8`], llama.cpp's `q8_1` numerics) with the kernels `peregrine-loops`
+//! generates. Weights in their file layout ([`Weights::Rows`], any type: f32, f16, bf16,
+//! K-quants, Q5_x, or a quantized matrix kept for f32 numerics) dequantize one row at a time
+//! into a per-thread buffer and take f32 dot products: the model is never copied to f32 as a
+//! whole.
 //!
 //! Work is split over output features (weight rows), never over the reduction, so each output
 //! value is computed by the same instructions whatever M, the thread count or the split.
 
-use crate::act_q8::QuantizedRows;
 use crate::lanes::dot16;
-use crate::packed::{tiles_dot_into, PackedMatrix, TILE_ROWS};
+use crate::packed::{PackedMatrix, TILE_ROWS};
 use crate::pool::{chunk_range, ThreadPool};
-use crate::qdot::{avx512_available, dot_rows, QuantKind};
 use crate::{Error, Result};
 use peregrine_formats::GgmlType;
+use peregrine_loops::{ActsQ8, Isa};
 use std::sync::Mutex;
 
 /// A weight matrix of `n_rows` output features by `n_cols` inputs, in its GGML layout.
@@ -29,11 +30,16 @@ pub struct WeightMatrix<'a> {
 }
 
 impl<'a> WeightMatrix<'a> {
-    /// Computes with f32 activations (weights dequantized row by row) even where an 8-bit
-    /// VNNI kernel exists: the reference numerics, slower.
+    /// Marks the matrix for f32 activations (the reference numerics, slower). A matrix in its
+    /// file layout always computes so; the mark tells loaders not to repack it for the 8-bit
+    /// kernels ([`WeightMatrix::f32_activations`]).
     pub fn with_f32_activations(mut self) -> Self {
         self.f32_activations = true;
         self
+    }
+    /// Whether [`WeightMatrix::with_f32_activations`] marked this matrix.
+    pub fn f32_activations(&self) -> bool {
+        self.f32_activations
     }
 
     /// Wraps `data` (row-major GGML blocks) after checking its length against the shape.
@@ -79,40 +85,30 @@ impl<'a> WeightMatrix<'a> {
     pub fn row(&self, r: usize) -> &'a [u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
-    /// The VNNI kernel for this matrix, if one applies.
-    fn quant_kind(&self) -> Option<QuantKind> {
-        if !self.n_cols.is_multiple_of(64) || self.f32_activations {
-            return None;
-        }
-        match self.ty {
-            GgmlType::Q4_0 => Some(QuantKind::Q4_0),
-            GgmlType::Q4_1 => Some(QuantKind::Q4_1),
-            GgmlType::Q8_0 => Some(QuantKind::Q8_0),
-            _ => None,
-        }
-    }
 }
 
 /// Buffers reused across matmuls: quantized activations and per-thread dequantized rows.
 pub struct MatmulScratch {
-    acts: QuantizedRows,
+    acts: ActsQ8,
     row_bufs: Vec<Mutex<Vec<f32>>>,
-    use_avx512: bool,
+    use_jit: bool,
 }
 
 impl MatmulScratch {
     /// Scratch for `n_threads` threads and rows of up to `max_cols` values.
     pub fn new(n_threads: usize, max_cols: usize) -> Self {
-        Self::with_isa(n_threads, max_cols, avx512_available())
+        Self::with_isa(n_threads, max_cols, true)
     }
-    /// As [`MatmulScratch::new`], choosing the kernel path (`false` = portable) explicitly.
-    pub fn with_isa(n_threads: usize, max_cols: usize, use_avx512: bool) -> Self {
+    /// As [`MatmulScratch::new`], choosing the kernel path explicitly: `true` runs the kernels
+    /// `loops` compiled for this CPU (where it has a code generator), `false` their portable
+    /// twins. Results are the same bits either way.
+    pub fn with_isa(n_threads: usize, max_cols: usize, use_jit: bool) -> Self {
         Self {
-            acts: QuantizedRows::default(),
+            acts: ActsQ8::default(),
             row_bufs: (0..n_threads.max(1))
                 .map(|_| Mutex::new(vec![0f32; max_cols]))
                 .collect(),
-            use_avx512: use_avx512 && avx512_available(),
+            use_jit: use_jit && Isa::detect() != Isa::Portable,
         }
     }
 }
@@ -120,9 +116,9 @@ impl MatmulScratch {
 /// Weights as a matmul operand: repacked 16-row tiles, or rows in the file's layout.
 #[derive(Clone, Copy)]
 pub enum Weights<'a> {
-    /// Repacked at load (Q4_0/Q4_1/Q8_0 with rows a multiple of 16): the fast path.
+    /// Repacked at load (Q4_0/Q4_1/Q8_0): the fast path, on 8-bit activations.
     Packed(&'a PackedMatrix),
-    /// In the file's layout: VNNI per-row kernels for Q4_0/Q4_1/Q8_0, else f32 dot products.
+    /// In the file's layout: dequantized row by row, f32 dot products.
     Rows(WeightMatrix<'a>),
 }
 
@@ -139,12 +135,6 @@ impl Weights<'_> {
         match self {
             Weights::Packed(p) => p.n_cols(),
             Weights::Rows(w) => w.n_cols,
-        }
-    }
-    fn needs_quantized_acts(&self) -> bool {
-        match self {
-            Weights::Packed(_) => true,
-            Weights::Rows(w) => w.quant_kind().is_some(),
         }
     }
 }
@@ -167,8 +157,6 @@ unsafe impl Sync for OutPtr {}
 // SAFETY: as above.
 unsafe impl Send for OutPtr {}
 
-/// Tokens per row-kernel call and weight rows per cache block.
-const TOKENS_PER_CALL: usize = 4;
 /// How a matmul's output rows are cut into pool chunks: big chunks first (each starts a new
 /// stream of weights from memory, which costs a cache-miss latency, so fewer is better), then
 /// small ones at the end, so that the threads finish together. The cut depends only on the row
@@ -228,7 +216,6 @@ impl ChunkPlan {
         start..(start + self.small).min(self.total)
     }
 }
-const ROWS_PER_BLOCK: usize = 32;
 
 /// Computes every target's `out = x · wᵀ` in one pool job (e.g. Q, K and V together).
 ///
@@ -256,19 +243,19 @@ pub fn matmul(
                 t.out.len()
             )));
         }
-        if !t.w.needs_quantized_acts() && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len()) {
+        if matches!(t.w, Weights::Rows(_))
+            && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len())
+        {
             return Err(Error::Shape(format!(
                 "matmul: {k} columns exceed the scratch row buffer"
             )));
         }
     }
-    if targets
-        .iter()
-        .any(|t| matches!(t.w, Weights::Rows(w) if w.quant_kind().is_some()))
-    {
-        scratch.acts.quantize(x, m, k);
-    } else if targets.iter().any(|t| t.w.needs_quantized_acts()) {
-        scratch.acts.quantize_for_tiles(x, m, k);
+    if targets.iter().any(|t| matches!(t.w, Weights::Packed(_))) {
+        scratch
+            .acts
+            .quantize_into(x, m, k)
+            .map_err(|e| Error::Shape(format!("matmul: {e}")))?;
     }
     let mut outs = [const { None::<(Weights<'_>, OutPtr)> }; 4];
     if targets.len() > outs.len() {
@@ -288,7 +275,8 @@ pub fn matmul(
     }
     let outs = &outs[..targets.len()];
     let total_rows: usize = outs.iter().flatten().map(|(w, _)| w.n_rows()).sum();
-    // Tiles must not straddle chunks: every packed matrix starts at a multiple of 16 rows.
+    // Panels must not straddle chunks: every packed matrix starts at a multiple of 16 rows
+    // (chunks are cut at multiples of 16, so a partial last panel is never cut either).
     let mut base = 0;
     for (w, _) in outs.iter().flatten() {
         if matches!(w, Weights::Packed(_)) && base % TILE_ROWS != 0 {
@@ -309,7 +297,7 @@ pub fn matmul(
             if lo < hi {
                 let rows = lo - base..hi - base;
                 match w {
-                    Weights::Packed(p) => compute_tiles(scratch, p, out, m, rows),
+                    Weights::Packed(p) => compute_packed(scratch, p, out, m, rows),
                     Weights::Rows(w) => compute_rows(scratch, thread_idx, w, out, x, m, rows),
                 }
             }
@@ -319,25 +307,24 @@ pub fn matmul(
     Ok(())
 }
 
-fn compute_tiles(
+fn compute_packed(
     scratch: &MatmulScratch,
     p: &PackedMatrix,
     out: &OutPtr,
     m: usize,
     rows: std::ops::Range<usize>,
 ) {
-    debug_assert!(rows.start.is_multiple_of(TILE_ROWS) && rows.end.is_multiple_of(TILE_ROWS));
+    debug_assert!(rows.start.is_multiple_of(TILE_ROWS));
+    debug_assert!(rows.end.is_multiple_of(TILE_ROWS) || rows.end == out.n_rows);
     debug_assert_eq!(scratch.acts.m(), m);
-    // SAFETY: the output holds `m` rows of `n_rows` values, and rows `rows` of it belong to
-    // this chunk alone (the chunk plan never splits a tile).
+    // SAFETY: the output holds `m` rows of `n_rows` values, and the columns `rows` of it
+    // belong to this chunk alone (the chunk plan never splits a panel).
     unsafe {
-        tiles_dot_into(
-            p,
-            rows.start / TILE_ROWS..rows.end / TILE_ROWS,
+        p.panels_dot_into(
+            rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS),
             &scratch.acts,
-            scratch.use_avx512,
+            scratch.use_jit,
             out.ptr,
-            out.n_rows,
         )
     };
 }
@@ -357,41 +344,15 @@ fn compute_rows(
         // only this thread owns row `r` (static split).
         unsafe { *out.ptr.add(t * out.n_rows + r) = v };
     };
-    match w.quant_kind() {
-        Some(kind) => {
-            let mut res = [0f32; TOKENS_PER_CALL];
-            for block_start in rows.clone().step_by(ROWS_PER_BLOCK) {
-                let block = block_start..(block_start + ROWS_PER_BLOCK).min(rows.end);
-                for t0 in (0..m).step_by(TOKENS_PER_CALL) {
-                    let n = (m - t0).min(TOKENS_PER_CALL);
-                    for r in block.clone() {
-                        dot_rows(
-                            kind,
-                            scratch.use_avx512,
-                            w.row(r),
-                            &scratch.acts,
-                            t0,
-                            &mut res[..n],
-                        );
-                        for (i, &v) in res[..n].iter().enumerate() {
-                            write(t0 + i, r, v);
-                        }
-                    }
-                }
-            }
-        }
-        None => {
-            let mut buf = scratch.row_bufs[thread_idx]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let k = w.n_cols;
-            for r in rows {
-                peregrine_formats::quant::dequantize_row(w.ty, w.row(r), &mut buf[..k])
-                    .expect("row length was validated by WeightMatrix::new");
-                for t in 0..m {
-                    write(t, r, dot_f32(&buf[..k], &x[t * k..(t + 1) * k]));
-                }
-            }
+    let mut buf = scratch.row_bufs[thread_idx]
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let k = w.n_cols;
+    for r in rows {
+        peregrine_formats::quant::dequantize_row(w.ty, w.row(r), &mut buf[..k])
+            .expect("row length was validated by WeightMatrix::new");
+        for t in 0..m {
+            write(t, r, dot_f32(&buf[..k], &x[t * k..(t + 1) * k]));
         }
     }
 }

@@ -55,19 +55,23 @@ fn codes_offset(ty: QuantType) -> usize {
     }
 }
 
+fn check_pack_shape(ty: QuantType, n: usize, k: usize) -> Result<()> {
+    if ty == QuantType::Q8Act || k % BLOCK != 0 || n == 0 {
+        return Err(Error::BadShape {
+            op: "qgemm pack",
+            reason: format!(
+                "{ty} weights of {n} x {k}: need Q4_0/Q4_1/Q8_0, n > 0, k a multiple of 32"
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl PackedWeights {
     /// Repacks `n` rows of GGML blocks (`n * k / 32` blocks of `ty`, row-major).
     pub fn pack(ty: QuantType, n: usize, k: usize, ggml: &[u8]) -> Result<Self> {
-        if ty == QuantType::Q8Act || k % BLOCK != 0 || n == 0 {
-            return Err(Error::BadShape {
-                op: "qgemm pack",
-                reason: format!(
-                    "{ty} weights of {n} x {k}: need Q4_0/Q4_1/Q8_0, n > 0, k a multiple of 32"
-                ),
-            });
-        }
-        let nb = k / BLOCK;
-        let want = n * nb * ty.block_bytes();
+        check_pack_shape(ty, n, k)?;
+        let want = n * (k / BLOCK) * ty.block_bytes();
         if ggml.len() != want {
             return Err(Error::BufferLen {
                 what: format!("{ty} weights {n} x {k} bytes"),
@@ -75,6 +79,20 @@ impl PackedWeights {
                 got: ggml.len(),
             });
         }
+        let row_bytes = want / n.max(1);
+        Self::pack_rows(ty, n, k, |r| &ggml[r * row_bytes..(r + 1) * row_bytes])
+    }
+
+    /// Repacks `n` rows given one at a time (`row(r)`: row `r`'s `k / 32` GGML blocks), so a
+    /// loader can pack straight from a mapped file whatever its row layout, with no copy.
+    pub fn pack_rows<'a>(
+        ty: QuantType,
+        n: usize,
+        k: usize,
+        row: impl Fn(usize) -> &'a [u8],
+    ) -> Result<Self> {
+        check_pack_shape(ty, n, k)?;
+        let nb = k / BLOCK;
         let pbb = panel_block_bytes(ty);
         let n_panels = n.div_ceil(16);
         let total = n_panels * nb * pbb;
@@ -87,8 +105,16 @@ impl PackedWeights {
         let co = codes_offset(ty);
         for r in 0..n {
             let (p, lane) = (r / 16, r % 16);
+            let ggml = row(r);
+            if ggml.len() != nb * ty.block_bytes() {
+                return Err(Error::BufferLen {
+                    what: format!("{ty} weight row {r} of {k} bytes"),
+                    want: nb * ty.block_bytes(),
+                    got: ggml.len(),
+                });
+            }
             for kb in 0..nb {
-                let blk = BlockRef::at(ty, ggml, r * nb + kb);
+                let blk = BlockRef::at(ty, ggml, kb);
                 let base = (p * nb + kb) * pbb;
                 bytes[base + 2 * lane..base + 2 * lane + 2].copy_from_slice(&blk.bytes[0..2]);
                 if ty == QuantType::Q4_1 {
@@ -131,6 +157,10 @@ impl PackedWeights {
     pub fn k(&self) -> usize {
         self.k
     }
+    /// Panels of 16 rows (the last one partial when `n % 16 != 0`).
+    pub fn n_panels(&self) -> usize {
+        self.n.div_ceil(16)
+    }
     /// Bytes of packed data (what a GEMV streams).
     pub fn len_bytes(&self) -> usize {
         self.n.div_ceil(16) * (self.k / BLOCK) * panel_block_bytes(self.ty)
@@ -141,6 +171,10 @@ impl PackedWeights {
 }
 
 /// Activations quantized per block of 32 ([`QuantType::Q8Act`]), `m` rows of `k`.
+///
+/// `ActsQ8::default()` is an empty buffer for [`ActsQ8::quantize_into`], which an engine reuses
+/// across calls of any shape: it grows to the largest and never allocates again.
+#[derive(Default)]
 pub struct ActsQ8 {
     bytes: Vec<u8>,
     m: usize,
@@ -160,21 +194,34 @@ impl ActsQ8 {
     }
     /// Re-quantizes into the same buffer (no allocation once it is large enough).
     pub fn requantize(&mut self, x: &[f32], m: usize) -> Result<()> {
-        if self.k % BLOCK != 0 || x.len() != m * self.k {
+        self.quantize_into(x, m, self.k)
+    }
+    /// Quantizes `x` (`m` rows of `k`, `k` a multiple of 32) into this buffer, replacing its
+    /// shape; no allocation once the buffer has held as many blocks.
+    pub fn quantize_into(&mut self, x: &[f32], m: usize, k: usize) -> Result<()> {
+        if k % BLOCK != 0 || x.len() != m * k {
             return Err(Error::BufferLen {
-                what: format!("activations {m} x {} (k a multiple of 32)", self.k),
-                want: m * self.k,
+                what: format!("activations {m} x {k} (k a multiple of 32)"),
+                want: m * k,
                 got: x.len(),
             });
         }
-        self.bytes.resize(m * self.k / BLOCK * ACT_BLOCK, 0);
-        crate::quant::quantize_q8act(x, self.k, &mut self.bytes);
-        self.m = m;
+        let len = m * k / BLOCK * ACT_BLOCK;
+        // Grows only: a decode step after a prefill reuses the prefill's buffer as is.
+        if self.bytes.len() < len {
+            self.bytes.resize(len, 0);
+        }
+        crate::quant::quantize_q8act(x, k, &mut self.bytes[..len]);
+        (self.m, self.k) = (m, k);
         Ok(())
     }
     /// The raw Q8Act blocks (row-major), as the interpreter reads them.
     pub fn bytes(&self) -> &[u8] {
-        &self.bytes
+        &self.bytes[..self.m * self.k / BLOCK * ACT_BLOCK]
+    }
+    /// Columns.
+    pub fn k(&self) -> usize {
+        self.k
     }
     /// Rows.
     pub fn m(&self) -> usize {
@@ -198,7 +245,9 @@ pub struct QGemmDesc {
     pub m_tile: usize,
     /// 16-row weight panels per register tile.
     pub n_panels: usize,
-    /// Software prefetch this many blocks ahead in every panel (`None`: hardware only).
+    /// Software prefetch this many blocks ahead in every panel, counted through the packed
+    /// layout (`n_panels * k / 32` is the same block of the next panel group), plus the whole
+    /// first group on entry (`None`: hardware only).
     pub prefetch_blocks: Option<usize>,
     /// `Avx512` (VNNI `vpdpbusd`) or `Avx2` (`vpmaddubsw` + `vpmaddwd`, F16C; exact too:
     /// pair sums stay within i16).
@@ -268,15 +317,19 @@ impl QGemmDesc {
 
     fn regs_needed(&self) -> usize {
         let per = if self.quant == QuantType::Q4_1 { 2 } else { 1 };
+        let accs = self.m_tile * self.n_panels;
         match self.isa {
             // Two ymm halves per 16-row panel, nine temporaries.
-            Isa::Avx2 => self.m_tile * self.n_panels * per * 2 + self.m_tile + 9,
-            _ => self.m_tile * self.n_panels * per + self.m_tile + 7,
+            Isa::Avx2 => accs * per * 2 + self.m_tile + 9,
+            // Accumulators, two integer sums per row (reused for Q4_1's offset pass), seven
+            // temporaries.
+            _ => accs + (2 * self.m_tile).max(accs * (per - 1)) + 7,
         }
     }
 }
 
-type QGemmFn = unsafe extern "C" fn(*const u8, *const u8, *mut f32, usize, usize);
+/// `(w, x, y, full groups, run the tail group, activation rows m)`.
+type QGemmFn = unsafe extern "C" fn(*const u8, *const u8, *mut f32, usize, usize, usize);
 
 /// A compiled quantized matmul (AVX-512 VNNI).
 pub struct QGemmKernel {
@@ -383,9 +436,55 @@ impl QGemmKernel {
         Ok(())
     }
 
+    /// `y = W · x` for the weight rows of panels `panels` only (16 rows each, the last one
+    /// partial when `n % 16 != 0`), for any number of activation rows `x.m() >= 1`: the code
+    /// takes M at run time (`desc.m` only chose the register tile). Each output is computed
+    /// exactly as by [`QGemmKernel::run`], same bits, so an engine can split the panels over
+    /// its own threads. `panels` starts at a multiple of `desc.n_panels` and ends at one or at
+    /// the last panel.
+    ///
     /// # Safety
-    /// `w`, `x` and the `m * n` floats at `y` must have passed [`QGemmKernel::check`], and
-    /// `lo + count` must not exceed the full groups.
+    /// `y` is valid for writes of `x.m() * n` floats (row-major, `n` per row), and nothing else
+    /// accesses the columns of `panels` in any of its rows during the call.
+    pub unsafe fn run_panels(
+        &self,
+        w: &PackedWeights,
+        x: &ActsQ8,
+        y: *mut f32,
+        panels: std::ops::Range<usize>,
+    ) -> Result<()> {
+        self.check_operands(w, x)?;
+        let d = &self.desc;
+        let (full, tail) = d.groups();
+        let total = w.n_panels();
+        let aligned = |p: usize| p % d.n_panels == 0;
+        if x.m == 0
+            || panels.start > panels.end
+            || panels.end > total
+            || !aligned(panels.start)
+            || !(aligned(panels.end) || panels.end == total)
+        {
+            return Err(Error::BadShape {
+                op: "qgemm run_panels",
+                reason: format!(
+                    "panels {panels:?} of {total} in groups of {} for {} rows",
+                    d.n_panels, x.m
+                ),
+            });
+        }
+        let lo = panels.start / d.n_panels;
+        let hi = (panels.end / d.n_panels).min(full).max(lo);
+        let run_tail = panels.end == total && tail > 0;
+        // SAFETY: operands checked above; groups `lo..hi` (and the tail group, only when the
+        // range reaches the last panel) are exactly the panels asked for, whose columns the
+        // caller vouches for in all `x.m` rows of `y`.
+        unsafe { self.call(w, x, y, lo, hi - lo, run_tail) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// `w` and `x` must have passed [`QGemmKernel::check_operands`], the `x.m * n` floats at
+    /// `y` be writable, and `lo + count` must not exceed the full groups.
     unsafe fn call(
         &self,
         w: &PackedWeights,
@@ -407,22 +506,15 @@ impl QGemmKernel {
                 y.add(lo * d.n_panels * 16),
                 count,
                 usize::from(run_tail),
+                x.m,
             )
         }
     }
 
     fn check(&self, w: &PackedWeights, x: &ActsQ8, y: &[f32]) -> Result<()> {
+        self.check_operands(w, x)?;
         let d = &self.desc;
-        if w.ty != d.quant || w.n != d.n || w.k != d.k {
-            return Err(Error::BadShape {
-                op: "qgemm",
-                reason: format!(
-                    "weights are {} {}x{}, kernel wants {} {}x{}",
-                    w.ty, w.n, w.k, d.quant, d.n, d.k
-                ),
-            });
-        }
-        if x.m != d.m || x.k != d.k {
+        if x.m != d.m {
             return Err(Error::BufferLen {
                 what: format!("qgemm activations (k = {})", d.k),
                 want: d.m * d.k,
@@ -434,6 +526,28 @@ impl QGemmKernel {
                 what: "qgemm output".into(),
                 want: d.m * d.n,
                 got: y.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Weights of the described type and shape, activations of `k` columns, and this CPU.
+    fn check_operands(&self, w: &PackedWeights, x: &ActsQ8) -> Result<()> {
+        let d = &self.desc;
+        if w.ty != d.quant || w.n != d.n || w.k != d.k {
+            return Err(Error::BadShape {
+                op: "qgemm",
+                reason: format!(
+                    "weights are {} {}x{}, kernel wants {} {}x{}",
+                    w.ty, w.n, w.k, d.quant, d.n, d.k
+                ),
+            });
+        }
+        if x.k != d.k {
+            return Err(Error::BufferLen {
+                what: format!("qgemm activations (k = {})", d.k),
+                want: x.m * d.k,
+                got: x.m * x.k,
             });
         }
         self.desc.isa.check()
@@ -464,6 +578,63 @@ pub fn qgemm_portable(ty: QuantType, n: usize, k: usize, w_ggml: &[u8], x: &Acts
     }
 }
 
+/// The portable twin of [`QGemmKernel::run_panels`] for one activation row and one panel,
+/// reading the packed layout: `out[l] = (W row 16 * panel + l) · (x row)` for the panel's rows
+/// (lanes past `n` are left alone). The same arithmetic in the same order as the JIT and
+/// [`qgemm_portable`], so the same bits.
+pub fn qgemm_panel_portable(
+    w: &PackedWeights,
+    x: &ActsQ8,
+    row: usize,
+    panel: usize,
+    out: &mut [f32; 16],
+) -> Result<()> {
+    if x.k != w.k || row >= x.m || panel >= w.n_panels() {
+        return Err(Error::BadShape {
+            op: "qgemm_panel_portable",
+            reason: format!(
+                "row {row} of {} x {}, panel {panel} of {} x {}",
+                x.m, x.k, w.n, w.k
+            ),
+        });
+    }
+    let (ty, nb, pbb) = (w.ty, w.k / BLOCK, panel_block_bytes(w.ty));
+    // SAFETY: as in `pack`: the lines are plain initialized bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr(), w.lines.len() * 64) };
+    let f16_at = |at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32();
+    let lanes = (w.n - 16 * panel).min(16);
+    for (lane, o) in out.iter_mut().enumerate().take(lanes) {
+        let (mut acc, mut acc2) = (0f32, 0f32);
+        for kb in 0..nb {
+            let base = (panel * nb + kb) * pbb;
+            let codes = base + codes_offset(ty);
+            let xb = BlockRef::at(QuantType::Q8Act, &x.bytes, row * nb + kb);
+            let mut s = 0i32;
+            for g in 0..4 {
+                for b in 0..4 {
+                    let (lo, hi) = (4 * g + b, 16 + 4 * g + b);
+                    if ty == QuantType::Q8_0 {
+                        let wq = |at: usize| i32::from(bytes[at]) - 128;
+                        s += wq(codes + 64 * g + 4 * lane + b) * xb.code(lo);
+                        s += wq(codes + 64 * (g + 4) + 4 * lane + b) * xb.code(hi);
+                    } else {
+                        let byte = bytes[codes + 64 * g + 4 * lane + b];
+                        let off = if ty == QuantType::Q4_0 { 8 } else { 0 };
+                        s += (i32::from(byte & 15) - off) * xb.code(lo);
+                        s += (i32::from(byte >> 4) - off) * xb.code(hi);
+                    }
+                }
+            }
+            acc = (s as f32).mul_add(f16_at(base + 2 * lane) * xb.scale(), acc);
+            if ty == QuantType::Q4_1 {
+                acc2 = f16_at(base + 32 + 2 * lane).mul_add(xb.min(), acc2);
+            }
+        }
+        *o = if ty == QuantType::Q4_1 { acc + acc2 } else { acc };
+    }
+    Ok(())
+}
+
 const YMM: [AsmRegisterYmm; 16] = [
     ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
     ymm15,
@@ -482,11 +653,12 @@ struct QGen<'d> {
     d: &'d QGemmDesc,
 }
 
-// Registers: rdi = W, rsi = X, rdx = Y (arguments); r12 = W panel-group cursor, rbx = Y group
-// cursor, r13 = group counter, r11 = X row-tile cursor, r9 = Y tile cursor, rcx = m-tile
-// counter, r8 = W block cursor, rax = X block cursor, r10 = block counter.
+// Registers: rdi = W, rsi = X, rdx = Y, rcx = full groups, r8 = run the tail group, r9 = M
+// (arguments); r12 = W panel-group cursor, rbx = Y group cursor, r13 = group counter, r14 = tail
+// flag, r15 = full m-tiles, rbp = rows in the last m-tile, r11 = X row-tile cursor, r9 = Y tile
+// cursor, rcx = m-tile counter, r8 = W block cursor, rax = X block cursor, r10 = block counter.
 // Vector registers: 31 = 0x0F bytes, 30 = d_w, 29 = m_w, 28 = codes, 27 = high nibbles,
-// 26 = d_w * d_x, 25 = correction; accumulators from 0.
+// 26 = d_w * d_x, 25 = correction; accumulators from 0, then the integer sums (AVX-512).
 fn generate(d: &QGemmDesc) -> R2<Vec<u8>> {
     let mut g = QGen {
         a: CodeAssembler::new(64)?,
@@ -504,8 +676,19 @@ impl QGen<'_> {
         self.a.push(r12)?;
         self.a.push(r13)?;
         self.a.push(r14)?;
+        self.a.push(r15)?;
+        self.a.push(rbp)?;
         self.a.mov(r13, rcx)?;
         self.a.mov(r14, r8)?;
+        self.a.mov(r12, rdi)?;
+        self.a.mov(rbx, rdx)?;
+        // M is known only now: full m-tiles in r15, the rest in rbp.
+        self.a.mov(rax, r9)?;
+        self.a.xor(edx, edx)?;
+        self.a.mov(ecx, d.m_tile as i32)?;
+        self.a.div(rcx)?;
+        self.a.mov(r15, rax)?;
+        self.a.mov(rbp, rdx)?;
         if d.isa == Isa::Avx2 {
             // Stack scratch for tail masks.
             self.a.sub(rsp, 64)?;
@@ -524,8 +707,19 @@ impl QGen<'_> {
             self.a.mov(eax, 0x0F0F_0F0F)?;
             self.a.vpbroadcastd(zmm31, eax)?;
         }
-        self.a.mov(r12, rdi)?;
-        self.a.mov(rbx, rdx)?;
+        if d.prefetch_blocks.is_some() {
+            // The first panel group has no tile before it to prefetch it: fetch all of it now,
+            // so that its cache misses overlap instead of waiting one stream at a time.
+            let lines = (d.n_panels * (d.k / BLOCK) * panel_block_bytes(d.quant)).div_ceil(64);
+            let mut top = self.a.create_label();
+            self.a.mov(r10, r12)?;
+            self.a.mov(ecx, lines as i32)?;
+            self.a.set_label(&mut top)?;
+            self.a.prefetcht0(byte_ptr(r10))?;
+            self.a.add(r10, 64)?;
+            self.a.dec(ecx)?;
+            self.a.jnz(top)?;
+        }
         let (full_groups, tail_panels) = d.groups();
         if full_groups > 0 {
             let mut top = self.a.create_label();
@@ -550,6 +744,8 @@ impl QGen<'_> {
         if d.isa == Isa::Avx2 {
             self.a.add(rsp, 64)?;
         }
+        self.a.pop(rbp)?;
+        self.a.pop(r15)?;
         self.a.pop(r14)?;
         self.a.pop(r13)?;
         self.a.pop(r12)?;
@@ -564,28 +760,59 @@ impl QGen<'_> {
         let pbb = panel_block_bytes(d.quant);
         self.a.mov(r11, rsi)?;
         self.a.mov(r9, rbx)?;
-        let full_tiles = d.m / d.m_tile;
-        let tail_rows = d.m % d.m_tile;
-        if full_tiles > 0 {
-            self.a.mov(ecx, full_tiles as i32)?;
-            let mut top = self.a.create_label();
-            self.a.set_label(&mut top)?;
-            self.tile(np, d.m_tile, last_partial)?;
-            self.a.add(r11, (d.m_tile * nb * ACT_BLOCK) as i32)?;
-            self.a.add(r9, (d.m_tile * d.n * 4) as i32)?;
-            self.a.dec(ecx)?;
-            self.a.jnz(top)?;
+        // The group's first m-tile streams its weights from memory and prefetches ahead; the
+        // others find them in cache, so they carry no prefetches.
+        let mut tails = self.a.create_label();
+        let mut first_tails = self.a.create_label();
+        let mut done = self.a.create_label();
+        self.a.mov(rcx, r15)?;
+        self.a.test(rcx, rcx)?;
+        self.a.jz(first_tails)?;
+        self.tile(np, d.m_tile, last_partial, true)?;
+        self.next_m_tile()?;
+        self.a.dec(rcx)?;
+        self.a.jz(tails)?;
+        let mut top = self.a.create_label();
+        self.a.set_label(&mut top)?;
+        self.tile(np, d.m_tile, last_partial, false)?;
+        self.next_m_tile()?;
+        self.a.dec(rcx)?;
+        self.a.jnz(top)?;
+        self.a.set_label(&mut tails)?;
+        self.a.nop()?;
+        // The last m-tile's row count, 1..m_tile, is dispatched at run time.
+        for prefetch in [false, true] {
+            for rows in 1..d.m_tile {
+                let mut next = self.a.create_label();
+                self.a.cmp(rbp, rows as i32)?;
+                self.a.jne(next)?;
+                self.tile(np, rows, last_partial, prefetch)?;
+                self.a.jmp(done)?;
+                self.a.set_label(&mut next)?;
+                self.a.nop()?;
+            }
+            if !prefetch {
+                self.a.jmp(done)?;
+                self.a.set_label(&mut first_tails)?;
+                self.a.nop()?;
+            }
         }
-        if tail_rows > 0 {
-            self.tile(np, tail_rows, last_partial)?;
-        }
+        self.a.set_label(&mut done)?;
+        self.a.nop()?;
         self.a.add(r12, (np * nb * pbb) as i32)?;
         self.a.add(rbx, (np * 16 * 4) as i32)?;
         Ok(())
     }
 
+    /// Advances the activation and output cursors by one m-tile.
+    fn next_m_tile(&mut self) -> R {
+        let d = self.d;
+        self.a.add(r11, (d.m_tile * (d.k / BLOCK) * ACT_BLOCK) as i32)?;
+        self.a.add(r9, (d.m_tile * d.n * 4) as i32)
+    }
+
     /// AVX2 tile: each 16-row panel is two halves of 8 rows (one ymm each).
-    fn tile_avx2(&mut self, np: usize, mt: usize, last_partial: bool) -> R {
+    fn tile_avx2(&mut self, np: usize, mt: usize, last_partial: bool, prefetch: bool) -> R {
         let d = self.d;
         let ty = d.quant;
         let nb = d.k / BLOCK;
@@ -614,7 +841,7 @@ impl QGen<'_> {
         let co = codes_offset(ty);
         for p in 0..np {
             let pb = (p * nb * pbb) as i32;
-            if let Some(ahead) = d.prefetch_blocks {
+            if let (Some(ahead), true) = (d.prefetch_blocks, prefetch) {
                 for line in (0..pbb).step_by(64) {
                     self.a
                         .prefetcht0(byte_ptr(r8 + pb + (ahead * pbb + line) as i32))?;
@@ -710,9 +937,15 @@ impl QGen<'_> {
         Ok(())
     }
 
-    fn tile(&mut self, np: usize, mt: usize, last_partial: bool) -> R {
+    /// One register tile: `mt` activation rows by `np` 16-row panels, over all of `k`.
+    ///
+    /// Per block and panel, each row's integer dot product runs in two chains (low and high
+    /// nibbles, or the two halves of a Q8_0 block) so that `vpdpbusd` latency overlaps; their
+    /// exact sum then takes the float steps. Q4_1's offset term `fma(m_w, s_x, acc2)` runs in a
+    /// second pass over the blocks, in the same order, reusing the integer registers.
+    fn tile(&mut self, np: usize, mt: usize, last_partial: bool, prefetch: bool) -> R {
         if self.d.isa == Isa::Avx2 {
-            return self.tile_avx2(np, mt, last_partial);
+            return self.tile_avx2(np, mt, last_partial, prefetch);
         }
         let d = self.d;
         let ty = d.quant;
@@ -721,14 +954,12 @@ impl QGen<'_> {
         let row_bytes = nb * ACT_BLOCK;
         let has_min = ty == QuantType::Q4_1;
         let acc = |i: usize, p: usize| ZMM[i * np + p];
+        let s0 = |i: usize| ZMM[mt * np + 2 * i];
+        let s1 = |i: usize| ZMM[mt * np + 2 * i + 1];
         let acc2 = |i: usize, p: usize| ZMM[mt * np + i * np + p];
-        let sumi = |i: usize| ZMM[mt * np * (1 + usize::from(has_min)) + i];
         for i in 0..mt {
             for p in 0..np {
                 self.a.vpxord(acc(i, p), acc(i, p), acc(i, p))?;
-                if has_min {
-                    self.a.vpxord(acc2(i, p), acc2(i, p), acc2(i, p))?;
-                }
             }
         }
         self.a.mov(r8, r12)?;
@@ -739,7 +970,7 @@ impl QGen<'_> {
         let co = codes_offset(ty);
         for p in 0..np {
             let pb = (p * nb * pbb) as i32;
-            if let Some(ahead) = self.d.prefetch_blocks {
+            if let (Some(ahead), true) = (self.d.prefetch_blocks, prefetch) {
                 // Each panel is its own stream; prefetch a few blocks ahead (never faults).
                 for line in (0..pbb).step_by(64) {
                     self.a
@@ -747,7 +978,8 @@ impl QGen<'_> {
                 }
             }
             for i in 0..mt {
-                self.a.vpxord(sumi(i), sumi(i), sumi(i))?;
+                self.a.vpxord(s0(i), s0(i), s0(i))?;
+                self.a.vpxord(s1(i), s1(i), s1(i))?;
             }
             match ty {
                 QuantType::Q8_0 => {
@@ -755,8 +987,9 @@ impl QGen<'_> {
                         self.a
                             .vmovdqu32(zmm28, zmmword_ptr(r8 + pb + (co + 64 * g) as i32))?;
                         for i in 0..mt {
+                            let sum = if g < 4 { s0(i) } else { s1(i) };
                             self.a.vpdpbusd(
-                                sumi(i),
+                                sum,
                                 zmm28,
                                 dword_bcst(rax + (i * row_bytes + 16 + 4 * g) as i32),
                             )?;
@@ -773,12 +1006,12 @@ impl QGen<'_> {
                         for i in 0..mt {
                             let xb = i * row_bytes + 16;
                             self.a.vpdpbusd(
-                                sumi(i),
+                                s0(i),
                                 zmm28,
                                 dword_bcst(rax + (xb + 4 * h) as i32),
                             )?;
                             self.a.vpdpbusd(
-                                sumi(i),
+                                s1(i),
                                 zmm27,
                                 dword_bcst(rax + (xb + 16 + 4 * h) as i32),
                             )?;
@@ -792,29 +1025,49 @@ impl QGen<'_> {
                 _ => None,
             };
             self.a.vcvtph2ps(zmm30, ymmword_ptr(r8 + pb))?;
-            if has_min {
-                self.a.vcvtph2ps(zmm29, ymmword_ptr(r8 + pb + 32))?;
-            }
             for i in 0..mt {
                 let xr = (i * row_bytes) as i32;
+                self.a.vpaddd(s0(i), s0(i), s1(i))?;
                 if let Some(sh) = shift {
                     self.a.vpbroadcastd(zmm25, dword_ptr(rax + xr + 8))?;
                     self.a.vpslld(zmm25, zmm25, sh)?;
-                    self.a.vpsubd(sumi(i), sumi(i), zmm25)?;
+                    self.a.vpsubd(s0(i), s0(i), zmm25)?;
                 }
-                self.a.vcvtdq2ps(sumi(i), sumi(i))?;
+                self.a.vcvtdq2ps(s0(i), s0(i))?;
                 self.a.vmulps(zmm26, zmm30, dword_bcst(rax + xr))?;
-                self.a.vfmadd231ps(acc(i, p), sumi(i), zmm26)?;
-                if has_min {
-                    self.a
-                        .vfmadd231ps(acc2(i, p), zmm29, dword_bcst(rax + xr + 4))?;
-                }
+                self.a.vfmadd231ps(acc(i, p), s0(i), zmm26)?;
             }
         }
         self.a.add(r8, pbb as i32)?;
         self.a.add(rax, ACT_BLOCK as i32)?;
         self.a.dec(r10d)?;
         self.a.jnz(top)?;
+        if has_min {
+            // The offset pass: acc2 = sum over blocks, in order, of m_w * s_x.
+            for i in 0..mt {
+                for p in 0..np {
+                    self.a.vpxord(acc2(i, p), acc2(i, p), acc2(i, p))?;
+                }
+            }
+            self.a.mov(r8, r12)?;
+            self.a.mov(rax, r11)?;
+            self.a.mov(r10d, nb as i32)?;
+            let mut top2 = self.a.create_label();
+            self.a.set_label(&mut top2)?;
+            for p in 0..np {
+                self.a
+                    .vcvtph2ps(zmm29, ymmword_ptr(r8 + (p * nb * pbb + 32) as i32))?;
+                for i in 0..mt {
+                    let xr = (i * row_bytes) as i32;
+                    self.a
+                        .vfmadd231ps(acc2(i, p), zmm29, dword_bcst(rax + xr + 4))?;
+                }
+            }
+            self.a.add(r8, pbb as i32)?;
+            self.a.add(rax, ACT_BLOCK as i32)?;
+            self.a.dec(r10d)?;
+            self.a.jnz(top2)?;
+        }
         let rem = d.n % 16;
         if last_partial {
             self.a.mov(r10d, ((1u32 << rem) - 1) as i32)?;
