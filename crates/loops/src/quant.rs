@@ -178,12 +178,16 @@ unsafe fn quantize_q8act_avx2(x: &[f32], out: &mut [u8]) {
     };
     for (xb, ob) in x.chunks_exact(BLOCK).zip(out.chunks_exact_mut(48)) {
         // SAFETY: `xb` holds 32 values.
-        let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
+        let v: [__m256; 4] =
+            std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
         let mut amax = _mm256_andnot_ps(sign, v[0]);
         for vi in &v[1..] {
             amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, *vi));
         }
-        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(amax), _mm256_castps256_ps128(amax));
+        let m4 = _mm_max_ps(
+            _mm256_extractf128_ps::<1>(amax),
+            _mm256_castps256_ps128(amax),
+        );
         let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         let amax = _mm_cvtss_f32(m4);
@@ -195,7 +199,10 @@ unsafe fn quantize_q8act_avx2(x: &[f32], out: &mut [u8]) {
             )))
         });
         let s8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
-        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256::<1>(s8));
+        let s4 = _mm_add_epi32(
+            _mm256_castsi256_si128(s8),
+            _mm256_extracti128_si256::<1>(s8),
+        );
         let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
         let sum_q = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2)));
         ob[0..4].copy_from_slice(&f16_round(d).to_le_bytes());
@@ -203,7 +210,10 @@ unsafe fn quantize_q8act_avx2(x: &[f32], out: &mut [u8]) {
         ob[8..12].copy_from_slice(&sum_q.to_le_bytes());
         ob[12..16].copy_from_slice(&0i32.to_le_bytes());
         // Saturating packs interleave the 128-bit lanes; the permutation restores the order.
-        let p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
         let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // SAFETY: `ob` holds 48 bytes; the store writes 32 at 16.
         unsafe { _mm256_storeu_si256(ob.as_mut_ptr().add(16).cast(), p) };
@@ -346,6 +356,10 @@ mod tests {
         assert_eq!(i32::from_le_bytes(out[8..12].try_into().unwrap()), sum);
         // `s` is `d * sum` rounded to f16, as llama.cpp's q8_1.
         let s = b.scale() * sum as f32;
-        assert!((b.min() - s).abs() <= s.abs() / 1024.0, "{} vs {s}", b.min());
+        assert!(
+            (b.min() - s).abs() <= s.abs() / 1024.0,
+            "{} vs {s}",
+            b.min()
+        );
     }
 }

@@ -33,7 +33,9 @@ fn random_packed(kind: QuantKind, n_rows: usize, n_cols: usize, seed: u64) -> Pa
             blk[2..4].copy_from_slice(&half::f16::from_f32(-0.05).to_le_bytes());
         }
     }
-    PackedMatrix::pack(kind, n_rows, n_cols, |r| &data[r * row_bytes..(r + 1) * row_bytes])
+    PackedMatrix::pack(kind, n_rows, n_cols, |r| {
+        &data[r * row_bytes..(r + 1) * row_bytes]
+    })
 }
 
 struct Layer {
@@ -64,7 +66,9 @@ fn layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("layers_q4_1");
     g.sample_size(10).measurement_time(Duration::from_secs(3));
     for m in [1usize, 2, 4, 8, 16, 64, 512] {
-        let x: Vec<f32> = (0..m * FFN).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02).collect();
+        let x: Vec<f32> = (0..m * FFN)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02)
+            .collect();
         let (xh, xf) = (&x[..m * HIDDEN], &x[..m * FFN]);
         let mut o1 = vec![0f32; m * HIDDEN];
         let mut o2 = vec![0f32; m * KV];
@@ -76,19 +80,40 @@ fn layers(c: &mut Criterion) {
             b.iter(|| {
                 for l in &layers {
                     let mut qkv = [
-                        MatmulTarget { w: Weights::Packed(&l.q), out: &mut o1 },
-                        MatmulTarget { w: Weights::Packed(&l.k), out: &mut o2 },
-                        MatmulTarget { w: Weights::Packed(&l.v), out: &mut o3 },
+                        MatmulTarget {
+                            w: Weights::Packed(&l.q),
+                            out: &mut o1,
+                        },
+                        MatmulTarget {
+                            w: Weights::Packed(&l.k),
+                            out: &mut o2,
+                        },
+                        MatmulTarget {
+                            w: Weights::Packed(&l.v),
+                            out: &mut o3,
+                        },
                     ];
                     matmul(&pool, &mut scratch, xh, m, &mut qkv).unwrap();
-                    let mut o = [MatmulTarget { w: Weights::Packed(&l.o), out: &mut o1 }];
+                    let mut o = [MatmulTarget {
+                        w: Weights::Packed(&l.o),
+                        out: &mut o1,
+                    }];
                     matmul(&pool, &mut scratch, xh, m, &mut o).unwrap();
                     let mut gu = [
-                        MatmulTarget { w: Weights::Packed(&l.gate), out: &mut f1 },
-                        MatmulTarget { w: Weights::Packed(&l.up), out: &mut f2 },
+                        MatmulTarget {
+                            w: Weights::Packed(&l.gate),
+                            out: &mut f1,
+                        },
+                        MatmulTarget {
+                            w: Weights::Packed(&l.up),
+                            out: &mut f2,
+                        },
                     ];
                     matmul(&pool, &mut scratch, xh, m, &mut gu).unwrap();
-                    let mut d = [MatmulTarget { w: Weights::Packed(&l.down), out: &mut o1 }];
+                    let mut d = [MatmulTarget {
+                        w: Weights::Packed(&l.down),
+                        out: &mut o1,
+                    }];
                     matmul(&pool, &mut scratch, xf, m, &mut d).unwrap();
                 }
             })
@@ -109,7 +134,10 @@ fn head(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(lm.len_bytes() as u64));
     g.bench_function("m1", |b| {
         b.iter(|| {
-            let mut t = [MatmulTarget { w: Weights::Packed(&lm), out: &mut out }];
+            let mut t = [MatmulTarget {
+                w: Weights::Packed(&lm),
+                out: &mut out,
+            }];
             matmul(&pool, &mut scratch, &x, 1, &mut t).unwrap();
         })
     });

@@ -243,8 +243,7 @@ pub fn matmul(
                 t.out.len()
             )));
         }
-        if matches!(t.w, Weights::Rows(_))
-            && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len())
+        if matches!(t.w, Weights::Rows(_)) && k > scratch.row_bufs[0].lock().map_or(0, |b| b.len())
         {
             return Err(Error::Shape(format!(
                 "matmul: {k} columns exceed the scratch row buffer"

@@ -75,7 +75,9 @@ impl PackedMatrix {
             _ => match kernel_cache().qgemm(&engine_desc(kind, n_rows, n_cols, isa)) {
                 Ok(k) => Some(k),
                 Err(e) => {
-                    tracing::warn!("no quantized matmul kernel for {n_rows}x{n_cols} ({e}); portable path");
+                    tracing::warn!(
+                        "no quantized matmul kernel for {n_rows}x{n_cols} ({e}); portable path"
+                    );
                     None
                 }
             },

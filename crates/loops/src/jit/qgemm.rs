@@ -441,7 +441,7 @@ impl QGemmKernel {
     /// takes M at run time (`desc.m` only chose the register tile). Each output is computed
     /// exactly as by [`QGemmKernel::run`], same bits, so an engine can split the panels over
     /// its own threads. `panels` starts at a multiple of `desc.n_panels` and ends at one or at
-    /// the last panel.
+    /// the last panel; an empty range or `x.m() == 0` computes nothing.
     ///
     /// # Safety
     /// `y` is valid for writes of `x.m() * n` floats (row-major, `n` per row), and nothing else
@@ -458,8 +458,7 @@ impl QGemmKernel {
         let (full, tail) = d.groups();
         let total = w.n_panels();
         let aligned = |p: usize| p % d.n_panels == 0;
-        if x.m == 0
-            || panels.start > panels.end
+        if panels.start > panels.end
             || panels.end > total
             || !aligned(panels.start)
             || !(aligned(panels.end) || panels.end == total)
@@ -471,6 +470,9 @@ impl QGemmKernel {
                     d.n_panels, x.m
                 ),
             });
+        }
+        if x.m == 0 || panels.is_empty() {
+            return Ok(());
         }
         let lo = panels.start / d.n_panels;
         let hi = (panels.end / d.n_panels).min(full).max(lo);
@@ -630,7 +632,11 @@ pub fn qgemm_panel_portable(
                 acc2 = f16_at(base + 32 + 2 * lane).mul_add(xb.min(), acc2);
             }
         }
-        *o = if ty == QuantType::Q4_1 { acc + acc2 } else { acc };
+        *o = if ty == QuantType::Q4_1 {
+            acc + acc2
+        } else {
+            acc
+        };
     }
     Ok(())
 }
@@ -807,7 +813,8 @@ impl QGen<'_> {
     /// Advances the activation and output cursors by one m-tile.
     fn next_m_tile(&mut self) -> R {
         let d = self.d;
-        self.a.add(r11, (d.m_tile * (d.k / BLOCK) * ACT_BLOCK) as i32)?;
+        self.a
+            .add(r11, (d.m_tile * (d.k / BLOCK) * ACT_BLOCK) as i32)?;
         self.a.add(r9, (d.m_tile * d.n * 4) as i32)
     }
 
@@ -1005,11 +1012,8 @@ impl QGen<'_> {
                         self.a.vpandd(zmm27, zmm27, zmm31)?;
                         for i in 0..mt {
                             let xb = i * row_bytes + 16;
-                            self.a.vpdpbusd(
-                                s0(i),
-                                zmm28,
-                                dword_bcst(rax + (xb + 4 * h) as i32),
-                            )?;
+                            self.a
+                                .vpdpbusd(s0(i), zmm28, dword_bcst(rax + (xb + 4 * h) as i32))?;
                             self.a.vpdpbusd(
                                 s1(i),
                                 zmm27,
@@ -1087,5 +1091,67 @@ impl QGen<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::quantize_ggml;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// `run_panels` over any split into panel ranges, for M given at run time, equals the
+    /// portable twins bit for bit, on every ISA this CPU has; empty ranges write nothing.
+    #[test]
+    fn run_panels_any_split_and_m_matches_portable() {
+        let (n, k) = (53, 96);
+        for ty in [QuantType::Q4_0, QuantType::Q4_1, QuantType::Q8_0] {
+            let w = quantize_ggml(ty, &data(n * k, 1));
+            let packed = PackedWeights::pack(ty, n, k, &w).unwrap();
+            for isa in [Isa::Avx512, Isa::Avx2]
+                .into_iter()
+                .filter(|i| i.available())
+            {
+                let desc = QGemmDesc {
+                    m_tile: if isa == Isa::Avx512 { 8 } else { 1 },
+                    n_panels: 1,
+                    prefetch_blocks: Some(k / 32),
+                    ..QGemmDesc::for_isa(ty, 8, n, k, isa)
+                };
+                let kernel = QGemmKernel::compile(&desc).unwrap();
+                let mut acts = ActsQ8::default();
+                for m in [1, 3, 8, 11] {
+                    acts.quantize_into(&data(m * k, m as u32), m, k).unwrap();
+                    let mut want = vec![0f32; m * n];
+                    qgemm_portable(ty, n, k, &w, &acts, &mut want);
+                    let mut by_panel = [0f32; 16];
+                    for t in 0..m {
+                        for p in 0..packed.n_panels() {
+                            qgemm_panel_portable(&packed, &acts, t, p, &mut by_panel).unwrap();
+                            let cols = 16 * p..(16 * p + 16).min(n);
+                            assert_eq!(
+                                by_panel[..cols.len()],
+                                want[t * n + cols.start..t * n + cols.end]
+                            );
+                        }
+                    }
+                    for cut in [0, 1, 2, 4] {
+                        let mut y = vec![f32::NAN; m * n];
+                        for range in [0..cut, cut..cut, cut..packed.n_panels()] {
+                            // SAFETY: `y` holds `m * n` values; one call at a time.
+                            unsafe { kernel.run_panels(&packed, &acts, y.as_mut_ptr(), range) }
+                                .unwrap();
+                        }
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&y), bits(&want), "{ty} {isa} m={m} cut={cut}");
+                    }
+                }
+            }
+        }
     }
 }
