@@ -657,6 +657,16 @@ pub mod portable {
         }
     }
 
+    /// `x = exp_clamped((x - shift) * scale)` elementwise, the subtraction and the product
+    /// rounded separately: softmax weights. The JIT's `RowOp::ExpShifted` equals it bit for bit
+    /// on every non-NaN input.
+    #[inline(always)]
+    pub fn exp_shifted_in_place(x: &mut [f32], shift: f32, scale: f32) {
+        for v in x {
+            *v = exp_clamped((*v - shift) * scale);
+        }
+    }
+
     /// Rotates every head of `x` (heads of `head_dim`) by precomputed `angles` (`head_dim / 2`
     /// cosines, then the sines), pairing dimensions as `layout` says:
     /// `x_a' = x_a c - x_b s`, `x_b' = x_a s + x_b c` (two products, then the sum: no FMA).

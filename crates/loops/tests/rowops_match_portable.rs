@@ -1,4 +1,4 @@
-//! Every JIT row kernel (RMSNorm, add, SiLU·mul, RoPE, argmax) equals its portable twin in
+//! Every JIT row kernel (RMSNorm, add, SiLU·mul, RoPE, argmax, shifted exp) equals its portable twin in
 //! `kernel::portable` bit for bit, on both ISAs this CPU has, for every length 1..=200 and the
 //! model sizes (576, 1536, 64-dim heads), with every buffer ending at a guard page so a read
 //! or write past a tail faults.
@@ -151,6 +151,44 @@ fn silu_mul_special_values() {
             .silu_mul(&mut got, &up)
             .unwrap();
         assert_bits(&got, &want, &format!("silu_mul specials {isa}"));
+    }
+}
+
+#[test]
+fn exp_shifted_matches_portable_bit_for_bit_and_exp() {
+    let cache = RowKernelCache::new();
+    let mut rng = Rng(7);
+    for isa in isas() {
+        let exp = kernel(&cache, RowOp::ExpShifted, isa);
+        for n in (0..=200).chain(MODEL_SIZES) {
+            // Logit-like values: a max of 0 after the shift, a long negative tail past the
+            // zero cut, and -inf (masked tokens).
+            let mut x: Vec<f32> = (0..n).map(|_| rng.f(40.0)).collect();
+            for (i, v) in x.iter_mut().enumerate() {
+                match i % 41 {
+                    3 => *v = f32::NEG_INFINITY,
+                    9 => *v = -300.0,
+                    _ => {}
+                }
+            }
+            let shift = x.iter().copied().fold(f32::NEG_INFINITY, f32::max).max(0.0);
+            for scale in [1.0f32, 0.7, 2.5] {
+                let mut want = x.clone();
+                portable::exp_shifted_in_place(&mut want, shift, scale);
+                let mut gx = guarded(&x);
+                exp.exp_shifted(gx.as_mut_slice(), shift, scale).unwrap();
+                assert_bits(gx.as_slice(), &want, &format!("exp_shifted {isa} n={n}"));
+                // And it is exp: within 2 ulp-ish of the f64 reference where not cut to 0.
+                for (&w, &v) in want.iter().zip(&x) {
+                    let t = ((v - shift) * scale) as f64;
+                    let exact = if t < -87.0 { 0.0 } else { t.exp() };
+                    assert!(
+                        (w as f64 - exact).abs() <= 3e-7 * exact + 1e-37,
+                        "exp({t}) = {w}, want {exact}"
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Sampler {
     rng: StdRng,
     logits: Vec<f32>,
     candidates: Vec<(f32, u32)>,
+    /// Unnormalised weight of every token under the shaped distribution.
+    weights: Vec<f32>,
     recent: Vec<(u32, u32)>,
 }
 
@@ -92,6 +94,7 @@ impl Sampler {
             rng,
             logits: Vec::with_capacity(vocab_size),
             candidates: Vec::with_capacity(vocab_size),
+            weights: Vec::with_capacity(vocab_size),
             recent: Vec::with_capacity(64),
         }
     }
@@ -149,13 +152,58 @@ impl Sampler {
         }
         out.clear();
         out.resize(logits.len(), 0.0);
-        if !self.shape_candidates() {
-            return;
+        let total = self.shaped_weights();
+        if total > 0.0 {
+            for (o, &w) in out.iter_mut().zip(&self.weights) {
+                *o = (w as f64 / total) as f32;
+            }
         }
-        let (max, inv_t, total) = self.weights();
-        for &(l, id) in &self.candidates {
-            out[id as usize] = ((((l - max) as f64) * inv_t).exp() / total) as f32;
+    }
+
+    /// Fills `weights` with each token's unnormalised weight under the shaped distribution,
+    /// `exp((l - max) / temperature)` for the tokens top-k, top-p and min-p keep and 0 for the
+    /// others (and for NaN logits), and returns their sum (0 when no token is left). The
+    /// exponentials run in one vectorised pass (`ops::exp_shifted`): this is most of a
+    /// sampled token's cost over a 49k vocabulary.
+    fn shaped_weights(&mut self) -> f64 {
+        let p = &self.params;
+        let n = self.logits.len();
+        let truncates = (p.top_k > 0 && p.top_k < n) || p.top_p < 1.0 || p.min_p > 0.0;
+        let inv_t = 1.0 / p.temperature;
+        self.weights.clear();
+        if truncates {
+            if !self.shape_candidates() {
+                return 0.0;
+            }
+            self.weights.resize(n, f32::NEG_INFINITY);
+            for &(l, id) in &self.candidates {
+                self.weights[id as usize] = l;
+            }
+        } else {
+            self.weights.extend(self.logits.iter().map(|&l| {
+                if l.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    l
+                }
+            }));
         }
+        let max = self
+            .weights
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+        if max == f32::NEG_INFINITY {
+            return 0.0;
+        }
+        if max == f32::INFINITY {
+            // Infinite logits share all the mass.
+            for w in &mut self.weights {
+                *w = if *w == f32::INFINITY { 1.0 } else { 0.0 };
+            }
+        } else {
+            peregrine_tensor::ops::exp_shifted(&mut self.weights, max, inv_t);
+        }
+        self.weights.iter().map(|&w| w as f64).sum()
     }
 
     /// Keeps in `candidates` the tokens that top-k, top-p and min-p allow (from `logits`);
@@ -215,35 +263,24 @@ impl Sampler {
         true
     }
 
-    /// The candidates' largest logit, `1 / temperature`, and the sum of their weights
-    /// `exp((l - max) / temperature)`.
-    fn weights(&self) -> (f32, f64, f64) {
-        let max = self
-            .candidates
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &(l, _)| m.max(l));
-        let inv_t = 1.0 / self.params.temperature as f64;
-        let total: f64 = self
-            .candidates
-            .iter()
-            .map(|&(l, _)| (((l - max) as f64) * inv_t).exp())
-            .sum();
-        (max, inv_t, total)
-    }
-
     fn sample_shaped(&mut self) -> u32 {
-        if !self.shape_candidates() {
+        let total = self.shaped_weights();
+        if total <= 0.0 {
             return 0;
         }
-        let (max, inv_t, total) = self.weights();
         let mut u = self.rng.random::<f64>() * total;
-        for &(l, id) in &self.candidates {
-            u -= (((l - max) as f64) * inv_t).exp();
-            if u <= 0.0 {
-                return id;
+        let mut last = 0;
+        for (id, &w) in self.weights.iter().enumerate() {
+            if w > 0.0 {
+                last = id;
+                u -= w as f64;
+                if u <= 0.0 {
+                    return id as u32;
+                }
             }
         }
-        self.candidates.last().map_or(0, |&(_, id)| id)
+        // Rounding left a sliver of `u`: the last token with weight.
+        last as u32
     }
 }
 

@@ -52,6 +52,7 @@ struct Kernels {
     add: OnceLock<Option<RowKernel>>,
     silu_mul: OnceLock<Option<RowKernel>>,
     argmax: OnceLock<Option<RowKernel>>,
+    exp_shifted: OnceLock<Option<RowKernel>>,
 }
 
 static KERNELS: Kernels = Kernels {
@@ -60,6 +61,7 @@ static KERNELS: Kernels = Kernels {
     add: OnceLock::new(),
     silu_mul: OnceLock::new(),
     argmax: OnceLock::new(),
+    exp_shifted: OnceLock::new(),
 };
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, row by row (rows of `weight.len()` values): the
@@ -99,6 +101,22 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
         }
     }
     portable::silu_mul_in_place(gate, up);
+}
+
+/// `x = exp((x - shift) * scale)` elementwise: softmax weights over a vocabulary (`shift` the
+/// largest logit, `scale` the inverse temperature), by the same `exp` polynomial as
+/// [`silu_mul`] (relative error < 3e-7; below an exponent of -87 the weight is 0). Inputs must
+/// not be NaN; `-inf` gives 0.
+pub fn exp_shifted(x: &mut [f32], shift: f32, scale: f32) {
+    if let Some(k) = KERNELS
+        .exp_shifted
+        .get_or_init(|| compile(RowOp::ExpShifted))
+    {
+        if k.exp_shifted(x, shift, scale).is_ok() {
+            return;
+        }
+    }
+    portable::exp_shifted_in_place(x, shift, scale);
 }
 
 /// Rotation angles for one position: `cos`/`sin` of each of the `head_dim / 2` frequencies.
@@ -307,8 +325,7 @@ mod tests {
 
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
         a.len() == b.len()
-            && a
-                .iter()
+            && a.iter()
                 .zip(b)
                 .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
     }
@@ -458,7 +475,10 @@ mod tests {
     #[test]
     fn argmax_prefers_first_and_skips_nan() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), Some(1));
-        assert_eq!(argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NEG_INFINITY]), Some(1));
+        assert_eq!(
+            argmax(&[f32::NAN, f32::NEG_INFINITY, f32::NEG_INFINITY]),
+            Some(1)
+        );
         assert_eq!(argmax(&[]), None);
     }
 }

@@ -28,8 +28,9 @@ enum Sub {
 struct KernelArgs {
     /// The operation: `sgemm` (f32), `qgemv` (quantized weights x int8 activations, VNNI;
     /// with --m > 1 it is the small-M GEMM), or a row kernel of one row of --n values:
-    /// `rmsnorm`, `add`, `silu_mul`, `rope` (heads of 64, adjacent pairs) or `argmax`.
-    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv", "rmsnorm", "add", "silu_mul", "rope", "argmax"])]
+    /// `rmsnorm`, `add`, `silu_mul`, `rope` (heads of 64, adjacent pairs), `argmax` or `exp`
+    /// (softmax weights).
+    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv", "rmsnorm", "add", "silu_mul", "rope", "argmax", "exp"])]
     op: String,
     /// Weight block type for `qgemv`: q4_0, q4_1 or q8_0.
     #[arg(long, default_value = "q4_1")]
@@ -357,6 +358,7 @@ fn row_op(a: &KernelArgs) -> Result<Option<RowOp>> {
             layout: RopeLayout::Adjacent,
         },
         "argmax" => RowOp::Argmax,
+        "exp" => RowOp::ExpShifted,
         _ => return Ok(None),
     };
     if a.n == 0 {
@@ -369,7 +371,7 @@ fn row_op(a: &KernelArgs) -> Result<Option<RowOp>> {
 }
 
 /// `--json` output of `peregrine kernels bench` for a row kernel (`--op rmsnorm|add|silu_mul|
-/// rope|argmax`): one object. `jit_ns` / `portable_ns`: best-of-batches nanoseconds per call
+/// rope|argmax|exp`): one object. `jit_ns` / `portable_ns`: best-of-batches nanoseconds per call
 /// of the JIT kernel and of its portable twin (`peregrine_loops::kernel::portable`, the
 /// fallback on CPUs without AVX2; same results bit for bit) on one row of `n` values, hot in
 /// cache; `*_gbs`: bytes read and written per call over that time; `speedup`: portable / JIT.
@@ -409,6 +411,7 @@ fn bench_row(a: &KernelArgs, op: RowOp) -> Result<()> {
     let bytes = 4 * match op {
         RowOp::Argmax => n,
         RowOp::Rope { .. } => 2 * n + ROPE_HEAD_DIM,
+        RowOp::ExpShifted => 2 * n,
         _ => 3 * n,
     };
     let mut run = |jit: bool| -> Result<f64> {
@@ -440,6 +443,15 @@ fn bench_row(a: &KernelArgs, op: RowOp) -> Result<()> {
                 }
                 (RowOp::Argmax, false) => {
                     std::hint::black_box(portable::argmax(&x));
+                }
+                // Softmax weights of logits in [-2, 2): shift by the largest.
+                (RowOp::ExpShifted, true) => {
+                    out.copy_from_slice(&x);
+                    kernel.exp_shifted(&mut out, 2.0, 1.0)?
+                }
+                (RowOp::ExpShifted, false) => {
+                    out.copy_from_slice(&x);
+                    portable::exp_shifted_in_place(&mut out, 2.0, 1.0)
                 }
             }
             std::hint::black_box(&mut out);

@@ -58,6 +58,10 @@ pub enum RowOp {
     /// Index of the largest value, the first on ties; NaNs are skipped (never win); `None`
     /// for an empty or all-NaN row.
     Argmax,
+    /// `x = exp((x - shift) * scale)` over any length (`shift` and `scale` are run-time
+    /// arguments), `exp` by the polynomial of `portable::exp_clamped`: softmax weights.
+    /// Inputs must not be NaN (`-inf` gives 0).
+    ExpShifted,
 }
 
 impl RowOp {
@@ -68,6 +72,7 @@ impl RowOp {
             RowOp::SiluMul => "silu_mul",
             RowOp::Rope { .. } => "rope",
             RowOp::Argmax => "argmax",
+            RowOp::ExpShifted => "exp_shifted",
         }
     }
 }
@@ -99,6 +104,7 @@ const MAX_ARGMAX: usize = i32::MAX as usize - gen::ARGMAX_SLOTS;
 type RmsNormFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, f32);
 type BinaryFn = unsafe extern "C" fn(*mut f32, *const f32, usize);
 type ArgmaxFn = unsafe extern "C" fn(*const f32, usize, *mut f32, *mut i32);
+type ExpFn = unsafe extern "C" fn(*mut f32, usize, f32, f32);
 
 /// The typed entry point of the generated code.
 #[derive(Clone, Copy)]
@@ -107,6 +113,7 @@ enum Entry {
     /// Add, SiLU·mul and RoPE share a shape: (in-out pointer, input pointer, count).
     Binary(BinaryFn),
     Argmax(ArgmaxFn),
+    Exp(ExpFn),
 }
 
 /// A compiled row-wise kernel (or the portable twin, for [`Isa::Portable`]).
@@ -127,7 +134,9 @@ impl RowKernel {
         let t0 = Instant::now();
         match desc.op {
             RowOp::RmsNorm { d } if d == 0 || d > MAX_ROW => {
-                return Err(bad_shape(format!("rms_norm row length {d} not in 1..={MAX_ROW}")))
+                return Err(bad_shape(format!(
+                    "rms_norm row length {d} not in 1..={MAX_ROW}"
+                )))
             }
             RowOp::Rope { head_dim, .. }
                 if head_dim == 0 || head_dim % 2 == 1 || head_dim > MAX_ROW =>
@@ -153,6 +162,7 @@ impl RowKernel {
             RowOp::SiluMul => gen::silu_mul(desc.isa),
             RowOp::Rope { head_dim, layout } => gen::rope(desc.isa, head_dim, layout),
             RowOp::Argmax => gen::argmax(desc.isa),
+            RowOp::ExpShifted => gen::exp_shifted(desc.isa),
         }
         .map_err(asm_err)?;
         let exec = Arc::new(CodeBuffer::new(&code)?.finalize()?);
@@ -166,6 +176,7 @@ impl RowKernel {
                     Entry::RmsNorm(std::mem::transmute::<*const u8, RmsNormFn>(p))
                 }
                 RowOp::Argmax => Entry::Argmax(std::mem::transmute::<*const u8, ArgmaxFn>(p)),
+                RowOp::ExpShifted => Entry::Exp(std::mem::transmute::<*const u8, ExpFn>(p)),
                 _ => Entry::Binary(std::mem::transmute::<*const u8, BinaryFn>(p)),
             }
         };
@@ -294,6 +305,25 @@ impl RowKernel {
                 unsafe { f(x.as_mut_ptr(), angles.as_ptr(), x.len() / head_dim) };
             }
             _ => portable::rope_row(x, head_dim, angles, layout),
+        }
+        Ok(())
+    }
+
+    /// `x = exp((x - shift) * scale)`, elementwise (softmax weights: `shift` the largest
+    /// value, `scale` the inverse temperature). Errors unless the kernel is
+    /// [`RowOp::ExpShifted`]. NaN inputs give unspecified values; `-inf` gives 0.
+    pub fn exp_shifted(&self, x: &mut [f32], shift: f32, scale: f32) -> Result<()> {
+        if self.desc.op != RowOp::ExpShifted {
+            return Err(self.wrong_op("exp_shifted"));
+        }
+        self.check_isa()?;
+        match &self.jit {
+            Some((_, Entry::Exp(f))) => {
+                // SAFETY: the exp code reads and rewrites `x.len()` values of `x`, tail
+                // masked; the ISA was checked.
+                unsafe { f(x.as_mut_ptr(), x.len(), shift, scale) };
+            }
+            _ => portable::exp_shifted_in_place(x, shift, scale),
         }
         Ok(())
     }

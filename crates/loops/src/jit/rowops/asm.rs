@@ -130,7 +130,18 @@ impl Gen {
         self.a.assemble(0)
     }
 
-    vop3!(vaddps, vsubps, vmulps, vdivps, vmaxps, vminps, vfmadd231ps, vfmadd213ps, vpsubd, vpaddd);
+    vop3!(
+        vaddps,
+        vsubps,
+        vmulps,
+        vdivps,
+        vmaxps,
+        vminps,
+        vfmadd231ps,
+        vfmadd213ps,
+        vpsubd,
+        vpaddd
+    );
 
     pub(super) fn mov(&mut self, d: usize, s: Src) -> R {
         match (self.wide, s) {

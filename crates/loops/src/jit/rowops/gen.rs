@@ -40,83 +40,124 @@ struct ExpConsts {
     one: Src,
 }
 
+impl ExpConsts {
+    /// The constants in the pool; with AVX-512 also hoisted into zmm16.. (AVX2 reads them from
+    /// memory: 16 ymm are too few).
+    fn new(g: &mut Gen) -> Result<ExpConsts, IcedError> {
+        use crate::kernel::portable::exp_consts as e;
+        let mut c = ExpConsts {
+            sign: g.splat(0x8000_0000),
+            lo: g.splat_f(e::LO),
+            hi: g.splat_f(e::HI),
+            log2e: g.splat_f(e::LOG2E),
+            neg_ln2_hi: g.splat_f(-e::LN2_HI),
+            neg_ln2_lo: g.splat_f(-e::LN2_LO),
+            poly: [Src::R(0); 7],
+            magic: g.splat_f(e::POW2I_MAGIC),
+            bias: g.splat(e::POW2I_BIAS),
+            one: g.splat_f(1.0),
+        };
+        for (p, v) in c.poly.iter_mut().zip(e::POLY) {
+            *p = g.splat_f(v);
+        }
+        if g.wide {
+            let mut next = 16;
+            let mut hoist = |g: &mut Gen, s: &mut Src| -> R {
+                g.mov(next, *s)?;
+                *s = Src::R(next);
+                next += 1;
+                Ok(())
+            };
+            for s in [
+                &mut c.sign,
+                &mut c.lo,
+                &mut c.hi,
+                &mut c.log2e,
+                &mut c.neg_ln2_hi,
+                &mut c.neg_ln2_lo,
+                &mut c.magic,
+                &mut c.bias,
+                &mut c.one,
+            ] {
+                hoist(g, s)?;
+            }
+            for s in c.poly.iter_mut() {
+                hoist(g, s)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// `p = portable::exp_clamped(x)`, `x` kept; `r`, `n`, `q` are scratch.
+    fn emit(&self, g: &mut Gen, x: usize, p: usize, [r, n, q]: [usize; 3]) -> R {
+        // xc = clamp(x, LO, HI).
+        g.vmaxps(r, x, self.lo)?;
+        g.vminps(r, r, self.hi)?;
+        // n = round_ties_even(xc * log2e); r = fma(n, -ln2_lo, fma(n, -ln2_hi, xc)).
+        g.vmulps(n, r, self.log2e)?;
+        g.round(n, n)?;
+        g.vfmadd231ps(r, n, self.neg_ln2_hi)?;
+        g.vfmadd231ps(r, n, self.neg_ln2_lo)?;
+        // Horner: p = fma(p, r, c_k).
+        g.mov(p, self.poly[0])?;
+        for &ck in &self.poly[1..] {
+            g.vfmadd213ps(p, r, ck)?;
+        }
+        // 2^n in the exponent bits: ((n + magic) as bits - bias) << 23.
+        g.vaddps(q, n, self.magic)?;
+        g.vpsubd(q, q, self.bias)?;
+        g.shl23(q)?;
+        g.vmulps(p, p, Src::R(q))?;
+        // x < LO gives 0.
+        g.zero_where_less(p, x, self.lo, n)
+    }
+}
+
 /// `gate = silu(gate) * up`: `fn(gate: *mut f32, up: *const f32, n: usize)`.
 pub(super) fn silu_mul(isa: Isa) -> Result<Vec<u8>, IcedError> {
-    use crate::kernel::portable::exp_consts as e;
     let mut g = Gen::new(isa)?;
-    let mut c = ExpConsts {
-        sign: g.splat(0x8000_0000),
-        lo: g.splat_f(e::LO),
-        hi: g.splat_f(e::HI),
-        log2e: g.splat_f(e::LOG2E),
-        neg_ln2_hi: g.splat_f(-e::LN2_HI),
-        neg_ln2_lo: g.splat_f(-e::LN2_LO),
-        poly: [Src::R(0); 7],
-        magic: g.splat_f(e::POW2I_MAGIC),
-        bias: g.splat(e::POW2I_BIAS),
-        one: g.splat_f(1.0),
-    };
-    for (p, v) in c.poly.iter_mut().zip(e::POLY) {
-        *p = g.splat_f(v);
-    }
-    if g.wide {
-        // Keep the constants in zmm16.. (AVX2 reads them from memory: 16 ymm are too few).
-        let mut next = 16;
-        let mut hoist = |g: &mut Gen, s: &mut Src| -> R {
-            g.mov(next, *s)?;
-            *s = Src::R(next);
-            next += 1;
-            Ok(())
-        };
-        for s in [
-            &mut c.sign,
-            &mut c.lo,
-            &mut c.hi,
-            &mut c.log2e,
-            &mut c.neg_ln2_hi,
-            &mut c.neg_ln2_lo,
-            &mut c.magic,
-            &mut c.bias,
-            &mut c.one,
-        ] {
-            hoist(&mut g, s)?;
-        }
-        for s in c.poly.iter_mut() {
-            hoist(&mut g, s)?;
-        }
-    }
+    let c = ExpConsts::new(&mut g)?;
     // Two vectors per iteration, 7 registers each (0..7, 7..14); ymm15 is the AVX2 tail mask.
     g.stream(rdx, &[rdi, rsi], 2, 15, &mut |g, u, disp, mask| {
         let b = 7 * u;
         let (v, t, n, r, p, q, up) = (b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6);
         g.load(v, rdi + disp, mask)?;
         g.load(up, rsi + disp, mask)?;
-        // t = -v; xc = clamp(t, LO, HI).
+        // p = exp(-v).
         g.xor(t, v, c.sign)?;
-        g.vmaxps(r, t, c.lo)?;
-        g.vminps(r, r, c.hi)?;
-        // n = round_ties_even(xc * log2e); r = fma(n, -ln2_lo, fma(n, -ln2_hi, xc)).
-        g.vmulps(n, r, c.log2e)?;
-        g.round(n, n)?;
-        g.vfmadd231ps(r, n, c.neg_ln2_hi)?;
-        g.vfmadd231ps(r, n, c.neg_ln2_lo)?;
-        // Horner: p = fma(p, r, c_k).
-        g.mov(p, c.poly[0])?;
-        for &ck in &c.poly[1..] {
-            g.vfmadd213ps(p, r, ck)?;
-        }
-        // 2^n in the exponent bits: ((n + magic) as bits - bias) << 23.
-        g.vaddps(q, n, c.magic)?;
-        g.vpsubd(q, q, c.bias)?;
-        g.shl23(q)?;
-        g.vmulps(p, p, Src::R(q))?;
-        // t < LO gives 0.
-        g.zero_where_less(p, t, c.lo, n)?;
+        c.emit(g, t, p, [r, n, q])?;
         // v / (1 + e) * u.
         g.vaddps(p, p, c.one)?;
         g.vdivps(v, v, Src::R(p))?;
         g.vmulps(v, v, Src::R(up))?;
         g.store(rdi + disp, v, mask)
+    })?;
+    g.finish()
+}
+
+/// `x = exp((x - shift) * scale)` (the subtraction and the product rounded separately, then
+/// `portable::exp_clamped`): `fn(x: *mut f32, n: usize, shift: f32, scale: f32)`.
+pub(super) fn exp_shifted(isa: Isa) -> Result<Vec<u8>, IcedError> {
+    let mut g = Gen::new(isa)?;
+    let c = ExpConsts::new(&mut g)?;
+    // shift and scale arrive in xmm0 and xmm1; broadcast to registers 12 and 13.
+    let (shift, scale) = (12, 13);
+    if g.wide {
+        g.a.vbroadcastss(ZMM[shift], xmm0)?;
+        g.a.vbroadcastss(ZMM[scale], xmm1)?;
+    } else {
+        g.a.vbroadcastss(YMM[shift], xmm0)?;
+        g.a.vbroadcastss(YMM[scale], xmm1)?;
+    }
+    // Two vectors per iteration, 6 registers each (0..6, 6..12); ymm15 is the AVX2 tail mask.
+    g.stream(rsi, &[rdi], 2, 15, &mut |g, u, disp, mask| {
+        let b = 6 * u;
+        let (v, t, n, r, p, q) = (b, b + 1, b + 2, b + 3, b + 4, b + 5);
+        g.load(v, rdi + disp, mask)?;
+        g.vsubps(t, v, Src::R(shift))?;
+        g.vmulps(t, t, Src::R(scale))?;
+        c.emit(g, t, p, [r, n, q])?;
+        g.store(rdi + disp, p, mask)
     })?;
     g.finish()
 }
