@@ -343,3 +343,72 @@ fn head_forward_speed() {
         );
     }
 }
+
+/// Sampled EAGLE drafts (temperature > 0): chains whose every parent records the distribution
+/// its child was drawn from, a proper distribution over the target vocabulary that is zero
+/// outside the draft vocabulary, and root children drawn with those frequencies.
+#[test]
+fn sampled_drafts_are_chains_drawn_from_the_recorded_distribution() {
+    let head = random_eagle3();
+    let context = &specbench_prompts("qa", 1)[0];
+    let params = peregrine_model::SamplingParams {
+        temperature: 1.0,
+        seed: 3,
+        ..Default::default()
+    };
+    let mut d = common::eagle_drafter_at(head, context).with_sampled_drafts(params);
+    let plan = DraftPlan::Dynamic {
+        budget: 8,
+        depth: 3,
+        top_k: 4,
+    };
+    let n = 3000;
+    let mut counts = std::collections::HashMap::<u32, u64>::new();
+    let mut root_q: Option<Vec<f32>> = None;
+    for i in 0..n {
+        let mut tree = TokenTree::new();
+        tree.reset(context[context.len() - 1]);
+        d.propose(context, &plan, &mut tree).unwrap();
+        assert_eq!(tree.len(), 4, "a chain as deep as the plan");
+        for node in 1..tree.len() {
+            let parent = tree.parents()[node];
+            assert_eq!(tree.depths()[node], node, "a chain");
+            let q = tree.child_q(parent).expect("sampled drafts record q");
+            let sum: f64 = q.iter().map(|&v| v as f64).sum();
+            assert!((sum - 1.0).abs() < 1e-4, "q sums to {sum}");
+            assert!(
+                q[tree.tokens()[node] as usize] > 0.0,
+                "drawn from q's support"
+            );
+        }
+        if i < 3 {
+            let q = tree.child_q(0).unwrap();
+            let outside = (0..q.len())
+                .filter(|&t| q[t] > 0.0)
+                .all(|t| (0..head.config().draft_vocab).any(|i| head.target_id(i) as usize == t));
+            assert!(outside, "q is zero outside the draft vocabulary");
+        }
+        let q0 = tree.child_q(0).unwrap().to_vec();
+        if let Some(prev) = &root_q {
+            assert_eq!(
+                prev, &q0,
+                "the same context gives the same root distribution"
+            );
+        }
+        root_q = Some(q0);
+        *counts.entry(tree.tokens()[1]).or_default() += 1;
+    }
+    // The most likely root children appear with their probabilities (5 standard deviations).
+    let q = root_q.unwrap();
+    let mut top: Vec<usize> = (0..q.len()).collect();
+    top.sort_by(|&a, &b| q[b].total_cmp(&q[a]));
+    for &t in &top[..3] {
+        let want = q[t] as f64;
+        let got = counts.get(&(t as u32)).copied().unwrap_or(0) as f64 / n as f64;
+        let sd = (want * (1.0 - want) / n as f64).sqrt();
+        assert!(
+            (got - want).abs() < 5.0 * sd + 1e-3,
+            "token {t}: {got} vs {want}"
+        );
+    }
+}

@@ -203,7 +203,12 @@ impl Prepared {
                     .eagle_head
                     .as_ref()
                     .expect("prepare loads the EAGLE head");
-                Box::new(EagleDrafter::new(&loaded.model, head, loaded.ctx)?)
+                let d = EagleDrafter::new(&loaded.model, head, loaded.ctx)?;
+                if sampling.temperature > 0.0 {
+                    Box::new(d.with_sampled_drafts(sampling.clone()))
+                } else {
+                    Box::new(d)
+                }
             }
         })
     }

@@ -16,7 +16,9 @@
 //! up to `depth` levels; then keep the `budget` best candidates, which form a subtree because a
 //! child never scores above its parent, and emit them best first. Expansion stops early once
 //! no frontier node can enter the best `budget`. Drafts are deterministic (top-k), so sampling
-//! verification uses the point-mass rule.
+//! verification uses the point-mass rule; or, with [`EagleDrafter::with_sampled_drafts`], a
+//! chain of tokens sampled from the head's distribution shaped like the target's, verified by
+//! the multi-round rule.
 
 use super::forward::{
     exp_nonpositive, HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace, MAX_DRAFT_ROWS,
@@ -24,9 +26,12 @@ use super::forward::{
 use super::head::{EagleHead, EagleKind};
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::verify::TargetShaper;
 use crate::{Error, Result};
 use peregrine_model::{Model, Workspace};
 use peregrine_tensor::ops;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 /// Rows per head forward (catch-up chunks and tree levels).
 const HEAD_ROWS: usize = 64;
@@ -41,6 +46,18 @@ struct Cand {
     logp: f32,
     /// Head cache slot of the node's row once expanded, else `NONE`.
     slot: usize,
+}
+
+/// What drafting sampled chains needs: the target's shaping (temperature, top-k, top-p,
+/// min-p, penalties), a random source, and buffers.
+struct SampledDrafts {
+    shaper: TargetShaper,
+    rng: StdRng,
+    /// The root row's logits over the draft vocabulary (the head's workspace is overwritten
+    /// by drafted rows).
+    root_logits: Vec<f32>,
+    /// Draft logits scattered into the target vocabulary (`-inf` outside the draft vocabulary).
+    target_logits: Vec<f32>,
 }
 
 /// Drafts token trees with an EAGLE head; see the module docs.
@@ -71,6 +88,8 @@ pub struct EagleDrafter<'a> {
     tree_idx: Vec<usize>,
     top: Vec<(u32, f32)>,
     logps: Vec<f32>,
+    /// Set for sampling (temperature > 0): drafts are sampled chains.
+    sampled: Option<SampledDrafts>,
     // Shape plans.
     shape_depth: Vec<usize>,
     shape_need: Vec<usize>,
@@ -122,10 +141,29 @@ impl<'a> EagleDrafter<'a> {
             tree_idx: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             top: Vec::with_capacity(MAX_TREE_NODES),
             logps: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            sampled: None,
             shape_depth: Vec::with_capacity(MAX_TREE_NODES),
             shape_need: Vec::with_capacity(MAX_TREE_NODES),
             shape_cand: Vec::with_capacity(MAX_TREE_NODES),
         })
+    }
+
+    /// Samples drafts instead of taking the top ones: each drafted token is drawn from the
+    /// head's distribution shaped like the target's by `params` (temperature, top-k, top-p,
+    /// min-p), and that distribution is recorded on the tree (`set_child_q`), so sampling
+    /// verification uses the multi-round rule and accepts a draft with probability
+    /// `min(1, p/q)` instead of `p` (the point-mass rule of deterministic drafts). Trees are
+    /// then chains, as deep as the plan's depth.
+    pub fn with_sampled_drafts(mut self, params: peregrine_model::SamplingParams) -> Self {
+        let vocab = self.model.config().vocab_size;
+        let rng = StdRng::seed_from_u64(params.seed ^ 0x9E37_79B9_7F4A_7C15);
+        self.sampled = Some(SampledDrafts {
+            shaper: TargetShaper::new(params, vocab),
+            rng,
+            root_logits: Vec::new(),
+            target_logits: vec![f32::NEG_INFINITY; vocab],
+        });
+        self
     }
 
     /// The head.
@@ -203,6 +241,10 @@ impl<'a> EagleDrafter<'a> {
             self.root_valid = false;
             if root_row {
                 top_logprobs(self.ws.logits(0), k_root, self.head, &mut self.root_top);
+                if let Some(s) = &mut self.sampled {
+                    s.root_logits.clear();
+                    s.root_logits.extend_from_slice(self.ws.logits(0));
+                }
                 self.root_valid = true;
             }
             done += n;
@@ -388,6 +430,56 @@ impl<'a> EagleDrafter<'a> {
         Ok(())
     }
 
+    /// A chain of up to `depth` tokens, each sampled from the head's distribution shaped like
+    /// the target's and recorded as its parent's child distribution.
+    fn draft_sampled_chain(&mut self, n: usize, depth: usize, tree: &mut TokenTree) -> Result<()> {
+        let Some(mut s) = self.sampled.take() else {
+            return Ok(());
+        };
+        let r = self.sampled_chain(&mut s, n, depth, tree);
+        self.sampled = Some(s);
+        r
+    }
+
+    fn sampled_chain(
+        &mut self,
+        s: &mut SampledDrafts,
+        n: usize,
+        depth: usize,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let (mut node, mut slot, mut score) = (0, NONE, 1.0f32);
+        for d in 0..depth.min(MAX_TREE_NODES - 1) {
+            // The root's logits were saved at catch-up; deeper ones are the last forward's.
+            let logits = if d == 0 {
+                &s.root_logits[..]
+            } else {
+                self.ws.logits(0)
+            };
+            s.target_logits.fill(f32::NEG_INFINITY);
+            for (i, &l) in logits.iter().enumerate() {
+                s.target_logits[self.head.target_id(i) as usize] = l;
+            }
+            let mut q = Vec::new();
+            s.shaper.probs(&s.target_logits, &self.tokens, &mut q);
+            let Some(token) = crate::verify::sample_from(&q, &mut s.rng) else {
+                break;
+            };
+            score *= q[token as usize];
+            tree.set_child_q(node, q);
+            node = tree.push(node, token, score)?;
+            let room = self.cache.len() - self.cache.n_committed() < MAX_DRAFT_ROWS;
+            if d + 1 == depth || !room {
+                break;
+            }
+            self.positions.clear();
+            self.parents.clear();
+            self.set_draft_row(0, token, n + d, slot)?;
+            slot = self.forward_drafts(1)?;
+        }
+        Ok(())
+    }
+
     fn draft_shape(
         &mut self,
         n: usize,
@@ -523,6 +615,23 @@ impl Drafter for EagleDrafter<'_> {
         // there is nothing to draft from.
         if self.cache.n_committed() != n || !self.root_valid || k_root == 0 {
             return Ok(());
+        }
+        if self.sampled.is_some() {
+            let depth = match plan {
+                DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
+                DraftPlan::Shape(shape) => (1..shape.len())
+                    .map(|i| {
+                        let (mut d, mut p) = (1, shape.parents()[i]);
+                        while p != 0 {
+                            d += 1;
+                            p = shape.parents()[p];
+                        }
+                        d
+                    })
+                    .max()
+                    .unwrap_or(0),
+            };
+            return self.draft_sampled_chain(n, depth, tree);
         }
         match plan {
             DraftPlan::Dynamic {

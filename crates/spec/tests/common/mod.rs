@@ -187,6 +187,21 @@ pub fn eagle_tree(
     plan: &peregrine_spec::DraftPlan<'_>,
 ) -> peregrine_spec::TokenTree {
     use peregrine_spec::Drafter;
+    let mut d = eagle_drafter_at(head, context);
+    let mut tree = peregrine_spec::TokenTree::new();
+    tree.reset(context[context.len() - 1]);
+    d.propose(context, plan, &mut tree).unwrap();
+    tree
+}
+
+/// A fresh EAGLE drafter that has seen the target's features of `context` but its last token
+/// (the root of the next proposal).
+#[allow(dead_code)] // not every test file drafts with EAGLE
+pub fn eagle_drafter_at<'a>(
+    head: &'a peregrine_spec::EagleHead,
+    context: &[u32],
+) -> peregrine_spec::EagleDrafter<'a> {
+    use peregrine_spec::Drafter;
     let m = model();
     let n = context.len() - 1;
     let mut d = peregrine_spec::EagleDrafter::new(m, head, n + 8).unwrap();
@@ -212,8 +227,5 @@ pub fn eagle_tree(
     )
     .unwrap();
     assert!(err.is_none());
-    let mut tree = peregrine_spec::TokenTree::new();
-    tree.reset(context[n]);
-    d.propose(context, plan, &mut tree).unwrap();
-    tree
+    d
 }
