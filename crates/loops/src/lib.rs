@@ -14,6 +14,7 @@ pub mod tune;
 
 pub use error::{Error, Result};
 pub use ir::{Expr, NodeId, VarId};
+pub use jit::attention::{AttnDesc, AttnKernel, AttnKernelCache};
 pub use jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
 pub use jit::rowops::{RopeLayout, RowKernel, RowKernelCache, RowOp, RowOpDesc};
 pub use jit::Isa;

@@ -4,6 +4,7 @@
 //! - [`sgemm`]: f32 matmul family, lowered from a register-tiled schedule (AVX-512 or AVX2).
 //! - [`qgemm`]: quantized weights × int8 activations with VNNI `vpdpbusd` (AVX-512).
 
+pub mod attention;
 pub mod exec_mem;
 pub mod qgemm;
 pub mod rowops;

@@ -1,0 +1,508 @@
+//! Machine code of the attention kernels (see the parent module for what each computes).
+//!
+//! Both kernels perform the portable twins' IEEE operations in the twins' order: scores are
+//! 16-lane FMA chains over the head (lane = dimension % 16; AVX2 holds the 16 lanes in two
+//! ymm) folded as `portable::reduce16`, then one multiply by the scale; values are one FMA
+//! chain per output element in key order. The folds transpose a block of keys (8 on AVX-512,
+//! 4 on AVX2) so that each key's lanes are added in `reduce16`'s pairs.
+//!
+//! Registers: rbx and r12 are saved in the prologue; everything else used is caller-saved.
+//! Constants live in a pool after the code (RIP-relative), so the code is position-independent.
+
+use crate::jit::Isa;
+use iced_x86::code_asm::*;
+use iced_x86::IcedError;
+
+type R = Result<(), IcedError>;
+
+const ZMM: [AsmRegisterZmm; 32] = [
+    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
+    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
+    zmm28, zmm29, zmm30, zmm31,
+];
+const YMM: [AsmRegisterYmm; 32] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
+    ymm15, ymm16, ymm17, ymm18, ymm19, ymm20, ymm21, ymm22, ymm23, ymm24, ymm25, ymm26, ymm27,
+    ymm28, ymm29, ymm30, ymm31,
+];
+const XMM: [AsmRegisterXmm; 16] = [
+    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14,
+    xmm15,
+];
+
+/// Keys folded together by the AVX-512 score kernel.
+const KB512: usize = 8;
+/// Keys folded together by the AVX2 score kernel.
+const KB256: usize = 4;
+/// Most query heads the AVX-512 score kernel keeps accumulators for at once (8 keys each).
+const GB512: usize = 3;
+
+/// An assembler with a constant pool.
+struct Asm {
+    a: CodeAssembler,
+    pool: Vec<(CodeLabel, Vec<u32>)>,
+}
+
+impl Asm {
+    fn new() -> Result<Asm, IcedError> {
+        let mut a = CodeAssembler::new(64)?;
+        a.push(rbx)?;
+        a.push(r12)?;
+        Ok(Asm {
+            a,
+            pool: Vec::new(),
+        })
+    }
+    fn konst(&mut self, words: Vec<u32>) -> CodeLabel {
+        let l = self.a.create_label();
+        self.pool.push((l, words));
+        l
+    }
+    /// Epilogue, then the pool; the code assembled at address 0.
+    fn finish(mut self) -> Result<Vec<u8>, IcedError> {
+        self.a.pop(r12)?;
+        self.a.pop(rbx)?;
+        self.a.vzeroupper()?;
+        self.a.ret()?;
+        for (mut l, words) in std::mem::take(&mut self.pool) {
+            self.a.set_label(&mut l)?;
+            self.a.dd(&words)?;
+        }
+        self.a.assemble(0)
+    }
+    /// An 8-lane ymm mask with the first `n` lanes set.
+    fn ymask(&mut self, d: usize, n: usize) -> R {
+        let l = self.konst((0..8).map(|i| if i < n { u32::MAX } else { 0 }).collect());
+        self.a.vmovups(YMM[d], ymmword_ptr(l))
+    }
+}
+
+/// Consecutive ranges `(start, len)`.
+pub(super) type Ranges = Vec<(usize, usize)>;
+
+/// `n` split into `parts` near-equal consecutive ranges `(start, len)`.
+pub(super) fn split_even(n: usize, parts: usize) -> Ranges {
+    let (base, extra) = (n / parts, n % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = (start, len);
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// Scores of a run of keys for every head of a group:
+/// `fn(q: *const f32, k: *const u16, k_stride_bytes: usize, n: usize, scores: *mut f32,
+/// s_stride_bytes: usize, scale: f32)`; key `i` is the `hd` f16 values at
+/// `k + i * k_stride_bytes`, and head `g`'s score of key `i` goes to
+/// `scores + g * s_stride_bytes + 4 i`.
+pub(super) fn scores(isa: Isa, hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
+    if isa == Isa::Avx512 {
+        scores_avx512(hd, group)
+    } else {
+        scores_avx2(hd, group)
+    }
+}
+
+/// The key-block loop shared by both ISAs: full blocks of `kb` keys, then a tail block whose
+/// key `s` is skipped (jump to the fold) unless `s < n % kb`. `r10` walks the key rows, `r11`
+/// the first score of the block (head `g0`), `rbx` holds `n`.
+fn key_blocks(
+    m: &mut Asm,
+    kb: usize,
+    g0: usize,
+    body: &mut dyn FnMut(&mut Asm, Option<CodeLabel>) -> R,
+    fold_store: &mut dyn FnMut(&mut Asm, bool) -> R,
+) -> R {
+    m.a.mov(r10, rsi)?;
+    m.a.imul_3(r11, r9, g0 as i32)?;
+    m.a.add(r11, r8)?;
+    let mut tail = m.a.create_label();
+    let mut done = m.a.create_label();
+    m.a.mov(rax, rbx)?;
+    m.a.shr(rax, kb.trailing_zeros())?;
+    m.a.jz(tail)?;
+    let mut top = m.a.create_label();
+    m.a.set_label(&mut top)?;
+    body(m, None)?;
+    fold_store(m, false)?;
+    m.a.add(r11, (4 * kb) as i32)?;
+    m.a.dec(rax)?;
+    m.a.jnz(top)?;
+    m.a.set_label(&mut tail)?;
+    m.a.mov(rax, rbx)?;
+    m.a.and(rax, (kb - 1) as i32)?;
+    m.a.jz(done)?;
+    let mut fold = m.a.create_label();
+    body(m, Some(fold))?;
+    m.a.set_label(&mut fold)?;
+    fold_store(m, true)?;
+    m.a.set_label(&mut done)?;
+    Ok(())
+}
+
+fn scores_avx512(hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
+    let mut m = Asm::new()?;
+    let (nc, rem) = (hd.div_ceil(16), hd % 16);
+    let nfull = hd / 16;
+    let (kt, t0, t1, qt, idx, scale) = (24, 26, 27, 28, 30, 31);
+    if rem != 0 {
+        m.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
+        m.a.kmovw(k1, eax)?;
+    }
+    m.a.mov(eax, 0xFF)?;
+    m.a.kmovw(k3, eax)?;
+    m.a.vbroadcastss(zmm31, xmm0)?;
+    // After the fold, key s < 4 sits in lane 4s and key 4 + s in lane 4s + 2.
+    let words = (0..16u32)
+        .map(|s| match s {
+            0..4 => 4 * s,
+            4..8 => 4 * (s - 4) + 2,
+            _ => 0,
+        })
+        .collect();
+    let l = m.konst(words);
+    m.a.vmovups(ZMM[idx], zmmword_ptr(l))?;
+    m.a.mov(rbx, rcx)?;
+    // Queries stay in registers (zmm16..) when a head block's accumulators and queries fit
+    // beside the 8 fixed registers; else they are memory operands and blocks are 3 heads.
+    let q_in_regs = nc + KB512 <= 24;
+    let gb_max = if q_in_regs {
+        (24 / (nc + KB512)).min(GB512)
+    } else {
+        GB512
+    };
+    let blocks = split_even(group, group.div_ceil(gb_max));
+    for &(g0, gb) in &blocks {
+        let acc = |j: usize, s: usize| j * KB512 + s;
+        let qreg = |j: usize, c: usize| gb * KB512 + j * nc + c;
+        if q_in_regs {
+            for j in 0..gb {
+                for c in 0..nc {
+                    let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
+                    if c < nfull {
+                        m.a.vmovups(ZMM[qreg(j, c)], zmmword_ptr(rdi + qoff))?;
+                    } else {
+                        m.a.vmovups(ZMM[qreg(j, c)].k1().z(), zmmword_ptr(rdi + qoff))?;
+                    }
+                }
+            }
+        }
+        let mut body = |m: &mut Asm, skip: Option<CodeLabel>| -> R {
+            for j in 0..gb {
+                for s in 0..KB512 {
+                    let r = ZMM[acc(j, s)];
+                    m.a.vpxord(r, r, r)?;
+                }
+            }
+            for s in 0..KB512 {
+                if let (Some(l), true) = (skip, s > 0) {
+                    // Key s exists only when s < n % 8.
+                    m.a.cmp(eax, s as i32)?;
+                    m.a.jbe(l)?;
+                }
+                for c in 0..nc {
+                    let k = kt + c % 2;
+                    let disp = (32 * c) as i32;
+                    if c < nfull {
+                        m.a.vcvtph2ps(ZMM[k], ymmword_ptr(r10 + disp))?;
+                    } else {
+                        m.a.vmovdqu16(YMM[k].k1().z(), ymmword_ptr(r10 + disp))?;
+                        m.a.vcvtph2ps(ZMM[k], YMM[k])?;
+                    }
+                    for j in 0..gb {
+                        let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
+                        if q_in_regs {
+                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[qreg(j, c)])?;
+                        } else if c < nfull {
+                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], zmmword_ptr(rdi + qoff))?;
+                        } else {
+                            m.a.vmovups(ZMM[qt].k1().z(), zmmword_ptr(rdi + qoff))?;
+                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[qt])?;
+                        }
+                    }
+                }
+                m.a.add(r10, rdx)?;
+            }
+            Ok(())
+        };
+        let mut fold_store = |m: &mut Asm, tail: bool| -> R {
+            if tail {
+                // k2 = the first n % 8 keys (eax).
+                m.a.mov(ecx, eax)?;
+                m.a.mov(r12d, 1)?;
+                m.a.shl(r12d, cl)?;
+                m.a.sub(r12d, 1)?;
+                m.a.kmovw(k2, r12d)?;
+            }
+            for j in 0..gb {
+                let v = |i: usize| ZMM[acc(j, i)];
+                // a = v[i] + v[i + 8]: quarters (0,1) + (2,3), two keys per vector.
+                for p in 0..4 {
+                    m.a.vshuff32x4(ZMM[t0], v(2 * p), v(2 * p + 1), 0b01_00_01_00)?;
+                    m.a.vshuff32x4(ZMM[t1], v(2 * p), v(2 * p + 1), 0b11_10_11_10)?;
+                    m.a.vaddps(v(p), ZMM[t0], ZMM[t1])?;
+                }
+                // b = a[i] + a[i + 4]: quarter q holds key q (then 4 + q in the second).
+                for p in 0..2 {
+                    m.a.vshuff32x4(ZMM[t0], v(2 * p), v(2 * p + 1), 0b10_00_10_00)?;
+                    m.a.vshuff32x4(ZMM[t1], v(2 * p), v(2 * p + 1), 0b11_01_11_01)?;
+                    m.a.vaddps(v(p), ZMM[t0], ZMM[t1])?;
+                }
+                // (b0 + b2, b1 + b3) of keys q and 4 + q in quarter q.
+                m.a.vshufps(ZMM[t0], v(0), v(1), 0b01_00_01_00)?;
+                m.a.vshufps(ZMM[t1], v(0), v(1), 0b11_10_11_10)?;
+                m.a.vaddps(v(0), ZMM[t0], ZMM[t1])?;
+                // c0 + c1.
+                m.a.vmovshdup(ZMM[t0], v(0))?;
+                m.a.vaddps(v(0), v(0), ZMM[t0])?;
+                m.a.vpermps(v(0), ZMM[idx], v(0))?;
+                m.a.vmulps(v(0), v(0), ZMM[scale])?;
+                let dst = match j {
+                    0 => zmmword_ptr(r11),
+                    1 => zmmword_ptr(r11 + r9),
+                    _ => zmmword_ptr(r11 + r9 * 2),
+                };
+                if tail {
+                    m.a.vmovups(dst.k2(), v(0))?;
+                } else {
+                    m.a.vmovups(dst.k3(), v(0))?;
+                }
+            }
+            if tail {
+                m.a.mov(rcx, rbx)?;
+            }
+            Ok(())
+        };
+        key_blocks(&mut m, KB512, g0, &mut body, &mut fold_store)?;
+    }
+    m.finish()
+}
+
+fn scores_avx2(hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
+    let mut m = Asm::new()?;
+    // Per key s: lanes 0..8 in ymm(2s), 8..16 in ymm(2s + 1).
+    let (klo, khi, t0, t1, qmask, hmask, idx, scale) = (8, 9, 10, 11, 12, 13, 14, 15);
+    let rem16 = hd % 16;
+    let nhalves = hd / 8;
+    // The one partial half (r = hd % 8 values, even), if any.
+    let r = hd % 8;
+    if r != 0 {
+        m.ymask(qmask, r)?;
+        m.ymask(hmask, r / 2)?;
+    }
+    m.a.vbroadcastss(ymm15, xmm0)?;
+    let l = m.konst(vec![0, 4, 2, 6, 0, 0, 0, 0]);
+    m.a.vmovups(YMM[idx], ymmword_ptr(l))?;
+    let table = m.konst((0..8).map(|i| if i < 4 { u32::MAX } else { 0 }).collect());
+    m.a.mov(rbx, rcx)?;
+    let _ = rem16;
+    for g in 0..group {
+        let mut body = |m: &mut Asm, skip: Option<CodeLabel>| -> R {
+            for &x in &XMM[..2 * KB256] {
+                m.a.vxorps(x, x, x)?;
+            }
+            for s in 0..KB256 {
+                if let (Some(l), true) = (skip, s > 0) {
+                    m.a.cmp(eax, s as i32)?;
+                    m.a.jbe(l)?;
+                }
+                // Half h of the head: values 8h..8h + 8, lanes (h % 2) * 8.. of the 16.
+                for h in 0..nhalves + usize::from(r != 0) {
+                    let (k, a) = if h % 2 == 0 {
+                        (klo, 2 * s)
+                    } else {
+                        (khi, 2 * s + 1)
+                    };
+                    let disp = (16 * h) as i32;
+                    let qoff = (4 * (g * hd + 8 * h)) as i32;
+                    if h < nhalves {
+                        m.a.vcvtph2ps(YMM[k], xmmword_ptr(r10 + disp))?;
+                        m.a.vfmadd231ps(YMM[a], YMM[k], ymmword_ptr(rdi + qoff))?;
+                    } else {
+                        m.a.vmaskmovps(XMM[k], XMM[hmask], xmmword_ptr(r10 + disp))?;
+                        m.a.vcvtph2ps(YMM[k], XMM[k])?;
+                        m.a.vmaskmovps(YMM[t0], YMM[qmask], ymmword_ptr(rdi + qoff))?;
+                        m.a.vfmadd231ps(YMM[a], YMM[k], YMM[t0])?;
+                    }
+                }
+                m.a.add(r10, rdx)?;
+            }
+            Ok(())
+        };
+        let mut fold_store = |m: &mut Asm, tail: bool| -> R {
+            // a = lanes 0..8 + lanes 8..16.
+            for s in 0..KB256 {
+                m.a.vaddps(YMM[2 * s], YMM[2 * s], YMM[2 * s + 1])?;
+            }
+            // b = a[i] + a[i + 4]: (keys 0 | 1) in ymm0, (2 | 3) in ymm2.
+            for p in 0..2 {
+                let (x, y) = (YMM[4 * p], YMM[4 * p + 2]);
+                m.a.vperm2f128(YMM[t0], x, y, 0x20)?;
+                m.a.vperm2f128(YMM[t1], x, y, 0x31)?;
+                m.a.vaddps(YMM[2 * p], YMM[t0], YMM[t1])?;
+            }
+            // (b0 + b2, b1 + b3): keys 0, 2 in the low half, 1, 3 in the high half.
+            m.a.vshufps(YMM[t0], ymm0, ymm2, 0b01_00_01_00)?;
+            m.a.vshufps(YMM[t1], ymm0, ymm2, 0b11_10_11_10)?;
+            m.a.vaddps(ymm0, YMM[t0], YMM[t1])?;
+            m.a.vmovshdup(YMM[t0], ymm0)?;
+            m.a.vaddps(ymm0, ymm0, YMM[t0])?;
+            m.a.vpermps(ymm0, YMM[idx], ymm0)?;
+            m.a.vmulps(ymm0, ymm0, YMM[scale])?;
+            if tail {
+                // The first n % 4 lanes: a window of the -1,-1,-1,-1,0,0,0,0 table.
+                m.a.lea(r12, ptr(table))?;
+                m.a.mov(rcx, rax)?;
+                m.a.shl(rcx, 2)?;
+                m.a.sub(r12, rcx)?;
+                m.a.vmovdqu(xmm1, xmmword_ptr(r12 + 16))?;
+                m.a.vmaskmovps(xmmword_ptr(r11), xmm1, xmm0)?;
+                m.a.mov(rcx, rbx)?;
+            } else {
+                m.a.vmovups(xmmword_ptr(r11), xmm0)?;
+            }
+            Ok(())
+        };
+        key_blocks(&mut m, KB256, g, &mut body, &mut fold_store)?;
+    }
+    m.finish()
+}
+
+/// How the value kernel tiles (heads × head chunks) over the vector registers: head blocks
+/// and chunk passes, each a full pass over the keys.
+pub(super) fn pv_plan(group: usize, n_chunks: usize, avail: usize) -> (Ranges, Ranges) {
+    let mut best = (usize::MAX, 1, n_chunks);
+    for nh in 1..=group {
+        let gb = group.div_ceil(nh);
+        let db_max = avail / (gb + 1);
+        if db_max == 0 {
+            continue;
+        }
+        let np = n_chunks.div_ceil(db_max);
+        if nh * np < best.0 {
+            best = (nh * np, nh, np);
+        }
+    }
+    (split_even(group, best.1), split_even(n_chunks, best.2))
+}
+
+/// Values of a run of keys, accumulated into the group's outputs:
+/// `fn(p: *const f32, p_stride_bytes: usize, v: *const u16, v_stride_bytes: usize, n: usize,
+/// out: *mut f32)`; `out[g * hd + d] = fma(p_g[i], v_i[d], out[g * hd + d])` for i in 0..n,
+/// where `p_g = p + g * p_stride_bytes` and `v_i = v + i * v_stride_bytes`.
+pub(super) fn pv(isa: Isa, hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
+    let mut m = Asm::new()?;
+    let wide = isa == Isa::Avx512;
+    let lanes = if wide { 16 } else { 8 };
+    let (nc, rem) = (hd.div_ceil(lanes), hd % lanes);
+    let nfull = hd / lanes;
+    // AVX2 tail masks: f32 lanes in ymm14, f16 pairs in xmm13.
+    let (bcast, avail) = if wide {
+        (31, 31)
+    } else if rem != 0 {
+        (15, 13)
+    } else {
+        (15, 15)
+    };
+    if rem != 0 {
+        if wide {
+            m.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
+            m.a.kmovw(k1, eax)?;
+        } else {
+            m.ymask(14, rem)?;
+            m.ymask(13, rem / 2)?;
+        }
+    }
+    let (hblocks, passes) = pv_plan(group, nc, avail);
+    for &(g0, gb) in &hblocks {
+        for &(c0, db) in &passes {
+            let acc = |j: usize, c: usize| j * db + c;
+            let vreg = |c: usize| gb * db + c;
+            let out_at = |j: usize, c: usize| r9 + (4 * ((g0 + j) * hd + lanes * (c0 + c))) as i32;
+            for j in 0..gb {
+                for c in 0..db {
+                    let full = c0 + c < nfull;
+                    match (wide, full) {
+                        (true, true) => m.a.vmovups(ZMM[acc(j, c)], zmmword_ptr(out_at(j, c)))?,
+                        (true, false) => {
+                            m.a.vmovups(ZMM[acc(j, c)].k1().z(), zmmword_ptr(out_at(j, c)))?
+                        }
+                        (false, true) => m.a.vmovups(YMM[acc(j, c)], ymmword_ptr(out_at(j, c)))?,
+                        (false, false) => {
+                            m.a.vmaskmovps(YMM[acc(j, c)], ymm14, ymmword_ptr(out_at(j, c)))?
+                        }
+                    }
+                }
+            }
+            let mut store = m.a.create_label();
+            m.a.mov(r10, rdx)?;
+            m.a.imul_3(r11, rsi, g0 as i32)?;
+            m.a.add(r11, rdi)?;
+            m.a.mov(rax, r8)?;
+            m.a.test(rax, rax)?;
+            m.a.jz(store)?;
+            let mut top = m.a.create_label();
+            m.a.set_label(&mut top)?;
+            for c in 0..db {
+                let full = c0 + c < nfull;
+                let disp = (2 * lanes * (c0 + c)) as i32;
+                let d = vreg(c);
+                match (wide, full) {
+                    (true, true) => m.a.vcvtph2ps(ZMM[d], ymmword_ptr(r10 + disp))?,
+                    (true, false) => {
+                        m.a.vmovdqu16(YMM[d].k1().z(), ymmword_ptr(r10 + disp))?;
+                        m.a.vcvtph2ps(ZMM[d], YMM[d])?;
+                    }
+                    (false, true) => m.a.vcvtph2ps(YMM[d], xmmword_ptr(r10 + disp))?,
+                    (false, false) => {
+                        m.a.vmaskmovps(XMM[d], xmm13, xmmword_ptr(r10 + disp))?;
+                        m.a.vcvtph2ps(YMM[d], XMM[d])?;
+                    }
+                }
+            }
+            m.a.mov(r12, r11)?;
+            for j in 0..gb {
+                if wide {
+                    m.a.vbroadcastss(ZMM[bcast], dword_ptr(r12))?;
+                } else {
+                    m.a.vbroadcastss(YMM[bcast], dword_ptr(r12))?;
+                }
+                for c in 0..db {
+                    if wide {
+                        m.a.vfmadd231ps(ZMM[acc(j, c)], ZMM[bcast], ZMM[vreg(c)])?;
+                    } else {
+                        m.a.vfmadd231ps(YMM[acc(j, c)], YMM[bcast], YMM[vreg(c)])?;
+                    }
+                }
+                if j + 1 < gb {
+                    m.a.add(r12, rsi)?;
+                }
+            }
+            m.a.add(r10, rcx)?;
+            m.a.add(r11, 4)?;
+            m.a.dec(rax)?;
+            m.a.jnz(top)?;
+            m.a.set_label(&mut store)?;
+            for j in 0..gb {
+                for c in 0..db {
+                    let full = c0 + c < nfull;
+                    match (wide, full) {
+                        (true, true) => m.a.vmovups(zmmword_ptr(out_at(j, c)), ZMM[acc(j, c)])?,
+                        (true, false) => {
+                            m.a.vmovups(zmmword_ptr(out_at(j, c)).k1(), ZMM[acc(j, c)])?
+                        }
+                        (false, true) => m.a.vmovups(ymmword_ptr(out_at(j, c)), YMM[acc(j, c)])?,
+                        (false, false) => {
+                            m.a.vmaskmovps(ymmword_ptr(out_at(j, c)), ymm14, YMM[acc(j, c)])?
+                        }
+                    }
+                }
+            }
+        }
+    }
+    m.finish()
+}
