@@ -380,7 +380,9 @@ impl SpecSession {
                 let forward_s = verify_start.elapsed().as_secs_f64();
 
                 // Walk down the tree; accepted tokens join `ctx` (the penalties' history).
-                let bonus = if greedy {
+                // A tree of the root alone is a plain step: sample as plain decoding does (one
+                // pass over the vocabulary, not the full distribution the walk needs).
+                let bonus = if greedy || n == 1 {
                     self.path.clear();
                     self.path.push(0);
                     let mut node = 0;
