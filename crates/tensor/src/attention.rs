@@ -6,13 +6,22 @@
 //! same order whether its ancestors are committed or new: results are batch invariant.
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+//!
+//! The FLOP-heavy loops come from `peregrine-loops` (`jit::attention`): the scores `q·k` of a
+//! group's query heads over a run of consecutive visible cache rows, and the accumulation
+//! `out += p·v` over such a run, JIT-compiled per (head dim, group, ISA) for AVX-512 or AVX2,
+//! or their portable twins, which give the same bits. This module keeps the orchestration: the
+//! visible rows as runs (one for causal rows; the prefix, then runs of consecutive ancestors
+//! for tree rows), the softmax between the two loops, and the split over the thread pool.
 
-use crate::lanes::{dot16, exp_nonpositive, reduce16, LANES};
+use crate::lanes::{exp_nonpositive, reduce16, LANES};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
-use std::sync::Mutex;
+use peregrine_loops::jit::attention::{pv_portable, scores_portable};
+use peregrine_loops::{AttnDesc, AttnKernel, Isa};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// Which new rows a new row may attend to.
 #[derive(Clone, Copy, Debug)]
@@ -57,28 +66,59 @@ impl AttentionSeq<'_> {
     }
 }
 
-/// Per-thread score buffers, sized for the longest context.
+/// Compiled kernels by (head dim, group): a few slots, each filled once, read lock-free. A
+/// model has one attention shape (a draft head perhaps a second); past the slots, or if a
+/// shape cannot be compiled, the portable twins run (same bits).
+const KERNEL_SLOTS: usize = 4;
+
+/// A compiled kernel and its (head dim, group); `None` if it could not be compiled.
+type KernelSlot = ((usize, usize), Option<AttnKernel>);
+
+/// Per-thread score buffers, sized for the longest context, and the attention kernels.
 pub struct AttentionScratch {
     scores: Vec<Mutex<Vec<f32>>>,
-    use_avx512: bool,
+    isa: Isa,
+    softmax: SoftmaxPath,
+    kernels: [OnceLock<KernelSlot>; KERNEL_SLOTS],
 }
 
 impl AttentionScratch {
-    /// Buffers for `n_threads` threads and up to `max_ctx` visible keys.
+    /// Buffers for `n_threads` threads and up to `max_ctx` visible keys, kernels for this CPU.
     pub fn new(n_threads: usize, max_ctx: usize) -> Self {
-        Self::with_isa(n_threads, max_ctx, crate::qdot::avx512_available())
+        Self::with_isa(n_threads, max_ctx, Isa::detect())
     }
-    /// As [`AttentionScratch::new`] with the kernel path chosen (`false` = portable).
-    pub fn with_isa(n_threads: usize, max_ctx: usize, use_avx512: bool) -> Self {
+    /// As [`AttentionScratch::new`] with the kernels' instruction set chosen
+    /// ([`Isa::Portable`]: the portable twins); one this CPU lacks is lowered to the best it has.
+    pub fn with_isa(n_threads: usize, max_ctx: usize, isa: Isa) -> Self {
+        let isa = isa.min(Isa::detect());
         Self {
             scores: (0..n_threads.max(1))
                 .map(|_| Mutex::new(vec![0f32; max_ctx * MAX_GROUP]))
                 .collect(),
-            use_avx512: use_avx512 && crate::qdot::avx512_available(),
+            isa,
+            softmax: SoftmaxPath::for_isa(isa),
+            kernels: [const { OnceLock::new() }; KERNEL_SLOTS],
         }
     }
     fn max_ctx(&self) -> usize {
         self.scores[0].lock().map_or(0, |s| s.len() / MAX_GROUP)
+    }
+    /// The kernel for heads of `head_dim` in groups of `group`, compiled on first use.
+    fn kernel(&self, head_dim: usize, group: usize) -> Option<&AttnKernel> {
+        for slot in &self.kernels {
+            let (key, kernel) = slot.get_or_init(|| {
+                let desc = AttnDesc {
+                    head_dim,
+                    group,
+                    isa: self.isa,
+                };
+                ((head_dim, group), AttnKernel::compile(&desc).ok())
+            });
+            if *key == (head_dim, group) {
+                return kernel.as_ref();
+            }
+        }
+        None
     }
 }
 
@@ -108,7 +148,7 @@ pub fn attention(
         n_kv_heads,
         head_dim,
     } = shape;
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 {
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 || head_dim % 2 != 0 || head_dim == 0 {
         return Err(Error::Shape(format!(
             "attention: {n_heads} heads over {n_kv_heads} KV heads of {head_dim}"
         )));
@@ -158,6 +198,8 @@ pub fn attention(
             "attention: {group} query heads per KV head (max {MAX_GROUP}) of dim {head_dim} (max {MAX_HEAD_DIM})"
         )));
     }
+    let kernel = scratch.kernel(head_dim, group);
+    let failed = AtomicBool::new(false);
     // One item = one new row and one KV head with all the query heads that share it, so each
     // key and value row is converted from f16 once per group rather than once per head.
     let total: usize = seqs.iter().map(|s| s.n_new(&shape) * n_kv_heads).sum();
@@ -196,11 +238,22 @@ pub fn attention(
                     kv_off: kv_head * head_dim,
                     scale,
                 };
-                attend_group(&job, &mut scores, o, scratch.use_avx512);
+                let loops = Loops {
+                    kernel,
+                    softmax: scratch.softmax,
+                };
+                if attend_group(&job, &mut scores, o, loops).is_err() {
+                    failed.store(true, Ordering::Relaxed);
+                }
             }
             base += items;
         }
     });
+    if failed.load(Ordering::Relaxed) {
+        return Err(Error::Shape(
+            "attention: a kernel refused its buffers (internal size error)".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -212,12 +265,32 @@ struct Keys<'a> {
 }
 
 impl Keys<'_> {
-    fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        let new = (0..=self.row).filter(move |&j| match self.visibility {
-            Visibility::Causal => true,
-            Visibility::Tree(m) => m[self.row] >> j & 1 == 1,
-        });
-        (0..self.prefix_len).chain(new.map(move |j| self.prefix_len + j))
+    /// Calls `f(first_row, n_rows)` for each run of consecutive visible rows, in cache order:
+    /// one run for a causal row; the committed prefix, then each run of consecutive visible
+    /// new rows for a tree row.
+    fn runs(&self, mut f: impl FnMut(usize, usize) -> Result<()>) -> Result<()> {
+        match self.visibility {
+            Visibility::Causal => f(0, self.prefix_len + self.row + 1),
+            Visibility::Tree(m) => {
+                if self.prefix_len > 0 {
+                    f(0, self.prefix_len)?;
+                }
+                let upto = self.row + 1;
+                let mut bits = m[self.row] & if upto >= 64 { !0 } else { (1u64 << upto) - 1 };
+                while bits != 0 {
+                    let start = bits.trailing_zeros() as usize;
+                    let len = (!(bits >> start)).trailing_zeros() as usize;
+                    f(self.prefix_len + start, len)?;
+                    let end = start + len;
+                    bits = if end >= 64 {
+                        0
+                    } else {
+                        bits & !((1u64 << end) - 1)
+                    };
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -233,297 +306,152 @@ struct GroupJob<'j, 'a> {
     scale: f32,
 }
 
-fn attend_group(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32], use_avx512: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if use_avx512 {
-        // `use_avx512` is set only after `avx512_available()` (AVX-512 F/VL, FMA, F16C), and
-        // `NC * 16` is the head dimension, as the kernel requires.
-        let group = job.q.len() / job.head_dim.max(1);
-        macro_rules! go {
-            ($g:literal, $nc:literal) => {
-                // SAFETY: as above.
-                return unsafe { avx512::attend_group::<$g, $nc>(job, scores, out) }
-            };
-        }
-        match (group, job.head_dim) {
-            (1, 64) => go!(1, 4),
-            (2, 64) => go!(2, 4),
-            (3, 64) => go!(3, 4),
-            (4, 64) => go!(4, 4),
-            (1, 128) => go!(1, 8),
-            (2, 128) => go!(2, 8),
-            (3, 128) => go!(3, 8),
-            (4, 128) => go!(4, 8),
-            _ => {}
-        }
-    }
-    let _ = use_avx512;
-    attend_group_portable(job, scores, out);
-}
-
-impl Keys<'_> {
-    /// The visible keys in cache order: rows `0..n_contiguous`, then `listed[..n_listed]`
-    /// (tree rows visible through the mask, at most 64). Returns `(n_contiguous, n_listed)`.
-    fn visible(&self, listed: &mut [usize; 64]) -> (usize, usize) {
-        match self.visibility {
-            Visibility::Causal => (self.prefix_len + self.row + 1, 0),
-            Visibility::Tree(m) => {
-                let mut n = 0;
-                for j in 0..=self.row {
-                    if m[self.row] >> j & 1 == 1 {
-                        listed[n] = self.prefix_len + j;
-                        n += 1;
-                    }
-                }
-                (self.prefix_len, n)
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{softmax_numerators, GroupJob, LANES, MAX_GROUP};
-    use std::arch::x86_64::*;
-
-    /// Folds 16 vectors at once, each as `lanes::reduce16` folds one (8+8, 4+4, 2+2, 1+1):
-    /// lane `i` of the result is the fold of `v[i]`.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn reduce16x16(v: &[__m512; 16]) -> __m512 {
-        // a[i] = v[i] + v[i + 8]: quarters (0,1) + (2,3), two vectors per result.
-        let mut a = [_mm512_setzero_ps(); 8];
-        for (j, aj) in a.iter_mut().enumerate() {
-            let (x, y) = (v[2 * j], v[2 * j + 1]);
-            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(x, y);
-            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(x, y);
-            *aj = _mm512_add_ps(lo, hi);
-        }
-        // b[i] = a[i] + a[i + 4]: quarters (0,2) + (1,3); result quarters are v[4j..4j+4].
-        let mut b = [_mm512_setzero_ps(); 4];
-        for (j, bj) in b.iter_mut().enumerate() {
-            let (x, y) = (a[2 * j], a[2 * j + 1]);
-            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
-            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
-            *bj = _mm512_add_ps(lo, hi);
-        }
-        // c0 = b0 + b2, c1 = b1 + b3 within each quarter.
-        let mut c = [_mm512_setzero_ps(); 2];
-        for (j, cj) in c.iter_mut().enumerate() {
-            let (x, y) = (b[2 * j], b[2 * j + 1]);
-            let lo = _mm512_shuffle_ps::<0b01_00_01_00>(x, y);
-            let hi = _mm512_shuffle_ps::<0b11_10_11_10>(x, y);
-            *cj = _mm512_add_ps(lo, hi);
-        }
-        // c0 + c1; quarter q, slot s then holds vector 4s + q.
-        let lo = _mm512_shuffle_ps::<0b10_00_10_00>(c[0], c[1]);
-        let hi = _mm512_shuffle_ps::<0b11_01_11_01>(c[0], c[1]);
-        let r = _mm512_add_ps(lo, hi);
-        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-        _mm512_permutexvar_ps(idx, r)
-    }
-
-    /// 16 f16 values at `p` as f32.
-    ///
-    /// # Safety
-    /// 32 bytes are readable at `p`.
-    #[inline]
-    #[target_feature(enable = "avx512f,f16c")]
-    unsafe fn load_f16x16(p: *const half::f16) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable f16 values.
-        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(p.cast()) })
-    }
-
-    /// The AVX-512 twin of `attend_group_portable`: the same operations in the same order
-    /// (scores by 16-lane FMA chains folded as `reduce16`, the same softmax, values accumulated
-    /// key by key), with keys and values converted from f16 in registers, the queries held in
-    /// registers, and the score folds done 16 keys at a time. `G` query heads share the KV head;
-    /// `NC * 16` is the head dimension.
-    ///
-    /// # Safety
-    /// AVX-512 F/VL, FMA and F16C are present; `job.head_dim == 16 * NC` and
-    /// `job.q.len() == G * job.head_dim`.
-    #[target_feature(enable = "avx512f,avx512vl,fma,f16c")]
-    pub unsafe fn attend_group<const G: usize, const NC: usize>(
-        job: &GroupJob<'_, '_>,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let hd = job.head_dim;
-        assert!(
-            hd == NC * LANES && job.q.len() == G * hd && out.len() == G * hd && G <= MAX_GROUP,
-            "attention: head shape"
-        );
-        let stride = scores.len() / MAX_GROUP;
-        let mut listed = [0usize; 64];
-        let (n_contiguous, n_listed) = job.keys.visible(&mut listed);
-        let n_keys = n_contiguous + n_listed;
-        let row_kv = job.row_kv;
-        let n_rows = job.keys.prefix_len + job.keys.row + 1;
-        // Every key row read below lies within the cache: the visible rows are below `n_rows`,
-        // and `k`/`v` hold `n_rows` rows of `row_kv` with the head at `kv_off..kv_off + hd`.
-        assert!(
-            n_keys <= stride
-                && job.s.k.len() >= n_rows * row_kv
-                && job.s.v.len() >= n_rows * row_kv
-                && job.kv_off + hd <= row_kv
-                && listed[..n_listed].iter().all(|&r| r < n_rows)
-                && n_contiguous <= n_rows,
-            "attention: scratch or cache too small"
-        );
-        let k_base = job.s.k.as_ptr().wrapping_add(job.kv_off);
-        let v_base = job.s.v.as_ptr().wrapping_add(job.kv_off);
-        // Offset of the row of the `i`-th visible key (`i < n_keys`).
-        let row_at = |i: usize| {
-            let r = if i < n_contiguous {
-                i
-            } else {
-                // SAFETY: `i - n_contiguous < n_listed <= 64`.
-                unsafe { *listed.get_unchecked(i - n_contiguous) }
-            };
-            r * row_kv
-        };
-        let scale = _mm512_set1_ps(job.scale);
-        let sc = scores.as_mut_ptr();
-
-        // Scores: per key and head, a 16-lane FMA chain over the head's chunks, folded 16 keys
-        // at a time.
-        let mut q = [[_mm512_setzero_ps(); NC]; G];
-        for (g, qg) in q.iter_mut().enumerate() {
-            for (c, x) in qg.iter_mut().enumerate() {
-                // SAFETY: `q` holds `G * hd` values.
-                *x = unsafe { _mm512_loadu_ps(job.q.as_ptr().add(g * hd + 16 * c)) };
-            }
-        }
-        let mut lanes = [[_mm512_setzero_ps(); 16]; G];
-        let mut n0 = 0;
-        while n0 < n_keys {
-            let n_blk = (n_keys - n0).min(16);
-            for s in 0..16 {
-                if s >= n_blk {
-                    for lg in lanes.iter_mut() {
-                        lg[s] = _mm512_setzero_ps();
-                    }
-                    continue;
-                }
-                let kr = k_base.wrapping_add(row_at(n0 + s));
-                let mut kv = [_mm512_setzero_ps(); NC];
-                for (c, x) in kv.iter_mut().enumerate() {
-                    // SAFETY: the row is within the cache (checked above).
-                    *x = unsafe { load_f16x16(kr.add(16 * c)) };
-                }
-                for (lg, qg) in lanes.iter_mut().zip(&q) {
-                    let mut acc = _mm512_setzero_ps();
-                    for (&qv, &x) in qg.iter().zip(&kv) {
-                        acc = _mm512_fmadd_ps(qv, x, acc);
-                    }
-                    lg[s] = acc;
-                }
-            }
-            for (g, lg) in lanes.iter().enumerate() {
-                let r = _mm512_mul_ps(reduce16x16(lg), scale);
-                // SAFETY: `g * stride + n0 + n_blk <= g * stride + n_keys`, inside `scores`;
-                // the mask stores exactly `n_blk` values.
-                unsafe {
-                    _mm512_mask_storeu_ps(sc.add(g * stride + n0), ((1u32 << n_blk) - 1) as u16, r)
-                };
-            }
-            n0 += n_blk;
-        }
-
-        // Softmax numerators and their sums (the portable code, compiled here).
-        let mut inv_sum = [0f32; G];
-        for (g, inv) in inv_sum.iter_mut().enumerate() {
-            let sg = &mut scores[g * stride..g * stride + n_keys];
-            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-            let mut chunks = sg.chunks_exact(16);
-            for ch in &mut chunks {
-                // SAFETY: 16 values.
-                m = _mm512_max_ps(unsafe { _mm512_loadu_ps(ch.as_ptr()) }, m);
-            }
-            let mut max = _mm512_reduce_max_ps(m);
-            for &v in chunks.remainder() {
-                max = max.max(v);
-            }
-            *inv = 1.0 / softmax_numerators(sg, max);
-        }
-
-        // Values: out[g] = sum_i p[g][i] v_i, key by key, 64 dims at a time.
-        let sc = scores.as_ptr();
-        for d0 in (0..NC).step_by(4) {
-            let nc = (NC - d0).min(4);
-            let mut acc = [[_mm512_setzero_ps(); 4]; G];
-            for i in 0..n_keys {
-                let vr = v_base.wrapping_add(row_at(i) + 16 * d0);
-                let mut vv = [_mm512_setzero_ps(); 4];
-                for (c, x) in vv.iter_mut().enumerate().take(nc) {
-                    // SAFETY: the row is within the cache (checked above).
-                    *x = unsafe { load_f16x16(vr.add(16 * c)) };
-                }
-                for (g, ag) in acc.iter_mut().enumerate() {
-                    // SAFETY: `g * stride + i < g * stride + n_keys`, inside `scores`.
-                    let p = _mm512_set1_ps(unsafe { *sc.add(g * stride + i) });
-                    for (a, &x) in ag.iter_mut().zip(&vv).take(nc) {
-                        *a = _mm512_fmadd_ps(p, x, *a);
-                    }
-                }
-            }
-            for (g, ag) in acc.iter().enumerate() {
-                let inv = _mm512_set1_ps(inv_sum[g]);
-                for (c, &a) in ag.iter().enumerate().take(nc) {
-                    // SAFETY: `g * hd + 16 * (d0 + c) + 16 <= G * hd = out.len()`.
-                    unsafe {
-                        _mm512_storeu_ps(
-                            out.as_mut_ptr().add(g * hd + 16 * (d0 + c)),
-                            _mm512_mul_ps(a, inv),
-                        )
-                    };
-                }
-            }
-        }
-    }
+/// The loops an item runs: the JIT kernel (`None`: the portable twins) and the softmax build.
+#[derive(Clone, Copy)]
+struct Loops<'k> {
+    kernel: Option<&'k AttnKernel>,
+    softmax: SoftmaxPath,
 }
 
 /// Softmax attention of each query head of the group over the visible keys, in cache order.
-/// Per head: scores in 16 lanes (`dot16`), exponentials and their sum in a fixed order, then
-/// `sum_j p_j v_j` accumulated key by key and scaled by `1 / sum_j p_j`. Each key and value row
-/// is converted from f16 once for the whole group.
-#[inline(always)]
-fn attend_group_portable(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
+/// Per head: scores in 16 lanes (`dot16`) times the scale, exponentials and their sum in a
+/// fixed order, then `sum_j p_j v_j` accumulated key by key and scaled by `1 / sum_j p_j`. The
+/// scores and the accumulation run per run of consecutive rows on the JIT kernels (each key and
+/// value row converted from f16 once for the whole group); splitting into runs does not change
+/// the bits (the accumulators pass through memory unchanged).
+fn attend_group(
+    job: &GroupJob<'_, '_>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    loops: Loops<'_>,
+) -> Result<()> {
     let hd = job.head_dim;
     let group = job.q.len() / hd;
     let stride = scores.len() / MAX_GROUP;
-    let mut row_buf = [0f32; MAX_HEAD_DIM];
-    let row = &mut row_buf[..hd];
+    let at = |r: usize| r * job.row_kv + job.kv_off;
+    let loop_err = |e: peregrine_loops::Error| Error::Shape(format!("attention: {e}"));
     let mut n = 0;
-    for r in job.keys.iter() {
-        job.s.k[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
-        for g in 0..group {
-            scores[g * stride + n] = dot16(&job.q[g * hd..(g + 1) * hd], row) * job.scale;
+    job.keys.runs(|r0, len| {
+        let (k, sc) = (&job.s.k[at(r0)..], &mut scores[n..]);
+        match loops.kernel {
+            Some(kern) => kern.scores(job.q, k, job.row_kv, len, job.scale, sc, stride),
+            None => scores_portable(hd, job.q, k, job.row_kv, len, job.scale, sc, stride),
         }
-        n += 1;
-    }
+        .map_err(loop_err)?;
+        n += len;
+        Ok(())
+    })?;
     let mut inv_sum = [0f32; MAX_GROUP];
-    for (g, inv) in inv_sum.iter_mut().enumerate().take(group) {
-        let sc = &mut scores[g * stride..g * stride + n];
-        let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        *inv = 1.0 / softmax_numerators(sc, max);
-    }
+    loops.softmax.run(scores, stride, n, &mut inv_sum[..group]);
     out.fill(0.0);
-    for (i, r) in job.keys.iter().enumerate() {
-        job.s.v[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
-        for g in 0..group {
-            let p = scores[g * stride + i];
-            for (o, &v) in out[g * hd..(g + 1) * hd].iter_mut().zip(row.iter()) {
-                *o = p.mul_add(v, *o);
-            }
+    let mut i = 0;
+    job.keys.runs(|r0, len| {
+        let (v, p) = (&job.s.v[at(r0)..], &scores[i..]);
+        match loops.kernel {
+            Some(kern) => kern.pv(p, stride, v, job.row_kv, len, out),
+            None => pv_portable(hd, p, stride, v, job.row_kv, len, out),
         }
-    }
+        .map_err(loop_err)?;
+        i += len;
+        Ok(())
+    })?;
     for (g, &inv) in inv_sum.iter().enumerate().take(group) {
         for o in &mut out[g * hd..(g + 1) * hd] {
             *o *= inv;
         }
     }
+    Ok(())
+}
+
+/// How the softmax between the two loops is compiled: plain Rust, built for the baseline or
+/// with AVX-512 / AVX2 enabled (the same operations; only the vector width differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SoftmaxPath {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl SoftmaxPath {
+    fn for_isa(isa: Isa) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if isa == Isa::Avx512 && has!("avx512f") && has!("fma") {
+                return SoftmaxPath::Avx512;
+            }
+            if isa >= Isa::Avx2 && has!("avx2") && has!("fma") {
+                return SoftmaxPath::Avx2;
+            }
+        }
+        let _ = isa;
+        SoftmaxPath::Plain
+    }
+
+    /// For each head `g`: `scores[g * stride..][..n] = exp(s - max)`, `inv_sum[g] = 1 / sum`.
+    fn run(self, scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
+        match self {
+            SoftmaxPath::Plain => softmax_heads(scores, stride, n, inv_sum),
+            // SAFETY: `for_isa` chose this path only after detecting AVX-512 F and FMA.
+            #[cfg(target_arch = "x86_64")]
+            SoftmaxPath::Avx512 => unsafe { softmax_heads_avx512(scores, stride, n, inv_sum) },
+            // SAFETY: `for_isa` chose this path only after detecting AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            SoftmaxPath::Avx2 => unsafe { softmax_heads_avx2(scores, stride, n, inv_sum) },
+        }
+    }
+}
+
+/// [`softmax_heads`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,fma")]
+unsafe fn softmax_heads_avx512(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
+    softmax_heads(scores, stride, n, inv_sum)
+}
+
+/// [`softmax_heads`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_heads_avx2(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
+    softmax_heads(scores, stride, n, inv_sum)
+}
+
+#[inline(always)]
+fn softmax_heads(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
+    for (g, inv) in inv_sum.iter_mut().enumerate() {
+        let sc = &mut scores[g * stride..g * stride + n];
+        let max = row_max(sc);
+        *inv = 1.0 / softmax_numerators(sc, max);
+    }
+}
+
+/// The largest value (16 lanes, then folded; the maximum does not depend on the order for
+/// non-NaN values, and `exp(s - max)` is the same for either zero).
+#[inline(always)]
+fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(ch) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let mut m = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for &l in &lanes {
+        m = m.max(l);
+    }
+    m
 }
 
 /// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order).
@@ -537,6 +465,73 @@ fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
         }
     }
     reduce16(&lanes)
+}
+
+/// The portable code this module ran before the JIT loops, kept in the tests to show the JIT
+/// path gives the same bits. (The AVX-512 intrinsics it replaced gave these same bits: checked
+/// by this module's tests until they were removed, over the shapes of
+/// `same_bits_as_the_previous_kernels`.)
+#[cfg(test)]
+mod previous {
+    use super::{softmax_numerators, GroupJob, Keys, Visibility, MAX_GROUP, MAX_HEAD_DIM};
+    use crate::lanes::dot16;
+    use half::slice::HalfFloatSliceExt;
+
+    impl Keys<'_> {
+        fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+            let new = (0..=self.row).filter(move |&j| match self.visibility {
+                Visibility::Causal => true,
+                Visibility::Tree(m) => m[self.row] >> j & 1 == 1,
+            });
+            (0..self.prefix_len).chain(new.map(move |j| self.prefix_len + j))
+        }
+    }
+
+    pub(super) fn attend_group(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
+        attend_group_portable(job, scores, out);
+    }
+
+    /// Softmax attention of each query head of the group over the visible keys, in cache order.
+    /// Per head: scores in 16 lanes (`dot16`), exponentials and their sum in a fixed order, then
+    /// `sum_j p_j v_j` accumulated key by key and scaled by `1 / sum_j p_j`. Each key and value row
+    /// is converted from f16 once for the whole group.
+    #[inline(always)]
+    fn attend_group_portable(job: &GroupJob<'_, '_>, scores: &mut [f32], out: &mut [f32]) {
+        let hd = job.head_dim;
+        let group = job.q.len() / hd;
+        let stride = scores.len() / MAX_GROUP;
+        let mut row_buf = [0f32; MAX_HEAD_DIM];
+        let row = &mut row_buf[..hd];
+        let mut n = 0;
+        for r in job.keys.iter() {
+            job.s.k[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
+            for g in 0..group {
+                scores[g * stride + n] = dot16(&job.q[g * hd..(g + 1) * hd], row) * job.scale;
+            }
+            n += 1;
+        }
+        let mut inv_sum = [0f32; MAX_GROUP];
+        for (g, inv) in inv_sum.iter_mut().enumerate().take(group) {
+            let sc = &mut scores[g * stride..g * stride + n];
+            let max = sc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            *inv = 1.0 / softmax_numerators(sc, max);
+        }
+        out.fill(0.0);
+        for (i, r) in job.keys.iter().enumerate() {
+            job.s.v[r * job.row_kv + job.kv_off..][..hd].convert_to_f32_slice(row);
+            for g in 0..group {
+                let p = scores[g * stride + i];
+                for (o, &v) in out[g * hd..(g + 1) * hd].iter_mut().zip(row.iter()) {
+                    *o = p.mul_add(v, *o);
+                }
+            }
+        }
+        for (g, &inv) in inv_sum.iter().enumerate().take(group) {
+            for o in &mut out[g * hd..(g + 1) * hd] {
+                *o *= inv;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -640,9 +635,9 @@ mod tests {
             Visibility::Causal
         };
         let mut results = Vec::new();
-        for avx in [false, true] {
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
             let pool = ThreadPool::new(2);
-            let scratch = AttentionScratch::with_isa(2, 64, avx);
+            let scratch = AttentionScratch::with_isa(2, 64, isa);
             let mut out = vec![0f32; q.len()];
             let mut seqs = [AttentionSeq {
                 q: &q,
@@ -655,10 +650,13 @@ mod tests {
             attention(&pool, &scratch, shape, &mut seqs).unwrap();
             results.push(out);
         }
-        assert_eq!(
-            results[0], results[1],
-            "portable and AVX-512 paths differ: {n_heads}/{n_kv_heads} heads of {hd}, prefix {prefix}"
-        );
+        for r in &results[1..] {
+            assert_eq!(
+                bits(&results[0]),
+                bits(r),
+                "portable and JIT paths differ: {n_heads}/{n_kv_heads} heads of {hd}, prefix {prefix}"
+            );
+        }
         for (row, &mask) in masks.iter().enumerate() {
             let keys: Vec<usize> = (0..prefix)
                 .chain(
@@ -679,6 +677,135 @@ mod tests {
                 for d in 0..hd {
                     assert!(
                         (results[0][row * row_q + head * hd + d] as f64 - want[d]).abs() < 1e-5
+                    );
+                }
+            }
+        }
+    }
+
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The previous portable kernel, item by item.
+    fn previous_attention(shape: AttentionShape, seq: &AttentionSeq<'_>) -> Vec<f32> {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim: hd,
+        } = shape;
+        let group = n_heads / n_kv_heads;
+        let n_new = seq.n_new(&shape);
+        let mut out = vec![0f32; seq.q.len()];
+        let mut scores = vec![0f32; (seq.prefix_len + n_new) * MAX_GROUP];
+        for row in 0..n_new {
+            for kv_head in 0..n_kv_heads {
+                let at = row * n_heads * hd + kv_head * group * hd;
+                let keys = Keys {
+                    prefix_len: seq.prefix_len,
+                    row,
+                    visibility: seq.visibility,
+                };
+                let job = GroupJob {
+                    q: &seq.q[at..at + group * hd],
+                    keys: &keys,
+                    s: seq,
+                    head_dim: hd,
+                    row_kv: n_kv_heads * hd,
+                    kv_off: kv_head * hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                previous::attend_group(&job, &mut scores, &mut out[at..at + group * hd]);
+            }
+        }
+        out
+    }
+
+    /// The JIT loops (both ISAs) and the portable twins give the bits the previous kernels
+    /// gave: decode rows, prefill rows and tree rows, prefixes around every key-block size,
+    /// random trees, SmolLM2's and Llama 3's head shapes and some the intrinsics never took.
+    #[test]
+    fn same_bits_as_the_previous_kernels() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(41);
+        let isas = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+        let scratches: Vec<AttentionScratch> = isas
+            .iter()
+            .map(|&i| AttentionScratch::with_isa(2, 700, i))
+            .collect();
+        let pool = ThreadPool::new(2);
+        for (n_heads, n_kv_heads, hd) in [
+            (9, 3, 64),
+            (8, 2, 128),
+            (4, 4, 64),
+            (32, 8, 128),
+            (6, 2, 32),
+            (12, 2, 80),
+            (3, 1, 64),
+        ] {
+            let shape = AttentionShape {
+                n_heads,
+                n_kv_heads,
+                head_dim: hd,
+            };
+            let row_kv = n_kv_heads * hd;
+            for (prefix, n_new, kind) in [
+                (0, 1, 0),
+                (1, 1, 0),
+                (15, 1, 0),
+                (16, 1, 0),
+                (17, 1, 0),
+                (100, 1, 0),
+                (0, 37, 0),
+                (5, 64, 0),
+                (3, 8, 1),
+                (40, 13, 1),
+                (0, 64, 1),
+                (123, 21, 1),
+            ] {
+                let n_rows = prefix + n_new;
+                let k: Vec<f16> = (0..n_rows * row_kv)
+                    .map(|_| f16::from_f32(rng.random_range(-2.0..2.0)))
+                    .collect();
+                let v: Vec<f16> = (0..n_rows * row_kv)
+                    .map(|_| f16::from_f32(rng.random_range(-1.0..1.0)))
+                    .collect();
+                let q: Vec<f32> = (0..n_new * n_heads * hd)
+                    .map(|_| rng.random_range(-3.0..3.0))
+                    .collect();
+                // A random tree: each node's parent is an earlier node (node 0 is the root).
+                let mut masks = vec![0u64; n_new];
+                for i in 0..n_new {
+                    masks[i] = 1 << i;
+                    if i > 0 {
+                        let parent = rng.random_range(0..i);
+                        masks[i] |= masks[parent];
+                    }
+                }
+                let visibility = if kind == 1 {
+                    Visibility::Tree(&masks)
+                } else {
+                    Visibility::Causal
+                };
+                macro_rules! seq {
+                    ($out:expr) => {
+                        AttentionSeq {
+                            q: &q,
+                            k: &k,
+                            v: &v,
+                            prefix_len: prefix,
+                            visibility,
+                            out: $out,
+                        }
+                    };
+                }
+                let want = previous_attention(shape, &seq!(&mut []));
+                for (isa, scratch) in isas.iter().zip(&scratches) {
+                    let mut out = vec![0f32; q.len()];
+                    attention(&pool, scratch, shape, &mut [seq!(&mut out)]).unwrap();
+                    assert_eq!(
+                        bits(&out),
+                        bits(&want),
+                        "{isa}: {n_heads}/{n_kv_heads} heads of {hd}, prefix {prefix}, {n_new} new, tree {kind}"
                     );
                 }
             }
