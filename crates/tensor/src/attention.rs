@@ -355,11 +355,7 @@ fn attend_group(
         i += len;
         Ok(())
     })?;
-    for (g, &inv) in inv_sum.iter().enumerate().take(group) {
-        for o in &mut out[g * hd..(g + 1) * hd] {
-            *o *= inv;
-        }
-    }
+    loops.softmax.scale(out, &inv_sum[..group]);
     Ok(())
 }
 
@@ -402,6 +398,49 @@ impl SoftmaxPath {
             SoftmaxPath::Avx2 => unsafe { softmax_heads_avx2(scores, stride, n, inv_sum) },
         }
     }
+
+    /// For each head `g`: `out[g * hd..][..hd] *= inv_sum[g]`, `hd = out.len() / inv_sum.len()`.
+    fn scale(self, out: &mut [f32], inv_sum: &[f32]) {
+        match self {
+            SoftmaxPath::Plain => scale_heads(out, inv_sum),
+            // SAFETY: `for_isa` chose this path only after detecting AVX-512 F and FMA.
+            #[cfg(target_arch = "x86_64")]
+            SoftmaxPath::Avx512 => unsafe { scale_heads_avx512(out, inv_sum) },
+            // SAFETY: `for_isa` chose this path only after detecting AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            SoftmaxPath::Avx2 => unsafe { scale_heads_avx2(out, inv_sum) },
+        }
+    }
+}
+
+/// [`scale_heads`] compiled with AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,fma")]
+unsafe fn scale_heads_avx512(out: &mut [f32], inv_sum: &[f32]) {
+    scale_heads(out, inv_sum)
+}
+
+/// [`scale_heads`] compiled with AVX2.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scale_heads_avx2(out: &mut [f32], inv_sum: &[f32]) {
+    scale_heads(out, inv_sum)
+}
+
+#[inline(always)]
+fn scale_heads(out: &mut [f32], inv_sum: &[f32]) {
+    let hd = out.len() / inv_sum.len().max(1);
+    for (o, &inv) in out.chunks_exact_mut(hd.max(1)).zip(inv_sum) {
+        for x in o {
+            *x *= inv;
+        }
+    }
 }
 
 /// [`softmax_heads`] compiled with AVX-512.
@@ -433,36 +472,59 @@ fn softmax_heads(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32
     }
 }
 
-/// The largest value (16 lanes, then folded; the maximum does not depend on the order for
-/// non-NaN values, and `exp(s - max)` is the same for either zero).
+/// The largest value (16 lanes, the last partial chunk padded with -inf, then folded; the
+/// maximum does not depend on the order for non-NaN values, NaN is skipped either way, and
+/// `exp(s - max)` is the same for either zero).
 #[inline(always)]
 fn row_max(x: &[f32]) -> f32 {
+    let max = |l: f32, v: f32| if v > l { v } else { l };
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for ch in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(ch) {
-            *l = if v > *l { v } else { *l };
+            *l = max(*l, v);
         }
     }
-    let mut m = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    for &l in &lanes {
-        m = m.max(l);
+    let rem = chunks.remainder();
+    let mut last = [f32::NEG_INFINITY; LANES];
+    last[..rem.len()].copy_from_slice(rem);
+    for (l, &v) in lanes.iter_mut().zip(&last) {
+        *l = max(*l, v);
     }
-    m
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] = max(lanes[i], lanes[i + width]);
+        }
+    }
+    lanes[0]
 }
 
-/// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order).
+/// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order). Whole
+/// chunks, then the last partial chunk padded with -inf, whose `exp` is +0, which leaves a lane
+/// (a sum of non-negative terms from +0) unchanged: the same bits as one pass over
+/// `chunks_mut` with a short last chunk, all in vector registers.
 #[inline(always)]
 fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
     let mut lanes = [0f32; LANES];
-    for chunk in scores.chunks_mut(LANES) {
+    let mut chunks = scores.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
         for (lane, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
             *sc = exp_nonpositive(*sc - max);
             *lane += *sc;
         }
+    }
+    let rem = chunks.into_remainder();
+    if !rem.is_empty() {
+        let mut last = [f32::NEG_INFINITY; LANES];
+        last[..rem.len()].copy_from_slice(rem);
+        for (lane, sc) in lanes.iter_mut().zip(last.iter_mut()) {
+            *sc = exp_nonpositive(*sc - max);
+            *lane += *sc;
+        }
+        let n = rem.len();
+        rem.copy_from_slice(&last[..n]);
     }
     reduce16(&lanes)
 }
@@ -473,9 +535,21 @@ fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
 /// `same_bits_as_the_previous_kernels`.)
 #[cfg(test)]
 mod previous {
-    use super::{softmax_numerators, GroupJob, Keys, Visibility, MAX_GROUP, MAX_HEAD_DIM};
-    use crate::lanes::dot16;
+    use super::{GroupJob, Keys, Visibility, MAX_GROUP, MAX_HEAD_DIM};
+    use crate::lanes::{dot16, exp_nonpositive, reduce16, LANES};
     use half::slice::HalfFloatSliceExt;
+
+    /// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order).
+    fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
+        let mut lanes = [0f32; LANES];
+        for chunk in scores.chunks_mut(LANES) {
+            for (lane, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                *sc = exp_nonpositive(*sc - max);
+                *lane += *sc;
+            }
+        }
+        reduce16(&lanes)
+    }
 
     impl Keys<'_> {
         fn iter(&self) -> impl Iterator<Item = usize> + '_ {

@@ -3,10 +3,13 @@
 //! Both kernels perform the portable twins' IEEE operations in the twins' order: scores are
 //! 16-lane FMA chains over the head (lane = dimension % 16; AVX2 holds the 16 lanes in two
 //! ymm) folded as `portable::reduce16`, then one multiply by the scale; values are one FMA
-//! chain per output element in key order. The folds transpose a block of keys (8 on AVX-512,
-//! 4 on AVX2) so that each key's lanes are added in `reduce16`'s pairs.
+//! chain per output element in key order. The folds transpose a block of keys so that each
+//! key's lanes are added in `reduce16`'s pairs: on AVX-512, 8 keys of one head, or 4 keys of
+//! up to four heads at once (whole groups in one pass, so each key is converted once); on AVX2,
+//! 4 keys of one head. The order of the FMAs between independent chains, and whether an
+//! operand comes from a register or memory, does not change any result.
 //!
-//! Registers: rbx and r12 are saved in the prologue; everything else used is caller-saved.
+//! Registers: rbx, r12 and r13 are saved in the prologue; everything else used is caller-saved.
 //! Constants live in a pool after the code (RIP-relative), so the code is position-independent.
 
 use crate::jit::Isa;
@@ -25,17 +28,17 @@ const YMM: [AsmRegisterYmm; 32] = [
     ymm15, ymm16, ymm17, ymm18, ymm19, ymm20, ymm21, ymm22, ymm23, ymm24, ymm25, ymm26, ymm27,
     ymm28, ymm29, ymm30, ymm31,
 ];
-const XMM: [AsmRegisterXmm; 16] = [
+const XMM: [AsmRegisterXmm; 32] = [
     xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14,
-    xmm15,
+    xmm15, xmm16, xmm17, xmm18, xmm19, xmm20, xmm21, xmm22, xmm23, xmm24, xmm25, xmm26, xmm27,
+    xmm28, xmm29, xmm30, xmm31,
 ];
 
-/// Keys folded together by the AVX-512 score kernel.
+/// Keys folded together by the AVX-512 score kernel when the group's accumulators and
+/// queries fit in registers (else 4).
 const KB512: usize = 8;
 /// Keys folded together by the AVX2 score kernel.
 const KB256: usize = 4;
-/// Most query heads the AVX-512 score kernel keeps accumulators for at once (8 keys each).
-const GB512: usize = 3;
 
 /// An assembler with a constant pool.
 struct Asm {
@@ -48,6 +51,7 @@ impl Asm {
         let mut a = CodeAssembler::new(64)?;
         a.push(rbx)?;
         a.push(r12)?;
+        a.push(r13)?;
         Ok(Asm {
             a,
             pool: Vec::new(),
@@ -60,6 +64,7 @@ impl Asm {
     }
     /// Epilogue, then the pool; the code assembled at address 0.
     fn finish(mut self) -> Result<Vec<u8>, IcedError> {
+        self.a.pop(r13)?;
         self.a.pop(r12)?;
         self.a.pop(rbx)?;
         self.a.vzeroupper()?;
@@ -144,142 +149,324 @@ fn key_blocks(
     Ok(())
 }
 
+/// How the AVX-512 score kernel tiles a group: head blocks (each a pass over the keys, which
+/// converts every key once) and the keys folded together (`kb`, 8 or 4). Each query chunk has
+/// a register or, where registers run out, is staged: a whole block loads chunk c of those
+/// queries into up to `gb` staging registers once for its `kb` keys (the tail block reads
+/// them as memory operands).
+///
+/// Registers: accumulators `j * kb + s` (head `j` of the block, key `s`) from zmm0; the rest of
+/// zmm0..24, then zmm29 and zmm28, hold query chunks (the last of them staging); zmm24/25 the
+/// converted key chunks, zmm26/27 fold temporaries, zmm28 a masked query tail read from memory
+/// (when some tail chunk has no register), zmm30 the fold's final permutation, zmm31 the
+/// scale. Mask registers: k1 the head's tail, k2 the tail block's keys, k3 eight scores, k4
+/// the upper half (0xFF00) for the fold's blends.
+struct ScorePlan {
+    /// Keys folded together: 8 (one head per fold) or 4 (four heads per fold).
+    kb: usize,
+    /// Head blocks `(g0, gb)`.
+    blocks: Ranges,
+}
+
+/// Accumulators and query registers available to the score kernel (zmm0..24, 28, 29).
+const SCORE_REGS: usize = 26;
+/// Most heads in one 4-key block (4 accumulators each, within zmm0..24).
+const GB512_4: usize = 6;
+
+fn score_plan(group: usize, nc: usize) -> ScorePlan {
+    // Eight keys per fold when the whole group's accumulators and queries fit in registers;
+    // else four keys per fold, every head of the group in one pass (queries spilling to memory
+    // operands as needed), so each key is converted once.
+    if group * (KB512 + nc) <= SCORE_REGS {
+        ScorePlan {
+            kb: KB512,
+            blocks: vec![(0, group)],
+        }
+    } else {
+        ScorePlan {
+            kb: 4,
+            blocks: split_even(group, group.div_ceil(GB512_4)),
+        }
+    }
+}
+
 fn scores_avx512(hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
     let mut m = Asm::new()?;
     let (nc, rem) = (hd.div_ceil(16), hd % 16);
     let nfull = hd / 16;
     let (kt, t0, t1, qt, idx, scale) = (24, 26, 27, 28, 30, 31);
+    let plan = score_plan(group, nc);
+    let kb = plan.kb;
     if rem != 0 {
         m.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
         m.a.kmovw(k1, eax)?;
     }
     m.a.mov(eax, 0xFF)?;
     m.a.kmovw(k3, eax)?;
+    m.a.mov(eax, 0xFF00)?;
+    m.a.kmovw(k4, eax)?;
     m.a.vbroadcastss(zmm31, xmm0)?;
-    // After the fold, key s < 4 sits in lane 4s and key 4 + s in lane 4s + 2.
-    let words = (0..16u32)
-        .map(|s| match s {
-            0..4 => 4 * s,
-            4..8 => 4 * (s - 4) + 2,
-            _ => 0,
-        })
-        .collect();
+    let words = if kb == KB512 {
+        // After the 8-key fold, key s < 4 sits in lane 4s and key 4 + s in lane 4s + 2.
+        (0..16u32)
+            .map(|s| match s {
+                0..4 => 4 * s,
+                4..8 => 4 * (s - 4) + 2,
+                _ => 0,
+            })
+            .collect()
+    } else {
+        // After the 4-key fold, lane 4s + j holds head j's key s: transpose to quarter j.
+        (0..16u32).map(|i| 4 * (i % 4) + i / 4).collect()
+    };
     let l = m.konst(words);
     m.a.vmovups(ZMM[idx], zmmword_ptr(l))?;
     m.a.mov(rbx, rcx)?;
-    // Queries stay in registers (zmm16..) when a head block's accumulators and queries fit
-    // beside the 8 fixed registers; else they are memory operands and blocks are 3 heads.
-    let q_in_regs = nc + KB512 <= 24;
-    let gb_max = if q_in_regs {
-        (24 / (nc + KB512)).min(GB512)
-    } else {
-        GB512
-    };
-    let blocks = split_even(group, group.div_ceil(gb_max));
-    for &(g0, gb) in &blocks {
-        let acc = |j: usize, s: usize| j * KB512 + s;
-        let qreg = |j: usize, c: usize| gb * KB512 + j * nc + c;
-        if q_in_regs {
-            for j in 0..gb {
-                for c in 0..nc {
+    m.a.lea(r13, ptr(rdx + rdx * 2))?;
+    for &(g0, gb) in &plan.blocks {
+        let acc = |j: usize, s: usize| j * kb + s;
+        // Query chunk (j, c) in a register, tail chunks first (a register spares the reload).
+        // zmm28 holds one too unless some tail chunk gets no register and is reloaded into it.
+        let mut free: Vec<usize> = (gb * kb..kt).chain([29]).collect();
+        let n_tail = if rem != 0 { gb } else { 0 };
+        if n_tail <= free.len() + 1 {
+            free.push(qt);
+        }
+        let mut qreg = vec![vec![None; nc]; gb];
+        let order = (0..gb)
+            .filter(|_| rem != 0)
+            .map(|j| (j, nc - 1))
+            .chain((0..gb).flat_map(|j| (0..nfull).map(move |c| (j, c))));
+        // Staging registers, when some queries get no register of their own.
+        let stage = if gb * nc > free.len() {
+            free.split_off(free.len() - gb.min(free.len() - 1))
+        } else {
+            Vec::new()
+        };
+        for ((j, c), r) in order.zip(free.iter().copied()) {
+            qreg[j][c] = Some(r);
+        }
+        for (j, row) in qreg.iter().enumerate() {
+            for (c, r) in row.iter().enumerate() {
+                if let Some(r) = *r {
                     let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
                     if c < nfull {
-                        m.a.vmovups(ZMM[qreg(j, c)], zmmword_ptr(rdi + qoff))?;
+                        m.a.vmovups(ZMM[r], zmmword_ptr(rdi + qoff))?;
                     } else {
-                        m.a.vmovups(ZMM[qreg(j, c)].k1().z(), zmmword_ptr(rdi + qoff))?;
+                        m.a.vmovups(ZMM[r].k1().z(), zmmword_ptr(rdi + qoff))?;
                     }
                 }
             }
         }
+        let has_reg = |j: usize, c: usize| qreg[j][c].is_some();
         let mut body = |m: &mut Asm, skip: Option<CodeLabel>| -> R {
             for j in 0..gb {
-                for s in 0..KB512 {
+                for s in 0..kb {
                     let r = ZMM[acc(j, s)];
                     m.a.vpxord(r, r, r)?;
                 }
             }
-            for s in 0..KB512 {
-                if let (Some(l), true) = (skip, s > 0) {
-                    // Key s exists only when s < n % 8.
-                    m.a.cmp(eax, s as i32)?;
-                    m.a.jbe(l)?;
+            // Chunk c of key s at `at`: converted once, then one FMA per head.
+            let chunk = |m: &mut Asm,
+                         s: usize,
+                         c: usize,
+                         at: AsmMemoryOperand,
+                         st: &[Option<usize>]|
+             -> R {
+                let k = kt + (s + c) % 2;
+                if c < nfull {
+                    m.a.vcvtph2ps(ZMM[k], ymmword_ptr(at))?;
+                } else {
+                    m.a.vmovdqu16(YMM[k].k1().z(), ymmword_ptr(at))?;
+                    m.a.vcvtph2ps(ZMM[k], YMM[k])?;
                 }
-                for c in 0..nc {
-                    let k = kt + c % 2;
-                    let disp = (32 * c) as i32;
-                    if c < nfull {
-                        m.a.vcvtph2ps(ZMM[k], ymmword_ptr(r10 + disp))?;
+                for j in 0..gb {
+                    let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
+                    if let Some(r) = qreg[j][c].or(st[j]) {
+                        m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[r])?;
+                    } else if c < nfull {
+                        m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], zmmword_ptr(rdi + qoff))?;
                     } else {
-                        m.a.vmovdqu16(YMM[k].k1().z(), ymmword_ptr(r10 + disp))?;
-                        m.a.vcvtph2ps(ZMM[k], YMM[k])?;
+                        m.a.vmovups(ZMM[qt].k1().z(), zmmword_ptr(rdi + qoff))?;
+                        m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[qt])?;
                     }
-                    for j in 0..gb {
-                        let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
-                        if q_in_regs {
-                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[qreg(j, c)])?;
-                        } else if c < nfull {
-                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], zmmword_ptr(rdi + qoff))?;
-                        } else {
-                            m.a.vmovups(ZMM[qt].k1().z(), zmmword_ptr(rdi + qoff))?;
-                            m.a.vfmadd231ps(ZMM[acc(j, s)], ZMM[k], ZMM[qt])?;
+                }
+                Ok(())
+            };
+            match skip {
+                // The tail block, key by key: key s exists only when s < n % kb.
+                Some(l) => {
+                    for s in 0..kb {
+                        if s > 0 {
+                            m.a.cmp(eax, s as i32)?;
+                            m.a.jbe(l)?;
+                        }
+                        for c in 0..nc {
+                            chunk(m, s, c, r10 + (32 * c) as i32, &vec![None; gb])?;
+                        }
+                        m.a.add(r10, rdx)?;
+                    }
+                }
+                // A whole block, chunk by chunk across the keys: an accumulator's next FMA
+                // comes gb * kb FMAs later, not gb, so the chains overlap in program order.
+                // Key s at r10 (s < 4) or r12 (= r10 + 4 rdx), plus (s % 4) rdx (r13 = 3 rdx).
+                None => {
+                    if kb == KB512 {
+                        m.a.lea(r12, ptr(r10 + rdx * 4))?;
+                    }
+                    for c in 0..nc {
+                        let disp = (32 * c) as i32;
+                        let mut st = vec![None; gb];
+                        let staged = (0..gb).filter(|&j| !has_reg(j, c));
+                        for (j, &r) in staged.zip(&stage) {
+                            let qoff = (4 * ((g0 + j) * hd + 16 * c)) as i32;
+                            if c < nfull {
+                                m.a.vmovups(ZMM[r], zmmword_ptr(rdi + qoff))?;
+                            } else {
+                                m.a.vmovups(ZMM[r].k1().z(), zmmword_ptr(rdi + qoff))?;
+                            }
+                            st[j] = Some(r);
+                        }
+                        for s in 0..kb {
+                            let base = if s < 4 { r10 } else { r12 };
+                            let at = match s % 4 {
+                                0 => base + disp,
+                                1 => base + rdx + disp,
+                                2 => base + rdx * 2 + disp,
+                                _ => base + r13 + disp,
+                            };
+                            chunk(m, s, c, at, &st)?;
                         }
                     }
+                    if kb == KB512 {
+                        m.a.lea(r10, ptr(r12 + rdx * 4))?;
+                    } else {
+                        m.a.lea(r10, ptr(r10 + rdx * 4))?;
+                    }
                 }
-                m.a.add(r10, rdx)?;
             }
             Ok(())
         };
         let mut fold_store = |m: &mut Asm, tail: bool| -> R {
             if tail {
-                // k2 = the first n % 8 keys (eax).
+                // k2 = the first n % kb keys (eax).
                 m.a.mov(ecx, eax)?;
                 m.a.mov(r12d, 1)?;
                 m.a.shl(r12d, cl)?;
                 m.a.sub(r12d, 1)?;
                 m.a.kmovw(k2, r12d)?;
-            }
-            for j in 0..gb {
-                let v = |i: usize| ZMM[acc(j, i)];
-                // a = v[i] + v[i + 8]: quarters (0,1) + (2,3), two keys per vector.
-                for p in 0..4 {
-                    m.a.vshuff32x4(ZMM[t0], v(2 * p), v(2 * p + 1), 0b01_00_01_00)?;
-                    m.a.vshuff32x4(ZMM[t1], v(2 * p), v(2 * p + 1), 0b11_10_11_10)?;
-                    m.a.vaddps(v(p), ZMM[t0], ZMM[t1])?;
-                }
-                // b = a[i] + a[i + 4]: quarter q holds key q (then 4 + q in the second).
-                for p in 0..2 {
-                    m.a.vshuff32x4(ZMM[t0], v(2 * p), v(2 * p + 1), 0b10_00_10_00)?;
-                    m.a.vshuff32x4(ZMM[t1], v(2 * p), v(2 * p + 1), 0b11_01_11_01)?;
-                    m.a.vaddps(v(p), ZMM[t0], ZMM[t1])?;
-                }
-                // (b0 + b2, b1 + b3) of keys q and 4 + q in quarter q.
-                m.a.vshufps(ZMM[t0], v(0), v(1), 0b01_00_01_00)?;
-                m.a.vshufps(ZMM[t1], v(0), v(1), 0b11_10_11_10)?;
-                m.a.vaddps(v(0), ZMM[t0], ZMM[t1])?;
-                // c0 + c1.
-                m.a.vmovshdup(ZMM[t0], v(0))?;
-                m.a.vaddps(v(0), v(0), ZMM[t0])?;
-                m.a.vpermps(v(0), ZMM[idx], v(0))?;
-                m.a.vmulps(v(0), v(0), ZMM[scale])?;
-                let dst = match j {
-                    0 => zmmword_ptr(r11),
-                    1 => zmmword_ptr(r11 + r9),
-                    _ => zmmword_ptr(r11 + r9 * 2),
-                };
-                if tail {
-                    m.a.vmovups(dst.k2(), v(0))?;
-                } else {
-                    m.a.vmovups(dst.k3(), v(0))?;
-                }
-            }
-            if tail {
                 m.a.mov(rcx, rbx)?;
+            }
+            if gb > 3 {
+                // Head j >= 3 of the block stores through r12 = r11 + 3 * r9.
+                m.a.lea(r12, ptr(r9 + r9 * 2))?;
+                m.a.add(r12, r11)?;
+            }
+            let dst = |j: usize| match j {
+                0 => r11 + 0,
+                1 => r11 + r9,
+                2 => r11 + r9 * 2,
+                3 => r12 + 0,
+                4 => r12 + r9,
+                _ => r12 + r9 * 2,
+            };
+            if kb == KB512 {
+                for j in 0..gb {
+                    fold8(m, &|i| ZMM[acc(j, i)], (t0, t1, idx, scale))?;
+                    let v = ZMM[acc(j, 0)];
+                    if tail {
+                        m.a.vmovups(zmmword_ptr(dst(j)).k2(), v)?;
+                    } else {
+                        m.a.vmovups(zmmword_ptr(dst(j)).k3(), v)?;
+                    }
+                }
+                return Ok(());
+            }
+            // Four keys: per head, b (reduce16's 4+4 stage) of key s in quarter s.
+            for j in 0..gb {
+                let v = |s: usize| ZMM[acc(j, s)];
+                // a = v[i] + v[i + 8]: keys (0 | 1) in v0, (2 | 3) in v2.
+                for p in 0..2 {
+                    // One shuffle and a blend (k4 = 0xFF00): [v0 hi | v1 lo] + [v0 lo | v1 hi].
+                    m.a.valignd(ZMM[t0], v(2 * p + 1), v(2 * p), 8)?;
+                    m.a.vblendmps(ZMM[t1].k4(), v(2 * p), v(2 * p + 1))?;
+                    m.a.vaddps(v(2 * p), ZMM[t1], ZMM[t0])?;
+                }
+                // b = a[i] + a[i + 4]: quarter s holds key s.
+                m.a.vshuff32x4(ZMM[t0], v(0), v(2), 0b10_00_10_00)?;
+                m.a.vshuff32x4(ZMM[t1], v(0), v(2), 0b11_01_11_01)?;
+                m.a.vaddps(v(0), ZMM[t0], ZMM[t1])?;
+            }
+            // Then four heads at once: c = (b0 + b2, b1 + b3) of two heads per vector, c0 + c1
+            // of four heads per vector (lane 4s + h: head h, key s), transposed to quarter h.
+            for h0 in (0..gb).step_by(4) {
+                let nh = (gb - h0).min(4);
+                let b = |h: usize| ZMM[acc(h0 + h.min(nh - 1), 0)];
+                let pairs = if nh > 2 { 2 } else { 1 };
+                for p in 0..pairs {
+                    let (x, y) = (b(2 * p), b(2 * p + 1));
+                    m.a.vshufps(ZMM[t0], x, y, 0b01_00_01_00)?;
+                    m.a.vshufps(ZMM[t1], x, y, 0b11_10_11_10)?;
+                    m.a.vaddps(x, ZMM[t0], ZMM[t1])?;
+                }
+                let (z, w) = (b(0), if pairs == 2 { b(2) } else { b(0) });
+                m.a.vshufps(ZMM[t0], z, w, 0b10_00_10_00)?;
+                m.a.vshufps(ZMM[t1], z, w, 0b11_01_11_01)?;
+                m.a.vaddps(z, ZMM[t0], ZMM[t1])?;
+                m.a.vpermps(z, ZMM[idx], z)?;
+                m.a.vmulps(z, z, ZMM[scale])?;
+                let zi = acc(h0, 0);
+                for h in 0..nh {
+                    let d = dst(h0 + h);
+                    match (h, tail) {
+                        (0, false) => m.a.evex().vmovups(xmmword_ptr(d), XMM[zi])?,
+                        (0, true) => m.a.evex().vmovups(xmmword_ptr(d).k2(), XMM[zi])?,
+                        (_, false) => m.a.vextractf32x4(xmmword_ptr(d), ZMM[zi], h as u32)?,
+                        (_, true) => {
+                            // A masked vextractf32x4 to memory can fault on masked-off
+                            // elements (seen on Zen 5); a masked vmovups does not.
+                            m.a.vextractf32x4(XMM[t0], ZMM[zi], h as u32)?;
+                            m.a.evex().vmovups(xmmword_ptr(d).k2(), XMM[t0])?;
+                        }
+                    }
+                }
             }
             Ok(())
         };
-        key_blocks(&mut m, KB512, g0, &mut body, &mut fold_store)?;
+        key_blocks(&mut m, kb, g0, &mut body, &mut fold_store)?;
     }
     m.finish()
+}
+
+/// Folds eight keys' 16-lane accumulators `v(0..8)` into `v(0)` as `reduce16` folds each,
+/// times the scale: lane s holds key s.
+fn fold8(
+    m: &mut Asm,
+    v: &dyn Fn(usize) -> AsmRegisterZmm,
+    (t0, t1, idx, scale): (usize, usize, usize, usize),
+) -> R {
+    // a = v[i] + v[i + 8], two keys per vector: [v0 hi | v1 lo] + [v0 lo | v1 hi] (k4 =
+    // 0xFF00), one shuffle and a blend.
+    for p in 0..4 {
+        m.a.valignd(ZMM[t0], v(2 * p + 1), v(2 * p), 8)?;
+        m.a.vblendmps(ZMM[t1].k4(), v(2 * p), v(2 * p + 1))?;
+        m.a.vaddps(v(p), ZMM[t1], ZMM[t0])?;
+    }
+    // b = a[i] + a[i + 4]: quarter q holds key q (then 4 + q in the second).
+    for p in 0..2 {
+        m.a.vshuff32x4(ZMM[t0], v(2 * p), v(2 * p + 1), 0b10_00_10_00)?;
+        m.a.vshuff32x4(ZMM[t1], v(2 * p), v(2 * p + 1), 0b11_01_11_01)?;
+        m.a.vaddps(v(p), ZMM[t0], ZMM[t1])?;
+    }
+    // (b0 + b2, b1 + b3) of keys q and 4 + q in quarter q.
+    m.a.vshufps(ZMM[t0], v(0), v(1), 0b01_00_01_00)?;
+    m.a.vshufps(ZMM[t1], v(0), v(1), 0b11_10_11_10)?;
+    m.a.vaddps(v(0), ZMM[t0], ZMM[t1])?;
+    // c0 + c1.
+    m.a.vmovshdup(ZMM[t0], v(0))?;
+    m.a.vaddps(v(0), v(0), ZMM[t0])?;
+    m.a.vpermps(v(0), ZMM[idx], v(0))?;
+    m.a.vmulps(v(0), v(0), ZMM[scale])
 }
 
 fn scores_avx2(hd: usize, group: usize) -> Result<Vec<u8>, IcedError> {
@@ -464,12 +651,24 @@ pub(super) fn pv(isa: Isa, hd: usize, group: usize) -> Result<Vec<u8>, IcedError
                     }
                 }
             }
-            m.a.mov(r12, r11)?;
+            // Head j's weight: [r11 + j * rsi], direct for j < 3, else walked by r12.
+            if gb > 3 {
+                m.a.lea(r12, ptr(r11 + rsi * 2))?;
+            }
             for j in 0..gb {
+                let w = match j {
+                    0 => dword_ptr(r11),
+                    1 => dword_ptr(r11 + rsi),
+                    2 => dword_ptr(r11 + rsi * 2),
+                    _ => {
+                        m.a.add(r12, rsi)?;
+                        dword_ptr(r12)
+                    }
+                };
                 if wide {
-                    m.a.vbroadcastss(ZMM[bcast], dword_ptr(r12))?;
+                    m.a.vbroadcastss(ZMM[bcast], w)?;
                 } else {
-                    m.a.vbroadcastss(YMM[bcast], dword_ptr(r12))?;
+                    m.a.vbroadcastss(YMM[bcast], w)?;
                 }
                 for c in 0..db {
                     if wide {
@@ -477,9 +676,6 @@ pub(super) fn pv(isa: Isa, hd: usize, group: usize) -> Result<Vec<u8>, IcedError
                     } else {
                         m.a.vfmadd231ps(YMM[acc(j, c)], YMM[bcast], YMM[vreg(c)])?;
                     }
-                }
-                if j + 1 < gb {
-                    m.a.add(r12, rsi)?;
                 }
             }
             m.a.add(r10, rcx)?;
