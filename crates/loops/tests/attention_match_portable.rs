@@ -12,34 +12,8 @@ use peregrine_loops::jit::attention::{pv_portable, scores_portable};
 use peregrine_loops::jit::exec_mem::GuardedF32;
 use peregrine_loops::{AttnDesc, AttnKernel, AttnKernelCache, Error, Isa};
 
-/// The ISAs this CPU can run JIT code for.
-fn isas() -> Vec<Isa> {
-    [Isa::Avx512, Isa::Avx2]
-        .into_iter()
-        .filter(|i| i.available())
-        .collect()
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    /// Uniform in `[-scale, scale)`.
-    fn f(&mut self, scale: f32) -> f32 {
-        (self.next() as f32 / (1u64 << 31) as f32 * 2.0 - 1.0) * scale
-    }
-}
-
-fn guarded(v: &[f32]) -> GuardedF32 {
-    let mut g = GuardedF32::new(v.len()).expect("guarded buffer");
-    g.as_mut_slice().copy_from_slice(v);
-    g
-}
+mod common;
+use common::{assert_bits, guarded, isas, Rng};
 
 /// `len` f16 values ending right before a guard page.
 struct GuardedF16 {
@@ -77,18 +51,6 @@ impl GuardedF16 {
         unsafe {
             std::slice::from_raw_parts(all.as_ptr().cast::<f16>().add(n2 - self.len), self.len)
         }
-    }
-}
-
-fn assert_bits(got: &[f32], want: &[f32], ctx: &str) {
-    assert_eq!(got.len(), want.len(), "{ctx}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            g.to_bits() == w.to_bits(),
-            "{ctx}: element {i}: got {g:e} ({:#010x}), want {w:e} ({:#010x})",
-            g.to_bits(),
-            w.to_bits()
-        );
     }
 }
 
