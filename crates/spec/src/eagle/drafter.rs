@@ -90,6 +90,9 @@ pub struct EagleDrafter<'a> {
     logps: Vec<f32>,
     /// Set for sampling (temperature > 0): drafts are sampled chains.
     sampled: Option<SampledDrafts>,
+    /// Between `reuse_prefix` and the first `propose`/`accept`: features come from a prefill,
+    /// whose rows are caught up at once (the work belongs to the prompt, and comes in batches).
+    prefilling: bool,
     // Shape plans.
     shape_depth: Vec<usize>,
     shape_need: Vec<usize>,
@@ -142,6 +145,7 @@ impl<'a> EagleDrafter<'a> {
             top: Vec::with_capacity(MAX_TREE_NODES),
             logps: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             sampled: None,
+            prefilling: false,
             shape_depth: Vec::with_capacity(MAX_TREE_NODES),
             shape_need: Vec::with_capacity(MAX_TREE_NODES),
             shape_cand: Vec::with_capacity(MAX_TREE_NODES),
@@ -600,6 +604,7 @@ impl Drafter for EagleDrafter<'_> {
         let Some(n) = context.len().checked_sub(1) else {
             return Ok(());
         };
+        self.prefilling = false;
         self.set_context(context);
         let k_root = match plan {
             DraftPlan::Dynamic { budget, top_k, .. } => (*top_k).min(*budget).max(1),
@@ -644,6 +649,7 @@ impl Drafter for EagleDrafter<'_> {
     }
 
     fn accept(&mut self, context: &[u32], _n_accepted: usize) {
+        self.prefilling = false;
         self.tokens.clear();
         self.tokens.extend_from_slice(context);
     }
@@ -669,6 +675,7 @@ impl Drafter for EagleDrafter<'_> {
         }
         self.tokens.clear();
         self.tokens.extend_from_slice(prompt);
+        self.prefilling = true;
         self.covered()
     }
 
@@ -710,16 +717,18 @@ impl Drafter for EagleDrafter<'_> {
             }
             self.n_pending += 1;
         }
-        // Catch up lazily, in whole batches: on steps where the controller declines to draft,
-        // the head's forward over one row would cost ~5% of a target step, while the rows
-        // left pending are caught up together (cheaper per row) at the next `propose`.
-        if self.n_pending >= HEAD_ROWS {
+        // After a verification, catch up lazily, in whole batches: on steps where the
+        // controller declines to draft, the head's forward over one row would cost ~5% of a
+        // target step, while the rows left pending are caught up together (cheaper per row)
+        // at the next `propose`. A prefill's rows are caught up at once.
+        if self.prefilling || self.n_pending >= HEAD_ROWS {
             self.commit_pending(false, 0, false)?;
         }
         Ok(())
     }
 
     fn catch_up(&mut self, context: &[u32]) -> Result<()> {
+        self.prefilling = false;
         self.set_context(context);
         self.commit_pending(false, 0, true)
     }
