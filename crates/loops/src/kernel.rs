@@ -1,5 +1,6 @@
 //! Kernels by description: [`KernelDesc`] → compiled [`SgemmKernel`] (JIT or portable), cached.
 
+use crate::compiled::CompiledByDesc;
 use crate::error::{Error, Result};
 use crate::ir::{library, Expr};
 use crate::jit::exec_mem::{CodeBuffer, ExecutableCode};
@@ -7,8 +8,7 @@ use crate::jit::qgemm::{QGemmDesc, QGemmKernel};
 use crate::jit::sgemm::{self, Plan};
 use crate::jit::Isa;
 use crate::schedule::Schedule;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Work fused after the reduction, in this order: `C = (A·B + bias[n]) + residual[m, n]`.
@@ -315,8 +315,8 @@ impl SgemmKernel {
 /// description), so each is compiled once.
 #[derive(Default)]
 pub struct KernelCache {
-    sgemm: Mutex<HashMap<SgemmDesc, Arc<SgemmKernel>>>,
-    qgemm: Mutex<HashMap<QGemmDesc, Arc<QGemmKernel>>>,
+    sgemm: CompiledByDesc<SgemmDesc, SgemmKernel>,
+    qgemm: CompiledByDesc<QGemmDesc, QGemmKernel>,
 }
 
 impl KernelCache {
@@ -326,49 +326,15 @@ impl KernelCache {
     }
     /// The kernel for `desc`, compiling it on first use.
     pub fn sgemm(&self, desc: &SgemmDesc) -> Result<Arc<SgemmKernel>> {
-        if let Some(k) = self
-            .sgemm
-            .lock()
-            .expect("kernel cache lock is never poisoned")
-            .get(desc)
-        {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(SgemmKernel::compile(desc)?);
-        self.sgemm
-            .lock()
-            .expect("kernel cache lock is never poisoned")
-            .insert(desc.clone(), k.clone());
-        Ok(k)
+        self.sgemm.get_or_compile(desc, SgemmKernel::compile)
     }
     /// The quantized matmul kernel for `desc`, compiling it on first use.
     pub fn qgemm(&self, desc: &QGemmDesc) -> Result<Arc<QGemmKernel>> {
-        if let Some(k) = self
-            .qgemm
-            .lock()
-            .expect("kernel cache lock is never poisoned")
-            .get(desc)
-        {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(QGemmKernel::compile(desc)?);
-        self.qgemm
-            .lock()
-            .expect("kernel cache lock is never poisoned")
-            .insert(desc.clone(), k.clone());
-        Ok(k)
+        self.qgemm.get_or_compile(desc, QGemmKernel::compile)
     }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.sgemm
-            .lock()
-            .expect("kernel cache lock is never poisoned")
-            .len()
-            + self
-                .qgemm
-                .lock()
-                .expect("kernel cache lock is never poisoned")
-                .len()
+        self.sgemm.len() + self.qgemm.len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {

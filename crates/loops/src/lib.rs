@@ -3,6 +3,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod compiled;
 mod error;
 pub mod interp;
 pub mod ir;

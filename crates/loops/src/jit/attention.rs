@@ -18,14 +18,14 @@
 
 mod gen;
 
+use crate::compiled::CompiledByDesc;
 use crate::error::{Error, Result};
 use crate::jit::exec_mem::{CodeBuffer, ExecutableCode};
 use crate::jit::{asm_err, Isa};
 use crate::kernel::portable::dot16;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest head dimension compiled.
@@ -389,7 +389,7 @@ pub fn pv_portable(
 /// Compiled attention kernels by description, so each is compiled once.
 #[derive(Default)]
 pub struct AttnKernelCache {
-    kernels: Mutex<HashMap<AttnDesc, Arc<AttnKernel>>>,
+    kernels: CompiledByDesc<AttnDesc, AttnKernel>,
 }
 
 impl AttnKernelCache {
@@ -399,16 +399,11 @@ impl AttnKernelCache {
     }
     /// The kernel for `desc`, compiling it on first use.
     pub fn get(&self, desc: &AttnDesc) -> Result<Arc<AttnKernel>> {
-        let lock = || self.kernels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = lock().get(desc) {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(AttnKernel::compile(desc)?);
-        Ok(lock().entry(*desc).or_insert(k).clone())
+        self.kernels.get_or_compile(desc, AttnKernel::compile)
     }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.kernels.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.kernels.len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {

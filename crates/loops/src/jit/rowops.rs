@@ -17,12 +17,12 @@
 mod asm;
 mod gen;
 
+use crate::compiled::CompiledByDesc;
 use crate::error::{Error, Result};
 use crate::jit::exec_mem::{CodeBuffer, ExecutableCode};
 use crate::jit::{asm_err, Isa};
 use crate::kernel::portable;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How RoPE pairs the dimensions of a head for rotation.
@@ -389,7 +389,7 @@ fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
 /// Compiled row kernels by description, so each is compiled once.
 #[derive(Default)]
 pub struct RowKernelCache {
-    kernels: Mutex<HashMap<RowOpDesc, Arc<RowKernel>>>,
+    kernels: CompiledByDesc<RowOpDesc, RowKernel>,
 }
 
 impl RowKernelCache {
@@ -399,29 +399,11 @@ impl RowKernelCache {
     }
     /// The kernel for `desc`, compiling it on first use.
     pub fn get(&self, desc: &RowOpDesc) -> Result<Arc<RowKernel>> {
-        if let Some(k) = self
-            .kernels
-            .lock()
-            .expect("row kernel cache lock is never poisoned")
-            .get(desc)
-        {
-            return Ok(k.clone());
-        }
-        let k = Arc::new(RowKernel::compile(desc)?);
-        Ok(self
-            .kernels
-            .lock()
-            .expect("row kernel cache lock is never poisoned")
-            .entry(*desc)
-            .or_insert(k)
-            .clone())
+        self.kernels.get_or_compile(desc, RowKernel::compile)
     }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.kernels
-            .lock()
-            .expect("row kernel cache lock is never poisoned")
-            .len()
+        self.kernels.len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
