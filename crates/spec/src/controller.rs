@@ -38,8 +38,6 @@ use crate::tree::{TokenTree, MAX_TREE_NODES};
 pub struct Controller {
     /// Seconds of a forward over `k` tokens, index k (0 unused); NaN = not measured.
     cost_s: [f64; MAX_TREE_NODES + 1],
-    /// Moving average of the drafting time per step.
-    draft_s: f64,
     /// Decayed counts behind `α` for children of nodes at depth `d` (index `d`; the last
     /// index also serves deeper nodes).
     accepted: [f64; ALPHA_DEPTHS],
@@ -143,8 +141,6 @@ const ALPHA_DEPTHS: usize = 4;
 const PRIOR_WEIGHT: f64 = 1.0;
 /// Per-step decay of the acceptance evidence.
 const DECAY: f64 = 0.97;
-/// Weight of a new drafting time in its moving average.
-const DRAFT_EWMA: f64 = 0.2;
 
 impl Controller {
     /// A controller from measured forward times: `(k, seconds)` pairs, one of them for k = 1.
@@ -172,7 +168,6 @@ impl Controller {
         }
         Self {
             cost_s,
-            draft_s: 0.0,
             accepted: [0.0; ALPHA_DEPTHS],
             predicted: [0.0; ALPHA_DEPTHS],
             n_plain_in_row: 0,
@@ -239,8 +234,7 @@ impl Controller {
             let depth = tree.depths()[i].min(MAX_LEVELS - 1);
             deepest = deepest.max(depth);
             if i < keep {
-                let alpha: f64 = (0..depth).map(|d| self.alpha(d)).product();
-                gain[depth] += alpha * tree.scores()[i] as f64;
+                gain[depth] += self.acceptance(tree, i);
             }
         }
         for (g, &new) in self.level_gain[1..=deepest].iter_mut().zip(&gain[1..]) {
@@ -261,9 +255,11 @@ impl Controller {
             .clamp(0.02, 1.0)
     }
 
-    /// Moving average of the drafting time of steps that drafted.
-    pub fn draft_s(&self) -> f64 {
-        self.draft_s
+    /// Estimated probability that `tree`'s node `i` is accepted: its score calibrated by the
+    /// `α` of every depth above it.
+    fn acceptance(&self, tree: &TokenTree, i: usize) -> f64 {
+        let alpha: f64 = (0..tree.depths()[i]).map(|d| self.alpha(d)).product();
+        alpha * tree.scores()[i] as f64
     }
 
     /// Estimated seconds of a forward over `k` tokens: the measurement for `k` if any, else
@@ -301,9 +297,7 @@ impl Controller {
         let mut gain = 1.0;
         let mut best = (1.0 / (self.cost(1)), 1);
         for i in 1..tree.len() {
-            let depth = tree.depths()[i];
-            let alpha: f64 = (0..depth).map(|d| self.alpha(d)).product();
-            gain += alpha * tree.scores()[i] as f64;
+            gain += self.acceptance(tree, i);
             let rate = gain / self.cost(i + 1);
             if rate > best.0 {
                 best = (rate, i + 1);
@@ -369,14 +363,14 @@ impl Controller {
         }
     }
 
-    /// Records a verification: the tree verified, the accepted path (node indices from the
-    /// root), and the seconds the drafting took.
-    pub fn observe(&mut self, tree: &TokenTree, path: &[usize], draft_s: f64) {
-        let k = tree.len();
-        self.n_plain_in_row = if k > 1 { 0 } else { self.n_plain_in_row + 1 };
-        if k > 1 {
-            self.draft_s = (1.0 - DRAFT_EWMA) * self.draft_s + DRAFT_EWMA * draft_s;
-        }
+    /// Records a verification: the tree verified and the accepted path (node indices from the
+    /// root).
+    pub fn observe(&mut self, tree: &TokenTree, path: &[usize]) {
+        self.n_plain_in_row = if tree.len() > 1 {
+            0
+        } else {
+            self.n_plain_in_row + 1
+        };
         self.accepted.iter_mut().for_each(|a| *a *= DECAY);
         self.predicted.iter_mut().for_each(|p| *p *= DECAY);
         for (step, &node) in path.iter().enumerate() {
@@ -439,17 +433,17 @@ mod tests {
         assert!(c.choose(&t) > 1);
         // Every draft rejected, many times: alpha falls and the controller stops drafting.
         for _ in 0..200 {
-            c.observe(&t, &[0], 0.0);
+            c.observe(&t, &[0]);
         }
         assert!(c.alpha(0) < 0.05, "alpha {}", c.alpha(0));
         assert_eq!(c.choose(&t), 1);
         // After a run of plain steps it tries one drafted token, then goes back to plain.
         let root = chain(0, 1.0);
         for _ in 0..EXPLORE_EVERY {
-            c.observe(&root, &[0], 0.0);
+            c.observe(&root, &[0]);
         }
         assert_eq!(c.choose(&t), 2);
-        c.observe(&chain(1, 1.0), &[0], 0.0);
+        c.observe(&chain(1, 1.0), &[0]);
         assert_eq!(c.choose(&t), 1);
     }
 

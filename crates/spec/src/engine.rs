@@ -427,7 +427,7 @@ impl SpecSession {
                     .iter_mut()
                     .for_each(|c| *c += 1);
                 if let Some(c) = self.controller.as_mut().filter(|_| adaptive) {
-                    c.observe(&self.tree, &self.path, draft_s);
+                    c.observe(&self.tree, &self.path);
                     c.record_step(&StepReport {
                         drafted: !skip,
                         levels,
