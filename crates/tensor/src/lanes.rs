@@ -21,38 +21,17 @@ pub fn sum_squares16(a: &[f32]) -> f32 {
 
 pub use peregrine_loops::kernel::portable::pow2i;
 
+pub use peregrine_loops::kernel::portable::exp_clamped;
+
 /// `exp(x)` for `x <= 0` (softmax after subtracting the maximum), to ~2 ulp, with plain f32
 /// operations in a fixed order: the same bits whether the loop is vectorised or not, and it
-/// vectorises (libm's `expf` is a call per element).
-///
-/// Cody–Waite reduction `x = n ln2 + r`, `|r| <= ln2/2`, then a degree-6 polynomial for `e^r`
-/// and `2^n` built in the exponent bits. Inputs below -87 return 0 (smaller than any softmax
-/// weight that matters, and it keeps `2^n` a normal number).
+/// vectorises (libm's `expf` is a call per element). It is [`exp_clamped`] (Cody–Waite
+/// reduction, degree-6 polynomial, `2^n` in the exponent bits; inputs below -87 give 0),
+/// whose upper clamp at 88 never acts on these inputs.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    let xc = if x < -87.0 { -87.0 } else { x };
-    let n = (xc * LOG2E).round_ties_even();
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
-    // Taylor coefficients 1/k!, evaluated by Horner's rule.
-    let mut p = 1.0 / 720.0f32;
-    p = p.mul_add(r, 1.0 / 120.0);
-    p = p.mul_add(r, 1.0 / 24.0);
-    p = p.mul_add(r, 1.0 / 6.0);
-    p = p.mul_add(r, 0.5);
-    p = p.mul_add(r, 1.0);
-    p = p.mul_add(r, 1.0);
-    let y = p * pow2i(n);
-    if x < -87.0 {
-        0.0
-    } else {
-        y
-    }
+    exp_clamped(x)
 }
-
-pub use peregrine_loops::kernel::portable::exp_clamped;
 
 #[cfg(test)]
 mod tests {
