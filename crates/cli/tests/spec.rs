@@ -3,28 +3,12 @@
 //! exit code 1 for bad speculative settings.
 
 mod common;
-use common::{model, peregrine};
+use common::{chat_json, model, peregrine};
 
 const PROMPT: &str = "Repeat this sentence twice: the falcon dives at two hundred miles an hour.";
 
 fn generate_json(extra: &[&str]) -> serde_json::Value {
-    let m = model();
-    let mut args = vec![
-        "generate",
-        "--model",
-        &m,
-        "--chat",
-        "--prompt",
-        PROMPT,
-        "--max-tokens",
-        "40",
-        "--json",
-        "--quiet",
-    ];
-    args.extend_from_slice(extra);
-    let out = peregrine(&args);
-    assert_eq!(out.status.code(), Some(0));
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+    chat_json(PROMPT, 40, extra)
 }
 
 #[test]

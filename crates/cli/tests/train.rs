@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::peregrine;
+use common::{chat_json, peregrine};
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("peregrine-train-{tag}-{}", std::process::id()));
@@ -101,24 +101,7 @@ fn trains_a_head_the_engine_runs_losslessly() {
     assert!(history["validations"].as_array().unwrap().len() >= 2);
 
     // The engine loads it, and speculative greedy output is plain greedy output.
-    let gen = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "generate",
-            "--model",
-            &model,
-            "--chat",
-            "--prompt",
-            "Count from one to five.",
-            "--max-tokens",
-            "24",
-            "--json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let out = peregrine(&args);
-        assert_eq!(out.status.code(), Some(0));
-        serde_json::from_slice(&out.stdout).expect("JSON")
-    };
+    let gen = |extra: &[&str]| chat_json("Count from one to five.", 24, extra);
     let plain = gen(&[]);
     let spec = gen(&["--spec", "eagle", "--eagle", &o, "--tree", "dynamic:8,4,2"]);
     assert_eq!(spec["tokens"], plain["tokens"]);
@@ -162,24 +145,12 @@ fn bad_training_inputs_are_clear_errors() {
 
 #[test]
 fn the_shipped_head_is_found_and_lossless() {
-    let model = peregrine_testkit::smollm2_path().display().to_string();
-    let gen = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "generate",
-            "--model",
-            &model,
-            "--chat",
-            "--prompt",
+    let gen = |extra: &[&str]| {
+        chat_json(
             "Write a short note to a friend about a trip to the mountains.",
-            "--max-tokens",
-            "48",
-            "--json",
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        let out = peregrine(&args);
-        assert_eq!(out.status.code(), Some(0));
-        serde_json::from_slice(&out.stdout).expect("JSON")
+            48,
+            extra,
+        )
     };
     let plain = gen(&[]);
     // No --eagle: the default model finds assets/eagle/SmolLM2-135M-Instruct.eagle3.safetensors.

@@ -25,3 +25,26 @@ pub fn peregrine(args: &[&str]) -> Output {
 pub fn model() -> String {
     peregrine_testkit::smollm2_path().display().to_string()
 }
+
+/// `peregrine generate --chat --prompt PROMPT --max-tokens N --json --quiet EXTRA...` on the
+/// default model; asserts exit 0 and returns the JSON object.
+#[allow(dead_code)] // not every test file generates
+pub fn chat_json(prompt: &str, max_tokens: usize, extra: &[&str]) -> serde_json::Value {
+    let (m, n) = (model(), max_tokens.to_string());
+    let mut args = vec![
+        "generate",
+        "--model",
+        &m,
+        "--chat",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        &n,
+        "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let out = peregrine(&args);
+    assert_eq!(out.status.code(), Some(0));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
