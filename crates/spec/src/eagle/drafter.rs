@@ -624,17 +624,7 @@ impl Drafter for EagleDrafter<'_> {
         if self.sampled.is_some() {
             let depth = match plan {
                 DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
-                DraftPlan::Shape(shape) => (1..shape.len())
-                    .map(|i| {
-                        let (mut d, mut p) = (1, shape.parents()[i]);
-                        while p != 0 {
-                            d += 1;
-                            p = shape.parents()[p];
-                        }
-                        d
-                    })
-                    .max()
-                    .unwrap_or(0),
+                DraftPlan::Shape(shape) => shape.depth(),
             };
             return self.draft_sampled_chain(n, depth, tree);
         }
