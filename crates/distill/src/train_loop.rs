@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub checkpoint: Option<PathBuf>,
     /// Order of sequences.
     pub seed: u64,
+    /// Stop after this many updates of this process (`None`: run to the end). The schedule
+    /// still spans the whole run, so the checkpoint resumes where this one stopped.
+    pub max_updates: Option<u64>,
 }
 
 /// One update.
@@ -61,6 +64,11 @@ pub struct UpdatePoint {
     pub grad_norm: f32,
     /// Seconds since the start of training (this process).
     pub seconds: f64,
+    /// Tokens (sequence positions) in the batch.
+    pub tokens: usize,
+    /// Seconds this update took: the target's view of the batch, the head's forward and
+    /// backward, the optimizer (not validation or checkpoints).
+    pub update_seconds: f64,
 }
 
 /// One validation.
@@ -88,6 +96,15 @@ pub struct TrainHistory {
     pub tokens_per_epoch: usize,
     /// Updates in the whole run.
     pub total_steps: u64,
+}
+
+impl TrainHistory {
+    /// Training throughput of this process: batch tokens per second of update time.
+    pub fn train_tokens_per_second(&self) -> f64 {
+        let tokens: usize = self.updates.iter().map(|u| u.tokens).sum();
+        let secs: f64 = self.updates.iter().map(|u| u.update_seconds).sum();
+        tokens as f64 / secs.max(1e-9)
+    }
 }
 
 /// Trains `head` on `train` sequences, validating on `val`. `on_update` is called after every
@@ -141,7 +158,11 @@ pub fn train_eagle3(
             .push(validate(head, cx, &val_views, val, vocab, &cfg.ttt, 0)?);
         on_update(&history);
     }
-    while adam.n_steps() < total_steps {
+    let stop_at = cfg
+        .max_updates
+        .map_or(total_steps, |n| (adam.n_steps() + n).min(total_steps));
+    while adam.n_steps() < stop_at {
+        let update_start = Instant::now();
         let step = adam.n_steps();
         let batch = &batches[step as usize];
         let views = batch
@@ -170,15 +191,17 @@ pub fn train_eagle3(
             step_accuracy: stats.step_accuracy,
             grad_norm,
             seconds: start.elapsed().as_secs_f64(),
+            tokens: views.iter().map(|v| v.len).sum(),
+            update_seconds: update_start.elapsed().as_secs_f64(),
         });
         let done = adam.n_steps();
-        if done % cfg.val_every.max(1) == 0 || done == total_steps {
+        if done % cfg.val_every.max(1) == 0 || done == stop_at {
             history
                 .validations
                 .push(validate(head, cx, &val_views, val, vocab, &cfg.ttt, done)?);
         }
         if let Some(path) = &cfg.checkpoint {
-            if done % cfg.checkpoint_every.max(1) == 0 || done == total_steps {
+            if done % cfg.checkpoint_every.max(1) == 0 || done == stop_at {
                 let meta = BTreeMap::from([("updates".to_string(), done.to_string())]);
                 save_checkpoint(path, head.store(), &adam, &schedule, &meta).map_err(train_err)?;
             }

@@ -106,6 +106,7 @@ fn main() {
             isa,
             schedule: None,
             epilogue: Epilogue::NONE,
+            a_transposed: false,
         })
         .expect("compile default");
         compile_ms.push(def.compile_ms);
@@ -122,6 +123,7 @@ fn main() {
             isa,
             schedule: Some(tuned.schedule.clone()),
             epilogue: Epilogue::NONE,
+            a_transposed: false,
         })
         .expect("compile tuned");
         let g_tun = flops / best_secs(|| tk.run(&a, &b, &mut c).unwrap()) / 1e9;

@@ -835,25 +835,7 @@ pub mod library {
         bias: bool,
         residual: bool,
     ) -> Result<Expr> {
-        let mut b = Builder::new();
-        let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
-        let ia = b.input("a", Storage::F32, m * k);
-        let ib = b.input("b", Storage::F32, k * n);
-        let ra = b.read(ia, &[vm, vk], 0, &[k as isize, 1]);
-        let rb = b.read(ib, &[vk, vn], 0, &[n as isize, 1]);
-        let p = b.binary(BinaryOp::Mul, ra, rb);
-        let mut c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
-        if bias {
-            let i = b.input("bias", Storage::F32, n);
-            let r = b.read(i, &[vn], 0, &[1]);
-            c = b.binary(BinaryOp::Add, c, r);
-        }
-        if residual {
-            let i = b.input("residual", Storage::F32, m * n);
-            let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
-            c = b.binary(BinaryOp::Add, c, r);
-        }
-        b.finish(c, 0, &[n as isize, 1], m * n)
+        matmul_general(m, n, k, (k, 1), n, bias, residual)
     }
 
     /// Matmul where `A[m, k]` is at `m * a_row + k * a_col` (so `a_col = m_len, a_row = 1` reads a
@@ -865,6 +847,21 @@ pub mod library {
         a_row: usize,
         a_col: usize,
         ldb: usize,
+    ) -> Result<Expr> {
+        matmul_general(m, n, k, (a_row, a_col), ldb, false, false)
+    }
+
+    /// The matmul family in one builder: `A[m, k]` at `m * a_row + k * a_col`, `B[k, n]` at
+    /// `k * ldb + n`, `C` row-major, then the optional `+ bias[n]` and `+ residual[m, n]`.
+    /// Inputs in order: a, b, then bias and residual when present.
+    pub fn matmul_general(
+        m: usize,
+        n: usize,
+        k: usize,
+        (a_row, a_col): (usize, usize),
+        ldb: usize,
+        bias: bool,
+        residual: bool,
     ) -> Result<Expr> {
         let mut b = Builder::new();
         let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
@@ -882,7 +879,17 @@ pub mod library {
         let ra = b.read(ia, &[vm, vk], 0, &[a_row as isize, a_col as isize]);
         let rb = b.read(ib, &[vk, vn], 0, &[ldb as isize, 1]);
         let p = b.binary(BinaryOp::Mul, ra, rb);
-        let c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
+        let mut c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
+        if bias {
+            let i = b.input("bias", Storage::F32, n);
+            let r = b.read(i, &[vn], 0, &[1]);
+            c = b.binary(BinaryOp::Add, c, r);
+        }
+        if residual {
+            let i = b.input("residual", Storage::F32, m * n);
+            let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
+            c = b.binary(BinaryOp::Add, c, r);
+        }
         b.finish(c, 0, &[n as isize, 1], m * n)
     }
 

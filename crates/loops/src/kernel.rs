@@ -29,7 +29,9 @@ impl Epilogue {
 }
 
 /// What an f32 matmul kernel computes: `C[m, n] = sum_k A[m, k] * B[k, n]` plus its
-/// [`Epilogue`], all row-major and dense (`A` is `m x k`, `B` is `k x n`, `C` is `m x n`).
+/// [`Epilogue`], all dense: `B` is `k x n` and `C` is `m x n`, row-major; `A` is `m x k`
+/// row-major, or stored transposed (`k x m` row-major) when `a_transposed` is set, which lets
+/// `Aᵀ·B` (weight gradients) run without copying `A`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SgemmDesc {
     /// Rows of A and C.
@@ -44,6 +46,8 @@ pub struct SgemmDesc {
     pub schedule: Option<String>,
     /// Fused epilogue.
     pub epilogue: Epilogue,
+    /// `A` is stored as its transpose, `k x m` row-major.
+    pub a_transposed: bool,
 }
 
 impl SgemmDesc {
@@ -56,14 +60,22 @@ impl SgemmDesc {
             isa: Isa::detect(),
             schedule: None,
             epilogue: Epilogue::NONE,
+            a_transposed: false,
         }
     }
     /// The expression.
     pub fn expr(&self) -> Result<Expr> {
-        library::matmul_epilogue(
+        let a_strides = if self.a_transposed {
+            (1, self.m)
+        } else {
+            (self.k, 1)
+        };
+        library::matmul_general(
             self.m,
             self.n,
             self.k,
+            a_strides,
+            self.n,
             self.epilogue.bias,
             self.epilogue.residual,
         )
@@ -229,7 +241,9 @@ impl SgemmKernel {
         self.desc.check_epilogue(bias, residual)?;
         match &self.jit {
             None => {
-                portable::sgemm(a, b, c, self.desc.m, self.desc.n, self.desc.k);
+                let d = &self.desc;
+                let a_strides = if d.a_transposed { (1, d.m) } else { (d.k, 1) };
+                portable::sgemm(a, a_strides, b, c, (d.m, d.n, d.k));
                 portable::epilogue(c, self.desc.n, bias, residual);
             }
             Some((_, entry, plan)) => {
@@ -662,13 +676,20 @@ pub mod portable {
         }
     }
 
-    /// `c = a · b`, one fma chain per output in increasing `k`.
-    pub fn sgemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, n: usize, k: usize) {
+    /// `c = a · b` with `A[i, p]` at `i * a_row + p * a_col`, one fma chain per output in
+    /// increasing `k`.
+    pub fn sgemm(
+        a: &[f32],
+        (a_row, a_col): (usize, usize),
+        b: &[f32],
+        c: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+    ) {
         c.fill(0.0);
         for i in 0..m {
             let crow = &mut c[i * n..(i + 1) * n];
             for p in 0..k {
-                let av = a[i * k + p];
+                let av = a[i * a_row + p * a_col];
                 for (cv, bv) in crow.iter_mut().zip(&b[p * n..(p + 1) * n]) {
                     *cv = av.mul_add(*bv, *cv);
                 }

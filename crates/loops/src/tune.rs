@@ -119,6 +119,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
                 isa,
                 schedule: Some(text.clone()),
                 epilogue: Epilogue::NONE,
+                a_transposed: false,
             })
             .is_ok()
             {
@@ -153,6 +154,7 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
             isa,
             schedule: Some(text),
             epilogue: Epilogue::NONE,
+            a_transposed: false,
         };
         let kernel = SgemmKernel::compile(&desc).ok()?;
         n_tried += 1;
@@ -333,6 +335,7 @@ mod tests {
                             isa,
                             schedule: Some(text.clone()),
                             epilogue: Epilogue::NONE,
+                            a_transposed: false,
                         };
                         let sched = desc.schedule(&expr).unwrap();
                         crate::jit::sgemm::Plan::new(&expr, &sched, isa)

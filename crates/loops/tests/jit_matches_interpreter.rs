@@ -2,7 +2,6 @@
 //! odd sizes and tails, with every buffer ending at a guard page.
 
 use peregrine_loops::interp::{self, Buffer};
-use peregrine_loops::ir::library::matmul_epilogue;
 use peregrine_loops::jit::exec_mem::GuardedF32;
 use peregrine_loops::{Epilogue, Isa, SgemmDesc, SgemmKernel};
 use proptest::prelude::*;
@@ -84,35 +83,12 @@ fn schedule_strategy(
         })
 }
 
-fn check(
-    m: usize,
-    n: usize,
-    k: usize,
-    isa: Isa,
-    text: &str,
-    seed: u64,
-) -> Result<(), TestCaseError> {
-    check_with(m, n, k, isa, text, seed, Epilogue::NONE)
-}
-
-fn check_with(
-    m: usize,
-    n: usize,
-    k: usize,
-    isa: Isa,
-    text: &str,
-    seed: u64,
-    epilogue: Epilogue,
-) -> Result<(), TestCaseError> {
-    let desc = SgemmDesc {
-        m,
-        n,
-        k,
-        isa,
-        schedule: Some(text.to_string()),
-        epilogue,
-    };
-    let kernel = SgemmKernel::compile(&desc)
+/// Runs `desc`'s kernel (its schedule text, or the default one) on random inputs and compares
+/// every output bit with the interpreter running the same expression and schedule.
+fn check(desc: &SgemmDesc, seed: u64) -> Result<(), TestCaseError> {
+    let (m, n, k, isa, epilogue) = (desc.m, desc.n, desc.k, desc.isa, desc.epilogue);
+    let (text, a_transposed) = (desc.schedule_text(), desc.a_transposed);
+    let kernel = SgemmKernel::compile(desc)
         .map_err(|e| TestCaseError::fail(format!("{m}x{n}x{k} {isa} `{text}`: {e}")))?;
     let (mut a, mut b, mut c) = (
         GuardedF32::new(m * k).unwrap(),
@@ -138,7 +114,7 @@ fn check_with(
             c.as_mut_slice(),
         )
         .unwrap();
-    let expr = matmul_epilogue(m, n, k, epilogue.bias, epilogue.residual).unwrap();
+    let expr = desc.expr().unwrap();
     let sched = desc.schedule(&expr).unwrap();
     let mut want = vec![0f32; m * n];
     let mut inputs = vec![Buffer::F32(a.as_slice()), Buffer::F32(b.as_slice())];
@@ -146,10 +122,11 @@ fn check_with(
     inputs.extend(res_in.map(Buffer::F32));
     interp::run(&expr, &sched, &inputs, &mut want).unwrap();
     let got = c.as_slice();
+    let layout = if a_transposed { " (A transposed)" } else { "" };
     for i in 0..m * n {
         prop_assert!(
             got[i].to_bits() == want[i].to_bits(),
-            "{m}x{n}x{k} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}",
+            "{m}x{n}x{k}{layout} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}",
             got[i],
             want[i]
         );
@@ -157,19 +134,35 @@ fn check_with(
     Ok(())
 }
 
+fn random_desc(
+    (m, n, k): (usize, usize, usize),
+    isa: Isa,
+    schedule: String,
+    epilogue: Epilogue,
+    a_transposed: bool,
+) -> SgemmDesc {
+    SgemmDesc {
+        isa,
+        schedule: Some(schedule),
+        epilogue,
+        a_transposed,
+        ..SgemmDesc::new(m, n, k)
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
     #[test]
-    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>()) {
+    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>(), a_t in any::<bool>()) {
         if Isa::Avx512.available() {
-            check_with(m, n, k, Isa::Avx512, &text, seed, Epilogue { bias, residual })?;
+            check(&random_desc((m, n, k), Isa::Avx512, text, Epilogue { bias, residual }, a_t), seed)?;
         }
     }
 
     #[test]
-    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>()) {
+    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>(), a_t in any::<bool>()) {
         if Isa::Avx2.available() {
-            check_with(m, n, k, Isa::Avx2, &text, seed, Epilogue { bias, residual })?;
+            check(&random_desc((m, n, k), Isa::Avx2, text, Epilogue { bias, residual }, a_t), seed)?;
         }
     }
 }
@@ -198,8 +191,18 @@ fn default_schedules_on_odd_shapes() {
                 isa,
                 schedule: None,
                 epilogue: Epilogue::NONE,
+                a_transposed: false,
             };
-            check(m, n, k, isa, &desc.schedule_text(), 7).unwrap();
+            for a_t in [false, true] {
+                check(
+                    &SgemmDesc {
+                        a_transposed: a_t,
+                        ..desc.clone()
+                    },
+                    7,
+                )
+                .unwrap();
+            }
         }
     }
 }
@@ -219,6 +222,7 @@ fn threads_give_the_same_bits() {
             3 * l
         )),
         epilogue: Epilogue::NONE,
+        a_transposed: false,
     };
     if Isa::detect() == Isa::Portable {
         return;
@@ -255,6 +259,7 @@ fn oversized_register_tile_is_rejected_before_codegen() {
         isa: Isa::Avx512,
         schedule: Some("m/16 k/1 m/1:reg n/16:reg n/1:vec".into()),
         epilogue: Epilogue::NONE,
+        a_transposed: false,
     };
     let err = SgemmKernel::compile(&desc)
         .err()
@@ -284,6 +289,7 @@ fn epilogue_inputs_must_match_the_kernel() {
             bias: true,
             residual: false,
         },
+        a_transposed: false,
     };
     let kernel = SgemmKernel::compile(&desc).unwrap();
     let (a, b) = ([1f32; 8], [1f32; 12]);

@@ -6,6 +6,7 @@ use peregrine_train::{Compute, MatmulBackend, ParamStore, Tape, Tensor};
 use std::time::Instant;
 
 fn main() -> peregrine_train::Result<()> {
+    peregrine_train::keep_freed_memory();
     let (m, n, k) = (1024usize, 576usize, 1152usize);
     let x = Tensor::matrix(
         m,

@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
 fn main() -> peregrine_train::Result<()> {
+    peregrine_train::keep_freed_memory();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

@@ -11,6 +11,7 @@
 //! - [`ParamStore`]: named parameters with gradients; [`Tape`] borrows it, records ops
 //!   ([`ops`]) and returns [`ParamGrads`] from [`Tape::backward`].
 //! - [`Compute`]: matmul backend (JIT sgemm / `gemm` crate) and thread count.
+//! - [`keep_freed_memory`]: the allocator policy a training process wants.
 //! - [`Tape::enable_profiling`] / [`Tape::profile`]: forward and backward time per op kind.
 //! - [`optim`]: [`AdamW`], [`LrSchedule`], [`clip_grad_norm`].
 //! - [`checkpoint`]: save/resume training state; bf16 export of parameters.
@@ -28,6 +29,7 @@ pub mod checkpoint;
 pub mod eagle3;
 mod error;
 mod matmul;
+mod memory;
 pub mod ops;
 pub mod optim;
 mod params;
@@ -39,6 +41,7 @@ pub use checkpoint::{export_bf16, load_checkpoint, load_params, save_checkpoint,
 pub use eagle3::{Eagle3Config, Eagle3Head, TttConfig, TttSequence, TttStats};
 pub use error::{Error, Result};
 pub use matmul::{Compute, MatmulBackend, JIT_MIN_FLOPS};
+pub use memory::keep_freed_memory;
 pub use ops::{KeyLists, KeyListsBuilder};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, LrSchedule};
 pub use params::{ParamGrads, ParamId, ParamStore};

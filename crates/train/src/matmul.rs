@@ -2,10 +2,10 @@
 //! `gemm` crate for small ones (and on CPUs without a JIT ISA), both split over threads.
 //!
 //! The three products autograd needs are `A·B`, `A·Bᵀ` (linear forward) and `Aᵀ·B` (weight
-//! gradients). The JIT kernel takes dense row-major `A[m,k]` and `B[k,n]`, so a transposed
-//! operand is first copied into a transposed scratch buffer: `O(k·n)` copies against `O(m·n·k)`
-//! flops, under 1% for the shapes we train (m ≥ 512). The `gemm` crate reads strided operands
-//! directly and needs no copy.
+//! gradients). The JIT kernel reads `A` row-major or transposed (so `Aᵀ·B` needs no copy, which
+//! matters: its `A` is an output gradient, as large as the logits) and `B[k,n]` row-major, so
+//! for `A·Bᵀ` the weight `B` is first copied transposed: `O(k·n)` copies against `O(m·n·k)`
+//! flops. The `gemm` crate reads strided operands directly and needs no copy.
 
 use crate::error::{Error, Result};
 use peregrine_loops::{Isa, KernelCache, SgemmDesc};
@@ -92,7 +92,7 @@ impl Compute {
     ) -> Result<()> {
         check("matmul a·b", m, n, k, a, b, c)?;
         if self.use_jit(m, n, k) {
-            self.jit(m, n, k, a, b, c, accumulate)
+            self.jit(&SgemmDesc::new(m, n, k), a, b, c, accumulate)
         } else {
             let s = Strides {
                 a_rs: k,
@@ -117,7 +117,7 @@ impl Compute {
         check("matmul a·bᵀ", m, n, k, a, b, c)?;
         if self.use_jit(m, n, k) {
             let bt = transpose(b, n, k);
-            self.jit(m, n, k, a, &bt, c, accumulate)
+            self.jit(&SgemmDesc::new(m, n, k), a, &bt, c, accumulate)
         } else {
             let s = Strides {
                 a_rs: k,
@@ -141,8 +141,11 @@ impl Compute {
     ) -> Result<()> {
         check("matmul aᵀ·b", m, n, k, a, b, c)?;
         if self.use_jit(m, n, k) {
-            let at = transpose(a, k, m);
-            self.jit(m, n, k, &at, b, c, accumulate)
+            let desc = SgemmDesc {
+                a_transposed: true,
+                ..SgemmDesc::new(m, n, k)
+            };
+            self.jit(&desc, a, b, c, accumulate)
         } else {
             let s = Strides {
                 a_rs: 1,
@@ -155,18 +158,16 @@ impl Compute {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn jit(
         &self,
-        m: usize,
-        n: usize,
-        k: usize,
+        desc: &SgemmDesc,
         a: &[f32],
         b: &[f32],
         c: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        let kernel = self.cache.sgemm(&SgemmDesc::new(m, n, k))?;
+        let (m, n, k) = (desc.m, desc.n, desc.k);
+        let kernel = self.cache.sgemm(desc)?;
         let threads = self.threads_for(m, n, k);
         if accumulate {
             let mut tmp = vec![0f32; m * n];

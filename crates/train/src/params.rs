@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Handle of a parameter in its [`ParamStore`] (an index, stable for the store's life).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,6 +21,10 @@ struct Param {
     value: Tensor,
     grad: Vec<f32>,
     trainable: bool,
+    /// The value of a matrix transposed, made on first use after each change: every tape of
+    /// an update multiplies by the same weights (`x · wᵀ`), and the JIT kernel wants `wᵀ`
+    /// row-major.
+    transposed: OnceLock<Vec<f32>>,
 }
 
 /// Parameters by name, in insertion order: value, accumulated gradient, trainable flag.
@@ -55,6 +60,7 @@ impl ParamStore {
             value,
             grad,
             trainable,
+            transposed: OnceLock::new(),
         });
         self.by_name.insert(name.to_string(), id);
         Ok(id)
@@ -100,7 +106,23 @@ impl ParamStore {
 
     /// The value of `id`, mutable.
     pub fn value_mut(&mut self, id: ParamId) -> &mut Tensor {
-        &mut self.params[id.0].value
+        let p = &mut self.params[id.0];
+        p.transposed = OnceLock::new();
+        &mut p.value
+    }
+
+    /// The value of a matrix parameter `[rows, cols]` as its transpose `[cols, rows]`,
+    /// row-major; `None` when `id` is not a matrix. Computed once per value.
+    pub fn transposed(&self, id: ParamId) -> Option<&[f32]> {
+        let p = &self.params[id.0];
+        let dims = p.value.shape().dims();
+        let &[rows, cols] = dims else {
+            return None;
+        };
+        Some(
+            p.transposed
+                .get_or_init(|| crate::matmul::transpose(p.value.data(), rows, cols)),
+        )
     }
 
     /// Replaces the value of `id` with data of the same length.
@@ -114,6 +136,7 @@ impl ParamStore {
             });
         }
         p.value.data_mut().copy_from_slice(data);
+        p.transposed = OnceLock::new();
         Ok(())
     }
 
@@ -130,6 +153,7 @@ impl ParamStore {
     /// Value and gradient of `id` together (the optimizer updates one from the other).
     pub fn value_and_grad_mut(&mut self, id: ParamId) -> (&mut [f32], &[f32]) {
         let p = &mut self.params[id.0];
+        p.transposed = OnceLock::new();
         (p.value.data_mut(), &p.grad)
     }
 
@@ -199,5 +223,35 @@ impl ParamGrads {
     /// All (parameter, gradient) pairs.
     pub fn iter(&self) -> impl Iterator<Item = (ParamId, &[f32])> {
         self.0.iter().map(|(i, g)| (*i, g.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cached transpose follows every way the value can change (the optimizer writes
+    /// through `value_and_grad_mut`), so a tape never multiplies by stale weights.
+    #[test]
+    fn transposed_value_follows_changes() {
+        let mut store = ParamStore::new();
+        let id = store
+            .insert(
+                "w",
+                Tensor::matrix(2, 3, vec![1., 2., 3., 4., 5., 6.]).unwrap(),
+                true,
+            )
+            .unwrap();
+        assert_eq!(store.transposed(id).unwrap(), [1., 4., 2., 5., 3., 6.]);
+        store.set_value(id, &[0., 1., 2., 3., 4., 5.]).unwrap();
+        assert_eq!(store.transposed(id).unwrap(), [0., 3., 1., 4., 2., 5.]);
+        store.value_and_grad_mut(id).0[0] = 9.;
+        assert_eq!(store.transposed(id).unwrap(), [9., 3., 1., 4., 2., 5.]);
+        store.value_mut(id).data_mut()[1] = 7.;
+        assert_eq!(store.transposed(id).unwrap(), [9., 3., 7., 4., 2., 5.]);
+        let v = store
+            .insert("v", Tensor::vector(vec![1., 2.]), true)
+            .unwrap();
+        assert!(store.transposed(v).is_none());
     }
 }

@@ -231,6 +231,14 @@ impl<'a> Tape<'a> {
         }
     }
 
+    /// The transpose of `v` when it is a matrix parameter (cached in the store across tapes).
+    pub(crate) fn param_transposed(&self, v: Var) -> Option<&[f32]> {
+        match &self.nodes[v.0].value {
+            Value::Param(id) => self.params.transposed(*id),
+            _ => None,
+        }
+    }
+
     /// The shape of `v`.
     pub fn shape(&self, v: Var) -> &Shape {
         &self.nodes[v.0].shape

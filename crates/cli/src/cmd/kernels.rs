@@ -44,6 +44,9 @@ struct KernelArgs {
     /// Reduction length.
     #[arg(long, default_value_t = 256)]
     k: usize,
+    /// `sgemm`: read A stored transposed (`k x m`), the layout of weight gradients `Aᵀ·B`.
+    #[arg(long)]
+    a_transposed: bool,
     /// Threads splitting the outermost loop (it must be over m or n).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -153,6 +156,7 @@ fn describe(a: &KernelArgs) -> Result<(SgemmDesc, f64)> {
             isa,
             schedule,
             epilogue: Epilogue::NONE,
+            a_transposed: a.a_transposed,
         },
         tune_ms,
     ))

@@ -96,6 +96,9 @@ pub struct EagleArgs {
     /// Passes over the training sequences.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
+    /// Stop after this many updates of this process (the checkpoint resumes the run later).
+    #[arg(long)]
+    max_updates: Option<u64>,
     /// Tokens per update.
     #[arg(long, default_value_t = 2048)]
     batch_tokens: usize,
@@ -312,6 +315,9 @@ fn train_head(
         None => warm_start(&mut head)?,
     }
     let threads = model.n_threads();
+    if !peregrine_train::keep_freed_memory() {
+        tracing::debug!("the allocator kept its default policy (training pays more page faults)");
+    }
     let cx = Compute::new(threads);
     let max_len = train
         .iter()
@@ -348,6 +354,7 @@ fn train_head(
         checkpoint_every: args.val_every,
         checkpoint: Some(checkpoint.clone()),
         seed: args.order_seed.unwrap_or(args.seed),
+        max_updates: args.max_updates,
     };
     eprintln!(
         "training {} parameters on {} sequences ({} validation), {} threads; checkpoint {}",
@@ -433,10 +440,11 @@ fn train_head(
     draw_curves(&png, &history)?;
     let last = history.validations.last();
     eprintln!(
-        "wrote {} in {:.0} s ({} updates this run); validation chain tau {:.3}; curves {}, history {}",
+        "wrote {} in {:.0} s ({} updates this run, {:.0} training tokens/s); validation chain tau {:.3}; curves {}, history {}",
         args.out.display(),
         secs,
         history.updates.len(),
+        history.train_tokens_per_second(),
         last.map_or(f64::NAN, |v| v.chain_tau),
         png.display(),
         json_path.display()

@@ -34,8 +34,14 @@ impl Tape<'_> {
             }
         }
         let mut y = vec![0f32; m * n];
-        self.compute()
-            .nt((m, n, k), self.value(x), self.value(w), &mut y, false)?;
+        match self.param_transposed(w) {
+            Some(wt) => self
+                .compute()
+                .nn((m, n, k), self.value(x), wt, &mut y, false)?,
+            None => self
+                .compute()
+                .nt((m, n, k), self.value(x), self.value(w), &mut y, false)?,
+        }
         if let Some(b) = bias {
             let bv = self.value(b);
             for row in y.chunks_exact_mut(n) {
