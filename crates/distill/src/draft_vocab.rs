@@ -38,6 +38,34 @@ impl DraftVocab {
         })
     }
 
+    /// The vocabulary a head file stores as `d2t` (target id minus draft id), for a target of
+    /// `target_vocab` tokens: what continuing a head on new data keeps. Target ids must be in
+    /// range and strictly increasing (the order [`DraftVocab::most_frequent`] writes).
+    pub fn from_d2t(d2t: &[i64], target_vocab: usize) -> Result<Self> {
+        let mut to_target = Vec::with_capacity(d2t.len());
+        for (d, &off) in d2t.iter().enumerate() {
+            let t = d as i64 + off;
+            let in_order = to_target.last().is_none_or(|&last| i64::from(last) < t);
+            if t < 0 || t >= target_vocab as i64 || !in_order {
+                return Err(DistillError::Config(format!(
+                    "d2t[{d}] = {off} gives target id {t}: not increasing within a vocabulary of {target_vocab}"
+                )));
+            }
+            to_target.push(t as u32);
+        }
+        if to_target.is_empty() {
+            return Err(DistillError::Config("an empty d2t".into()));
+        }
+        let mut to_draft = vec![None; target_vocab];
+        for (d, &t) in to_target.iter().enumerate() {
+            to_draft[t as usize] = Some(d as u32);
+        }
+        Ok(Self {
+            to_target,
+            to_draft,
+        })
+    }
+
     /// Draft vocabulary size.
     pub fn len(&self) -> usize {
         self.to_target.len()
@@ -88,6 +116,10 @@ mod tests {
         }
         assert!((v.coverage(&counts) - 25.0 / 31.0).abs() < 1e-12);
         assert!(DraftVocab::most_frequent(&counts, 7).is_err());
+        assert_eq!(DraftVocab::from_d2t(&v.d2t(), counts.len()).unwrap(), v);
+        for bad in [vec![2, 1, 3], vec![-1, 2, 3], vec![2, 2, 4], vec![]] {
+            assert!(DraftVocab::from_d2t(&bad, counts.len()).is_err(), "{bad:?}");
+        }
         assert!(DraftVocab::most_frequent(&counts, 0).is_err());
     }
 }

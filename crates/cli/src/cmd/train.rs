@@ -68,8 +68,8 @@ pub struct EagleArgs {
     /// Sequences the target decodes together while regenerating responses.
     #[arg(long, default_value_t = 16)]
     gen_batch: usize,
-    /// Start from this head's weights (a head file written by this command, same draft
-    /// vocabulary) instead of the warm start: to continue training with new settings.
+    /// Start from this head's weights (a head file written by this command) instead of the
+    /// warm start, keeping its draft vocabulary: to continue training with new settings or data.
     #[arg(long)]
     init: Option<PathBuf>,
     /// Seed of the order of training sequences (default: --seed).
@@ -84,7 +84,7 @@ pub struct EagleArgs {
     /// Stop after preparing the samples.
     #[arg(long)]
     prepare_only: bool,
-    /// Draft vocabulary: the target tokens most frequent in the responses.
+    /// Draft vocabulary: the target tokens most frequent in the responses (ignored with --init).
     #[arg(long, default_value_t = 8192)]
     draft_vocab: usize,
     /// Head MLP width (default: the target's).
@@ -270,10 +270,17 @@ fn train_head(
             .iter()
             .for_each(|&t| counts[t as usize] += 1);
     }
-    let vocab = DraftVocab::most_frequent(&counts, args.draft_vocab)?;
+    // A continued head keeps its own draft vocabulary (its LM head rows are those tokens),
+    // even when the samples are new; a fresh one takes the samples' most frequent tokens.
+    let vocab = match &args.init {
+        Some(path) => DraftVocab::from_d2t(&read_d2t(path)?, c.vocab_size)
+            .with_context(|| format!("{}: its d2t map", path.display()))?,
+        None => DraftVocab::most_frequent(&counts, args.draft_vocab)?,
+    };
     eprintln!(
-        "draft vocabulary: {} tokens cover {:.2}% of the training responses' tokens",
+        "draft vocabulary: {} tokens{} cover {:.2}% of the training responses' tokens",
         vocab.len(),
+        if args.init.is_some() { " (the --init head's)" } else { "" },
         100.0 * vocab.coverage(&counts)
     );
     let tables = TargetTables::load(model)?;
@@ -301,13 +308,6 @@ fn train_head(
     .context("initialising the head")?;
     match &args.init {
         Some(path) => {
-            let file_d2t = read_d2t(path)?;
-            if file_d2t != vocab.d2t() {
-                bail!(
-                    "{}: its draft vocabulary is not the one these samples give (train it from the same data)",
-                    path.display()
-                );
-            }
             head.load(path)
                 .with_context(|| format!("loading {}", path.display()))?;
             eprintln!("starting from {}", path.display());
