@@ -344,9 +344,13 @@ impl SpecSession {
                     }
                     self.tree.truncate(keep);
                 }
-                // Room in the cache, and no deeper than the tokens still to emit.
+                // Room in the cache, and no deeper than the tokens still to emit: cut before
+                // the first node below that depth (all of them, for trees drafted level by
+                // level; a prefix keeps every node's ancestors).
                 let remaining = params.max_tokens.saturating_sub(emitter.tokens.len());
-                self.tree.truncate((capacity - base).min(remaining + 1));
+                let too_deep = self.tree.depths().iter().position(|&d| d > remaining);
+                self.tree
+                    .truncate((capacity - base).min(too_deep.unwrap_or(usize::MAX)));
                 let n = self.tree.len();
                 if n_early > 0 {
                     // Drop the early layers' rows of drafts cut from the chain.

@@ -10,6 +10,7 @@ mod error;
 pub mod model_drafter;
 pub mod ngram;
 pub mod tree;
+mod tree_search;
 pub mod verify;
 
 pub use controller::Controller;

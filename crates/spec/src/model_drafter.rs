@@ -4,16 +4,24 @@
 //!
 //! The drafter keeps its own KV cache and the tokens it holds. Each `propose` first rolls the
 //! cache back to the longest prefix it shares with the context (drafted tokens that were
-//! rejected go), feeds the rest of the context (accepted tokens and the root) in one forward,
-//! then drafts a chain greedily, one forward per token, until the planned depth or until the
-//! chain's probability under the draft (the product of the drafted tokens' softmax
-//! probabilities, which is each node's score) falls below `min_score`. Drafts are the draft's
-//! argmax (deterministic: sampling verification uses the point-mass rule), or, with
-//! `with_sampled_drafts`, sampled from the shaped draft distribution `q`, which the tree
-//! records so that verification uses the multi-round rule.
+//! rejected go) and feeds the rest of the context (accepted tokens and the root) in one
+//! forward. Then it drafts level by level: one forward per level over the drafted nodes so far
+//! (appended after the committed context with a tree mask, each node seeing its ancestors, and
+//! rolled back afterwards), whose logits at the newest level give the next level's tokens.
+//! - A static shape takes each node's `rank`-th most likely token; a node whose path
+//!   probability under the draft (its score) falls below `min_score` is left out with its
+//!   subtree. A chain is the one-node-per-level shape.
+//! - A dynamic plan grows the EAGLE-2 tree ([`crate::tree_search`]): the `top_k` best frontier
+//!   nodes by cumulative log-probability get their `top_k` most likely children, and the best
+//!   `budget` candidates are kept.
+//!
+//! Drafts are deterministic (sampling verification uses the point-mass rule), or, with
+//! `with_sampled_drafts`, a chain sampled from the shaped draft distribution `q`, which the
+//! tree records so that verification uses the multi-round rule.
 
 use crate::drafter::{DraftPlan, Drafter};
-use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
+use crate::tree_search::{top_logprobs, BestFirst, NONE};
 use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
@@ -31,6 +39,13 @@ pub struct ModelDrafter<'m> {
     min_score: f32,
     /// When set, drafts are sampled from the draft's distribution shaped like the target's.
     sampled: Option<(crate::verify::TargetShaper, rand::rngs::StdRng)>,
+    // Tree drafting: the nodes fed in a level's forward (token, parent index among them or
+    // `NONE` for a child of the root), their tree masks and the rows whose logits are read.
+    fed: Vec<(u32, usize)>,
+    masks: Vec<u64>,
+    want: Vec<usize>,
+    search: BestFirst,
+    top: Vec<(u32, f32)>,
 }
 
 impl<'m> ModelDrafter<'m> {
@@ -52,11 +67,16 @@ impl<'m> ModelDrafter<'m> {
             model,
             n_layers,
             cache: model.new_cache(context),
-            ws: model.new_workspace(PREFILL_CHUNK.min(context.max(1)), 1, context),
+            ws: model.new_workspace(PREFILL_CHUNK.min(context.max(1)), MAX_TREE_NODES, context),
             cached: Vec::with_capacity(context),
             positions: Vec::with_capacity(PREFILL_CHUNK),
             min_score: 0.1,
             sampled: None,
+            fed: Vec::with_capacity(MAX_TREE_NODES),
+            masks: Vec::with_capacity(MAX_TREE_NODES),
+            want: Vec::with_capacity(MAX_TREE_NODES),
+            search: BestFirst::default(),
+            top: Vec::with_capacity(MAX_TREE_NODES),
         }
     }
 
@@ -100,18 +120,203 @@ impl<'m> ModelDrafter<'m> {
         }
         Ok(())
     }
-}
 
-/// The argmax of `logits` and its softmax probability.
-fn top1(logits: &[f32]) -> (u32, f32) {
-    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
-    for (i, &l) in logits.iter().enumerate() {
-        if l > max {
-            (best, max) = (i, l);
+    /// Runs the draft over the drafted nodes in `self.fed` (parents before children) after
+    /// the committed context, each seeing the context and its own ancestors, and leaves the
+    /// logits of rows `self.want` in the workspace (in that order); the nodes' cache rows are
+    /// rolled back. `false` when they do not fit in one forward or in the cache.
+    fn forward_tree(&mut self) -> Result<bool> {
+        let base = self.cache.len();
+        let n = self.fed.len();
+        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
+            return Ok(false);
         }
+        self.masks.clear();
+        self.positions.clear();
+        let mut depth = [0u32; MAX_TREE_NODES];
+        let mut tokens = [0u32; MAX_TREE_NODES];
+        for (i, &(token, parent)) in self.fed.iter().enumerate() {
+            let (mask, d) = match parent {
+                NONE => (0, 0),
+                p => (self.masks[p], depth[p] + 1),
+            };
+            self.masks.push(mask | 1 << i);
+            depth[i] = d;
+            tokens[i] = token;
+            self.positions.push(base as u32 + d);
+        }
+        let opts = ForwardOptions {
+            layers: 0..self.n_layers,
+            head: true,
+            taps: &[],
+        };
+        let mut seqs = [SeqInput {
+            cache: &mut self.cache,
+            tokens: &tokens[..n],
+            positions: &self.positions,
+            tree: Some(&self.masks),
+            logits: LogitRows::Rows(&self.want),
+        }];
+        let r = self.model.forward(&mut self.ws, &mut seqs, &opts);
+        self.cache.truncate(base);
+        r?;
+        Ok(true)
     }
-    let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (best as u32, (1.0 / z) as f32)
+
+    /// Fills a static shape level by level (see the module docs).
+    fn draft_shape(&mut self, shape: &TreeShape, tree: &mut TokenTree) -> Result<()> {
+        let (parents, ranks) = (shape.parents(), shape.ranks());
+        // Children wanted per shape node (the highest rank + 1), and each node's tree index
+        // once placed.
+        let mut need = [0usize; MAX_TREE_NODES];
+        let mut placed = [NONE; MAX_TREE_NODES];
+        let len = shape.len().min(MAX_TREE_NODES);
+        for i in 1..len {
+            need[parents[i]] = need[parents[i]].max(ranks[i] + 1);
+        }
+        placed[0] = 0;
+        // The root's logits are in the workspace from feeding the context.
+        let mut frontier: Vec<usize> = vec![0];
+        while !frontier.is_empty() {
+            let mut next = Vec::new();
+            for (row, &node) in frontier.iter().enumerate() {
+                top_logprobs(self.ws.logits(row), need[node], |t| t as u32, &mut self.top);
+                let base = tree.scores()[placed[node]];
+                for child in (node + 1)..len {
+                    if parents[child] != node {
+                        continue;
+                    }
+                    let Some(&(token, lp)) = self.top.get(ranks[child]) else {
+                        continue;
+                    };
+                    let score = base * lp.exp();
+                    if score < self.min_score {
+                        continue;
+                    }
+                    placed[child] = tree.push(placed[node], token, score)?;
+                    if need[child] > 0 {
+                        next.push(child);
+                    }
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            // Feed every placed node (tree order is topological) and read the next frontier.
+            self.fed.clear();
+            for t in 1..tree.len() {
+                let p = tree.parents()[t];
+                self.fed
+                    .push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
+            }
+            self.want.clear();
+            self.want.extend(next.iter().map(|&node| placed[node] - 1));
+            if !self.forward_tree()? {
+                break;
+            }
+            frontier = next;
+        }
+        Ok(())
+    }
+
+    /// A chain of up to `depth` tokens sampled from the draft's shaped distribution, each
+    /// recorded as its parent's child distribution `q` (the multi-round rule with one child is
+    /// Leviathan/Chen). The drafted tokens stay in the cache until the next `propose` rolls
+    /// them back.
+    fn draft_sampled_chain(
+        &mut self,
+        context: &[u32],
+        depth: usize,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let Some((mut shaper, mut rng)) = self.sampled.take() else {
+            return Ok(());
+        };
+        let (mut parent, mut score) = (0, 1.0f32);
+        let mut result = Ok(());
+        for d in 0..depth.min(self.cache.capacity() - self.cache.len()) {
+            let mut q = Vec::new();
+            shaper.probs(self.ws.logits(0), context, &mut q);
+            let Some(token) = crate::verify::sample_from(&q, &mut rng) else {
+                break;
+            };
+            score *= q[token as usize];
+            if score < self.min_score {
+                break;
+            }
+            tree.set_child_q(parent, q);
+            parent = match tree.push(parent, token, score) {
+                Ok(p) => p,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if d + 1 < depth {
+                if let Err(e) = self.feed(&[token]) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.sampled = Some((shaper, rng));
+        result
+    }
+
+    /// Grows an EAGLE-2 dynamic tree (see the module docs).
+    fn draft_dynamic(
+        &mut self,
+        budget: usize,
+        depth: usize,
+        top_k: usize,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let budget = budget.min(MAX_TREE_NODES - 1);
+        let k = top_k.min(budget).max(1);
+        top_logprobs(self.ws.logits(0), k, |t| t as u32, &mut self.top);
+        self.search.start(&self.top);
+        let mut fed_idx: Vec<usize> = Vec::new();
+        for _ in 1..depth.min(MAX_TREE_NODES - 1) {
+            let frontier = self.search.frontier(budget, k).to_vec();
+            if frontier.is_empty() {
+                break;
+            }
+            // Feed the frontier and its ancestors, in candidate order (parents first).
+            let cands = &self.search.cands;
+            let mut keep = vec![false; cands.len()];
+            for &f in &frontier {
+                let mut c = f;
+                while c != NONE && !keep[c] {
+                    keep[c] = true;
+                    c = cands[c].parent;
+                }
+            }
+            fed_idx.clear();
+            fed_idx.resize(cands.len(), NONE);
+            self.fed.clear();
+            for (i, c) in cands.iter().enumerate().filter(|(i, _)| keep[*i]) {
+                fed_idx[i] = self.fed.len();
+                let parent = if c.parent == NONE {
+                    NONE
+                } else {
+                    fed_idx[c.parent]
+                };
+                self.fed.push((c.token, parent));
+            }
+            self.want.clear();
+            self.want.extend(frontier.iter().map(|&f| fed_idx[f]));
+            if !self.forward_tree()? {
+                break;
+            }
+            let n_old = self.search.cands.len();
+            for (row, &f) in frontier.iter().enumerate() {
+                top_logprobs(self.ws.logits(row), k, |t| t as u32, &mut self.top);
+                self.search.add_children(f, &self.top);
+            }
+            self.search.next_level(n_old);
+        }
+        self.search.emit(budget, tree)
+    }
 }
 
 impl Drafter for ModelDrafter<'_> {
@@ -125,11 +330,9 @@ impl Drafter for ModelDrafter<'_> {
         plan: &DraftPlan<'_>,
         tree: &mut TokenTree,
     ) -> Result<()> {
-        let depth = match plan {
-            DraftPlan::Shape(shape) => shape.depth(),
-            DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
+        if context.is_empty() {
+            return Ok(());
         }
-        .min(MAX_TREE_NODES - 1);
         // Roll back to the shared prefix; keep at least one token to feed for fresh logits.
         let common = self
             .cached
@@ -140,38 +343,27 @@ impl Drafter for ModelDrafter<'_> {
             .min(context.len() - 1);
         self.cache.truncate(common);
         self.cached.truncate(common);
-        if self.cache.len() + depth + 1 > self.cache.capacity()
-            || context.len() > self.cache.capacity()
-        {
+        if context.len() + 1 > self.cache.capacity() {
             return Ok(());
         }
         self.feed(&context[common..])?;
-        let mut parent = 0;
-        let mut score = 1.0f32;
-        for d in 0..depth {
-            let (token, prob) = match &mut self.sampled {
-                // Sample the draft token and record q, so verification uses the multi-round
-                // rule (one child: Leviathan/Chen).
-                Some((shaper, rng)) => {
-                    let mut q = Vec::new();
-                    shaper.probs(self.ws.logits(0), context, &mut q);
-                    let Some(t) = crate::verify::sample_from(&q, rng) else {
-                        break;
-                    };
-                    let prob = q[t as usize];
-                    tree.set_child_q(parent, q);
-                    (t, prob)
-                }
-                None => top1(self.ws.logits(0)),
-            };
-            score *= prob;
-            if score < self.min_score {
-                break;
+        match (plan, self.sampled.is_some()) {
+            (_, true) => {
+                let depth = match plan {
+                    DraftPlan::Shape(shape) => shape.depth(),
+                    DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
+                };
+                self.draft_sampled_chain(context, depth.min(MAX_TREE_NODES - 1), tree)?;
             }
-            parent = tree.push(parent, token, score)?;
-            if d + 1 < depth {
-                self.feed(&[token])?;
-            }
+            (DraftPlan::Shape(shape), false) => self.draft_shape(shape, tree)?,
+            (
+                DraftPlan::Dynamic {
+                    budget,
+                    depth,
+                    top_k,
+                },
+                false,
+            ) => self.draft_dynamic(*budget, *depth, *top_k, tree)?,
         }
         Ok(())
     }

@@ -189,6 +189,45 @@ fn layerskip_greedy_equals_plain() {
     }
 }
 
+/// Trees drafted by a draft model, level by level with tree masks over its own uncommitted
+/// rows. The target drafting for itself is batch invariant, so each node's draft logits are the
+/// target's own at that node: the rank-0 path is always accepted to its full depth, and a mask
+/// that let a node see a sibling (or missed an ancestor) would break that.
+#[test]
+fn draft_model_trees_equal_plain() {
+    let prompt = &specbench_prompts("alpaca", 1)[0];
+    let want = plain(prompt, 40);
+    let vocab = model().config().vocab_size;
+    let params = GenerateParams {
+        max_tokens: 40,
+        ..GenerateParams::default()
+    };
+    for (tree, min_tau) in [("eagle-default", 5.0), ("dynamic:8,4,2", 4.0)] {
+        let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 80)
+            .unwrap()
+            .with_min_score(0.0);
+        // Room for a whole 26-row tree after the last token (the engine cuts trees to fit).
+        let got = SpecSession::new(model(), prompt.len() + 80)
+            .generate(
+                model(),
+                tokenizer(),
+                &mut d,
+                &TreeSpec::parse(tree).unwrap(),
+                prompt,
+                &params,
+                &mut |_| {},
+            )
+            .unwrap();
+        assert_eq!(got.generation.tokens, want, "{tree}");
+        let st = &got.stats;
+        assert!(st.tau() >= min_tau, "{tree}: {st:?}");
+        assert!(
+            st.n_drafted > 5 * st.steps,
+            "{tree} drafts branching trees, not chains: {st:?}"
+        );
+    }
+}
+
 #[test]
 fn draft_model_greedy_equals_plain_and_vocab_must_match() {
     // The only model at hand drafts for itself: every draft is accepted, which exercises the

@@ -280,7 +280,11 @@ fn train_head(
     eprintln!(
         "draft vocabulary: {} tokens{} cover {:.2}% of the training responses' tokens",
         vocab.len(),
-        if args.init.is_some() { " (the --init head's)" } else { "" },
+        if args.init.is_some() {
+            " (the --init head's)"
+        } else {
+            ""
+        },
         100.0 * vocab.coverage(&counts)
     );
     let tables = TargetTables::load(model)?;

@@ -20,12 +20,11 @@
 //! chain of tokens sampled from the head's distribution shaped like the target's, verified by
 //! the multi-round rule.
 
-use super::forward::{
-    exp_nonpositive, HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace, MAX_DRAFT_ROWS,
-};
+use super::forward::{HeadCache, HeadInput, HeadLogits, HeadRows, HeadWorkspace, MAX_DRAFT_ROWS};
 use super::head::{EagleHead, EagleKind};
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::tree_search::{top_logprobs, BestFirst, Cand, NONE};
 use crate::verify::TargetShaper;
 use crate::{Error, Result};
 use peregrine_model::{Model, Workspace};
@@ -35,19 +34,6 @@ use rand::SeedableRng;
 
 /// Rows per head forward (catch-up chunks and tree levels).
 const HEAD_ROWS: usize = 64;
-const NONE: usize = usize::MAX;
-
-#[derive(Clone, Copy, Debug)]
-struct Cand {
-    /// Parent candidate, or `NONE` for a child of the root.
-    parent: usize,
-    token: u32,
-    /// Cumulative log-probability from the root.
-    logp: f32,
-    /// Head cache slot of the node's row once expanded, else `NONE`.
-    slot: usize,
-}
-
 /// What drafting sampled chains needs: the target's shaping (temperature, top-k, top-p,
 /// min-p, penalties), a random source, and buffers.
 struct SampledDrafts {
@@ -82,12 +68,13 @@ pub struct EagleDrafter<'a> {
     parent_out: Vec<f32>,
     /// Outputs of drafted rows, by slot - committed.
     draft_out: Vec<f32>,
-    cands: Vec<Cand>,
+    /// Candidates of the dynamic plan (and of shape plans, in `search.cands`).
+    search: BestFirst,
+    /// Head cache slot of each candidate's row once expanded, else `NONE`.
+    slots: Vec<usize>,
     frontier: Vec<usize>,
-    order: Vec<usize>,
     tree_idx: Vec<usize>,
     top: Vec<(u32, f32)>,
-    logps: Vec<f32>,
     /// Set for sampling (temperature > 0): drafts are sampled chains.
     sampled: Option<SampledDrafts>,
     /// Between `reuse_prefix` and the first `propose`/`accept`: features come from a prefill,
@@ -138,12 +125,11 @@ impl<'a> EagleDrafter<'a> {
             parents: Vec::with_capacity(HEAD_ROWS),
             parent_out: vec![0.0; HEAD_ROWS * h],
             draft_out: vec![0.0; MAX_DRAFT_ROWS * h],
-            cands: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
+            search: BestFirst::default(),
+            slots: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             frontier: Vec::with_capacity(MAX_DRAFT_ROWS),
-            order: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             tree_idx: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             top: Vec::with_capacity(MAX_TREE_NODES),
-            logps: Vec::with_capacity(MAX_DRAFT_ROWS * 4),
             sampled: None,
             prefilling: false,
             shape_depth: Vec::with_capacity(MAX_TREE_NODES),
@@ -244,7 +230,13 @@ impl<'a> EagleDrafter<'a> {
             self.last_out.copy_from_slice(self.ws.out(n - 1));
             self.root_valid = false;
             if root_row {
-                top_logprobs(self.ws.logits(0), k_root, self.head, &mut self.root_top);
+                let head = self.head;
+                top_logprobs(
+                    self.ws.logits(0),
+                    k_root,
+                    |i| head.target_id(i),
+                    &mut self.root_top,
+                );
                 if let Some(s) = &mut self.sampled {
                     s.root_logits.clear();
                     s.root_logits.extend_from_slice(self.ws.logits(0));
@@ -345,33 +337,15 @@ impl<'a> EagleDrafter<'a> {
         let children = top_k.min(budget).max(1);
         let expand = top_k.min(budget).clamp(1, HEAD_ROWS);
         let max_depth = depth.min(MAX_TREE_NODES - 1);
-        self.cands.clear();
-        for &(token, logp) in self.root_top.iter().take(children) {
-            self.cands.push(Cand {
-                parent: NONE,
-                token,
-                logp,
-                slot: NONE,
-            });
-        }
-        self.frontier.clear();
-        self.frontier.extend(0..self.cands.len());
+        let n_root = children.min(self.root_top.len());
+        self.search.start(&self.root_top[..n_root]);
+        self.slots.clear();
+        self.slots.resize(n_root, NONE);
+        let head = self.head;
         for d in 1..max_depth {
-            let cands = &self.cands;
+            self.frontier.clear();
             self.frontier
-                .sort_by(|&a, &b| cands[b].logp.total_cmp(&cands[a].logp).then(a.cmp(&b)));
-            self.frontier.truncate(expand);
-            self.frontier.retain(|&i| cands[i].logp.is_finite());
-            if self.cands.len() >= budget {
-                // A child scores at most its parent: frontier nodes not above the budget-th
-                // best candidate cannot place a child in the tree.
-                self.logps.clear();
-                self.logps.extend(self.cands.iter().map(|c| c.logp));
-                let (_, &mut kth, _) = self
-                    .logps
-                    .select_nth_unstable_by(budget - 1, |a, b| b.total_cmp(a));
-                self.frontier.retain(|&i| cands[i].logp > kth);
-            }
+                .extend_from_slice(self.search.frontier(budget, expand));
             if self.frontier.is_empty()
                 || self.cache.len() - self.cache.n_committed() + self.frontier.len()
                     > MAX_DRAFT_ROWS
@@ -382,56 +356,31 @@ impl<'a> EagleDrafter<'a> {
             self.parents.clear();
             let n_rows = self.frontier.len();
             for r in 0..n_rows {
-                let c = self.cands[self.frontier[r]];
+                let c = self.search.cands[self.frontier[r]];
                 let parent_slot = if c.parent == NONE {
                     NONE
                 } else {
-                    self.cands[c.parent].slot
+                    self.slots[c.parent]
                 };
                 self.set_draft_row(r, c.token, n + d - 1, parent_slot)?;
             }
             let first = self.forward_drafts(n_rows)?;
-            let n_old = self.cands.len();
+            let n_old = self.search.cands.len();
             for r in 0..n_rows {
                 let i = self.frontier[r];
-                self.cands[i].slot = first + r;
-                top_logprobs(self.ws.logits(r), children, self.head, &mut self.top);
-                let base = self.cands[i].logp;
-                for &(token, lp) in &self.top {
-                    self.cands.push(Cand {
-                        parent: i,
-                        token,
-                        logp: base + lp,
-                        slot: NONE,
-                    });
-                }
+                self.slots[i] = first + r;
+                top_logprobs(
+                    self.ws.logits(r),
+                    children,
+                    |t| head.target_id(t),
+                    &mut self.top,
+                );
+                self.search.add_children(i, &self.top);
             }
-            self.frontier.clear();
-            self.frontier.extend(n_old..self.cands.len());
+            self.slots.resize(self.search.cands.len(), NONE);
+            self.search.next_level(n_old);
         }
-        // The best `budget` candidates, best first (a parent precedes its children: it scores
-        // at least as much and was created earlier).
-        let cands = &self.cands;
-        self.order.clear();
-        self.order.extend(0..cands.len());
-        self.order
-            .sort_by(|&a, &b| cands[b].logp.total_cmp(&cands[a].logp).then(a.cmp(&b)));
-        self.order.truncate(budget);
-        self.tree_idx.clear();
-        self.tree_idx.resize(cands.len(), NONE);
-        for &i in &self.order {
-            let c = cands[i];
-            let parent = if c.parent == NONE {
-                0
-            } else {
-                self.tree_idx[c.parent]
-            };
-            if parent == NONE || !c.logp.is_finite() {
-                continue;
-            }
-            self.tree_idx[i] = tree.push(parent, c.token, c.logp.exp())?;
-        }
-        Ok(())
+        self.search.emit(budget, tree)
     }
 
     /// A chain of up to `depth` tokens, each sampled from the head's distribution shaped like
@@ -502,19 +451,20 @@ impl<'a> EagleDrafter<'a> {
             self.shape_need[p] = self.shape_need[p].max(ranks[i] + 1);
         }
         // Candidate of each shape node (NONE: no candidate at that rank).
-        self.cands.clear();
+        self.search.cands.clear();
+        self.slots.clear();
         self.shape_cand.clear();
         self.shape_cand.resize(len, NONE);
         for i in 1..len {
             if parents[i] == 0 {
                 if let Some(&(token, logp)) = self.root_top.get(ranks[i]) {
-                    self.shape_cand[i] = self.cands.len();
-                    self.cands.push(Cand {
+                    self.shape_cand[i] = self.search.cands.len();
+                    self.search.cands.push(Cand {
                         parent: NONE,
                         token,
                         logp,
-                        slot: NONE,
                     });
+                    self.slots.push(NONE);
                 }
             }
         }
@@ -537,11 +487,11 @@ impl<'a> EagleDrafter<'a> {
                 self.positions.clear();
                 self.parents.clear();
                 for r in 0..n_rows {
-                    let c = self.cands[self.shape_cand[self.frontier[chunk_start + r]]];
+                    let c = self.search.cands[self.shape_cand[self.frontier[chunk_start + r]]];
                     let parent_slot = if c.parent == NONE {
                         NONE
                     } else {
-                        self.cands[c.parent].slot
+                        self.slots[c.parent]
                     };
                     self.set_draft_row(r, c.token, n + d - 1, parent_slot)?;
                 }
@@ -549,24 +499,25 @@ impl<'a> EagleDrafter<'a> {
                 for r in 0..n_rows {
                     let node = self.frontier[chunk_start + r];
                     let ci = self.shape_cand[node];
-                    self.cands[ci].slot = first + r;
+                    self.slots[ci] = first + r;
+                    let head = self.head;
                     top_logprobs(
                         self.ws.logits(r),
                         self.shape_need[node],
-                        self.head,
+                        |t| head.target_id(t),
                         &mut self.top,
                     );
-                    let base = self.cands[ci].logp;
+                    let base = self.search.cands[ci].logp;
                     for child in 1..len {
                         if parents[child] == node {
                             if let Some(&(token, lp)) = self.top.get(ranks[child]) {
-                                self.shape_cand[child] = self.cands.len();
-                                self.cands.push(Cand {
+                                self.shape_cand[child] = self.search.cands.len();
+                                self.search.cands.push(Cand {
                                     parent: ci,
                                     token,
                                     logp: base + lp,
-                                    slot: NONE,
                                 });
+                                self.slots.push(NONE);
                             }
                         }
                     }
@@ -583,7 +534,7 @@ impl<'a> EagleDrafter<'a> {
             if p == NONE || ci == NONE {
                 continue;
             }
-            let c = self.cands[ci];
+            let c = self.search.cands[ci];
             self.tree_idx[i] = tree.push(p, c.token, c.logp.exp())?;
         }
         Ok(())
@@ -722,52 +673,4 @@ impl Drafter for EagleDrafter<'_> {
         self.set_context(context);
         self.commit_pending(false, 0, true)
     }
-}
-
-/// The `k` most likely tokens of `logits` (draft ids mapped to target ids) with their
-/// log-probabilities, most likely first.
-fn top_logprobs(logits: &[f32], k: usize, head: &EagleHead, out: &mut Vec<(u32, f32)>) {
-    out.clear();
-    if k == 0 {
-        return;
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        return;
-    }
-    let mut acc = [0f32; 16];
-    let chunks = logits.chunks_exact(16);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..16 {
-            acc[l] += exp_nonpositive(c[l] - max);
-        }
-    }
-    for (l, &x) in rest.iter().enumerate() {
-        acc[l] += exp_nonpositive(x - max);
-    }
-    let lse = max + acc.iter().sum::<f32>().ln();
-    // Insertion into a sorted list of (draft id, logit).
-    let mut best: [(usize, f32); MAX_TREE_NODES] = [(0, f32::NEG_INFINITY); MAX_TREE_NODES];
-    let k = k.min(MAX_TREE_NODES).min(logits.len());
-    let mut n = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if n == k && l <= best[k - 1].1 || l.is_nan() {
-            continue;
-        }
-        let mut j = n.min(k - 1);
-        if n < k {
-            n += 1;
-        }
-        while j > 0 && best[j - 1].1 < l {
-            best[j] = best[j - 1];
-            j -= 1;
-        }
-        best[j] = (i, l);
-    }
-    out.extend(
-        best[..n]
-            .iter()
-            .map(|&(i, l)| (head.target_id(i), (l - lse).min(0.0))),
-    );
 }
