@@ -11,6 +11,7 @@
 
 use crate::controller::{Controller, StepReport, CALIBRATION_SIZES};
 use crate::drafter::{DraftPlan, Drafter};
+use crate::early_exit::EarlyExitDrafts;
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::verify::{sample_from, walk_sampled, TargetShaper, WalkBuffers};
 use crate::{Error, Result};
@@ -171,6 +172,7 @@ pub struct SpecSession {
     walk: WalkBuffers,
     /// Hidden states entering the exit layer of early-exit drafts, row by row.
     hidden: Vec<f32>,
+    early_exit: EarlyExitDrafts,
     controller: Option<Controller>,
     /// `0..PREFILL_CHUNK`: the rows of a prefill chunk, for `Drafter::observe_features`.
     tap_rows: Vec<usize>,
@@ -189,6 +191,7 @@ impl SpecSession {
             path: Vec::with_capacity(MAX_TREE_NODES),
             walk: WalkBuffers::default(),
             hidden: Vec::new(),
+            early_exit: EarlyExitDrafts::default(),
             controller: None,
             tap_rows: (0..PREFILL_CHUNK).collect(),
         }
@@ -271,10 +274,6 @@ impl SpecSession {
                 });
             }
         }
-        let plan_depth = match &plan {
-            DraftPlan::Shape(shape) => shape.depth(),
-            DraftPlan::Dynamic { budget, depth, .. } => (*depth).min(*budget),
-        };
         let mut emitter = Emitter::new(tokenizer, params, prompt.len(), capacity);
 
         // `ctx` is the whole sequence: the cached history plus the pending root.
@@ -315,24 +314,32 @@ impl SpecSession {
                 // Rows whose hidden state entering the exit layer is in `self.hidden`.
                 let mut n_early = 0;
                 if !skip {
+                    // Auto: ask for a tree about the size the controller keeps.
+                    let sized = match (&plan, self.controller.as_ref().filter(|_| adaptive)) {
+                        (DraftPlan::Dynamic { top_k, .. }, Some(c)) => {
+                            let depth = c.draft_depth(AUTO_DEPTH);
+                            DraftPlan::Dynamic {
+                                budget: c.draft_budget(AUTO_BUDGET).max(depth),
+                                depth,
+                                top_k: *top_k,
+                            }
+                        }
+                        _ => plan.clone(),
+                    };
                     match exit_layer {
                         Some(e) => {
-                            n_early =
-                                self.draft_early_exit(model, e, plan_depth, drafter.min_score())?
+                            n_early = self.early_exit.draft(
+                                model,
+                                &mut self.cache,
+                                &mut self.ws,
+                                e,
+                                &sized,
+                                drafter.min_score(),
+                                &mut self.tree,
+                                &mut self.hidden,
+                            )?
                         }
-                        None => match (&plan, self.controller.as_ref().filter(|_| adaptive)) {
-                            // Auto: ask for a tree about the size the controller keeps.
-                            (DraftPlan::Dynamic { top_k, .. }, Some(c)) => {
-                                let depth = c.draft_depth(AUTO_DEPTH);
-                                let sized = DraftPlan::Dynamic {
-                                    budget: c.draft_budget(AUTO_BUDGET).max(depth),
-                                    depth,
-                                    top_k: *top_k,
-                                };
-                                drafter.propose(&ctx, &sized, &mut self.tree)?
-                            }
-                            _ => drafter.propose(&ctx, &plan, &mut self.tree)?,
-                        },
+                        None => drafter.propose(&ctx, &sized, &mut self.tree)?,
                     }
                 }
                 // Levels drafted (a drafter pays about one forward per level).
@@ -481,61 +488,6 @@ impl SpecSession {
         Ok(SpecGeneration { generation, stats })
     }
 
-    /// Drafts a chain below the root with the target's layers `0..exit_layer` and its head,
-    /// in the target's cache, keeping each node's hidden state entering `exit_layer` in
-    /// `self.hidden`. Returns the number of rows drafted (the tree's length).
-    fn draft_early_exit(
-        &mut self,
-        model: &Model,
-        exit_layer: usize,
-        depth: usize,
-        min_score: f32,
-    ) -> Result<usize> {
-        let base = self.cache.len();
-        let depth = depth
-            .min(self.cache.capacity() - base - 1)
-            .min(MAX_TREE_NODES - 1);
-        self.hidden.clear();
-        let mut token = self.tree.tokens()[0];
-        let mut parent = 0;
-        let mut score = 1.0f32;
-        for d in 0..=depth {
-            let head = d < depth;
-            let positions = [(base + d) as u32];
-            let opts = ForwardOptions {
-                layers: 0..exit_layer,
-                head,
-                taps: &[],
-            };
-            let logits = if head {
-                LogitRows::Last
-            } else {
-                LogitRows::None
-            };
-            let tokens = [token];
-            let mut seqs = [SeqInput {
-                cache: &mut self.cache,
-                tokens: &tokens,
-                positions: &positions,
-                tree: None,
-                logits,
-            }];
-            model.forward(&mut self.ws, &mut seqs, &opts)?;
-            self.hidden.extend_from_slice(self.ws.hidden());
-            if !head {
-                break;
-            }
-            let (t, prob) = top1(self.ws.logits(0));
-            score *= prob;
-            if score < min_score {
-                break;
-            }
-            parent = self.tree.push(parent, t, score)?;
-            token = t;
-        }
-        Ok(self.tree.len())
-    }
-
     /// Times target forwards of [`CALIBRATION_SIZES`] tokens on the current cache (then
     /// rolled back): two rounds over the sizes, the fastest of each kept, so that a change of
     /// machine load mid-way hits every size alike.
@@ -607,18 +559,6 @@ impl SpecSession {
         self.history.extend_from_slice(tokens);
         Ok(())
     }
-}
-
-/// The argmax of `logits` and its softmax probability.
-fn top1(logits: &[f32]) -> (u32, f32) {
-    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
-    for (i, &l) in logits.iter().enumerate() {
-        if l > max {
-            (best, max) = (i, l);
-        }
-    }
-    let z: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    (best as u32, (1.0 / z) as f32)
 }
 
 /// Emits tokens one at a time with plain generation's stop rules, in its order: the token

@@ -5,6 +5,7 @@
 pub mod controller;
 pub mod drafter;
 pub mod eagle;
+mod early_exit;
 pub mod engine;
 mod error;
 pub mod model_drafter;

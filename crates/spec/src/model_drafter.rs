@@ -20,11 +20,61 @@
 //! tree records so that verification uses the multi-round rule.
 
 use crate::drafter::{DraftPlan, Drafter};
-use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
-use crate::tree_search::{top_logprobs, BestFirst, NONE};
+use crate::tree::{TokenTree, MAX_TREE_NODES};
+use crate::tree_search::{fed_masks, LevelDrafter, LevelForward};
 use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
+
+/// The draft model's side of a level forward: its cache (rows of drafted nodes are rolled back
+/// after each level) and workspace.
+struct DraftLevels<'a, 'm> {
+    model: &'m Model,
+    n_layers: usize,
+    cache: &'a mut KvCache,
+    ws: &'a mut Workspace,
+    positions: &'a mut Vec<u32>,
+    masks: &'a mut Vec<u64>,
+    depths: &'a mut Vec<u32>,
+}
+
+impl LevelForward for DraftLevels<'_, '_> {
+    fn forward_level(&mut self, fed: &[(u32, usize)], want: &[usize]) -> Result<bool> {
+        let base = self.cache.len();
+        let n = fed.len();
+        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
+            return Ok(false);
+        }
+        fed_masks(fed, self.masks, self.depths);
+        self.positions.clear();
+        self.positions
+            .extend(self.depths.iter().map(|&d| base as u32 + d));
+        let mut tokens = [0u32; MAX_TREE_NODES];
+        for (t, &(token, _)) in tokens.iter_mut().zip(fed) {
+            *t = token;
+        }
+        let opts = ForwardOptions {
+            layers: 0..self.n_layers,
+            head: true,
+            taps: &[],
+        };
+        let mut seqs = [SeqInput {
+            cache: self.cache,
+            tokens: &tokens[..n],
+            positions: self.positions,
+            tree: Some(self.masks),
+            logits: LogitRows::Rows(want),
+        }];
+        let r = self.model.forward(self.ws, &mut seqs, &opts);
+        self.cache.truncate(base);
+        r?;
+        Ok(true)
+    }
+
+    fn logits(&self, i: usize) -> &[f32] {
+        self.ws.logits(i)
+    }
+}
 
 /// A drafter backed by a draft model.
 pub struct ModelDrafter<'m> {
@@ -39,13 +89,9 @@ pub struct ModelDrafter<'m> {
     min_score: f32,
     /// When set, drafts are sampled from the draft's distribution shaped like the target's.
     sampled: Option<(crate::verify::TargetShaper, rand::rngs::StdRng)>,
-    // Tree drafting: the nodes fed in a level's forward (token, parent index among them or
-    // `NONE` for a child of the root), their tree masks and the rows whose logits are read.
-    fed: Vec<(u32, usize)>,
+    levels: LevelDrafter,
     masks: Vec<u64>,
-    want: Vec<usize>,
-    search: BestFirst,
-    top: Vec<(u32, f32)>,
+    depths: Vec<u32>,
 }
 
 impl<'m> ModelDrafter<'m> {
@@ -72,11 +118,9 @@ impl<'m> ModelDrafter<'m> {
             positions: Vec::with_capacity(PREFILL_CHUNK),
             min_score: 0.1,
             sampled: None,
-            fed: Vec::with_capacity(MAX_TREE_NODES),
+            levels: LevelDrafter::default(),
             masks: Vec::with_capacity(MAX_TREE_NODES),
-            want: Vec::with_capacity(MAX_TREE_NODES),
-            search: BestFirst::default(),
-            top: Vec::with_capacity(MAX_TREE_NODES),
+            depths: Vec::with_capacity(MAX_TREE_NODES),
         }
     }
 
@@ -117,104 +161,6 @@ impl<'m> ModelDrafter<'m> {
             }];
             self.model.forward(&mut self.ws, &mut seqs, &opts)?;
             self.cached.extend_from_slice(chunk);
-        }
-        Ok(())
-    }
-
-    /// Runs the draft over the drafted nodes in `self.fed` (parents before children) after
-    /// the committed context, each seeing the context and its own ancestors, and leaves the
-    /// logits of rows `self.want` in the workspace (in that order); the nodes' cache rows are
-    /// rolled back. `false` when they do not fit in one forward or in the cache.
-    fn forward_tree(&mut self) -> Result<bool> {
-        let base = self.cache.len();
-        let n = self.fed.len();
-        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
-            return Ok(false);
-        }
-        self.masks.clear();
-        self.positions.clear();
-        let mut depth = [0u32; MAX_TREE_NODES];
-        let mut tokens = [0u32; MAX_TREE_NODES];
-        for (i, &(token, parent)) in self.fed.iter().enumerate() {
-            let (mask, d) = match parent {
-                NONE => (0, 0),
-                p => (self.masks[p], depth[p] + 1),
-            };
-            self.masks.push(mask | 1 << i);
-            depth[i] = d;
-            tokens[i] = token;
-            self.positions.push(base as u32 + d);
-        }
-        let opts = ForwardOptions {
-            layers: 0..self.n_layers,
-            head: true,
-            taps: &[],
-        };
-        let mut seqs = [SeqInput {
-            cache: &mut self.cache,
-            tokens: &tokens[..n],
-            positions: &self.positions,
-            tree: Some(&self.masks),
-            logits: LogitRows::Rows(&self.want),
-        }];
-        let r = self.model.forward(&mut self.ws, &mut seqs, &opts);
-        self.cache.truncate(base);
-        r?;
-        Ok(true)
-    }
-
-    /// Fills a static shape level by level (see the module docs).
-    fn draft_shape(&mut self, shape: &TreeShape, tree: &mut TokenTree) -> Result<()> {
-        let (parents, ranks) = (shape.parents(), shape.ranks());
-        // Children wanted per shape node (the highest rank + 1), and each node's tree index
-        // once placed.
-        let mut need = [0usize; MAX_TREE_NODES];
-        let mut placed = [NONE; MAX_TREE_NODES];
-        let len = shape.len().min(MAX_TREE_NODES);
-        for i in 1..len {
-            need[parents[i]] = need[parents[i]].max(ranks[i] + 1);
-        }
-        placed[0] = 0;
-        // The root's logits are in the workspace from feeding the context.
-        let mut frontier: Vec<usize> = vec![0];
-        while !frontier.is_empty() {
-            let mut next = Vec::new();
-            for (row, &node) in frontier.iter().enumerate() {
-                top_logprobs(self.ws.logits(row), need[node], |t| t as u32, &mut self.top);
-                let base = tree.scores()[placed[node]];
-                for child in (node + 1)..len {
-                    if parents[child] != node {
-                        continue;
-                    }
-                    let Some(&(token, lp)) = self.top.get(ranks[child]) else {
-                        continue;
-                    };
-                    let score = base * lp.exp();
-                    if score < self.min_score {
-                        continue;
-                    }
-                    placed[child] = tree.push(placed[node], token, score)?;
-                    if need[child] > 0 {
-                        next.push(child);
-                    }
-                }
-            }
-            if next.is_empty() {
-                break;
-            }
-            // Feed every placed node (tree order is topological) and read the next frontier.
-            self.fed.clear();
-            for t in 1..tree.len() {
-                let p = tree.parents()[t];
-                self.fed
-                    .push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
-            }
-            self.want.clear();
-            self.want.extend(next.iter().map(|&node| placed[node] - 1));
-            if !self.forward_tree()? {
-                break;
-            }
-            frontier = next;
         }
         Ok(())
     }
@@ -263,59 +209,20 @@ impl<'m> ModelDrafter<'m> {
         result
     }
 
-    /// Grows an EAGLE-2 dynamic tree (see the module docs).
-    fn draft_dynamic(
-        &mut self,
-        budget: usize,
-        depth: usize,
-        top_k: usize,
-        tree: &mut TokenTree,
-    ) -> Result<()> {
-        let budget = budget.min(MAX_TREE_NODES - 1);
-        let k = top_k.min(budget).max(1);
-        top_logprobs(self.ws.logits(0), k, |t| t as u32, &mut self.top);
-        self.search.start(&self.top);
-        let mut fed_idx: Vec<usize> = Vec::new();
-        for _ in 1..depth.min(MAX_TREE_NODES - 1) {
-            let frontier = self.search.frontier(budget, k).to_vec();
-            if frontier.is_empty() {
-                break;
-            }
-            // Feed the frontier and its ancestors, in candidate order (parents first).
-            let cands = &self.search.cands;
-            let mut keep = vec![false; cands.len()];
-            for &f in &frontier {
-                let mut c = f;
-                while c != NONE && !keep[c] {
-                    keep[c] = true;
-                    c = cands[c].parent;
-                }
-            }
-            fed_idx.clear();
-            fed_idx.resize(cands.len(), NONE);
-            self.fed.clear();
-            for (i, c) in cands.iter().enumerate().filter(|(i, _)| keep[*i]) {
-                fed_idx[i] = self.fed.len();
-                let parent = if c.parent == NONE {
-                    NONE
-                } else {
-                    fed_idx[c.parent]
-                };
-                self.fed.push((c.token, parent));
-            }
-            self.want.clear();
-            self.want.extend(frontier.iter().map(|&f| fed_idx[f]));
-            if !self.forward_tree()? {
-                break;
-            }
-            let n_old = self.search.cands.len();
-            for (row, &f) in frontier.iter().enumerate() {
-                top_logprobs(self.ws.logits(row), k, |t| t as u32, &mut self.top);
-                self.search.add_children(f, &self.top);
-            }
-            self.search.next_level(n_old);
-        }
-        self.search.emit(budget, tree)
+    /// The level-forward view of this drafter's model, cache and workspace.
+    fn split(&mut self) -> (&mut LevelDrafter, DraftLevels<'_, 'm>) {
+        (
+            &mut self.levels,
+            DraftLevels {
+                model: self.model,
+                n_layers: self.n_layers,
+                cache: &mut self.cache,
+                ws: &mut self.ws,
+                positions: &mut self.positions,
+                masks: &mut self.masks,
+                depths: &mut self.depths,
+            },
+        )
     }
 }
 
@@ -355,7 +262,11 @@ impl Drafter for ModelDrafter<'_> {
                 };
                 self.draft_sampled_chain(context, depth.min(MAX_TREE_NODES - 1), tree)?;
             }
-            (DraftPlan::Shape(shape), false) => self.draft_shape(shape, tree)?,
+            (DraftPlan::Shape(shape), false) => {
+                let min_score = self.min_score;
+                let (levels, mut f) = self.split();
+                levels.draft_shape(&mut f, shape, min_score, tree)?;
+            }
             (
                 DraftPlan::Dynamic {
                     budget,
@@ -363,7 +274,10 @@ impl Drafter for ModelDrafter<'_> {
                     top_k,
                 },
                 false,
-            ) => self.draft_dynamic(*budget, *depth, *top_k, tree)?,
+            ) => {
+                let (levels, mut f) = self.split();
+                levels.draft_dynamic(&mut f, *budget, *depth, *top_k, tree)?;
+            }
         }
         Ok(())
     }

@@ -1,11 +1,15 @@
-//! EAGLE-2's dynamic tree, for any drafter that scores tokens: grow candidates level by level
-//! from the root, expanding the frontier nodes of highest cumulative log-probability, then keep
-//! the best `budget` candidates. A child never scores above its parent, so those form a subtree,
-//! and a frontier node that is not above the budget-th best candidate cannot place a child in
-//! it (the search stops there). The drafter supplies each expanded node's children; this module
-//! holds the bookkeeping.
+//! Token trees for any drafter that scores tokens.
+//!
+//! [`BestFirst`] is EAGLE-2's dynamic tree: grow candidates level by level from the root,
+//! expanding the frontier nodes of highest cumulative log-probability, then keep the best
+//! `budget` candidates. A child never scores above its parent, so those form a subtree, and a
+//! frontier node that is not above the budget-th best candidate cannot place a child in it (the
+//! search stops there). The drafter supplies each expanded node's children.
+//!
+//! [`LevelDrafter`] drafts static shapes and dynamic trees for drafters that score a whole
+//! level of nodes in one forward ([`LevelForward`]: the draft model, LayerSkip's early exit).
 
-use crate::tree::TokenTree;
+use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::Result;
 
 /// "No candidate": the parent of the root's children, or a missing entry.
@@ -109,6 +113,177 @@ impl BestFirst {
     }
 }
 
+/// A drafter that scores a level of drafted nodes in one forward.
+pub(crate) trait LevelForward {
+    /// Runs the draft over `fed`, drafted nodes given as (token, parent index in `fed` or
+    /// [`NONE`] for a child of the root), parents first, each seeing the context (root
+    /// included) and its own ancestors; afterwards [`LevelForward::logits`]`(i)` is row
+    /// `want[i]`'s. `false`: they do not fit (nothing was run).
+    fn forward_level(&mut self, fed: &[(u32, usize)], want: &[usize]) -> Result<bool>;
+
+    /// Logits of the `i`-th wanted row of the last forward (row 0: the root's, before any).
+    fn logits(&self, i: usize) -> &[f32];
+}
+
+/// Tree masks (bit `j` of `masks[i]`: node `i` sees fed node `j`) and depths below the root
+/// (0 for a child of the root) of `fed` nodes as [`LevelForward::forward_level`] takes them.
+pub(crate) fn fed_masks(fed: &[(u32, usize)], masks: &mut Vec<u64>, depths: &mut Vec<u32>) {
+    masks.clear();
+    depths.clear();
+    for (i, &(_, parent)) in fed.iter().enumerate() {
+        let (mask, depth) = match parent {
+            NONE => (0, 0),
+            p => (masks[p], depths[p] + 1),
+        };
+        masks.push(mask | 1 << i);
+        depths.push(depth);
+    }
+}
+
+/// Drafts token trees level by level through a [`LevelForward`]: static shapes, and EAGLE-2
+/// dynamic trees with [`BestFirst`]. Holds the buffers.
+#[derive(Debug, Default)]
+pub(crate) struct LevelDrafter {
+    fed: Vec<(u32, usize)>,
+    want: Vec<usize>,
+    search: BestFirst,
+    top: Vec<(u32, f32)>,
+    keep: Vec<bool>,
+    fed_idx: Vec<usize>,
+    frontier: Vec<usize>,
+}
+
+impl LevelDrafter {
+    /// Fills `shape` under `tree`'s root: each node is the `rank`-th most likely token after
+    /// its parent; a node whose path probability falls below `min_score` is left out with its
+    /// subtree. The root's logits must be `f.logits(0)`.
+    pub fn draft_shape(
+        &mut self,
+        f: &mut impl LevelForward,
+        shape: &TreeShape,
+        min_score: f32,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let (parents, ranks) = (shape.parents(), shape.ranks());
+        let len = shape.len().min(MAX_TREE_NODES);
+        // Children wanted per shape node (the highest rank + 1), and each node's tree index.
+        let mut need = [0usize; MAX_TREE_NODES];
+        let mut placed = [NONE; MAX_TREE_NODES];
+        for i in 1..len {
+            need[parents[i]] = need[parents[i]].max(ranks[i] + 1);
+        }
+        placed[0] = 0;
+        self.frontier.clear();
+        self.frontier.push(0);
+        loop {
+            let mut next = [0usize; MAX_TREE_NODES];
+            let mut n_next = 0;
+            for (row, &node) in self.frontier.iter().enumerate() {
+                top_logprobs(f.logits(row), need[node], |t| t as u32, &mut self.top);
+                let base = tree.scores()[placed[node]];
+                for child in (node + 1)..len {
+                    if parents[child] != node {
+                        continue;
+                    }
+                    let Some(&(token, lp)) = self.top.get(ranks[child]) else {
+                        continue;
+                    };
+                    let score = base * lp.exp();
+                    if score < min_score {
+                        continue;
+                    }
+                    placed[child] = tree.push(placed[node], token, score)?;
+                    if need[child] > 0 {
+                        next[n_next] = child;
+                        n_next += 1;
+                    }
+                }
+            }
+            if n_next == 0 {
+                return Ok(());
+            }
+            // Every placed node (tree order is topological) is fed; the next level is read.
+            self.fed.clear();
+            for t in 1..tree.len() {
+                let p = tree.parents()[t];
+                self.fed
+                    .push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
+            }
+            self.want.clear();
+            self.want
+                .extend(next[..n_next].iter().map(|&node| placed[node] - 1));
+            if !f.forward_level(&self.fed, &self.want)? {
+                return Ok(());
+            }
+            self.frontier.clear();
+            self.frontier.extend_from_slice(&next[..n_next]);
+        }
+    }
+
+    /// Grows an EAGLE-2 dynamic tree of at most `budget` nodes and `depth` levels, `top_k`
+    /// children per expanded node, under `tree`'s root (whose logits must be `f.logits(0)`).
+    pub fn draft_dynamic(
+        &mut self,
+        f: &mut impl LevelForward,
+        budget: usize,
+        depth: usize,
+        top_k: usize,
+        tree: &mut TokenTree,
+    ) -> Result<()> {
+        let budget = budget.min(MAX_TREE_NODES - 1);
+        let k = top_k.min(budget).max(1);
+        top_logprobs(f.logits(0), k, |t| t as u32, &mut self.top);
+        self.search.start(&self.top);
+        for _ in 1..depth.min(MAX_TREE_NODES - 1) {
+            self.frontier.clear();
+            self.frontier
+                .extend_from_slice(self.search.frontier(budget, k));
+            if self.frontier.is_empty() {
+                break;
+            }
+            // Feed the frontier and its ancestors, in candidate order (parents first).
+            let cands = &self.search.cands;
+            self.keep.clear();
+            self.keep.resize(cands.len(), false);
+            for &node in &self.frontier {
+                let mut c = node;
+                while c != NONE && !self.keep[c] {
+                    self.keep[c] = true;
+                    c = cands[c].parent;
+                }
+            }
+            self.fed_idx.clear();
+            self.fed_idx.resize(cands.len(), NONE);
+            self.fed.clear();
+            for (i, c) in cands.iter().enumerate() {
+                if !self.keep[i] {
+                    continue;
+                }
+                self.fed_idx[i] = self.fed.len();
+                let parent = if c.parent == NONE {
+                    NONE
+                } else {
+                    self.fed_idx[c.parent]
+                };
+                self.fed.push((c.token, parent));
+            }
+            self.want.clear();
+            self.want
+                .extend(self.frontier.iter().map(|&node| self.fed_idx[node]));
+            if !f.forward_level(&self.fed, &self.want)? {
+                break;
+            }
+            let n_old = self.search.cands.len();
+            for (row, &node) in self.frontier.iter().enumerate() {
+                top_logprobs(f.logits(row), k, |t| t as u32, &mut self.top);
+                self.search.add_children(node, &self.top);
+            }
+            self.search.next_level(n_old);
+        }
+        self.search.emit(budget, tree)
+    }
+}
+
 /// The `k` most likely entries of `logits` with their log-probabilities, most likely first,
 /// as (`token_of(index)`, log-probability); ties go to the lower index. Nothing when the
 /// logits have no finite maximum.
@@ -119,7 +294,6 @@ pub(crate) fn top_logprobs(
     out: &mut Vec<(u32, f32)>,
 ) {
     use crate::eagle::forward::exp_nonpositive;
-    use crate::tree::MAX_TREE_NODES;
     out.clear();
     if k == 0 {
         return;
