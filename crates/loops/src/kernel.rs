@@ -647,6 +647,44 @@ pub mod portable {
         }
     }
 
+    /// Softmax numerators of `rows` rows of `n` values, row `r` at `x[r * stride..]`: each
+    /// value becomes `exp_clamped(v - max)` (`max` over 16 lanes padded with -inf; NaN never
+    /// wins) and `sums[r]` their sum in 16 lanes (`lane = i % 16`) folded by [`reduce16`].
+    /// The JIT's `RowOp::Softmax` gives the same bits; attention's softmax is this.
+    #[inline(always)]
+    pub fn softmax_rows(x: &mut [f32], n: usize, rows: usize, stride: usize, sums: &mut [f32]) {
+        for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+            let row = &mut x[r * stride..r * stride + n];
+            let max = max16(row);
+            let mut lanes = [0f32; 16];
+            let mut chunks = row.chunks_exact_mut(16);
+            for chunk in &mut chunks {
+                for (lane, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
+                    *v = exp_clamped(*v - max);
+                    *lane += *v;
+                }
+            }
+            for (lane, v) in lanes.iter_mut().zip(chunks.into_remainder()) {
+                *v = exp_clamped(*v - max);
+                *lane += *v;
+            }
+            *sum = reduce16(&lanes);
+        }
+    }
+
+    /// The largest value of `x` (`-inf` for an empty row), NaN skipped: 16 lanes, then folded.
+    #[inline(always)]
+    fn max16(x: &[f32]) -> f32 {
+        let max = |l: f32, v: f32| if v > l { v } else { l };
+        let mut lanes = [f32::NEG_INFINITY; 16];
+        for chunk in x.chunks(16) {
+            for (l, &v) in lanes.iter_mut().zip(chunk) {
+                *l = max(*l, v);
+            }
+        }
+        lanes.into_iter().fold(f32::NEG_INFINITY, max)
+    }
+
     /// Rotates every head of `x` (heads of `head_dim`) by precomputed `angles` (`head_dim / 2`
     /// cosines, then the sines), pairing dimensions as `layout` says:
     /// `x_a' = x_a c - x_b s`, `x_b' = x_a s + x_b c` (two products, then the sum: no FMA).

@@ -1,4 +1,4 @@
-//! Every JIT row kernel (RMSNorm, add, SiLU·mul, RoPE, argmax, shifted exp) equals its portable twin in
+//! Every JIT row kernel (RMSNorm, add, SiLU·mul, RoPE, argmax, shifted exp, softmax) equals its portable twin in
 //! `kernel::portable` bit for bit, on both ISAs this CPU has, for every length 1..=200 and the
 //! model sizes (576, 1536, 64-dim heads), with every buffer ending at a guard page so a read
 //! or write past a tail faults.
@@ -147,6 +147,53 @@ fn exp_shifted_matches_portable_bit_for_bit_and_exp() {
                     assert!(
                         (w as f64 - exact).abs() <= 3e-7 * exact + 1e-37,
                         "exp({t}) = {w}, want {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Attention's softmax: several rows at a stride (only the first `n` of each touched), the
+/// last row ending at a guard page; values spread like attention scores, with repeats of the
+/// maximum and -inf (masked keys) mixed in.
+#[test]
+fn softmax_rows_match_portable_bit_for_bit() {
+    let cache = RowKernelCache::new();
+    let mut rng = Rng(7);
+    for isa in isas() {
+        let k = kernel(&cache, RowOp::Softmax, isa);
+        for n in lengths().filter(|&n| n <= 4096) {
+            for (rows, pad) in [(1, 0), (3, 5), (4, 16)] {
+                let stride = n + pad;
+                let len = (rows - 1) * stride + n;
+                let mut x: Vec<f32> = (0..len).map(|_| rng.f(12.0)).collect();
+                for v in x.iter_mut() {
+                    match rng.next() % 32 {
+                        0 => *v = f32::NEG_INFINITY,
+                        1 => *v = 6.0,
+                        _ => {}
+                    }
+                }
+                let mut want = x.clone();
+                let mut want_sums = vec![0f32; rows];
+                portable::softmax_rows(&mut want, n, rows, stride, &mut want_sums);
+                let mut gx = guarded(&x);
+                let mut sums = GuardedF32::new(rows).unwrap();
+                k.softmax_rows(gx.as_mut_slice(), n, rows, stride, sums.as_mut_slice())
+                    .unwrap();
+                let what = format!("softmax {isa} n={n} rows={rows} stride={stride}");
+                assert_bits(gx.as_slice(), &want, &what);
+                assert_bits(sums.as_slice(), &want_sums, &what);
+                // Against plain f64 softmax numerators: the polynomial is within a few ulp.
+                for r in 0..rows {
+                    let row = &x[r * stride..r * stride + n];
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let exact: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+                    let got = sums.as_slice()[r] as f64;
+                    assert!(
+                        (got - exact).abs() <= 1e-5 * exact,
+                        "{what}: sum {got} vs {exact}"
                     );
                 }
             }

@@ -7,19 +7,21 @@
 //!
 //! Grouped-query attention: query head `h` reads KV head `h / (n_heads / n_kv_heads)`.
 //!
-//! The FLOP-heavy loops come from `peregrine-loops` (`jit::attention`): the scores `q·k` of a
-//! group's query heads over a run of consecutive visible cache rows, and the accumulation
-//! `out += p·v` over such a run, JIT-compiled per (head dim, group, ISA) for AVX-512 or AVX2,
-//! or their portable twins, which give the same bits. This module keeps the orchestration: the
-//! visible rows as runs (one for causal rows; the prefix, then runs of consecutive ancestors
-//! for tree rows), the softmax between the two loops, and the split over the thread pool.
+//! The loops come from `peregrine-loops`, JIT-compiled for AVX-512 or AVX2, or their portable
+//! twins, which give the same bits: the scores `q·k` of a group's query heads over a run of
+//! consecutive visible cache rows and the accumulation `out += p·v` over such a run
+//! (`jit::attention`, per head dim, group and ISA), and between them the softmax numerators of
+//! the group's score rows with their sums (`RowOp::Softmax`). This module keeps the
+//! orchestration: the visible rows as runs (one for causal rows; the prefix, then runs of
+//! consecutive ancestors for tree rows), the final `1 / sum` scaling, and the split over the
+//! thread pool.
 
-use crate::lanes::{exp_nonpositive, reduce16, LANES};
 use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use half::f16;
 use peregrine_loops::jit::attention::{pv_portable, scores_portable};
-use peregrine_loops::{AttnDesc, AttnKernel, Isa};
+use peregrine_loops::kernel::portable::softmax_rows;
+use peregrine_loops::{AttnDesc, AttnKernel, Isa, RowKernel, RowOp, RowOpDesc};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
@@ -78,7 +80,9 @@ type KernelSlot = ((usize, usize), Option<AttnKernel>);
 pub struct AttentionScratch {
     scores: Vec<Mutex<Vec<f32>>>,
     isa: Isa,
-    softmax: SoftmaxPath,
+    scale: ScalePath,
+    /// The JIT softmax (`None`: the portable twin).
+    softmax: Option<RowKernel>,
     kernels: [OnceLock<KernelSlot>; KERNEL_SLOTS],
 }
 
@@ -96,7 +100,16 @@ impl AttentionScratch {
                 .map(|_| Mutex::new(vec![0f32; max_ctx * MAX_GROUP]))
                 .collect(),
             isa,
-            softmax: SoftmaxPath::for_isa(isa),
+            scale: ScalePath::for_isa(isa),
+            softmax: (isa != Isa::Portable)
+                .then(|| {
+                    RowKernel::compile(&RowOpDesc {
+                        op: RowOp::Softmax,
+                        isa,
+                    })
+                    .ok()
+                })
+                .flatten(),
             kernels: [const { OnceLock::new() }; KERNEL_SLOTS],
         }
     }
@@ -240,7 +253,8 @@ pub fn attention(
                 };
                 let loops = Loops {
                     kernel,
-                    softmax: scratch.softmax,
+                    softmax: scratch.softmax.as_ref(),
+                    scale: scratch.scale,
                 };
                 if attend_group(&job, &mut scores, o, loops).is_err() {
                     failed.store(true, Ordering::Relaxed);
@@ -306,11 +320,13 @@ struct GroupJob<'j, 'a> {
     scale: f32,
 }
 
-/// The loops an item runs: the JIT kernel (`None`: the portable twins) and the softmax build.
+/// The loops an item runs: the JIT kernels (`None`: the portable twins) and the build of the
+/// final scaling.
 #[derive(Clone, Copy)]
 struct Loops<'k> {
     kernel: Option<&'k AttnKernel>,
-    softmax: SoftmaxPath,
+    softmax: Option<&'k RowKernel>,
+    scale: ScalePath,
 }
 
 /// Softmax attention of each query head of the group over the visible keys, in cache order.
@@ -341,8 +357,18 @@ fn attend_group(
         n += len;
         Ok(())
     })?;
+    // Per head: scores become exp(s - max), summed in 16 lanes.
     let mut inv_sum = [0f32; MAX_GROUP];
-    loops.softmax.run(scores, stride, n, &mut inv_sum[..group]);
+    let sums = &mut inv_sum[..group];
+    match loops.softmax {
+        Some(k) => k
+            .softmax_rows(scores, n, group, stride, sums)
+            .map_err(loop_err)?,
+        None => softmax_rows(scores, n, group, stride, sums),
+    }
+    for s in sums.iter_mut() {
+        *s = 1.0 / *s;
+    }
     out.fill(0.0);
     let mut i = 0;
     job.keys.runs(|r0, len| {
@@ -355,14 +381,14 @@ fn attend_group(
         i += len;
         Ok(())
     })?;
-    loops.softmax.scale(out, &inv_sum[..group]);
+    loops.scale.run(out, &inv_sum[..group]);
     Ok(())
 }
 
-/// How the softmax between the two loops is compiled: plain Rust, built for the baseline or
-/// with AVX-512 / AVX2 enabled (the same operations; only the vector width differs).
+/// How the final scaling by `1 / sum` is compiled: plain Rust, built for the baseline or with
+/// AVX-512 / AVX2 enabled (the same operations; only the vector width differs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SoftmaxPath {
+enum ScalePath {
     Plain,
     #[cfg(target_arch = "x86_64")]
     Avx512,
@@ -370,45 +396,32 @@ enum SoftmaxPath {
     Avx2,
 }
 
-impl SoftmaxPath {
+impl ScalePath {
     fn for_isa(isa: Isa) -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if isa == Isa::Avx512 && has!("avx512f") && has!("fma") {
-                return SoftmaxPath::Avx512;
+                return ScalePath::Avx512;
             }
             if isa >= Isa::Avx2 && has!("avx2") && has!("fma") {
-                return SoftmaxPath::Avx2;
+                return ScalePath::Avx2;
             }
         }
         let _ = isa;
-        SoftmaxPath::Plain
-    }
-
-    /// For each head `g`: `scores[g * stride..][..n] = exp(s - max)`, `inv_sum[g] = 1 / sum`.
-    fn run(self, scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
-        match self {
-            SoftmaxPath::Plain => softmax_heads(scores, stride, n, inv_sum),
-            // SAFETY: `for_isa` chose this path only after detecting AVX-512 F and FMA.
-            #[cfg(target_arch = "x86_64")]
-            SoftmaxPath::Avx512 => unsafe { softmax_heads_avx512(scores, stride, n, inv_sum) },
-            // SAFETY: `for_isa` chose this path only after detecting AVX2 and FMA.
-            #[cfg(target_arch = "x86_64")]
-            SoftmaxPath::Avx2 => unsafe { softmax_heads_avx2(scores, stride, n, inv_sum) },
-        }
+        ScalePath::Plain
     }
 
     /// For each head `g`: `out[g * hd..][..hd] *= inv_sum[g]`, `hd = out.len() / inv_sum.len()`.
-    fn scale(self, out: &mut [f32], inv_sum: &[f32]) {
+    fn run(self, out: &mut [f32], inv_sum: &[f32]) {
         match self {
-            SoftmaxPath::Plain => scale_heads(out, inv_sum),
+            ScalePath::Plain => scale_heads(out, inv_sum),
             // SAFETY: `for_isa` chose this path only after detecting AVX-512 F and FMA.
             #[cfg(target_arch = "x86_64")]
-            SoftmaxPath::Avx512 => unsafe { scale_heads_avx512(out, inv_sum) },
+            ScalePath::Avx512 => unsafe { scale_heads_avx512(out, inv_sum) },
             // SAFETY: `for_isa` chose this path only after detecting AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            SoftmaxPath::Avx2 => unsafe { scale_heads_avx2(out, inv_sum) },
+            ScalePath::Avx2 => unsafe { scale_heads_avx2(out, inv_sum) },
         }
     }
 }
@@ -441,92 +454,6 @@ fn scale_heads(out: &mut [f32], inv_sum: &[f32]) {
             *x *= inv;
         }
     }
-}
-
-/// [`softmax_heads`] compiled with AVX-512.
-///
-/// # Safety
-/// The CPU has AVX-512 F and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512vl,fma")]
-unsafe fn softmax_heads_avx512(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
-    softmax_heads(scores, stride, n, inv_sum)
-}
-
-/// [`softmax_heads`] compiled with AVX2.
-///
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_heads_avx2(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
-    softmax_heads(scores, stride, n, inv_sum)
-}
-
-#[inline(always)]
-fn softmax_heads(scores: &mut [f32], stride: usize, n: usize, inv_sum: &mut [f32]) {
-    for (g, inv) in inv_sum.iter_mut().enumerate() {
-        let sc = &mut scores[g * stride..g * stride + n];
-        let max = row_max(sc);
-        *inv = 1.0 / softmax_numerators(sc, max);
-    }
-}
-
-/// The largest value (16 lanes, the last partial chunk padded with -inf, then folded; the
-/// maximum does not depend on the order for non-NaN values, NaN is skipped either way, and
-/// `exp(s - max)` is the same for either zero).
-#[inline(always)]
-fn row_max(x: &[f32]) -> f32 {
-    let max = |l: f32, v: f32| if v > l { v } else { l };
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for ch in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(ch) {
-            *l = max(*l, v);
-        }
-    }
-    let rem = chunks.remainder();
-    let mut last = [f32::NEG_INFINITY; LANES];
-    last[..rem.len()].copy_from_slice(rem);
-    for (l, &v) in lanes.iter_mut().zip(&last) {
-        *l = max(*l, v);
-    }
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for i in 0..width {
-            lanes[i] = max(lanes[i], lanes[i + width]);
-        }
-    }
-    lanes[0]
-}
-
-/// `scores[i] = exp(scores[i] - max)`; returns their sum (16 lanes, fixed order). Whole
-/// chunks, then the last partial chunk padded with -inf, whose `exp` is +0, which leaves a lane
-/// (a sum of non-negative terms from +0) unchanged: the same bits as one pass over
-/// `chunks_mut` with a short last chunk, all in vector registers.
-#[inline(always)]
-fn softmax_numerators(scores: &mut [f32], max: f32) -> f32 {
-    let mut lanes = [0f32; LANES];
-    let mut chunks = scores.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for (lane, sc) in lanes.iter_mut().zip(chunk.iter_mut()) {
-            *sc = exp_nonpositive(*sc - max);
-            *lane += *sc;
-        }
-    }
-    let rem = chunks.into_remainder();
-    if !rem.is_empty() {
-        let mut last = [f32::NEG_INFINITY; LANES];
-        last[..rem.len()].copy_from_slice(rem);
-        for (lane, sc) in lanes.iter_mut().zip(last.iter_mut()) {
-            *sc = exp_nonpositive(*sc - max);
-            *lane += *sc;
-        }
-        let n = rem.len();
-        rem.copy_from_slice(&last[..n]);
-    }
-    reduce16(&lanes)
 }
 
 /// The portable code this module ran before the JIT loops, kept in the tests to show the JIT

@@ -28,9 +28,9 @@ enum Sub {
 struct KernelArgs {
     /// The operation: `sgemm` (f32), `qgemv` (quantized weights x int8 activations, VNNI;
     /// with --m > 1 it is the small-M GEMM), or a row kernel of one row of --n values:
-    /// `rmsnorm`, `add`, `silu_mul`, `rope` (heads of 64, adjacent pairs), `argmax` or `exp`
-    /// (softmax weights).
-    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv", "rmsnorm", "add", "silu_mul", "rope", "argmax", "exp"])]
+    /// `rmsnorm`, `add`, `silu_mul`, `rope` (heads of 64, adjacent pairs), `argmax`, `exp`
+    /// (softmax weights) or `softmax` (attention's numerators and sum).
+    #[arg(long, default_value = "sgemm", value_parser = ["sgemm", "qgemv", "rmsnorm", "add", "silu_mul", "rope", "argmax", "exp", "softmax"])]
     op: String,
     /// Weight block type for `qgemv`: q4_0, q4_1 or q8_0.
     #[arg(long, default_value = "q4_1")]
@@ -363,6 +363,7 @@ fn row_op(a: &KernelArgs) -> Result<Option<RowOp>> {
         },
         "argmax" => RowOp::Argmax,
         "exp" => RowOp::ExpShifted,
+        "softmax" => RowOp::Softmax,
         _ => return Ok(None),
     };
     if a.n == 0 {
@@ -375,7 +376,7 @@ fn row_op(a: &KernelArgs) -> Result<Option<RowOp>> {
 }
 
 /// `--json` output of `peregrine kernels bench` for a row kernel (`--op rmsnorm|add|silu_mul|
-/// rope|argmax|exp`): one object. `jit_ns` / `portable_ns`: best-of-batches nanoseconds per call
+/// rope|argmax|exp|softmax`): one object. `jit_ns` / `portable_ns`: best-of-batches nanoseconds per call
 /// of the JIT kernel and of its portable twin (`peregrine_loops::kernel::portable`, the
 /// fallback on CPUs without AVX2; same results bit for bit) on one row of `n` values, hot in
 /// cache; `*_gbs`: bytes read and written per call over that time; `speedup`: portable / JIT.
@@ -411,11 +412,12 @@ fn bench_row(a: &KernelArgs, op: RowOp) -> Result<()> {
         .collect();
     let angles: Vec<f32> = (0..ROPE_HEAD_DIM).map(|i| (i as f32 * 0.1).cos()).collect();
     let mut out = vec![0f32; n];
+    let mut sum = [0f32; 1];
     // Bytes each call reads and writes.
     let bytes = 4 * match op {
         RowOp::Argmax => n,
         RowOp::Rope { .. } => 2 * n + ROPE_HEAD_DIM,
-        RowOp::ExpShifted => 2 * n,
+        RowOp::ExpShifted | RowOp::Softmax => 2 * n,
         _ => 3 * n,
     };
     let mut run = |jit: bool| -> Result<f64> {
@@ -456,6 +458,15 @@ fn bench_row(a: &KernelArgs, op: RowOp) -> Result<()> {
                 (RowOp::ExpShifted, false) => {
                     out.copy_from_slice(&x);
                     portable::exp_shifted_in_place(&mut out, 2.0, 1.0)
+                }
+                // One row of attention scores.
+                (RowOp::Softmax, true) => {
+                    out.copy_from_slice(&x);
+                    kernel.softmax_rows(&mut out, n, 1, n, &mut sum)?
+                }
+                (RowOp::Softmax, false) => {
+                    out.copy_from_slice(&x);
+                    portable::softmax_rows(&mut out, n, 1, n, &mut sum)
                 }
             }
             std::hint::black_box(&mut out);

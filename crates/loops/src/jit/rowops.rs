@@ -1,5 +1,6 @@
-//! Row-wise kernels of a Llama layer, JIT-compiled: RMSNorm, residual add, SiLU·mul, RoPE and
-//! argmax, for AVX-512 (zmm, k-mask tails) and AVX2 (ymm, `vmaskmovps` tails).
+//! Row-wise kernels of a Llama layer, JIT-compiled: RMSNorm, residual add, SiLU·mul, RoPE,
+//! argmax, softmax weights and attention's softmax, for AVX-512 (zmm, k-mask tails) and AVX2
+//! (ymm, `vmaskmovps` tails).
 //!
 //! Each kernel performs the same IEEE operations in the same order as its portable twin in
 //! [`crate::kernel::portable`] ([`rms_norm_lanes16`](crate::kernel::portable::rms_norm_lanes16),
@@ -62,6 +63,10 @@ pub enum RowOp {
     /// arguments), `exp` by the polynomial of `portable::exp_clamped`: softmax weights.
     /// Inputs must not be NaN (`-inf` gives 0).
     ExpShifted,
+    /// Softmax numerators of rows at a stride: `x = exp(x - max(x))` and the row's sum in 16
+    /// lanes folded as `portable::reduce16` (`portable::softmax_rows`); the caller divides.
+    /// Length, rows and stride are run-time arguments. Attention's softmax.
+    Softmax,
 }
 
 impl RowOp {
@@ -73,6 +78,7 @@ impl RowOp {
             RowOp::Rope { .. } => "rope",
             RowOp::Argmax => "argmax",
             RowOp::ExpShifted => "exp_shifted",
+            RowOp::Softmax => "softmax",
         }
     }
 }
@@ -105,6 +111,7 @@ type RmsNormFn = unsafe extern "C" fn(*const f32, *const f32, *mut f32, usize, f
 type BinaryFn = unsafe extern "C" fn(*mut f32, *const f32, usize);
 type ArgmaxFn = unsafe extern "C" fn(*const f32, usize, *mut f32, *mut i32);
 type ExpFn = unsafe extern "C" fn(*mut f32, usize, f32, f32);
+type SoftmaxFn = unsafe extern "C" fn(*mut f32, usize, usize, usize, *mut f32);
 
 /// The typed entry point of the generated code.
 #[derive(Clone, Copy)]
@@ -114,6 +121,7 @@ enum Entry {
     Binary(BinaryFn),
     Argmax(ArgmaxFn),
     Exp(ExpFn),
+    Softmax(SoftmaxFn),
 }
 
 /// A compiled row-wise kernel (or the portable twin, for [`Isa::Portable`]).
@@ -163,6 +171,7 @@ impl RowKernel {
             RowOp::Rope { head_dim, layout } => gen::rope(desc.isa, head_dim, layout),
             RowOp::Argmax => gen::argmax(desc.isa),
             RowOp::ExpShifted => gen::exp_shifted(desc.isa),
+            RowOp::Softmax => gen::softmax_rows(desc.isa),
         }
         .map_err(asm_err)?;
         let exec = Arc::new(CodeBuffer::new(&code)?.finalize()?);
@@ -177,6 +186,7 @@ impl RowKernel {
                 }
                 RowOp::Argmax => Entry::Argmax(std::mem::transmute::<*const u8, ArgmaxFn>(p)),
                 RowOp::ExpShifted => Entry::Exp(std::mem::transmute::<*const u8, ExpFn>(p)),
+                RowOp::Softmax => Entry::Softmax(std::mem::transmute::<*const u8, SoftmaxFn>(p)),
                 _ => Entry::Binary(std::mem::transmute::<*const u8, BinaryFn>(p)),
             }
         };
@@ -324,6 +334,55 @@ impl RowKernel {
                 unsafe { f(x.as_mut_ptr(), x.len(), shift, scale) };
             }
             _ => portable::exp_shifted_in_place(x, shift, scale),
+        }
+        Ok(())
+    }
+
+    /// Softmax numerators of `rows` rows of `n` values, row `r` at `x[r * stride..]`, in
+    /// place; `sums[r]` gets row `r`'s sum (see [`RowOp::Softmax`]).
+    pub fn softmax_rows(
+        &self,
+        x: &mut [f32],
+        n: usize,
+        rows: usize,
+        stride: usize,
+        sums: &mut [f32],
+    ) -> Result<()> {
+        if self.desc.op != RowOp::Softmax {
+            return Err(self.wrong_op("softmax_rows"));
+        }
+        if n > MAX_ROW || (rows > 1 && stride < n) {
+            return Err(bad_shape(format!(
+                "softmax rows of {n} at a stride of {stride}: rows overlap or are too long"
+            )));
+        }
+        let need = match rows {
+            0 => 0,
+            r => (r - 1) * stride + n,
+        };
+        if x.len() < need {
+            return Err(Error::BufferLen {
+                what: format!("softmax: {rows} rows of {n} at stride {stride}"),
+                want: need,
+                got: x.len(),
+            });
+        }
+        if sums.len() < rows {
+            return Err(Error::BufferLen {
+                what: "softmax sums".into(),
+                want: rows,
+                got: sums.len(),
+            });
+        }
+        self.check_isa()?;
+        match &self.jit {
+            // SAFETY: the code reads and writes `rows` rows of `n` floats at `stride` from
+            // `x` and writes `rows` floats of `sums`, all within the lengths checked above.
+            Some((_, Entry::Softmax(f))) if n > 0 => unsafe {
+                f(x.as_mut_ptr(), n, rows, stride, sums.as_mut_ptr())
+            },
+            Some(_) => sums[..rows].fill(0.0),
+            None => portable::softmax_rows(x, n, rows, stride, sums),
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 //! register), so there is no prologue; `vzeroupper` before `ret`. Constants live in a pool
 //! after the code, addressed RIP-relative, so the code is position-independent.
 
-use super::asm::{Gen, Mask, Src, CMP_GT_OQ, R, YMM, ZMM};
+use super::asm::{Gen, Mask, Src, CMP_GT_OQ, R, XMM, YMM, ZMM};
 use super::RopeLayout;
 use crate::jit::Isa;
 use iced_x86::code_asm::*;
@@ -159,6 +159,156 @@ pub(super) fn exp_shifted(isa: Isa) -> Result<Vec<u8>, IcedError> {
         c.emit(g, t, p, [r, n, q])?;
         g.store(rdi + disp, p, mask)
     })?;
+    g.finish()
+}
+
+/// Softmax numerators of rows (see `portable::softmax_rows`): `fn(x: *mut f32, n: usize,
+/// rows: usize, stride: usize, sums: *mut f32)`. Per row, two passes over chunks of 16 (one
+/// zmm, or two ymm for the low and high lanes) and a masked tail: the maximum (lanes padded
+/// with -inf), then `exp(v - max)` stored back and summed in 16 lanes, folded as `reduce16`.
+pub(super) fn softmax_rows(isa: Isa) -> Result<Vec<u8>, IcedError> {
+    let mut g = Gen::new(isa)?;
+    let c = ExpConsts::new(&mut g)?;
+    let wide = g.wide;
+    // Vector registers: sums and maxima (low lanes, and high lanes with AVX2), the exp's
+    // scratch, -inf; ymm15 is the AVX2 tail mask.
+    let (acc, acc_hi, mx, mx_hi, v, n, r, p, q, ninf) = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10);
+    let neg_inf = g.splat_f(f32::NEG_INFINITY);
+    g.mov(ninf, neg_inf)?;
+    g.a.mov(r9, rcx)?;
+    g.a.shl(r9, 2)?;
+    let mut end = g.a.create_label();
+    g.a.test(rdx, rdx)?;
+    g.a.jz(end)?;
+    let mut row = g.a.create_label();
+    g.a.set_label(&mut row)?;
+
+    // One chunk's half (`hi`: AVX2 lanes 8..16), at [r10 + disp] with `mask`.
+    let max_step = |g: &mut Gen, hi: bool, disp: i32, mask: Mask| -> R {
+        let m = if hi { mx_hi } else { mx };
+        match mask {
+            Mask::All => g.load(v, r10 + disp, Mask::All)?,
+            // Masked-off lanes hold -inf.
+            Mask::K(_) => {
+                g.mov(v, Src::R(ninf))?;
+                g.a.vmovups(ZMM[v].k1(), zmmword_ptr(r10 + disp))?;
+            }
+            Mask::Y(y) => {
+                g.load(v, r10 + disp, mask)?;
+                g.a.vblendvps(YMM[v], YMM[ninf], YMM[v], YMM[y])?;
+            }
+        }
+        // max(l, v) = if v > l { v } else { l }: vmaxps returns its second source unless the
+        // first is greater (NaN never wins).
+        g.vmaxps(m, v, Src::R(m))
+    };
+    let exp_step = |g: &mut Gen, hi: bool, disp: i32, mask: Mask| -> R {
+        let a = if hi { acc_hi } else { acc };
+        g.load(v, r10 + disp, mask)?;
+        g.vsubps(v, v, Src::R(mx))?;
+        c.emit(g, v, p, [r, n, q])?;
+        g.store(r10 + disp, p, mask)?;
+        match mask {
+            Mask::All => g.vaddps(a, a, Src::R(p)),
+            // Masked-off lanes add nothing (the twin adds +0 or skips them: the same bits).
+            Mask::K(_) => g.a.vaddps(ZMM[a].k1(), ZMM[a], ZMM[p]),
+            Mask::Y(y) => {
+                g.a.vandps(YMM[p], YMM[p], YMM[y])?;
+                g.vaddps(a, a, Src::R(p))
+            }
+        }
+    };
+    // A pass over the row: whole chunks of 16, then the tail of n % 16.
+    let pass = |g: &mut Gen, step: &dyn Fn(&mut Gen, bool, i32, Mask) -> R| -> R {
+        g.a.mov(r10, rdi)?;
+        g.a.mov(r11, rsi)?;
+        g.a.shr(r11, 4)?;
+        let mut tail = g.a.create_label();
+        g.a.jz(tail)?;
+        let mut top = g.a.create_label();
+        g.a.set_label(&mut top)?;
+        step(g, false, 0, Mask::All)?;
+        if !g.wide {
+            step(g, true, 32, Mask::All)?;
+        }
+        g.a.add(r10, 64)?;
+        g.a.sub(r11, 1)?;
+        g.a.jnz(top)?;
+        g.a.set_label(&mut tail)?;
+        let mut done = g.a.create_label();
+        g.a.mov(rcx, rsi)?;
+        g.a.and(rcx, 15)?;
+        g.a.jz(done)?;
+        if g.wide {
+            let mask = g.runtime_mask(15)?;
+            step(g, false, 0, mask)?;
+        } else {
+            // Fewer than 8 left: the low lanes, masked. Otherwise the low lanes whole and
+            // the high ones masked (if any).
+            let mut low_only = g.a.create_label();
+            g.a.cmp(rcx, 8)?;
+            g.a.jb(low_only)?;
+            step(g, false, 0, Mask::All)?;
+            g.a.sub(rcx, 8)?;
+            g.a.jz(done)?;
+            let mask = g.runtime_mask(15)?;
+            step(g, true, 32, mask)?;
+            g.a.jmp(done)?;
+            g.a.set_label(&mut low_only)?;
+            let mask = g.runtime_mask(15)?;
+            step(g, false, 0, mask)?;
+        }
+        g.a.set_label(&mut done)?;
+        g.a.nop()
+    };
+
+    // Pass 1: the maximum, broadcast to `mx`.
+    g.mov(mx, Src::R(ninf))?;
+    if !wide {
+        g.mov(mx_hi, Src::R(ninf))?;
+    }
+    pass(&mut g, &max_step)?;
+    if wide {
+        g.a.vextractf64x4(YMM[v], ZMM[mx], 1)?;
+    } else {
+        g.a.vmovaps(YMM[v], YMM[mx_hi])?;
+    }
+    g.a.vmaxps(YMM[mx], YMM[v], YMM[mx])?;
+    g.a.vextractf128(XMM[v], YMM[mx], 1)?;
+    g.a.vmaxps(XMM[mx], XMM[v], XMM[mx])?;
+    g.a.vmovhlps(XMM[v], XMM[mx], XMM[mx])?;
+    g.a.vmaxps(XMM[mx], XMM[v], XMM[mx])?;
+    g.a.vmovshdup(XMM[v], XMM[mx])?;
+    g.a.vmaxss(XMM[mx], XMM[v], XMM[mx])?;
+    if wide {
+        g.a.vbroadcastss(ZMM[mx], XMM[mx])?;
+    } else {
+        g.a.vbroadcastss(YMM[mx], XMM[mx])?;
+    }
+
+    // Pass 2: numerators and their 16-lane sum, folded 8+8, 4+4, then (0+2) + (1+3).
+    g.zero(acc)?;
+    g.zero(acc_hi)?;
+    pass(&mut g, &exp_step)?;
+    if wide {
+        g.a.vextractf64x4(YMM[v], ZMM[acc], 1)?;
+        g.a.vaddps(YMM[acc], YMM[acc], YMM[v])?;
+    } else {
+        g.a.vaddps(YMM[acc], YMM[acc], YMM[acc_hi])?;
+    }
+    g.a.vextractf128(XMM[v], YMM[acc], 1)?;
+    g.a.vaddps(XMM[acc], XMM[acc], XMM[v])?;
+    g.a.vmovhlps(XMM[v], XMM[acc], XMM[acc])?;
+    g.a.vaddps(XMM[acc], XMM[acc], XMM[v])?;
+    g.a.vmovshdup(XMM[v], XMM[acc])?;
+    g.a.vaddss(XMM[acc], XMM[acc], XMM[v])?;
+    g.a.vmovss(dword_ptr(r8), XMM[acc])?;
+
+    g.a.add(r8, 4)?;
+    g.a.add(rdi, r9)?;
+    g.a.sub(rdx, 1)?;
+    g.a.jnz(row)?;
+    g.a.set_label(&mut end)?;
     g.finish()
 }
 
