@@ -101,8 +101,8 @@ impl ModelConfig {
             .unwrap_or(1e-5);
         let vocab_size = match optional(keys::VOCAB_SIZE)? {
             Some(v) => v,
-            None => match gguf.get(keys::TOKENIZER_TOKENS).and_then(|v| v.as_array()) {
-                Some(tokens) => tokens.len(),
+            None => match gguf.get(keys::TOKENIZER_TOKENS).and_then(|v| v.array_len()) {
+                Some(n_tokens) => n_tokens,
                 None => {
                     let embd = gguf.require_tensor(&LlamaTensor::TokenEmbd.gguf_name(None))?;
                     to_usize(

@@ -56,7 +56,7 @@ pub(crate) mod value_type {
 }
 
 /// A metadata value, as typed in the file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum MetadataValue {
     /// `uint8`
     U8(u8),
@@ -82,8 +82,100 @@ pub enum MetadataValue {
     Bool(bool),
     /// UTF-8 string
     String(String),
-    /// Array of values of one type (arrays may nest).
+    /// Array of values of one type (arrays may nest). The parser gives arrays of strings as
+    /// [`MetadataValue::StringArray`]; a writer may use either.
     Array(Vec<MetadataValue>),
+    /// Array of strings, stored compactly (a tokenizer's 10^5 tokens and merges would otherwise
+    /// be as many heap strings, ~20 MB for a 49k vocabulary). Boxed, so that the other values
+    /// (elements of numeric arrays among them) stay 32 bytes.
+    StringArray(Box<StringArray>),
+}
+
+/// Values are equal when they would be written the same: an array of strings equals the same
+/// strings as a [`MetadataValue::StringArray`].
+impl PartialEq for MetadataValue {
+    fn eq(&self, other: &Self) -> bool {
+        use MetadataValue as V;
+        match (self, other) {
+            (V::U8(a), V::U8(b)) => a == b,
+            (V::I8(a), V::I8(b)) => a == b,
+            (V::U16(a), V::U16(b)) => a == b,
+            (V::I16(a), V::I16(b)) => a == b,
+            (V::U32(a), V::U32(b)) => a == b,
+            (V::I32(a), V::I32(b)) => a == b,
+            (V::U64(a), V::U64(b)) => a == b,
+            (V::I64(a), V::I64(b)) => a == b,
+            (V::F32(a), V::F32(b)) => a == b,
+            (V::F64(a), V::F64(b)) => a == b,
+            (V::Bool(a), V::Bool(b)) => a == b,
+            (V::String(a), V::String(b)) => a == b,
+            (V::Array(a), V::Array(b)) => a == b,
+            (V::StringArray(a), V::StringArray(b)) => a == b,
+            (V::StringArray(s), V::Array(items)) | (V::Array(items), V::StringArray(s)) => {
+                s.len() == items.len() && s.iter().zip(items).all(|(a, b)| b.as_str() == Some(a))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Strings in one buffer with their end offsets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StringArray {
+    bytes: String,
+    ends: Vec<usize>,
+}
+
+impl StringArray {
+    /// An empty array with room for `n` strings.
+    pub fn with_capacity(n: usize) -> Self {
+        StringArray {
+            bytes: String::new(),
+            ends: Vec::with_capacity(n),
+        }
+    }
+
+    /// Appends `s`.
+    pub fn push(&mut self, s: &str) {
+        self.bytes.push_str(s);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no strings.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.bytes[start..end])
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).expect("index in range"))
+    }
+}
+
+impl<'s> FromIterator<&'s str> for StringArray {
+    fn from_iter<I: IntoIterator<Item = &'s str>>(iter: I) -> Self {
+        let mut a = StringArray::default();
+        iter.into_iter().for_each(|s| a.push(s));
+        a
+    }
+}
+
+impl std::fmt::Debug for StringArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 impl MetadataValue {
@@ -103,7 +195,7 @@ impl MetadataValue {
             MetadataValue::F64(_) => vt::F64,
             MetadataValue::Bool(_) => vt::BOOL,
             MetadataValue::String(_) => vt::STRING,
-            MetadataValue::Array(_) => vt::ARRAY,
+            MetadataValue::Array(_) | MetadataValue::StringArray(_) => vt::ARRAY,
         }
     }
 
@@ -122,7 +214,7 @@ impl MetadataValue {
             MetadataValue::F64(_) => "f64",
             MetadataValue::Bool(_) => "bool",
             MetadataValue::String(_) => "string",
-            MetadataValue::Array(_) => "array",
+            MetadataValue::Array(_) | MetadataValue::StringArray(_) => "array",
         }
     }
 
@@ -133,6 +225,8 @@ impl MetadataValue {
                 Some(first) => format!("array of {} {}", items.len(), first.describe_type()),
                 None => "empty array".to_string(),
             },
+            MetadataValue::StringArray(items) if items.is_empty() => "empty array".to_string(),
+            MetadataValue::StringArray(items) => format!("array of {} string", items.len()),
             other => other.type_name().to_string(),
         }
     }
@@ -160,10 +254,28 @@ impl MetadataValue {
         }
     }
 
-    /// The elements, if this is an array.
+    /// The elements, if this is an array of other than strings (see
+    /// [`MetadataValue::as_str_array`]).
     pub fn as_array(&self) -> Option<&[MetadataValue]> {
         match self {
             MetadataValue::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The strings, if this is an array of strings as the parser gives it.
+    pub fn as_str_array(&self) -> Option<&StringArray> {
+        match self {
+            MetadataValue::StringArray(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// The number of elements, if this is an array of any kind.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            MetadataValue::Array(items) => Some(items.len()),
+            MetadataValue::StringArray(items) => Some(items.len()),
             _ => None,
         }
     }
@@ -365,6 +477,9 @@ impl GgufFile {
         let Some(value) = self.get(key) else {
             return Ok(None);
         };
+        if let Some(items) = value.as_str_array() {
+            return Ok(Some(items.iter().collect()));
+        }
         let Some(items) = value.as_array() else {
             return Err(self.wrong_type(key, "an array of strings", value));
         };
@@ -566,13 +681,18 @@ impl<'a> Parser<'a> {
 
     /// A GGUF string: u64 length, then that many UTF-8 bytes.
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<String> {
+        self.str_ref(what).map(str::to_owned)
+    }
+
+    /// The next string, borrowed from the file's bytes.
+    fn str_ref(&mut self, what: &dyn Fn() -> String) -> Result<&'a str> {
         let len = self.u64(|| format!("length of {}", what()))?;
         // `take` checks `len` against the remaining bytes before slicing; nothing is allocated
         // until the bytes are known to exist.
         let bytes_offset = self.pos as u64;
         let bytes = self.take(len, what)?;
         match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
+            Ok(s) => Ok(s),
             Err(e) => Err(Error::InvalidUtf8 {
                 path: self.path.to_path_buf(),
                 what: what(),
@@ -791,6 +911,13 @@ impl<'a> Parser<'a> {
                 self.n_elements_left -= count;
                 // Reserve at most MAX_PREALLOC: nested arrays each bounded by the remaining bytes
                 // would otherwise reserve up to MAX_ARRAY_DEPTH times that before failing.
+                if elem_type == vt::STRING {
+                    let mut items = StringArray::with_capacity((count as usize).min(MAX_PREALLOC));
+                    for i in 0..count {
+                        items.push(self.str_ref(&|| format!("element {i} of {key:?}"))?);
+                    }
+                    return Ok(MetadataValue::StringArray(Box::new(items)));
+                }
                 let mut items = Vec::with_capacity((count as usize).min(MAX_PREALLOC));
                 for _ in 0..count {
                     items.push(self.value(elem_type, elem_type_offset, key, depth + 1)?);
@@ -921,4 +1048,30 @@ fn min_value_bytes(type_id: u32) -> Option<u64> {
         vt::ARRAY => 4 + 8,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numeric arrays hold one `MetadataValue` per element (a 49k-token `token_type` array):
+    /// the compact string array is boxed so that it does not widen every value.
+    #[test]
+    fn values_stay_small_and_string_arrays_compare_as_arrays() {
+        assert!(std::mem::size_of::<MetadataValue>() <= 32);
+        let compact = MetadataValue::StringArray(Box::new(["a", "bc", ""].into_iter().collect()));
+        let plain = MetadataValue::Array(
+            ["a", "bc", ""]
+                .iter()
+                .map(|s| MetadataValue::String(s.to_string()))
+                .collect(),
+        );
+        assert_eq!(compact, plain);
+        assert_ne!(compact, MetadataValue::Array(vec![]));
+        let s = compact.as_str_array().unwrap();
+        assert_eq!(s.iter().collect::<Vec<_>>(), ["a", "bc", ""]);
+        assert_eq!((s.get(1), s.get(3)), (Some("bc"), None));
+        assert_eq!(compact.array_len(), Some(3));
+        assert_eq!(compact.describe_type(), "array of 3 string");
+    }
 }

@@ -278,5 +278,12 @@ fn put_value(out: &mut Vec<u8>, value: &MetadataValue) {
                 put_value(out, item);
             }
         }
+        MetadataValue::StringArray(items) => {
+            out.extend_from_slice(&value_type::STRING.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for s in items.iter() {
+                put_string(out, s);
+            }
+        }
     }
 }

@@ -15,5 +15,5 @@ pub mod safetensors_io;
 pub use config::{ModelConfig, RopeScaling};
 pub use error::{Error, Result};
 pub use ggml_type::GgmlType;
-pub use gguf::{GgufFile, MetadataValue, TensorInfo};
+pub use gguf::{GgufFile, MetadataValue, StringArray, TensorInfo};
 pub use gguf_writer::GgufWriter;

@@ -46,7 +46,9 @@ fn smollm2_parses_with_expected_config() -> Result<()> {
     assert_eq!(gguf.get_u64(keys::TOKENIZER_EOS_ID)?, Some(2));
     assert_eq!(gguf.get_bool(keys::TOKENIZER_ADD_BOS)?, Some(false));
     assert_eq!(gguf.get_str(keys::TOKENIZER_PRE)?, Some("smollm"));
-    assert!(matches!(gguf.get("general.languages"), Some(MetadataValue::Array(v)) if v.len() == 1));
+    assert!(
+        matches!(gguf.get("general.languages"), Some(MetadataValue::StringArray(v)) if v.len() == 1)
+    );
 
     let embd = gguf
         .tensor(&LlamaTensor::TokenEmbd.gguf_name(None))

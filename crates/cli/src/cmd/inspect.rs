@@ -244,6 +244,14 @@ fn summarise(value: &MetadataValue, max_items: usize) -> Value {
             "len": items.len(),
             "first": items.iter().take(max_items).map(|v| summarise(v, max_items)).collect::<Vec<_>>(),
         }),
+        MetadataValue::StringArray(items) if items.len() <= max_items => {
+            json!(items.iter().collect::<Vec<_>>())
+        }
+        MetadataValue::StringArray(items) => json!({
+            "array_of": "string",
+            "len": items.len(),
+            "first": items.iter().take(max_items).collect::<Vec<_>>(),
+        }),
     }
 }
 
