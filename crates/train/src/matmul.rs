@@ -81,80 +81,66 @@ impl Compute {
     }
 
     /// `c[m,n] (+)= a[m,k] · b[k,n]`; adds to `c` when `accumulate`.
-    #[allow(clippy::too_many_arguments)]
     pub fn nn(
         &self,
-        (m, n, k): (usize, usize, usize),
+        mnk: (usize, usize, usize),
         a: &[f32],
         b: &[f32],
         c: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        check("matmul a·b", m, n, k, a, b, c)?;
-        if self.use_jit(m, n, k) {
-            self.jit(&SgemmDesc::new(m, n, k), a, b, c, accumulate)
-        } else {
-            let s = Strides {
-                a_rs: k,
-                a_cs: 1,
-                b_rs: n,
-                b_cs: 1,
-            };
-            self.gemm(m, n, k, a, b, s, c, accumulate);
-            Ok(())
-        }
+        self.product(Layout::Nn, mnk, a, b, c, accumulate)
     }
 
     /// `c[m,n] (+)= a[m,k] · b[n,k]ᵀ` (the product of `nn.Linear`).
     pub fn nt(
         &self,
-        (m, n, k): (usize, usize, usize),
+        mnk: (usize, usize, usize),
         a: &[f32],
         b: &[f32],
         c: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        check("matmul a·bᵀ", m, n, k, a, b, c)?;
-        if self.use_jit(m, n, k) {
-            let bt = transpose(b, n, k);
-            self.jit(&SgemmDesc::new(m, n, k), a, &bt, c, accumulate)
-        } else {
-            let s = Strides {
-                a_rs: k,
-                a_cs: 1,
-                b_rs: 1,
-                b_cs: k,
-            };
-            self.gemm(m, n, k, a, b, s, c, accumulate);
-            Ok(())
-        }
+        self.product(Layout::Nt, mnk, a, b, c, accumulate)
     }
 
     /// `c[m,n] (+)= a[k,m]ᵀ · b[k,n]` (weight gradients).
     pub fn tn(
         &self,
+        mnk: (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+        accumulate: bool,
+    ) -> Result<()> {
+        self.product(Layout::Tn, mnk, a, b, c, accumulate)
+    }
+
+    /// The three products: the JIT kernel (reading a transposed `A` itself, a transposed `B`
+    /// through a copy) or the `gemm` crate with the layout's strides.
+    fn product(
+        &self,
+        layout: Layout,
         (m, n, k): (usize, usize, usize),
         a: &[f32],
         b: &[f32],
         c: &mut [f32],
         accumulate: bool,
     ) -> Result<()> {
-        check("matmul aᵀ·b", m, n, k, a, b, c)?;
-        if self.use_jit(m, n, k) {
-            let desc = SgemmDesc {
-                a_transposed: true,
-                ..SgemmDesc::new(m, n, k)
-            };
-            self.jit(&desc, a, b, c, accumulate)
+        check(layout.name(), m, n, k, a, b, c)?;
+        if !self.use_jit(m, n, k) {
+            self.gemm(m, n, k, a, b, layout.strides(m, n, k), c, accumulate);
+            return Ok(());
+        }
+        let desc = SgemmDesc {
+            a_transposed: layout == Layout::Tn,
+            ..SgemmDesc::new(m, n, k)
+        };
+        if layout == Layout::Nt {
+            let bt = transpose(b, n, k);
+            self.jit(&desc, a, &bt, c, accumulate)
         } else {
-            let s = Strides {
-                a_rs: 1,
-                a_cs: m,
-                b_rs: n,
-                b_cs: 1,
-            };
-            self.gemm(m, n, k, a, b, s, c, accumulate);
-            Ok(())
+            self.jit(&desc, a, b, c, accumulate)
         }
     }
 
@@ -257,6 +243,39 @@ impl std::fmt::Debug for Compute {
             .field("jit_isa", &self.jit_isa)
             .field("n_kernels", &self.cache.len())
             .finish()
+    }
+}
+
+/// Which operand is stored transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `a[m,k] · b[k,n]`.
+    Nn,
+    /// `a[m,k] · b[n,k]ᵀ`.
+    Nt,
+    /// `a[k,m]ᵀ · b[k,n]`.
+    Tn,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Nn => "matmul a·b",
+            Layout::Nt => "matmul a·bᵀ",
+            Layout::Tn => "matmul aᵀ·b",
+        }
+    }
+
+    /// Row and column strides of `A[m,k]` and `B[k,n]` as stored.
+    fn strides(self, m: usize, n: usize, k: usize) -> Strides {
+        let (a_rs, a_cs) = if self == Layout::Tn { (1, m) } else { (k, 1) };
+        let (b_rs, b_cs) = if self == Layout::Nt { (1, k) } else { (n, 1) };
+        Strides {
+            a_rs,
+            a_cs,
+            b_rs,
+            b_cs,
+        }
     }
 }
 

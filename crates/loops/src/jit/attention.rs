@@ -147,13 +147,7 @@ impl AttnKernel {
     }
 
     fn check_isa(&self) -> Result<()> {
-        if self.isa_ok {
-            Ok(())
-        } else {
-            Err(Error::IsaUnavailable {
-                isa: self.desc.isa.to_string(),
-            })
-        }
+        self.desc.isa.check_known(self.isa_ok)
     }
 
     /// `scores[g * s_stride + i] = dot16(q_g, k_i) * scale` for the group's heads `g` and keys
@@ -260,6 +254,16 @@ fn check_reach(what: &str, n: usize, stride: usize, row: usize, len: usize) -> R
     }
 }
 
+/// `hd` back if the twins take heads of that size.
+fn check_head_dim(hd: usize) -> Result<usize> {
+    if hd == 0 || hd > MAX_HEAD_DIM {
+        return Err(bad_shape(format!(
+            "head dim {hd} not in 1..={MAX_HEAD_DIM}"
+        )));
+    }
+    Ok(hd)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_scores(
     hd: usize,
@@ -335,12 +339,7 @@ pub fn scores_portable(
     scores: &mut [f32],
     s_stride: usize,
 ) -> Result<()> {
-    if hd == 0 || hd > MAX_HEAD_DIM {
-        return Err(bad_shape(format!(
-            "head dim {hd} not in 1..={MAX_HEAD_DIM}"
-        )));
-    }
-    let group = q.len() / hd;
+    let group = q.len() / check_head_dim(hd)?;
     check_scores(hd, group, q, k, k_stride, n, scores, s_stride)?;
     let mut row_buf = [0f32; MAX_HEAD_DIM];
     let row = &mut row_buf[..hd];
@@ -365,12 +364,7 @@ pub fn pv_portable(
     n: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    if hd == 0 || hd > MAX_HEAD_DIM {
-        return Err(bad_shape(format!(
-            "head dim {hd} not in 1..={MAX_HEAD_DIM}"
-        )));
-    }
-    let group = out.len() / hd;
+    let group = out.len() / check_head_dim(hd)?;
     check_pv(hd, group, p, p_stride, v, v_stride, n, out)?;
     let mut row_buf = [0f32; MAX_HEAD_DIM];
     let row = &mut row_buf[..hd];

@@ -52,7 +52,12 @@ impl Isa {
     }
     /// Errors unless this CPU can run code for `self`.
     pub fn check(self) -> Result<()> {
-        if self.available() {
+        self.check_known(self.available())
+    }
+    /// [`Isa::check`] with availability already known (kernels look it up once, at compile
+    /// time, instead of on every call).
+    pub(crate) fn check_known(self, available: bool) -> Result<()> {
+        if available {
             Ok(())
         } else {
             Err(Error::IsaUnavailable {

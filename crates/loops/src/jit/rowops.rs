@@ -211,13 +211,7 @@ impl RowKernel {
     }
 
     fn check_isa(&self) -> Result<()> {
-        if self.isa_ok {
-            Ok(())
-        } else {
-            Err(Error::IsaUnavailable {
-                isa: self.desc.isa.to_string(),
-            })
-        }
+        self.desc.isa.check_known(self.isa_ok)
     }
 
     fn wrong_op(&self, called: &str) -> Error {
