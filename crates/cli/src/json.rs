@@ -67,6 +67,9 @@ pub struct SpecReport {
     pub draft_ms: f64,
     /// Time spent verifying (target forwards over the trees, acceptance).
     pub verify_ms: f64,
+    /// Time the drafter spent taking in the target's features and catching up on them (EAGLE
+    /// heads; mostly inside `verify_ms`).
+    pub features_ms: f64,
 }
 
 impl SpecReport {
@@ -80,6 +83,7 @@ impl SpecReport {
             n_drafted: s.n_drafted,
             draft_ms: s.draft_s * 1e3,
             verify_ms: s.verify_s * 1e3,
+            features_ms: s.features_s * 1e3,
         }
     }
 }

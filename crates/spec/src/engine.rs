@@ -138,6 +138,10 @@ pub struct SpecStats {
     pub draft_s: f64,
     /// Seconds spent in verification forwards and the acceptance walk.
     pub verify_s: f64,
+    /// Seconds the drafter spent taking in the target's features after verifications and
+    /// catching up on them (EAGLE heads; part of `verify_s` and outside it before drafting
+    /// steps that follow plain ones), prefill excluded.
+    pub features_s: f64,
 }
 
 impl SpecStats {
@@ -306,7 +310,9 @@ impl SpecSession {
                     .is_some_and(|c| !c.worth_drafting());
                 if !skip && prev_skipped {
                     // Work deferred over plain steps is not this draft's cost.
+                    let t = Instant::now();
                     drafter.catch_up(&ctx)?;
+                    stats.features_s += t.elapsed().as_secs_f64();
                 }
                 prev_skipped = skip;
                 let draft_start = Instant::now();
@@ -425,7 +431,9 @@ impl SpecSession {
                 self.cache.compact(base, &self.path).map_err(Error::Model)?;
                 if !feature_layers.is_empty() {
                     // The root and the accepted path are positions base.. of the context.
+                    let t = Instant::now();
                     drafter.observe_features(&self.ws, &self.path, base)?;
+                    stats.features_s += t.elapsed().as_secs_f64();
                 }
                 let n_accepted = self.path.len() - 1;
                 stats.steps += 1;

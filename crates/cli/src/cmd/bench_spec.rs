@@ -110,6 +110,7 @@ impl Tally {
         total.n_drafted += s.stats.n_drafted;
         total.draft_s += s.stats.draft_s;
         total.verify_s += s.stats.verify_s;
+        total.features_s += s.stats.features_s;
         if total.accepted_per_depth.len() < s.stats.accepted_per_depth.len() {
             total
                 .accepted_per_depth
