@@ -12,9 +12,11 @@ pub struct BenchReport {
     pub threads: usize,
     /// Prompt length of the prefill measurement.
     pub prefill_tokens: usize,
+    /// Rows per prefill forward (the prompt is fed in chunks of this, as generation does).
+    pub prefill_chunk: usize,
     /// Tokens generated in the decode measurement.
     pub decode_tokens: usize,
-    /// Prefill throughput (one forward over the prompt).
+    /// Prefill throughput (the prompt in chunks of `prefill_chunk`).
     pub prefill_tok_s: f64,
     /// Decode throughput (one token per forward, greedy).
     pub decode_tok_s: f64,

@@ -23,6 +23,9 @@ pub struct Args {
     /// Prompt tokens for the prefill measurement.
     #[arg(long, default_value_t = 512)]
     prefill_tokens: usize,
+    /// Rows per prefill forward, as generation chunks a prompt (the workspace holds one chunk).
+    #[arg(long, default_value_t = peregrine_model::generate::PREFILL_CHUNK)]
+    prefill_chunk: usize,
     /// Tokens for the decode measurement.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
@@ -59,7 +62,8 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = model.config().clone();
     let n_prefill = args.prefill_tokens.max(1);
     let ctx = n_prefill + args.decode_tokens + 64 + 8;
-    let mut ws = model.new_workspace(n_prefill.max(64), 64, ctx);
+    let chunk = args.prefill_chunk.clamp(1, n_prefill);
+    let mut ws = model.new_workspace(chunk.max(64), 64, ctx);
     let tokens: Vec<u32> = (0..ctx as u64)
         .map(|i| ((i * 7919 + 13) % cfg.vocab_size as u64) as u32)
         .collect();
@@ -87,18 +91,26 @@ pub fn run(args: Args) -> Result<()> {
         model.forward(ws, &mut seqs, &full)
     };
 
-    // Prefill: one forward over n_prefill tokens, logits for the last.
+    // Prefill: n_prefill tokens in forwards of `chunk`, logits for the last token.
     let mut prefill_s = Vec::new();
     for _ in 0..repeats {
         let mut cache = model.new_cache(ctx);
         let t = Instant::now();
-        run_chunk(
-            &mut ws,
-            &mut cache,
-            &tokens[..n_prefill],
-            0,
-            LogitRows::Last,
-        )?;
+        for start in (0..n_prefill).step_by(chunk) {
+            let end = (start + chunk).min(n_prefill);
+            let logits = if end == n_prefill {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
+            run_chunk(
+                &mut ws,
+                &mut cache,
+                &tokens[start..end],
+                start as u32,
+                logits,
+            )?;
+        }
         prefill_s.push(t.elapsed().as_secs_f64());
         bar.inc(1);
     }
@@ -152,6 +164,7 @@ pub fn run(args: Args) -> Result<()> {
         model: path.display().to_string(),
         threads,
         prefill_tokens: n_prefill,
+        prefill_chunk: chunk,
         decode_tokens: args.decode_tokens,
         prefill_tok_s: n_prefill as f64 / median(&mut prefill_s),
         decode_tok_s: args.decode_tokens as f64 / median(&mut decode_s),
