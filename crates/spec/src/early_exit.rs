@@ -12,8 +12,8 @@
 //! about one of a single row.)
 
 use crate::drafter::DraftPlan;
-use crate::tree::{TokenTree, MAX_TREE_NODES};
-use crate::tree_search::{fed_masks, LevelDrafter, LevelForward, NONE};
+use crate::tree::TokenTree;
+use crate::tree_search::{FedForward, LevelDrafter, NONE};
 use crate::Result;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
 
@@ -25,65 +25,6 @@ pub(crate) struct EarlyExitDrafts {
     masks: Vec<u64>,
     depths: Vec<u32>,
     positions: Vec<u32>,
-}
-
-/// Layers `0..exit_layer` of the target over drafted nodes after the root's row.
-struct ExitLevels<'a> {
-    model: &'a Model,
-    exit_layer: usize,
-    cache: &'a mut KvCache,
-    ws: &'a mut Workspace,
-    masks: &'a mut Vec<u64>,
-    depths: &'a mut Vec<u32>,
-    positions: &'a mut Vec<u32>,
-}
-
-impl ExitLevels<'_> {
-    /// Layers `0..exit_layer` over `fed` with their tree masks; with `want`, the head's logits
-    /// of those rows and the rows rolled back, without it the rows kept.
-    fn run(&mut self, fed: &[(u32, usize)], want: Option<&[usize]>) -> Result<bool> {
-        let base = self.cache.len();
-        let n = fed.len();
-        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
-            return Ok(false);
-        }
-        fed_masks(fed, self.masks, self.depths);
-        self.positions.clear();
-        self.positions
-            .extend(self.depths.iter().map(|&d| base as u32 + d));
-        let mut tokens = [0u32; MAX_TREE_NODES];
-        for (t, &(token, _)) in tokens.iter_mut().zip(fed) {
-            *t = token;
-        }
-        let opts = ForwardOptions {
-            layers: 0..self.exit_layer,
-            head: want.is_some(),
-            taps: &[],
-        };
-        let mut seqs = [SeqInput {
-            cache: self.cache,
-            tokens: &tokens[..n],
-            positions: self.positions,
-            tree: Some(self.masks),
-            logits: want.map_or(LogitRows::None, LogitRows::Rows),
-        }];
-        let r = self.model.forward(self.ws, &mut seqs, &opts);
-        if want.is_some() {
-            self.cache.truncate(base);
-        }
-        r?;
-        Ok(true)
-    }
-}
-
-impl LevelForward for ExitLevels<'_> {
-    fn forward_level(&mut self, fed: &[(u32, usize)], want: &[usize]) -> Result<bool> {
-        self.run(fed, Some(want))
-    }
-
-    fn logits(&self, i: usize) -> &[f32] {
-        self.ws.logits(i)
-    }
 }
 
 impl EarlyExitDrafts {
@@ -125,9 +66,9 @@ impl EarlyExitDrafts {
         }];
         model.forward(ws, &mut seqs, &opts)?;
         hidden.extend_from_slice(ws.hidden());
-        let mut f = ExitLevels {
+        let mut f = FedForward {
             model,
-            exit_layer,
+            layers: 0..exit_layer,
             cache,
             ws,
             masks: &mut self.masks,

@@ -21,60 +21,10 @@
 
 use crate::drafter::{DraftPlan, Drafter};
 use crate::tree::{TokenTree, MAX_TREE_NODES};
-use crate::tree_search::{fed_masks, LevelDrafter, LevelForward};
+use crate::tree_search::{FedForward, LevelDrafter};
 use crate::{Error, Result};
 use peregrine_model::generate::PREFILL_CHUNK;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
-
-/// The draft model's side of a level forward: its cache (rows of drafted nodes are rolled back
-/// after each level) and workspace.
-struct DraftLevels<'a, 'm> {
-    model: &'m Model,
-    n_layers: usize,
-    cache: &'a mut KvCache,
-    ws: &'a mut Workspace,
-    positions: &'a mut Vec<u32>,
-    masks: &'a mut Vec<u64>,
-    depths: &'a mut Vec<u32>,
-}
-
-impl LevelForward for DraftLevels<'_, '_> {
-    fn forward_level(&mut self, fed: &[(u32, usize)], want: &[usize]) -> Result<bool> {
-        let base = self.cache.len();
-        let n = fed.len();
-        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
-            return Ok(false);
-        }
-        fed_masks(fed, self.masks, self.depths);
-        self.positions.clear();
-        self.positions
-            .extend(self.depths.iter().map(|&d| base as u32 + d));
-        let mut tokens = [0u32; MAX_TREE_NODES];
-        for (t, &(token, _)) in tokens.iter_mut().zip(fed) {
-            *t = token;
-        }
-        let opts = ForwardOptions {
-            layers: 0..self.n_layers,
-            head: true,
-            taps: &[],
-        };
-        let mut seqs = [SeqInput {
-            cache: self.cache,
-            tokens: &tokens[..n],
-            positions: self.positions,
-            tree: Some(self.masks),
-            logits: LogitRows::Rows(want),
-        }];
-        let r = self.model.forward(self.ws, &mut seqs, &opts);
-        self.cache.truncate(base);
-        r?;
-        Ok(true)
-    }
-
-    fn logits(&self, i: usize) -> &[f32] {
-        self.ws.logits(i)
-    }
-}
 
 /// A drafter backed by a draft model.
 pub struct ModelDrafter<'m> {
@@ -209,13 +159,14 @@ impl<'m> ModelDrafter<'m> {
         result
     }
 
-    /// The level-forward view of this drafter's model, cache and workspace.
-    fn split(&mut self) -> (&mut LevelDrafter, DraftLevels<'_, 'm>) {
+    /// The level-forward view of this drafter's model, cache and workspace (drafted rows are
+    /// rolled back after each level).
+    fn split(&mut self) -> (&mut LevelDrafter, FedForward<'_>) {
         (
             &mut self.levels,
-            DraftLevels {
+            FedForward {
                 model: self.model,
-                n_layers: self.n_layers,
+                layers: 0..self.n_layers,
                 cache: &mut self.cache,
                 ws: &mut self.ws,
                 positions: &mut self.positions,

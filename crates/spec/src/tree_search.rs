@@ -11,6 +11,8 @@
 
 use crate::tree::{TokenTree, TreeShape, MAX_TREE_NODES};
 use crate::Result;
+use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
+use std::ops::Range;
 
 /// "No candidate": the parent of the root's children, or a missing entry.
 pub(crate) const NONE: usize = usize::MAX;
@@ -137,6 +139,67 @@ pub(crate) fn fed_masks(fed: &[(u32, usize)], masks: &mut Vec<u64>, depths: &mut
         };
         masks.push(mask | 1 << i);
         depths.push(depth);
+    }
+}
+
+/// A model's forward over drafted nodes after the rows in its cache: the draft model (all its
+/// layers) or the target's early exit (layers `0..E`).
+pub(crate) struct FedForward<'a> {
+    pub model: &'a Model,
+    pub layers: Range<usize>,
+    pub cache: &'a mut KvCache,
+    pub ws: &'a mut Workspace,
+    pub masks: &'a mut Vec<u64>,
+    pub depths: &'a mut Vec<u32>,
+    pub positions: &'a mut Vec<u32>,
+}
+
+impl FedForward<'_> {
+    /// Runs `self.layers` over `fed` (see [`LevelForward::forward_level`]); with `want`, the
+    /// head's logits of those rows and the nodes' cache rows rolled back, without it no head
+    /// and the rows kept. `false`: they do not fit (nothing was run).
+    pub fn run(&mut self, fed: &[(u32, usize)], want: Option<&[usize]>) -> Result<bool> {
+        let base = self.cache.len();
+        let n = fed.len();
+        if n == 0 || n > MAX_TREE_NODES || base + n > self.cache.capacity() {
+            return Ok(false);
+        }
+        fed_masks(fed, self.masks, self.depths);
+        self.positions.clear();
+        self.positions
+            .extend(self.depths.iter().map(|&d| base as u32 + d));
+        let mut tokens = [0u32; MAX_TREE_NODES];
+        for (t, &(token, _)) in tokens.iter_mut().zip(fed) {
+            *t = token;
+        }
+        let opts = ForwardOptions {
+            layers: self.layers.clone(),
+            head: want.is_some(),
+            taps: &[],
+        };
+        let mut seqs = [SeqInput {
+            cache: self.cache,
+            tokens: &tokens[..n],
+            positions: self.positions,
+            tree: Some(self.masks),
+            logits: want.map_or(LogitRows::None, LogitRows::Rows),
+        }];
+        let r = self.model.forward(self.ws, &mut seqs, &opts);
+        if want.is_some() {
+            self.cache.truncate(base);
+        }
+        r?;
+        Ok(true)
+    }
+}
+
+impl LevelForward for FedForward<'_> {
+    fn forward_level(&mut self, fed: &[(u32, usize)], want: &[usize]) -> Result<bool> {
+        self.run(fed, Some(want))
+    }
+
+    fn logits(&self, i: usize) -> &[f32] {
+        self.ws.logits(i)
     }
 }
 

@@ -10,7 +10,7 @@ use common::{model, specbench_prompts, tokenizer};
 use peregrine_model::{GenerateParams, Session};
 use peregrine_spec::{
     DraftPlan, Drafter, LayerSkipDrafter, ModelDrafter, NgramDrafter, NoDrafter, SpecSession,
-    TokenTree, TreeShape, TreeSpec,
+    TokenTree, TreeShape, TreeSpec, MAX_TREE_NODES,
 };
 
 fn plain(prompt: &[u32], max_tokens: usize) -> Vec<u32> {
@@ -34,7 +34,8 @@ fn spec(
         max_tokens,
         ..GenerateParams::default()
     };
-    let mut s = SpecSession::new(model(), prompt.len() + max_tokens + 8);
+    // Room for a whole tree after the last token (the engine cuts trees to fit the cache).
+    let mut s = SpecSession::new(model(), prompt.len() + max_tokens + MAX_TREE_NODES);
     s.generate(
         model(),
         tokenizer(),
@@ -206,26 +207,11 @@ fn draft_model_trees_equal_plain() {
     let prompt = &specbench_prompts("alpaca", 1)[0];
     let want = plain(prompt, 40);
     let vocab = model().config().vocab_size;
-    let params = GenerateParams {
-        max_tokens: 40,
-        ..GenerateParams::default()
-    };
     for (tree, min_tau) in [("eagle-default", 5.0), ("dynamic:8,4,2", 4.0)] {
-        let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 80)
+        let mut d = ModelDrafter::draft_model(model(), vocab, prompt.len() + 40 + MAX_TREE_NODES)
             .unwrap()
             .with_min_score(0.0);
-        // Room for a whole 26-row tree after the last token (the engine cuts trees to fit).
-        let got = SpecSession::new(model(), prompt.len() + 80)
-            .generate(
-                model(),
-                tokenizer(),
-                &mut d,
-                &TreeSpec::parse(tree).unwrap(),
-                prompt,
-                &params,
-                &mut |_| {},
-            )
-            .unwrap();
+        let got = spec(prompt, 40, &mut d, &TreeSpec::parse(tree).unwrap());
         assert_eq!(got.generation.tokens, want, "{tree}");
         let st = &got.stats;
         assert!(st.tau() >= min_tau, "{tree}: {st:?}");
