@@ -11,8 +11,11 @@ use crate::{Error, KvCache, Result};
 use peregrine_tokenizer::Tokenizer;
 use std::time::Instant;
 
-/// Prompt tokens per prefill forward (longer prompts run in chunks of this size).
-pub const PREFILL_CHUNK: usize = 512;
+/// Prompt tokens per prefill forward (longer prompts run in chunks of this size). The
+/// workspace holds one chunk's activations: 128 rows instead of 512 cut `peregrine bench`'s
+/// peak RSS by 17 MiB for about 2% of prefill speed (the weights are still read once per 128
+/// rows, where the matmuls are compute-bound).
+pub const PREFILL_CHUNK: usize = 128;
 
 /// What to generate.
 #[derive(Clone, Debug, Default)]

@@ -51,8 +51,15 @@ fn floats(v: &Value) -> Vec<f32> {
 fn check(which: &str, file: &str, quantize: bool, bound: f64) {
     let golden: Value =
         serde_json::from_str(&std::fs::read_to_string(data("eagle_ref.json")).unwrap()).unwrap();
-    let head = EagleHead::load(&data(file), &tiny_target(), HeadOptions { quantize })
-        .unwrap_or_else(|e| panic!("{file}: {e}"));
+    let head = EagleHead::load(
+        &data(file),
+        &tiny_target(),
+        HeadOptions {
+            quantize,
+            ..HeadOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{file}: {e}"));
     let c = head.config();
     // Metadata overrides the target's eps, theta and layers.
     assert_eq!((c.rms_norm_eps, c.rope_theta), (1e-5, 10000.0));

@@ -33,6 +33,17 @@ pub enum SpecMethod {
     Eagle,
 }
 
+/// Block type of a quantized EAGLE head.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadBlock {
+    /// 8-bit blocks (34 bytes per 32 weights).
+    #[value(name = "q8_0")]
+    Q8_0,
+    /// 4-bit blocks with a minimum (20 bytes per 32 weights).
+    #[value(name = "q4_1")]
+    Q4_1,
+}
+
 /// Speculative-decoding flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpecArgs {
@@ -53,6 +64,11 @@ pub struct SpecArgs {
     /// for SmolLM2-135M-Instruct: the shipped assets/eagle/SmolLM2-135M-Instruct.eagle3.safetensors.
     #[arg(long)]
     pub eagle: Option<PathBuf>,
+    /// Block type the EAGLE head's weights are quantized to at load: q4_1 (a quantized draft:
+    /// ~60% of q8_0's bytes per drafting step; faster overall on SmolLM2, see PERFORMANCE.md)
+    /// or q8_0 (closer to the trained weights).
+    #[arg(long, value_enum, default_value_t = HeadBlock::Q4_1)]
+    pub eagle_weights: HeadBlock,
 }
 
 /// Checked speculative settings, with the draft model loaded if one is needed.
@@ -113,7 +129,15 @@ impl SpecArgs {
         let eagle_head = match self.spec {
             SpecMethod::Eagle => {
                 let path = self.eagle_path(loaded.model.source().path())?;
-                let head = EagleHead::load(&path, loaded.model.config(), HeadOptions::default())
+                let block = match self.eagle_weights {
+                    HeadBlock::Q8_0 => peregrine_tensor::qdot::QuantKind::Q8_0,
+                    HeadBlock::Q4_1 => peregrine_tensor::qdot::QuantKind::Q4_1,
+                };
+                let opts = HeadOptions {
+                    block,
+                    ..HeadOptions::default()
+                };
+                let head = EagleHead::load(&path, loaded.model.config(), opts)
                     .with_context(|| format!("loading EAGLE head {}", path.display()))?;
                 Some(head)
             }

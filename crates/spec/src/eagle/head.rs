@@ -73,13 +73,19 @@ impl EagleConfig {
 /// How to load a head.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadOptions {
-    /// Quantize linear weights to Q8_0 (fast); `false` keeps f32 (reference numerics).
+    /// Quantize linear weights (fast); `false` keeps f32 (reference numerics).
     pub quantize: bool,
+    /// The block type when quantizing: Q8_0, or Q4_1 (a quantized draft: ~60% of the bytes
+    /// each drafting step reads, at some cost in agreement with the f32 head).
+    pub block: QuantKind,
 }
 
 impl Default for HeadOptions {
     fn default() -> Self {
-        Self { quantize: true }
+        Self {
+            quantize: true,
+            block: QuantKind::Q8_0,
+        }
     }
 }
 
@@ -94,19 +100,25 @@ pub(crate) enum Linear {
 }
 
 impl Linear {
-    fn new(values: &[f32], n_rows: usize, n_cols: usize, quantize: bool) -> Self {
+    fn new(values: &[f32], n_rows: usize, n_cols: usize, block: Option<QuantKind>) -> Self {
         debug_assert_eq!(values.len(), n_rows * n_cols);
-        if quantize && n_rows.is_multiple_of(TILE_ROWS) && n_cols.is_multiple_of(64) {
-            let row_bytes = n_cols / 32 * 34;
+        let tiles = n_rows.is_multiple_of(TILE_ROWS) && n_cols.is_multiple_of(64);
+        if let Some(kind) = block.filter(|_| tiles) {
+            let (ty, block_bytes) = match kind {
+                QuantKind::Q8_0 => (GgmlType::Q8_0, 34),
+                QuantKind::Q4_1 => (GgmlType::Q4_1, 20),
+                QuantKind::Q4_0 => (GgmlType::Q4_0, 18),
+            };
+            let row_bytes = n_cols / 32 * block_bytes;
             let mut q = vec![0u8; n_rows * row_bytes];
             for (src, dst) in values
                 .chunks_exact(n_cols)
                 .zip(q.chunks_exact_mut(row_bytes))
             {
-                peregrine_formats::quant::quantize_row(GgmlType::Q8_0, src, dst)
-                    .expect("whole Q8_0 blocks: n_cols is a multiple of 64");
+                peregrine_formats::quant::quantize_row(ty, src, dst)
+                    .expect("whole blocks: n_cols is a multiple of 64");
             }
-            return Linear::Packed(PackedMatrix::pack(QuantKind::Q8_0, n_rows, n_cols, |r| {
+            return Linear::Packed(PackedMatrix::pack(kind, n_rows, n_cols, |r| {
                 &q[r * row_bytes..(r + 1) * row_bytes]
             }));
         }
@@ -272,7 +284,7 @@ impl EagleHead {
             &why_h,
         )?;
 
-        let q = opts.quantize;
+        let q = opts.quantize.then_some(opts.block);
         let lin = |(vals, r, c): (Vec<f32>, usize, usize)| Linear::new(&vals, r, c, q);
         match kind {
             EagleKind::Eagle3 => {
