@@ -306,6 +306,13 @@ impl Controller {
         if best.1 == 1 && tree.len() > 1 && self.n_plain_in_row >= EXPLORE_EVERY {
             return 2;
         }
+        tracing::trace!(
+            nodes = tree.len(),
+            keep = best.1,
+            first = tree.len().gt(&1).then(|| self.acceptance(tree, 1)),
+            cost2 = self.cost(2) / self.cost(1),
+            "choose"
+        );
         best.1
     }
 
@@ -334,6 +341,12 @@ impl Controller {
         } else {
             best
         };
+        tracing::trace!(
+            rate = self.draft_arm.rate(),
+            n = self.draft_arm.n_steps,
+            choice,
+            "worth_drafting"
+        );
         self.n_best_in_row = if choice == best {
             self.n_best_in_row + 1
         } else {
