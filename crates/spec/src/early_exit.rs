@@ -13,7 +13,7 @@
 
 use crate::drafter::DraftPlan;
 use crate::tree::TokenTree;
-use crate::tree_search::{FedForward, LevelDrafter, NONE};
+use crate::tree_search::{fed_from_tree, FedForward, LevelDrafter};
 use crate::Result;
 use peregrine_model::{ForwardOptions, KvCache, LogitRows, Model, SeqInput, Workspace};
 
@@ -86,12 +86,7 @@ impl EarlyExitDrafts {
                 .draft_dynamic(&mut f, *budget, *depth, *top_k, tree)?,
         }
         // Keep every drafted node's rows of layers 0..E and its hidden state entering E.
-        self.fed.clear();
-        for t in 1..tree.len() {
-            let p = tree.parents()[t];
-            self.fed
-                .push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
-        }
+        fed_from_tree(tree, &mut self.fed);
         if !self.fed.is_empty() {
             if f.run(&self.fed, None)? {
                 hidden.extend_from_slice(f.ws.hidden());

@@ -127,6 +127,15 @@ pub(crate) trait LevelForward {
     fn logits(&self, i: usize) -> &[f32];
 }
 
+/// Every drafted node of `tree` (root excluded, tree order) as fed nodes.
+pub(crate) fn fed_from_tree(tree: &TokenTree, fed: &mut Vec<(u32, usize)>) {
+    fed.clear();
+    for t in 1..tree.len() {
+        let p = tree.parents()[t];
+        fed.push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
+    }
+}
+
 /// Tree masks (bit `j` of `masks[i]`: node `i` sees fed node `j`) and depths below the root
 /// (0 for a child of the root) of `fed` nodes as [`LevelForward::forward_level`] takes them.
 pub(crate) fn fed_masks(fed: &[(u32, usize)], masks: &mut Vec<u64>, depths: &mut Vec<u32>) {
@@ -266,12 +275,7 @@ impl LevelDrafter {
                 return Ok(());
             }
             // Every placed node (tree order is topological) is fed; the next level is read.
-            self.fed.clear();
-            for t in 1..tree.len() {
-                let p = tree.parents()[t];
-                self.fed
-                    .push((tree.tokens()[t], if p == 0 { NONE } else { p - 1 }));
-            }
+            fed_from_tree(tree, &mut self.fed);
             self.want.clear();
             self.want
                 .extend(next[..n_next].iter().map(|&node| placed[node] - 1));
