@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod exec_mem;
 pub mod qgemm;
+mod regs;
 pub mod rowops;
 pub mod sgemm;
 

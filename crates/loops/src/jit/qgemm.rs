@@ -16,6 +16,7 @@
 //! `vpdpbusd` takes unsigned bytes on one side: nibbles and offset Q8_0 codes are unsigned,
 //! activation codes (-127..127) signed.
 
+use super::regs::{YMM, ZMM};
 use super::{asm_err, Isa};
 use crate::error::{Error, Result};
 use crate::quant::{BlockRef, QuantType, BLOCK};
@@ -640,17 +641,6 @@ pub fn qgemm_panel_portable(
     }
     Ok(())
 }
-
-const YMM: [AsmRegisterYmm; 16] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
-    ymm15,
-];
-
-const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
-    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
-    zmm28, zmm29, zmm30, zmm31,
-];
 
 type R = std::result::Result<(), iced_x86::IcedError>;
 

@@ -21,6 +21,7 @@
 //! `lo..lo + count` of the outermost loop's full iterations, then its tail iteration if
 //! `run_tail != 0`; threads split the outermost loop this way.
 
+use super::regs::{YMM, ZMM};
 use super::{asm_err, Isa};
 use crate::error::{Error, Result};
 use crate::ir::{Access, BinaryOp, Expr, InputId, NodeId, Op, ReduceOp, VarId};
@@ -350,16 +351,6 @@ impl Plan {
         self.outer.first().is_some_and(|&(v, _)| v != 2)
     }
 }
-
-const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
-    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
-    zmm28, zmm29, zmm30, zmm31,
-];
-const YMM: [AsmRegisterYmm; 16] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
-    ymm15,
-];
 
 // Register roles: rdi = A cursor, rsi = B cursor, rdx = C cursor, r10 = k offset (elements),
 // r11 / rax = A / B cursors inside the micro-kernel, rbx = k counter, rcx/r8/r9 = lo, count,

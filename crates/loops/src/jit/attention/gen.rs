@@ -12,27 +12,12 @@
 //! Registers: rbx, r12 and r13 are saved in the prologue; everything else used is caller-saved.
 //! Constants live in a pool after the code (RIP-relative), so the code is position-independent.
 
+use crate::jit::regs::{ConstPool, XMM, YMM, ZMM};
 use crate::jit::Isa;
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
 type R = Result<(), IcedError>;
-
-const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
-    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
-    zmm28, zmm29, zmm30, zmm31,
-];
-const YMM: [AsmRegisterYmm; 32] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
-    ymm15, ymm16, ymm17, ymm18, ymm19, ymm20, ymm21, ymm22, ymm23, ymm24, ymm25, ymm26, ymm27,
-    ymm28, ymm29, ymm30, ymm31,
-];
-const XMM: [AsmRegisterXmm; 32] = [
-    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14,
-    xmm15, xmm16, xmm17, xmm18, xmm19, xmm20, xmm21, xmm22, xmm23, xmm24, xmm25, xmm26, xmm27,
-    xmm28, xmm29, xmm30, xmm31,
-];
 
 /// Keys folded together by the AVX-512 score kernel when the group's accumulators and
 /// queries fit in registers (else 4).
@@ -43,7 +28,7 @@ const KB256: usize = 4;
 /// An assembler with a constant pool.
 struct Asm {
     a: CodeAssembler,
-    pool: Vec<(CodeLabel, Vec<u32>)>,
+    pool: ConstPool,
 }
 
 impl Asm {
@@ -54,13 +39,11 @@ impl Asm {
         a.push(r13)?;
         Ok(Asm {
             a,
-            pool: Vec::new(),
+            pool: ConstPool::default(),
         })
     }
     fn konst(&mut self, words: Vec<u32>) -> CodeLabel {
-        let l = self.a.create_label();
-        self.pool.push((l, words));
-        l
+        self.pool.label(&mut self.a, words)
     }
     /// Epilogue, then the pool; the code assembled at address 0.
     fn finish(mut self) -> Result<Vec<u8>, IcedError> {
@@ -69,10 +52,7 @@ impl Asm {
         self.a.pop(rbx)?;
         self.a.vzeroupper()?;
         self.a.ret()?;
-        for (mut l, words) in std::mem::take(&mut self.pool) {
-            self.a.set_label(&mut l)?;
-            self.a.dd(&words)?;
-        }
+        self.pool.emit(&mut self.a)?;
         self.a.assemble(0)
     }
     /// An 8-lane ymm mask with the first `n` lanes set.

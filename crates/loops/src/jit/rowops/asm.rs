@@ -2,25 +2,13 @@
 //! ymm (AVX2, `vmaskmovps` tails) code for the same vector operations, plus a constant pool
 //! (RIP-relative, after the code) and the loop skeletons the generators share.
 
+use crate::jit::regs::ConstPool;
+pub(super) use crate::jit::regs::{XMM, YMM, ZMM};
 use crate::jit::Isa;
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
 pub(super) type R = Result<(), IcedError>;
-
-pub(super) const ZMM: [AsmRegisterZmm; 32] = [
-    zmm0, zmm1, zmm2, zmm3, zmm4, zmm5, zmm6, zmm7, zmm8, zmm9, zmm10, zmm11, zmm12, zmm13, zmm14,
-    zmm15, zmm16, zmm17, zmm18, zmm19, zmm20, zmm21, zmm22, zmm23, zmm24, zmm25, zmm26, zmm27,
-    zmm28, zmm29, zmm30, zmm31,
-];
-pub(super) const YMM: [AsmRegisterYmm; 16] = [
-    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
-    ymm15,
-];
-pub(super) const XMM: [AsmRegisterXmm; 16] = [
-    xmm0, xmm1, xmm2, xmm3, xmm4, xmm5, xmm6, xmm7, xmm8, xmm9, xmm10, xmm11, xmm12, xmm13, xmm14,
-    xmm15,
-];
 
 /// `vcmpps` predicates (ordered, quiet: NaN compares false).
 pub(super) const CMP_LT_OQ: i32 = 0x11;
@@ -68,7 +56,7 @@ pub(super) struct Gen {
     pub(super) a: CodeAssembler,
     /// `Avx512` (zmm) or `Avx2` (ymm).
     pub(super) wide: bool,
-    pool: Vec<(CodeLabel, Vec<u32>)>,
+    pool: ConstPool,
 }
 
 macro_rules! vop3 {
@@ -89,7 +77,7 @@ impl Gen {
         Ok(Gen {
             a: CodeAssembler::new(64)?,
             wide: isa == Isa::Avx512,
-            pool: Vec::new(),
+            pool: ConstPool::default(),
         })
     }
 
@@ -103,12 +91,7 @@ impl Gen {
 
     /// A pool entry holding `words` (deduplicated).
     pub(super) fn konst(&mut self, words: Vec<u32>) -> CodeLabel {
-        if let Some((l, _)) = self.pool.iter().find(|(_, w)| *w == words) {
-            return *l;
-        }
-        let l = self.a.create_label();
-        self.pool.push((l, words));
-        l
+        self.pool.label(&mut self.a, words)
     }
     /// A full vector of `bits` in every lane.
     pub(super) fn splat(&mut self, bits: u32) -> Src {
@@ -123,10 +106,7 @@ impl Gen {
     pub(super) fn finish(mut self) -> Result<Vec<u8>, IcedError> {
         self.a.vzeroupper()?;
         self.a.ret()?;
-        for (mut l, words) in std::mem::take(&mut self.pool) {
-            self.a.set_label(&mut l)?;
-            self.a.dd(&words)?;
-        }
+        self.pool.emit(&mut self.a)?;
         self.a.assemble(0)
     }
 
