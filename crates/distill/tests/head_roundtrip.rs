@@ -76,15 +76,7 @@ fn the_engine_runs_a_written_head_as_the_training_tape_does() {
     let out0 = tape.value(graph.steps[0].features).to_vec();
     let step1 = tape.value(graph.steps[1].logits).to_vec();
 
-    let loaded = EagleHead::load(
-        &path,
-        c,
-        HeadOptions {
-            quantize: false,
-            ..HeadOptions::default()
-        },
-    )
-    .unwrap();
+    let loaded = EagleHead::load(&path, c, HeadOptions { quantize: None }).unwrap();
     assert_eq!(loaded.config().feature_layers, layers);
     for d in [0, 17, vd - 1] {
         assert_eq!(loaded.target_id(d), vocab.to_target[d]);

@@ -309,7 +309,7 @@ impl Controller {
         tracing::trace!(
             nodes = tree.len(),
             keep = best.1,
-            first = tree.len().gt(&1).then(|| self.acceptance(tree, 1)),
+            first = (tree.len() > 1).then(|| self.acceptance(tree, 1)),
             cost2 = self.cost(2) / self.cost(1),
             "choose"
         );

@@ -11,6 +11,7 @@ use peregrine_formats::{GgmlType, ModelConfig};
 use peregrine_spec::eagle::{
     EagleHead, EagleKind, HeadCache, HeadInput, HeadLogits, HeadOptions, HeadRows, HeadWorkspace,
 };
+use peregrine_tensor::qdot::QuantKind;
 use peregrine_tensor::{ThreadPool, WeightMatrix, Weights};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -55,8 +56,7 @@ fn check(which: &str, file: &str, quantize: bool, bound: f64) {
         &data(file),
         &tiny_target(),
         HeadOptions {
-            quantize,
-            ..HeadOptions::default()
+            quantize: quantize.then_some(QuantKind::Q8_0),
         },
     )
     .unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -134,8 +134,7 @@ impl SpecArgs {
                     HeadBlock::Q4_1 => peregrine_tensor::qdot::QuantKind::Q4_1,
                 };
                 let opts = HeadOptions {
-                    block,
-                    ..HeadOptions::default()
+                    quantize: Some(block),
                 };
                 let head = EagleHead::load(&path, loaded.model.config(), opts)
                     .with_context(|| format!("loading EAGLE head {}", path.display()))?;

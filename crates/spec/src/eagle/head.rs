@@ -73,18 +73,16 @@ impl EagleConfig {
 /// How to load a head.
 #[derive(Clone, Copy, Debug)]
 pub struct HeadOptions {
-    /// Quantize linear weights (fast); `false` keeps f32 (reference numerics).
-    pub quantize: bool,
-    /// The block type when quantizing: Q8_0, or Q4_1 (a quantized draft: ~60% of the bytes
-    /// each drafting step reads, at some cost in agreement with the f32 head).
-    pub block: QuantKind,
+    /// The block type linear weights are quantized to: Q8_0 (the default), or Q4_1 (a
+    /// quantized draft: ~60% of the bytes each drafting step reads, at some cost in agreement
+    /// with the f32 head); `None` keeps f32 (reference numerics).
+    pub quantize: Option<QuantKind>,
 }
 
 impl Default for HeadOptions {
     fn default() -> Self {
         Self {
-            quantize: true,
-            block: QuantKind::Q8_0,
+            quantize: Some(QuantKind::Q8_0),
         }
     }
 }
@@ -284,7 +282,7 @@ impl EagleHead {
             &why_h,
         )?;
 
-        let q = opts.quantize.then_some(opts.block);
+        let q = opts.quantize;
         let lin = |(vals, r, c): (Vec<f32>, usize, usize)| Linear::new(&vals, r, c, q);
         match kind {
             EagleKind::Eagle3 => {
