@@ -7,7 +7,7 @@ use crate::cmd::common::{default_model_path, progress_bar};
 use crate::cmd::model_args::{load, ModelArgs};
 use crate::plot::{panels_png, Panel, Series};
 use anyhow::{bail, Context, Result};
-use peregrine_distill::dataset::{chat_prompts, load_samples, save_samples};
+use peregrine_distill::dataset::{chat_prompts, load_samples, save_samples, Prompt};
 use peregrine_distill::draft_vocab::DraftVocab;
 use peregrine_distill::head_file::write_eagle3_head;
 use peregrine_distill::selfgen::Sample;
@@ -188,22 +188,21 @@ fn eagle(args: EagleArgs) -> Result<()> {
             args.max_prompt_tokens
         );
     }
-    let key = format!(
-        "{}|prompts={n_total}|max_prompt={}|max_new={}|seed={}|greedy",
-        target
-            .file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        args.max_prompt_tokens,
-        args.max_new_tokens,
-        args.seed
-    );
-    let samples_path = args.samples.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            ".cache/eagle-train/samples-{n_total}-{}-{}-{}.json",
-            args.max_prompt_tokens, args.max_new_tokens, args.seed
-        ))
-    });
+    let target_name = target
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cache = SampleCache {
+        target_name: &target_name,
+        max_prompt: args.max_prompt_tokens,
+        max_new: args.max_new_tokens,
+        seed: args.seed,
+    };
+    let key = cache.key(n_total);
+    let samples_path = args
+        .samples
+        .clone()
+        .unwrap_or_else(|| cache.default_path(n_total));
     let samples = match load_samples(&samples_path, &key)? {
         Some(s) if s.len() == n_total => {
             eprintln!(
@@ -214,14 +213,30 @@ fn eagle(args: EagleArgs) -> Result<()> {
             s
         }
         _ => {
+            // A cache of fewer prompts with the same settings holds this run's first prompts
+            // (the selection is a prefix of one shuffle): only the rest is regenerated.
+            let mut samples = match args.samples {
+                Some(_) => Vec::new(),
+                None => cache.longest_prefix(&prompts)?,
+            };
+            if !samples.is_empty() {
+                eprintln!(
+                    "reusing {} self-distilled samples from a smaller cache; regenerating {}",
+                    samples.len(),
+                    n_total - samples.len()
+                );
+            }
             let bar = if args.quiet {
                 indicatif::ProgressBar::hidden()
             } else {
-                progress_bar(n_total as u64, "regenerating responses")
+                progress_bar((n_total - samples.len()) as u64, "regenerating responses")
             };
             let start = Instant::now();
-            let token_lists: Vec<Vec<u32>> = prompts.iter().map(|p| p.tokens.clone()).collect();
-            let samples = generate_responses(
+            let token_lists: Vec<Vec<u32>> = prompts[samples.len()..]
+                .iter()
+                .map(|p| p.tokens.clone())
+                .collect();
+            let fresh = generate_responses(
                 &loaded.model,
                 &token_lists,
                 &SelfGenConfig {
@@ -232,13 +247,14 @@ fn eagle(args: EagleArgs) -> Result<()> {
                 &bar,
             )?;
             bar.finish_and_clear();
-            let n_new: usize = samples.iter().map(|s| s.tokens.len() - s.n_prompt).sum();
+            let n_new: usize = fresh.iter().map(|s| s.tokens.len() - s.n_prompt).sum();
             let secs = start.elapsed().as_secs_f64();
             eprintln!(
                 "regenerated {n_new} response tokens for {} prompts in {secs:.0} s ({:.0} tok/s)",
-                samples.len(),
+                fresh.len(),
                 n_new as f64 / secs
             );
+            samples.extend(fresh);
             save_samples(&samples_path, &key, &samples)?;
             samples
         }
@@ -254,6 +270,64 @@ fn eagle(args: EagleArgs) -> Result<()> {
     }
     let (train, val) = samples.split_at(args.n_prompts);
     train_head(&args, &loaded.model, train, val, &key)
+}
+
+/// Where self-distilled samples are cached, and under which key: one file per prompt count
+/// for the same target, prompt limit, response limit and seed.
+struct SampleCache<'a> {
+    target_name: &'a str,
+    max_prompt: usize,
+    max_new: usize,
+    seed: u64,
+}
+
+impl SampleCache<'_> {
+    const DIR: &'static str = ".cache/eagle-train";
+
+    fn key(&self, n: usize) -> String {
+        format!(
+            "{}|prompts={n}|max_prompt={}|max_new={}|seed={}|greedy",
+            self.target_name, self.max_prompt, self.max_new, self.seed
+        )
+    }
+
+    fn file_name(&self, n: usize) -> String {
+        format!(
+            "samples-{n}-{}-{}-{}.json",
+            self.max_prompt, self.max_new, self.seed
+        )
+    }
+
+    fn default_path(&self, n: usize) -> PathBuf {
+        PathBuf::from(Self::DIR).join(self.file_name(n))
+    }
+
+    /// The samples of the largest cache of fewer prompts made with the same settings, cut
+    /// where their prompts stop matching `prompts` (empty if there is none).
+    fn longest_prefix(&self, prompts: &[Prompt]) -> Result<Vec<Sample>> {
+        let Ok(dir) = std::fs::read_dir(Self::DIR) else {
+            return Ok(Vec::new());
+        };
+        let best = dir
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n: usize = name.strip_prefix("samples-")?.split('-').next()?.parse().ok()?;
+                (n < prompts.len() && name == self.file_name(n)).then_some(n)
+            })
+            .max();
+        let Some(n) = best else {
+            return Ok(Vec::new());
+        };
+        let mut samples = load_samples(&self.default_path(n), &self.key(n))?.unwrap_or_default();
+        let matching = samples
+            .iter()
+            .zip(prompts)
+            .take_while(|(s, p)| s.tokens[..s.n_prompt] == p.tokens[..])
+            .count();
+        samples.truncate(matching);
+        Ok(samples)
+    }
 }
 
 fn train_head(
