@@ -2,7 +2,7 @@
 //! any code is generated (issue 4, item 8).
 
 use peregrine_loops::ir::library::{matmul, qmatmul};
-use peregrine_loops::{Isa, NodeId, QuantType, Schedule, SgemmDesc, SgemmKernel, Tail};
+use peregrine_loops::{Isa, NodeId, QGemmDesc, QuantType, Schedule, SgemmDesc, SgemmKernel, Tail};
 use proptest::prelude::*;
 
 fn token() -> impl Strategy<Value = String> {
@@ -104,4 +104,59 @@ proptest! {
             prop_assert!(ran.is_err());
         }
     }
+}
+
+/// Quantized schedules outside the generator's loop family are refused before code generation,
+/// with the loops it would emit; so are register tiles that do not fit.
+#[test]
+fn quantized_schedules_outside_the_family_are_errors() {
+    let lower = |text: &str| {
+        QGemmDesc::from_schedule_text(QuantType::Q4_1, 8, 96, 128, Isa::Avx512, text)
+            .map(|d| (d.m_tile, d.n_panels))
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(lower("n/48 m/4 kb/1 m/1:reg n/16:reg n/1:vec"), Ok((4, 3)));
+    assert_eq!(lower("n/16:par m/8 kb/1 m/1:reg n/1:vec"), Ok((8, 1)));
+    for (text, says) in [
+        (
+            "m/4 n/48 kb/1 m/1:reg n/16:reg n/1:vec",
+            "must start `n/S m/T kb/1`",
+        ),
+        ("n/24 m/4 kb/1 m/1:reg n/1:vec", "must start `n/S m/T kb/1`"),
+        (
+            "n/48 m/4 kb/1 n/16:reg m/1:reg n/1:vec",
+            "emits `n/48 m/4 kb/1 m/1:reg n/16:reg n/1:vec",
+        ),
+        (
+            "n/48 m/4 kb/1:u2 m/1:reg n/16:reg n/1:vec",
+            "emits `n/48 m/4 kb/1 m/1:reg",
+        ),
+        ("n/48 m/4 kb/1 m/1:reg n/16:reg", "node %9"),
+        ("n/48 m/4 kb/1 m/1:reg n/16:reg n/1:vec n/1", "node %9"),
+    ] {
+        let err = lower(text).unwrap_err();
+        assert!(err.contains(says), "`{text}`: {err}");
+    }
+    // Unfused per-block nodes are outside the family too.
+    let desc = QGemmDesc::for_isa(QuantType::Q8_0, 4, 32, 64, Isa::Avx512);
+    let (expr, mut schedule) = desc.schedule().unwrap();
+    schedule.nodes[3].fusion = None;
+    let err = QGemmDesc::from_schedule(&expr, &schedule, Isa::Avx512).unwrap_err();
+    assert!(err.to_string().contains("node %3"), "{err}");
+    // A tile too large for the registers: lowered, then refused by the compiler.
+    let big = QGemmDesc::from_schedule_text(
+        QuantType::Q8_0,
+        16,
+        512,
+        64,
+        Isa::Avx512,
+        "n/256 m/16 kb/1 m/1:reg n/16:reg n/1:vec",
+    )
+    .unwrap();
+    let err = peregrine_loops::QGemmKernel::compile(&big).err().unwrap();
+    assert!(err.to_string().contains("register"), "{err}");
+    // Not a quantized matmul at all.
+    let e = matmul(4, 4, 4).unwrap();
+    let err = QGemmDesc::from_schedule(&e, &Schedule::naive(&e), Isa::Avx512).unwrap_err();
+    assert!(err.to_string().contains("not `library::qmatmul`"), "{err}");
 }

@@ -1,11 +1,12 @@
-//! The VNNI quantized matmul equals the interpreter (and the portable path) bit for bit, for
-//! Q4_0, Q4_1 and Q8_0, odd row counts and tiles; each row is identical for every M.
+//! The quantized matmul, compiled from a schedule of `qmatmul`, equals the interpreter under
+//! that schedule (and the portable path) bit for bit, for Q4_0, Q4_1 and Q8_0, odd row counts
+//! and tiles; each row is identical for every M.
 
 use peregrine_loops::interp::{self, Buffer};
 use peregrine_loops::ir::library::qmatmul;
 use peregrine_loops::jit::qgemm::qgemm_portable;
 use peregrine_loops::quant::quantize_ggml;
-use peregrine_loops::{ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType, Schedule};
+use peregrine_loops::{ActsQ8, Isa, PackedWeights, QGemmDesc, QGemmKernel, QuantType};
 use proptest::prelude::*;
 
 fn data(len: usize, seed: u64) -> Vec<f32> {
@@ -44,15 +45,24 @@ fn case(
         prefetch_blocks: (seed % 3 == 0).then_some(4),
         isa,
     };
-    let kernel =
-        QGemmKernel::compile(&desc).map_err(|e| TestCaseError::fail(format!("{desc:?}: {e}")))?;
+    // The kernel is compiled from its schedule, and the interpreter runs that same schedule.
+    let (expr, schedule) = desc.schedule().unwrap();
+    prop_assert_eq!(&expr, &qmatmul(ty, m, n, k).unwrap());
+    let mut kernel = QGemmKernel::compile_schedule(&expr, &schedule, isa)
+        .map_err(|e| TestCaseError::fail(format!("{desc:?}: {e}")))?;
+    prop_assert_eq!(
+        (kernel.desc().m_tile, kernel.desc().n_panels),
+        (m_tile, n_panels)
+    );
+    if kernel.desc().prefetch_blocks != desc.prefetch_blocks {
+        kernel = QGemmKernel::compile(&desc).unwrap();
+    }
     let mut y = vec![f32::NAN; m * n];
     kernel.run(&packed, &x, &mut y).unwrap();
-    let expr = qmatmul(ty, m, n, k).unwrap();
     let mut want = vec![0f32; m * n];
     interp::run(
         &expr,
-        &Schedule::naive(&expr),
+        &schedule,
         &[Buffer::Quant(&w), Buffer::Quant(x.bytes())],
         &mut want,
     )

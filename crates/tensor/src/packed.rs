@@ -38,20 +38,26 @@ fn kernel_cache() -> &'static KernelCache {
 /// The engine's register tile: one 16-row panel by up to 8 activation rows (for Q4_1, 8
 /// accumulators, 8 offset accumulators and 8 integer sums fill the 32 zmm registers), so any
 /// chunk of whole panels can be run and each panel is streamed from memory once per M <= 8.
-fn engine_desc(kind: QuantKind, n: usize, k: usize, isa: Isa) -> QGemmDesc {
-    let quant = kind.quant_type();
-    let mut desc = QGemmDesc::for_isa(quant, 8, n, k, isa);
-    desc.n_panels = 1;
-    // Prefetch the next panel while computing this one: a whole panel of lead time (the M = 8
-    // tile computes long enough on each panel to hide a memory stream behind it).
-    desc.prefetch_blocks = Some(k / 32);
-    desc.m_tile = match isa {
+fn engine_desc(
+    kind: QuantKind,
+    n: usize,
+    k: usize,
+    isa: Isa,
+) -> peregrine_loops::Result<QGemmDesc> {
+    // One 16-row panel per group, tiles of up to 8 activation rows (AVX-512: 32 zmm) or
+    // fewer on AVX2 (16 ymm, two halves per panel, plus offsets for Q4_1).
+    let m_tile = match isa {
         Isa::Avx512 => 8,
-        // 16 ymm registers: two halves per panel, plus offsets for Q4_1.
         _ if kind == QuantKind::Q4_1 => 1,
         _ => 2,
     };
-    desc
+    let reg = if m_tile > 1 { " m/1:reg" } else { "" };
+    let schedule = format!("n/16 m/{m_tile} kb/1{reg} n/1:vec");
+    let mut desc = QGemmDesc::from_schedule_text(kind.quant_type(), 8, n, k, isa, &schedule)?;
+    // Prefetch the next panel while computing this one: a whole panel of lead time (the M = 8
+    // tile computes long enough on each panel to hide a memory stream behind it).
+    desc.prefetch_blocks = Some(k / 32);
+    Ok(desc)
 }
 
 impl PackedMatrix {
@@ -72,15 +78,18 @@ impl PackedMatrix {
         let isa = Isa::detect();
         let kernel = match isa {
             Isa::Portable => None,
-            _ => match kernel_cache().qgemm(&engine_desc(kind, n_rows, n_cols, isa)) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    tracing::warn!(
-                        "no quantized matmul kernel for {n_rows}x{n_cols} ({e}); portable path"
-                    );
-                    None
+            _ => {
+                match engine_desc(kind, n_rows, n_cols, isa).and_then(|d| kernel_cache().qgemm(&d))
+                {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::warn!(
+                            "no quantized matmul kernel for {n_rows}x{n_cols} ({e}); portable path"
+                        );
+                        None
+                    }
                 }
-            },
+            }
         };
         Self {
             kind,

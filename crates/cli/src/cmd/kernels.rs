@@ -50,7 +50,8 @@ struct KernelArgs {
     /// Threads splitting the outermost loop (it must be over m or n).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// `default`, `tuned` (search, cached on disk), or a file holding schedule text.
+    /// `default`, `tuned` (search, cached on disk; sgemm), or a file holding schedule text
+    /// (for `qgemv`, the block loop's node: `n/48 m/4 kb/1 m/1:reg n/16:reg n/1:vec`).
     #[arg(long, default_value = "default")]
     schedule: String,
     /// Instruction set: avx512, avx2 or portable (default: the best this CPU has).
@@ -259,20 +260,26 @@ fn dram_read_gbs() -> Result<f64> {
 }
 
 fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_loops::QuantType)> {
+    use peregrine_loops::QGemmDesc;
     let quant = peregrine_loops::QuantType::parse(&a.quant)
         .with_context(|| format!("unknown --quant {:?} (q4_0, q4_1, q8_0)", a.quant))?;
     if !a.k.is_multiple_of(32) || a.m == 0 || a.n == 0 || a.k == 0 {
         bail!("qgemv needs positive sizes and --k a multiple of 32");
     }
-    let mut desc = match &a.isa {
-        None => peregrine_loops::QGemmDesc::new(quant, a.m, a.n, a.k),
-        Some(s) => peregrine_loops::QGemmDesc::for_isa(
-            quant,
-            a.m,
-            a.n,
-            a.k,
-            Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?,
-        ),
+    let isa = match &a.isa {
+        None if Isa::Avx512.available() => Isa::Avx512,
+        None => Isa::Avx2,
+        Some(s) => Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?,
+    };
+    let mut desc = match a.schedule.as_str() {
+        "default" => QGemmDesc::for_isa(quant, a.m, a.n, a.k, isa),
+        "tuned" => bail!("qgemv has no schedule search yet: use default or a schedule file"),
+        path => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading schedule file {path}"))?;
+            QGemmDesc::from_schedule_text(quant, a.m, a.n, a.k, isa, text.trim())
+                .with_context(|| format!("lowering the schedule in {path}"))?
+        }
     };
     if let Some(blocks) = a.prefetch_blocks {
         desc.prefetch_blocks = (blocks > 0).then_some(blocks);
@@ -326,8 +333,9 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         compile_ms: kernel.compile_ms,
         tune_ms: 0.0,
         schedule: format!(
-            "m_tile={} n_panels={} prefetch_blocks={:?}",
-            desc.m_tile, desc.n_panels, desc.prefetch_blocks
+            "{} (prefetch {:?} blocks)",
+            desc.schedule_text()?,
+            desc.prefetch_blocks
         ),
         gbs: Some(gbs),
         dram_gbs: Some(dram),
@@ -519,13 +527,29 @@ fn show(a: KernelArgs) -> Result<()> {
     if a.op == "qgemv" {
         let (desc, _) = qgemv_parts(&a)?;
         let kernel = peregrine_loops::QGemmKernel::compile(&desc)?;
-        let expr = peregrine_loops::ir::library::qmatmul(desc.quant, desc.m, desc.n, desc.k)?;
+        let (expr, schedule) = desc.schedule()?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "# expression\n{expr}\n")?;
         writeln!(
             out,
-            "# register tile: {} activation rows x {} panels of 16 weight rows\n",
+            "# register tile: {} activation rows x {} panels of 16 weight rows",
             desc.m_tile, desc.n_panels
+        )?;
+        writeln!(out, "# schedule (per node; reads keep the naive loops)")?;
+        for i in 0..expr.nodes.len() {
+            let id = peregrine_loops::NodeId(i as u32);
+            if !matches!(expr.node(id).op, peregrine_loops::ir::Op::Read { .. }) {
+                writeln!(out, "{id}: {}", schedule.node_text(&expr, id))?;
+            }
+        }
+        let acc = match expr.node(expr.output).op {
+            peregrine_loops::ir::Op::Binary(_, acc, _) => acc,
+            _ => expr.output,
+        };
+        writeln!(
+            out,
+            "\n# loop tree of {acc}\n{}",
+            schedule.loop_tree(&expr, acc)
         )?;
         writeln!(
             out,

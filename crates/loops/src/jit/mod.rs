@@ -2,11 +2,13 @@
 //!
 //! - [`exec_mem`]: W^X executable memory (the only owner of executable mappings).
 //! - [`sgemm`]: f32 matmul family, lowered from a register-tiled schedule (AVX-512 or AVX2).
-//! - [`qgemm`]: quantized weights × int8 activations with VNNI `vpdpbusd` (AVX-512).
+//! - [`qgemm`]: quantized weights × int8 activations with VNNI `vpdpbusd` (AVX-512) or
+//!   `vpmaddubsw` (AVX2), lowered from a schedule of `qmatmul` ([`qgemm_schedule`]).
 
 pub mod attention;
 pub mod exec_mem;
 pub mod qgemm;
+pub mod qgemm_schedule;
 mod regs;
 pub mod rowops;
 pub mod sgemm;

@@ -388,6 +388,16 @@ impl QGemmKernel {
         })
     }
 
+    /// Lowers `schedule` of `expr` (a [`crate::ir::library::qmatmul`]) with
+    /// [`QGemmDesc::from_schedule`] and compiles it.
+    pub fn compile_schedule(
+        expr: &crate::ir::Expr,
+        schedule: &crate::schedule::Schedule,
+        isa: Isa,
+    ) -> Result<Self> {
+        Self::compile(&QGemmDesc::from_schedule(expr, schedule, isa)?)
+    }
+
     /// The description.
     pub fn desc(&self) -> &QGemmDesc {
         &self.desc
