@@ -312,7 +312,12 @@ impl SampleCache<'_> {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let n: usize = name.strip_prefix("samples-")?.split('-').next()?.parse().ok()?;
+                let n: usize = name
+                    .strip_prefix("samples-")?
+                    .split('-')
+                    .next()?
+                    .parse()
+                    .ok()?;
                 (n < prompts.len() && name == self.file_name(n)).then_some(n)
             })
             .max();
