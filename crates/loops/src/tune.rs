@@ -1,6 +1,7 @@
-//! A simple schedule search for sgemm, cached on disk.
+//! Simple schedule searches, cached on disk: sgemm ([`tune_sgemm`]) and the quantized matmul
+//! ([`tune_qgemm`]).
 //!
-//! Greedy coordinate search over the schedule space the code generator accepts: register tile
+//! sgemm: greedy coordinate search over the schedule space the code generator accepts: register tile
 //! (rows x vectors), k unroll, k blocking, n blocking and the order of the outer loops. Every
 //! candidate is compiled (well under a millisecond) and timed on this machine; the best is
 //! written to `<cache_dir>/sgemm-<m>x<n>x<k>-<isa>-<COMPILER_VERSION>.sched`, so a later call
@@ -8,8 +9,10 @@
 //! bit-identical, see [`crate::ir`]), so no validation run is needed.
 
 use crate::error::{Error, Result};
+use crate::jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
 use crate::jit::Isa;
 use crate::kernel::{Epilogue, SgemmDesc, SgemmKernel};
+use crate::quant::{quantize_ggml, QuantType};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -306,9 +309,212 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     })
 }
 
+/// The outcome of a quantized matmul search.
+#[derive(Clone, Debug)]
+pub struct TunedQ {
+    /// The description: its schedule ([`QGemmDesc::schedule_text`]) and prefetch distance.
+    pub desc: QGemmDesc,
+    /// Measured weight bytes per second of the best candidate, GB/s (0 when cached).
+    pub gbs: f64,
+    /// Candidates timed (0 when read from the cache).
+    pub n_tried: usize,
+    /// Whether the result came from the disk cache.
+    pub cached: bool,
+}
+
+fn qgemm_cache_path(cfg: &TuneConfig, d: &QGemmDesc) -> Option<PathBuf> {
+    cfg.cache_dir.as_ref().map(|dir| {
+        dir.join(format!(
+            "qgemm-{}-{}x{}x{}-{}-{COMPILER_VERSION}.sched",
+            d.quant, d.m, d.n, d.k, d.isa
+        ))
+    })
+}
+
+/// Reads a cached `schedule text` + `prefetch N|none` file back into a description that
+/// compiles; `None` if absent, unreadable or stale.
+fn read_cached_qgemm(path: &PathBuf, base: &QGemmDesc) -> Option<QGemmDesc> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let schedule = lines.next()?.trim();
+    let prefetch = match lines.next()?.trim().strip_prefix("prefetch ")? {
+        "none" => None,
+        n => Some(n.parse().ok()?),
+    };
+    let mut desc =
+        QGemmDesc::from_schedule_text(base.quant, base.m, base.n, base.k, base.isa, schedule)
+            .ok()?;
+    desc.prefetch_blocks = prefetch;
+    QGemmKernel::compile(&desc).ok()?;
+    Some(desc)
+}
+
+/// The best schedule of the quantized matmul's loop family (register tile `m_tile` x
+/// `n_panels`, see [`crate::jit::qgemm_schedule`]) and software prefetch distance for `quant`
+/// weights of `n x k` times `m` activation rows on `isa`, timed on cold weights (rotated copies
+/// larger than the last-level cache, as the engine streams them), from the cache when present.
+/// A grid over the tile, then the prefetch distance; the winner is re-timed against the
+/// default, interleaved, and the default kept unless it still loses.
+pub fn tune_qgemm(
+    quant: QuantType,
+    m: usize,
+    n: usize,
+    k: usize,
+    isa: Isa,
+    cfg: &TuneConfig,
+) -> Result<TunedQ> {
+    isa.check()?;
+    let default = QGemmDesc::for_isa(quant, m, n, k, isa);
+    QGemmKernel::compile(&default)?;
+    if let Some(p) = qgemm_cache_path(cfg, &default) {
+        if let Some(desc) = read_cached_qgemm(&p, &default) {
+            return Ok(TunedQ {
+                desc,
+                gbs: 0.0,
+                n_tried: 0,
+                cached: true,
+            });
+        }
+    }
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let ggml = quantize_ggml(quant, &w);
+    drop(w);
+    let first = PackedWeights::pack(quant, n, k, &ggml)?;
+    let n_copies = (96usize << 20).div_ceil(first.len_bytes()).clamp(1, 64);
+    let mut copies = vec![first];
+    for _ in 1..n_copies {
+        copies.push(PackedWeights::pack(quant, n, k, &ggml)?);
+    }
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+        .collect();
+    let xq = ActsQ8::quantize(&x, m, k)?;
+    let mut y = vec![0f32; m * n];
+    let bytes = copies[0].len_bytes() as f64;
+    let mut idx = 0;
+    let mut n_tried = 0;
+    let mut measure = |desc: &QGemmDesc| -> Option<f64> {
+        let kernel = QGemmKernel::compile(desc).ok()?;
+        n_tried += 1;
+        let mut call = || {
+            idx = (idx + 1) % copies.len();
+            kernel.run(&copies[idx], &xq, &mut y).ok()
+        };
+        call()?;
+        let t0 = Instant::now();
+        call()?;
+        let one = t0.elapsed().as_secs_f64().max(1e-7);
+        let reps = ((cfg.secs_per_candidate / 5.0 / one) as usize).max(1);
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                call()?;
+            }
+            best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        Some(bytes / best / 1e9)
+    };
+    let (mut best, mut best_g) = (default.clone(), 0.0);
+    let tiled = |m_tile, n_panels| QGemmDesc {
+        m_tile,
+        n_panels,
+        ..default.clone()
+    };
+    for m_tile in [1, 2, 3, 4, 6, 8].into_iter().filter(|&t| t <= m.max(1)) {
+        for n_panels in [1, 2, 3, 4, 6, 8] {
+            if let Some(g) = measure(&tiled(m_tile, n_panels)) {
+                if g > best_g {
+                    (best, best_g) = (tiled(m_tile, n_panels), g);
+                }
+            }
+        }
+    }
+    let b0 = best.clone();
+    for prefetch in [None, Some(2), Some(4), Some(8), Some(k / 32)] {
+        let cand = QGemmDesc {
+            prefetch_blocks: prefetch,
+            ..b0.clone()
+        };
+        if let Some(g) = measure(&cand) {
+            if g > best_g * 1.01 {
+                (best, best_g) = (cand, g);
+            }
+        }
+    }
+    if best_g == 0.0 {
+        return Err(Error::Unsupported {
+            backend: "tuner",
+            reason: format!("no quantized candidate compiled for {quant} {m}x{n}x{k} on {isa}"),
+        });
+    }
+    if best != default {
+        let (mut g_best, mut g_def) = (0f64, 0f64);
+        for _ in 0..3 {
+            g_best = g_best.max(measure(&best).unwrap_or(0.0));
+            g_def = g_def.max(measure(&default).unwrap_or(0.0));
+        }
+        if g_def >= g_best {
+            (best, best_g) = (default, g_def);
+        } else {
+            best_g = g_best;
+        }
+    }
+    let text = best.schedule_text()?;
+    tracing::debug!(%quant, m, n, k, %isa, gbs = best_g, n_tried, schedule = %text, prefetch = ?best.prefetch_blocks, "tuned qgemm");
+    if let Some(p) = qgemm_cache_path(cfg, &best) {
+        if let Some(dir) = p.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let prefetch = best
+            .prefetch_blocks
+            .map_or("none".to_string(), |b| b.to_string());
+        if let Err(e) = std::fs::write(&p, format!("{text}\nprefetch {prefetch}\n")) {
+            tracing::warn!(path = %p.display(), error = %e, "could not cache the tuned schedule");
+        }
+    }
+    Ok(TunedQ {
+        desc: best,
+        gbs: best_g,
+        n_tried,
+        cached: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantized_search_returns_a_lowerable_schedule_and_caches_it() {
+        let isa = if Isa::Avx512.available() {
+            Isa::Avx512
+        } else if Isa::Avx2.available() {
+            Isa::Avx2
+        } else {
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("peregrine-tune-q-{}", std::process::id()));
+        let cfg = TuneConfig {
+            cache_dir: Some(dir.clone()),
+            secs_per_candidate: 0.0005,
+        };
+        let tuned = tune_qgemm(QuantType::Q4_1, 2, 64, 128, isa, &cfg).unwrap();
+        assert!(!tuned.cached && tuned.n_tried > 1 && tuned.gbs > 0.0);
+        let text = tuned.desc.schedule_text().unwrap();
+        let lowered =
+            QGemmDesc::from_schedule_text(QuantType::Q4_1, 2, 64, 128, isa, &text).unwrap();
+        assert_eq!(
+            (lowered.m_tile, lowered.n_panels),
+            (tuned.desc.m_tile, tuned.desc.n_panels)
+        );
+        let again = tune_qgemm(QuantType::Q4_1, 2, 64, 128, isa, &cfg).unwrap();
+        assert!(again.cached);
+        assert_eq!(again.desc, tuned.desc);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn knob_texts_are_valid_schedules() {

@@ -259,7 +259,11 @@ fn dram_read_gbs() -> Result<f64> {
     Ok((words.len() * 8) as f64 / secs / 1e9)
 }
 
-fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_loops::QuantType)> {
+/// The quantized kernel's description for `a` (default, tuned or from a schedule file), its
+/// block type, and the search time in ms (0 unless `--schedule tuned` searched).
+fn qgemv_parts(
+    a: &KernelArgs,
+) -> Result<(peregrine_loops::QGemmDesc, peregrine_loops::QuantType, f64)> {
     use peregrine_loops::QGemmDesc;
     let quant = peregrine_loops::QuantType::parse(&a.quant)
         .with_context(|| format!("unknown --quant {:?} (q4_0, q4_1, q8_0)", a.quant))?;
@@ -271,9 +275,21 @@ fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_
         None => Isa::Avx2,
         Some(s) => Isa::parse(s).with_context(|| format!("unknown --isa {s:?} (avx512, avx2)"))?,
     };
+    let mut tune_ms = 0.0;
     let mut desc = match a.schedule.as_str() {
         "default" => QGemmDesc::for_isa(quant, a.m, a.n, a.k, isa),
-        "tuned" => bail!("qgemv has no schedule search yet: use default or a schedule file"),
+        "tuned" => {
+            let cfg = TuneConfig {
+                cache_dir: a.cache_dir.clone().or_else(default_cache_dir),
+                ..TuneConfig::default()
+            };
+            let t0 = Instant::now();
+            let t = tune::tune_qgemm(quant, a.m, a.n, a.k, isa, &cfg)
+                .context("tuning the quantized schedule")?;
+            tune_ms = t0.elapsed().as_secs_f64() * 1e3;
+            tracing::info!(n_tried = t.n_tried, cached = t.cached, tune_ms, "tuned qgemm");
+            t.desc
+        }
         path => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading schedule file {path}"))?;
@@ -284,12 +300,12 @@ fn qgemv_parts(a: &KernelArgs) -> Result<(peregrine_loops::QGemmDesc, peregrine_
     if let Some(blocks) = a.prefetch_blocks {
         desc.prefetch_blocks = (blocks > 0).then_some(blocks);
     }
-    Ok((desc, quant))
+    Ok((desc, quant, tune_ms))
 }
 
 fn bench_qgemv(a: KernelArgs) -> Result<()> {
     use peregrine_loops::{quant::quantize_ggml, ActsQ8, PackedWeights, QGemmKernel};
-    let (desc, quant) = qgemv_parts(&a)?;
+    let (desc, quant, tune_ms) = qgemv_parts(&a)?;
     let (m, n, k) = (a.m, a.n, a.k);
     let kernel = QGemmKernel::compile(&desc).context("compiling qgemv")?;
     let w: Vec<f32> = (0..n * k)
@@ -331,7 +347,7 @@ fn bench_qgemv(a: KernelArgs) -> Result<()> {
         isa: desc.isa.to_string(),
         gflops: 2.0 * (m * n * k) as f64 / secs / 1e9,
         compile_ms: kernel.compile_ms,
-        tune_ms: 0.0,
+        tune_ms,
         schedule: format!(
             "{} (prefetch {:?} blocks)",
             desc.schedule_text()?,
@@ -525,7 +541,7 @@ fn show(a: KernelArgs) -> Result<()> {
         return Ok(());
     }
     if a.op == "qgemv" {
-        let (desc, _) = qgemv_parts(&a)?;
+        let (desc, _, _) = qgemv_parts(&a)?;
         let kernel = peregrine_loops::QGemmKernel::compile(&desc)?;
         let (expr, schedule) = desc.schedule()?;
         let mut out = std::io::stdout().lock();
