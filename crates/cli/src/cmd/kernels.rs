@@ -287,7 +287,12 @@ fn qgemv_parts(
             let t = tune::tune_qgemm(quant, a.m, a.n, a.k, isa, &cfg)
                 .context("tuning the quantized schedule")?;
             tune_ms = t0.elapsed().as_secs_f64() * 1e3;
-            tracing::info!(n_tried = t.n_tried, cached = t.cached, tune_ms, "tuned qgemm");
+            tracing::info!(
+                n_tried = t.n_tried,
+                cached = t.cached,
+                tune_ms,
+                "tuned qgemm"
+            );
             t.desc
         }
         path => {
