@@ -5,7 +5,8 @@
 //! do not change values and are ignored here. `F32` values round to f32 after every operation;
 //! `I32` values are exact. `Reduce(Add, Mul(a, b))` over `F32` accumulates `acc = fma(a, b, acc)`
 //! in visiting order, and visiting order of the reduced variables is always increasing (splits
-//! keep order), so the result does not depend on the schedule.
+//! keep order), so the result does not depend on the schedule. `F16` and `Bf16` inputs
+//! ([`Buffer::F16`], [`Buffer::Bf16`]) are converted exactly to f32 as they are read.
 
 use crate::error::{Error, Result};
 use crate::ir::{
@@ -19,8 +20,24 @@ use crate::schedule::Schedule;
 pub enum Buffer<'a> {
     /// An `F32` input.
     F32(&'a [f32]),
+    /// An `F16` input (values convert exactly to f32 when read).
+    F16(&'a [half::f16]),
+    /// A `Bf16` input (values convert exactly to f32 when read).
+    Bf16(&'a [half::bf16]),
     /// A quantized input: raw blocks.
     Quant(&'a [u8]),
+}
+
+impl Buffer<'_> {
+    /// What the buffer holds, for errors.
+    fn storage_name(&self) -> &'static str {
+        match self {
+            Buffer::F32(_) => "f32",
+            Buffer::F16(_) => "f16",
+            Buffer::Bf16(_) => "bf16",
+            Buffer::Quant(_) => "quantized blocks",
+        }
+    }
 }
 
 /// Evaluates `expr` under `schedule` and writes the output view of `out`.
@@ -35,14 +52,20 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
         });
     }
     for (inp, buf) in expr.inputs.iter().zip(inputs) {
+        let float_len = match (inp.storage, buf) {
+            (Storage::F32, Buffer::F32(b)) => Some(b.len()),
+            (Storage::F16, Buffer::F16(b)) => Some(b.len()),
+            (Storage::Bf16, Buffer::Bf16(b)) => Some(b.len()),
+            _ => None,
+        };
         match (inp.storage, buf) {
-            (Storage::F32, Buffer::F32(b)) if b.len() >= inp.len => {}
+            _ if float_len.is_some_and(|len| len >= inp.len) => {}
             (Storage::Quant(q), Buffer::Quant(b)) if b.len() >= inp.len * q.block_bytes() => {}
-            (Storage::F32, Buffer::F32(b)) => {
+            _ if float_len.is_some() => {
                 return Err(Error::BufferLen {
                     what: format!("input {:?}", inp.name),
                     want: inp.len,
-                    got: b.len(),
+                    got: float_len.unwrap_or(0),
                 })
             }
             (Storage::Quant(q), Buffer::Quant(b)) => {
@@ -56,7 +79,7 @@ pub fn run(expr: &Expr, schedule: &Schedule, inputs: &[Buffer<'_>], out: &mut [f
                 return Err(Error::InputType {
                     name: inp.name.clone(),
                     want: s.to_string(),
-                    got: "other storage".into(),
+                    got: buf.storage_name().into(),
                 })
             }
         }
@@ -225,15 +248,21 @@ fn read(
     _input: usize,
 ) -> f64 {
     let idx = |j: usize| p[index[j].0 as usize];
+    let pos = |offset: usize, strides: &[isize]| {
+        (offset as isize
+            + strides
+                .iter()
+                .enumerate()
+                .map(|(j, s)| s * idx(j) as isize)
+                .sum::<isize>()) as usize
+    };
     match (access, buf) {
-        (Access::Strided { offset, strides }, Buffer::F32(b)) => {
-            let pos = *offset as isize
-                + strides
-                    .iter()
-                    .enumerate()
-                    .map(|(j, s)| s * idx(j) as isize)
-                    .sum::<isize>();
-            b[pos as usize] as f64
+        (Access::Strided { offset, strides }, Buffer::F32(b)) => b[pos(*offset, strides)] as f64,
+        (Access::Strided { offset, strides }, Buffer::F16(b)) => {
+            b[pos(*offset, strides)].to_f32() as f64
+        }
+        (Access::Strided { offset, strides }, Buffer::Bf16(b)) => {
+            b[pos(*offset, strides)].to_f32() as f64
         }
         (
             Access::Quant {
@@ -244,7 +273,7 @@ fn read(
         ) => {
             let ty = match expr.inputs[_input].storage {
                 Storage::Quant(q) => q,
-                Storage::F32 => QuantType::Q8Act,
+                _ => QuantType::Q8Act,
             };
             let row = idx(0) * row_stride_blocks;
             match part {
@@ -327,6 +356,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, naive(&a, &b, m, n, k));
+    }
+
+    #[test]
+    fn matmul_wt_matches_naive_rust_for_every_weight_type() {
+        use crate::ir::{library::matmul_wt, FloatType};
+        let (m, n, k) = (3, 5, 7);
+        let x = data(m * k, 5);
+        let w = data(n * k, 6);
+        let f16s: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let bf16s: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+        for ty in [FloatType::F32, FloatType::F16, FloatType::Bf16] {
+            let (buf, wf): (Buffer<'_>, Vec<f32>) = match ty {
+                FloatType::F32 => (Buffer::F32(&w), w.clone()),
+                FloatType::F16 => (
+                    Buffer::F16(&f16s),
+                    f16s.iter().map(|v| v.to_f32()).collect(),
+                ),
+                FloatType::Bf16 => (
+                    Buffer::Bf16(&bf16s),
+                    bf16s.iter().map(|v| v.to_f32()).collect(),
+                ),
+            };
+            // w is n x k: the naive product against its transpose.
+            let wt: Vec<f32> = (0..k * n).map(|i| wf[(i % n) * k + i / n]).collect();
+            let want = naive(&x, &wt, m, n, k);
+            let e = matmul_wt(ty, m, n, k).unwrap();
+            for text in ["m/1 n/1 k/1", "n/16 m/2 k/1 m/1:reg n/1:vec"] {
+                let s = Schedule::naive(&e)
+                    .with_node_text(&e, NodeId(3), text)
+                    .unwrap();
+                let mut c = vec![0f32; m * n];
+                run(&e, &s, &[Buffer::F32(&x), buf], &mut c).unwrap();
+                assert_eq!(c, want, "{ty} under {text}");
+            }
+            // The wrong buffer type, or too few weights, is an error.
+            let wrong = if ty == FloatType::F32 {
+                Buffer::F16(&f16s)
+            } else {
+                Buffer::F32(&w)
+            };
+            let mut c = vec![0f32; m * n];
+            let err = run(&e, &Schedule::naive(&e), &[Buffer::F32(&x), wrong], &mut c);
+            assert!(matches!(err, Err(Error::InputType { .. })), "{err:?}");
+            let short = Buffer::Bf16(&bf16s[1..]);
+            if ty == FloatType::Bf16 {
+                let err = run(&e, &Schedule::naive(&e), &[Buffer::F32(&x), short], &mut c);
+                assert!(matches!(err, Err(Error::BufferLen { .. })), "{err:?}");
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub enum Scalar {
 pub enum Storage {
     /// Plain `f32` elements.
     F32,
+    /// IEEE half-precision elements (little-endian); a read converts exactly to f32.
+    F16,
+    /// bfloat16 elements (the top 16 bits of an f32, little-endian); a read converts exactly
+    /// to f32.
+    Bf16,
     /// GGML-style blocks of 32 quantized elements.
     Quant(QuantType),
 }
@@ -64,8 +69,86 @@ impl fmt::Display for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Storage::F32 => write!(f, "f32"),
+            Storage::F16 => write!(f, "f16"),
+            Storage::Bf16 => write!(f, "bf16"),
             Storage::Quant(q) => write!(f, "{q}"),
         }
+    }
+}
+
+/// The float types weights may be stored in (the element types of [`Storage::F32`],
+/// [`Storage::F16`] and [`Storage::Bf16`]); every one converts to f32 exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FloatType {
+    /// IEEE single precision, 4 bytes.
+    F32,
+    /// IEEE half precision, 2 bytes.
+    F16,
+    /// bfloat16, 2 bytes.
+    Bf16,
+}
+
+impl FloatType {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            FloatType::F32 => 4,
+            FloatType::F16 | FloatType::Bf16 => 2,
+        }
+    }
+    /// The IR storage of a buffer of this type.
+    pub fn storage(self) -> Storage {
+        match self {
+            FloatType::F32 => Storage::F32,
+            FloatType::F16 => Storage::F16,
+            FloatType::Bf16 => Storage::Bf16,
+        }
+    }
+    /// The type of a float storage (`None` for quantized blocks).
+    pub fn of_storage(storage: Storage) -> Option<FloatType> {
+        match storage {
+            Storage::F32 => Some(FloatType::F32),
+            Storage::F16 => Some(FloatType::F16),
+            Storage::Bf16 => Some(FloatType::Bf16),
+            Storage::Quant(_) => None,
+        }
+    }
+    /// Converts little-endian `bytes` of this type (exactly) to f32, one value per element of
+    /// `out`; the caller passes `out.len() * self.bytes()` bytes.
+    pub(crate) fn decode_le(self, bytes: &[u8], out: &mut [f32]) {
+        let chunks = bytes.chunks_exact(self.bytes());
+        match self {
+            FloatType::F32 => {
+                for (o, c) in out.iter_mut().zip(chunks) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            FloatType::F16 => {
+                for (o, c) in out.iter_mut().zip(chunks) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            FloatType::Bf16 => {
+                for (o, c) in out.iter_mut().zip(chunks) {
+                    *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+    /// Parses `f32`, `f16`, `bf16`.
+    pub fn parse(s: &str) -> Option<FloatType> {
+        match s {
+            "f32" => Some(FloatType::F32),
+            "f16" => Some(FloatType::F16),
+            "bf16" => Some(FloatType::Bf16),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for FloatType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.storage().fmt(f)
     }
 }
 
@@ -76,7 +159,7 @@ pub struct Input {
     pub name: String,
     /// Element type.
     pub storage: Storage,
-    /// Length in elements (`F32`) or in blocks (`Quant`).
+    /// Length in elements (`F32`, `F16`, `Bf16`) or in blocks (`Quant`).
     pub len: usize,
 }
 
@@ -97,8 +180,8 @@ pub enum QuantPart {
 /// How a read maps its index variables to a buffer position.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
-    /// `F32` buffer: element `offset + sum(strides[i] * index[i])` (transposes and slices are
-    /// strides and offsets).
+    /// Float buffer (`F32`, `F16`, `Bf16`): element `offset + sum(strides[i] * index[i])`
+    /// (transposes and slices are strides and offsets).
     Strided {
         /// First element.
         offset: usize,
@@ -263,7 +346,8 @@ impl Builder {
     fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id.0 as usize]
     }
-    /// Reads an `F32` input with strides (one per index variable).
+    /// Reads a float input (`F32`, `F16` or `Bf16`; the value is f32) with strides (one per
+    /// index variable).
     pub fn read(
         &mut self,
         input: InputId,
@@ -639,7 +723,7 @@ impl Expr {
     ) -> Result<()> {
         let extents: Vec<usize> = index.iter().map(|v| self.var(*v).extent).collect();
         match (inp.storage, access) {
-            (Storage::F32, Access::Strided { offset, strides }) => {
+            (Storage::F32 | Storage::F16 | Storage::Bf16, Access::Strided { offset, strides }) => {
                 if strides.len() != index.len() {
                     return Err(Error::bad_node(
                         i,
@@ -785,11 +869,20 @@ impl fmt::Display for Expr {
                 } => {
                     let inp = &self.inputs[input.0 as usize];
                     match access {
+                        Access::Strided { offset, strides } if inp.storage == Storage::F32 => {
+                            write!(
+                                f,
+                                "read {}[{}] (offset {offset}, strides {strides:?})",
+                                inp.name,
+                                names(index)
+                            )?
+                        }
                         Access::Strided { offset, strides } => write!(
                             f,
-                            "read {}[{}] (offset {offset}, strides {strides:?})",
+                            "read {}[{}] ({}, offset {offset}, strides {strides:?})",
                             inp.name,
-                            names(index)
+                            names(index),
+                            inp.storage
                         )?,
                         Access::Quant { part, .. } => write!(
                             f,
@@ -890,6 +983,22 @@ pub mod library {
             let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
             c = b.binary(BinaryOp::Add, c, r);
         }
+        b.finish(c, 0, &[n as isize, 1], m * n)
+    }
+
+    /// `C[m, n] = sum_k x[m, k] * w[n, k]`: f32 activations `x` (`m x k`, row-major) times
+    /// weights `w` stored as `ty` (`n x k`, row-major; each row is one output's weights, as
+    /// in model files). Inputs in order: x, w. Nodes: `%0 = x`, `%1 = w`, `%2 = mul`,
+    /// `%3 = reduce` over `k` (one fma per point, `k` increasing, from 0.0).
+    pub fn matmul_wt(ty: FloatType, m: usize, n: usize, k: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
+        let ix = b.input("x", Storage::F32, m * k);
+        let iw = b.input("w", ty.storage(), n * k);
+        let x = b.read(ix, &[vm, vk], 0, &[k as isize, 1]);
+        let w = b.read(iw, &[vn, vk], 0, &[k as isize, 1]);
+        let p = b.binary(BinaryOp::Mul, x, w);
+        let c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
         b.finish(c, 0, &[n as isize, 1], m * n)
     }
 

@@ -4,6 +4,7 @@ use crate::compiled::CompiledByDesc;
 use crate::error::{Error, Result};
 use crate::ir::{library, Expr};
 use crate::jit::exec_mem::{CodeBuffer, ExecutableCode};
+use crate::jit::fgemm::{FGemmDesc, FGemmKernel};
 use crate::jit::qgemm::{QGemmDesc, QGemmKernel};
 use crate::jit::sgemm::{self, Plan};
 use crate::jit::Isa;
@@ -331,6 +332,7 @@ impl SgemmKernel {
 pub struct KernelCache {
     sgemm: CompiledByDesc<SgemmDesc, SgemmKernel>,
     qgemm: CompiledByDesc<QGemmDesc, QGemmKernel>,
+    fgemm: CompiledByDesc<FGemmDesc, FGemmKernel>,
 }
 
 impl KernelCache {
@@ -346,9 +348,13 @@ impl KernelCache {
     pub fn qgemm(&self, desc: &QGemmDesc) -> Result<Arc<QGemmKernel>> {
         self.qgemm.get_or_compile(desc, QGemmKernel::compile)
     }
+    /// The float-weight matmul kernel for `desc`, compiling it on first use.
+    pub fn fgemm(&self, desc: &FGemmDesc) -> Result<Arc<FGemmKernel>> {
+        self.fgemm.get_or_compile(desc, FGemmKernel::compile)
+    }
     /// Number of compiled kernels held.
     pub fn len(&self) -> usize {
-        self.sgemm.len() + self.qgemm.len()
+        self.sgemm.len() + self.qgemm.len() + self.fgemm.len()
     }
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
@@ -759,6 +765,19 @@ mod tests {
                 &cache.qgemm(&d).unwrap(),
                 &cache.qgemm(&d).unwrap()
             ));
+        }
+        if Isa::Avx2.available() {
+            let d = FGemmDesc::new(crate::ir::FloatType::F16, 1, 32, 64);
+            let f = cache.fgemm(&d).unwrap();
+            assert!(Arc::ptr_eq(&f, &cache.fgemm(&d).unwrap()));
+            let bf = FGemmDesc {
+                ty: crate::ir::FloatType::Bf16,
+                ..d
+            };
+            assert!(
+                !Arc::ptr_eq(&f, &cache.fgemm(&bf).unwrap()),
+                "ty is in the key"
+            );
         }
     }
 }

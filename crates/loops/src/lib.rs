@@ -14,8 +14,9 @@ pub mod schedule;
 pub mod tune;
 
 pub use error::{Error, Result};
-pub use ir::{Expr, NodeId, VarId};
+pub use ir::{Expr, FloatType, NodeId, VarId};
 pub use jit::attention::{AttnDesc, AttnKernel, AttnKernelCache};
+pub use jit::fgemm::{FGemmDesc, FGemmKernel, PackedFloatWeights};
 pub use jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
 pub use jit::rowops::{RopeLayout, RowKernel, RowKernelCache, RowOp, RowOpDesc};
 pub use jit::Isa;

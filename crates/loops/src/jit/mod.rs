@@ -4,9 +4,16 @@
 //! - [`sgemm`]: f32 matmul family, lowered from a register-tiled schedule (AVX-512 or AVX2).
 //! - [`qgemm`]: quantized weights × int8 activations with VNNI `vpdpbusd` (AVX-512) or
 //!   `vpmaddubsw` (AVX2), lowered from a schedule of `qmatmul` ([`qgemm_schedule`]).
+//! - [`fgemm`]: f32, f16 or bf16 weights × f32 activations, lowered from a schedule of
+//!   `matmul_wt` ([`fgemm_schedule`]).
+//! - `panels` (private): what the two panel matmuls share (packed storage, groups, the loops
+//!   over groups and run-time row tiles).
 
 pub mod attention;
 pub mod exec_mem;
+pub mod fgemm;
+pub mod fgemm_schedule;
+mod panels;
 pub mod qgemm;
 pub mod qgemm_schedule;
 mod regs;

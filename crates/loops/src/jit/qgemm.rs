@@ -16,6 +16,10 @@
 //! `vpdpbusd` takes unsigned bytes on one side: nibbles and offset Q8_0 codes are unsigned,
 //! activation codes (-127..127) signed.
 
+use super::panels::{
+    emit_panel_loops, groups_of_panels, panel_groups, split_groups, AlignedBytes, PanelLoops,
+    PanelTiles,
+};
 use super::regs::{YMM, ZMM};
 use super::{asm_err, Isa};
 use crate::error::{Error, Result};
@@ -25,17 +29,12 @@ use iced_x86::code_asm::*;
 /// Bytes of the activation block (see [`crate::quant`]).
 const ACT_BLOCK: usize = 48;
 
-/// A 64-byte aligned chunk of packed weights.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// Weights repacked for [`QGemmKernel`]: `n` rows of `k` (a multiple of 32) in panels of 16 rows.
 pub struct PackedWeights {
     ty: QuantType,
     n: usize,
     k: usize,
-    lines: Vec<Line>,
+    bytes: AlignedBytes,
 }
 
 /// Bytes of one panel-block: scales, mins, codes.
@@ -97,12 +96,8 @@ impl PackedWeights {
         let pbb = panel_block_bytes(ty);
         let n_panels = n.div_ceil(16);
         let total = n_panels * nb * pbb;
-        let mut lines = vec![Line([0; 64]); total.div_ceil(64)];
-        // SAFETY: `Line` is 64 plain bytes with no padding, so the Vec's storage is
-        // `lines.len() * 64` initialized bytes, borrowed mutably only here.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<u8>(), lines.len() * 64)
-        };
+        let mut packed = AlignedBytes::zeroed(total);
+        let bytes = packed.as_mut_slice();
         let co = codes_offset(ty);
         for r in 0..n {
             let (p, lane) = (r / 16, r % 16);
@@ -144,7 +139,12 @@ impl PackedWeights {
                 }
             }
         }
-        Ok(PackedWeights { ty, n, k, lines })
+        Ok(PackedWeights {
+            ty,
+            n,
+            k,
+            bytes: packed,
+        })
     }
     /// Weight type.
     pub fn quant(&self) -> QuantType {
@@ -167,7 +167,7 @@ impl PackedWeights {
         self.n.div_ceil(16) * (self.k / BLOCK) * panel_block_bytes(self.ty)
     }
     fn as_ptr(&self) -> *const u8 {
-        self.lines.as_ptr().cast()
+        self.bytes.as_ptr()
     }
 }
 
@@ -307,13 +307,7 @@ impl QGemmDesc {
     /// Full groups of `n_panels` panels (threads split these), and panels in the last, static
     /// group (which holds the partial panel when `n % 16 != 0`).
     fn groups(&self) -> (usize, usize) {
-        let n_panels = self.n.div_ceil(16);
-        let full = if self.n % 16 != 0 {
-            (n_panels - 1) / self.n_panels
-        } else {
-            n_panels / self.n_panels
-        };
-        (full, n_panels - full * self.n_panels)
+        panel_groups(self.n, self.n_panels)
     }
 
     fn regs_needed(&self) -> usize {
@@ -430,19 +424,10 @@ impl QGemmKernel {
         self.check(w, x, y)?;
         let (full, tail) = self.desc.groups();
         let y_addr = y.as_mut_ptr() as usize;
-        std::thread::scope(|s| {
-            for t in 0..n_threads.max(1) {
-                let (lo, hi) = (
-                    full * t / n_threads.max(1),
-                    full * (t + 1) / n_threads.max(1),
-                );
-                let last = t + 1 == n_threads.max(1);
-                s.spawn(move || {
-                    // SAFETY: as in `run`; threads take disjoint group ranges, so they write
-                    // disjoint columns of `y`, which outlives the scope.
-                    unsafe { self.call(w, x, y_addr as *mut f32, lo, hi - lo, last && tail > 0) };
-                });
-            }
+        split_groups(full, tail > 0, n_threads, |lo, count, run_tail| {
+            // SAFETY: as in `run`; threads take disjoint group ranges, so they write disjoint
+            // columns of `y`, which outlives the scoped threads.
+            unsafe { self.call(w, x, y_addr as *mut f32, lo, count, run_tail) };
         });
         Ok(())
     }
@@ -451,8 +436,8 @@ impl QGemmKernel {
     /// partial when `n % 16 != 0`), for any number of activation rows `x.m() >= 1`: the code
     /// takes M at run time (`desc.m` only chose the register tile). Each output is computed
     /// exactly as by [`QGemmKernel::run`], same bits, so an engine can split the panels over
-    /// its own threads. `panels` starts at a multiple of `desc.n_panels` and ends at one or at
-    /// the last panel; an empty range or `x.m() == 0` computes nothing.
+    /// its own threads. `panels` starts and ends at multiples of `desc.n_panels` (a group) or at
+    /// the last panel's end; an empty range or `x.m() == 0` computes nothing.
     ///
     /// # Safety
     /// `y` is valid for writes of `x.m() * n` floats (row-major, `n` per row), and nothing else
@@ -466,32 +451,18 @@ impl QGemmKernel {
     ) -> Result<()> {
         self.check_operands(w, x)?;
         let d = &self.desc;
-        let (full, tail) = d.groups();
-        let total = w.n_panels();
-        let aligned = |p: usize| p % d.n_panels == 0;
-        if panels.start > panels.end
-            || panels.end > total
-            || !aligned(panels.start)
-            || !(aligned(panels.end) || panels.end == total)
-        {
-            return Err(Error::BadShape {
-                op: "qgemm run_panels",
-                reason: format!(
-                    "panels {panels:?} of {total} in groups of {} for {} rows",
-                    d.n_panels, x.m
-                ),
-            });
-        }
-        if x.m == 0 || panels.is_empty() {
+        let Some((lo, count, run_tail)) =
+            groups_of_panels("qgemm run_panels", &panels, d.n, d.n_panels)?
+        else {
+            return Ok(());
+        };
+        if x.m == 0 {
             return Ok(());
         }
-        let lo = panels.start / d.n_panels;
-        let hi = (panels.end / d.n_panels).min(full).max(lo);
-        let run_tail = panels.end == total && tail > 0;
-        // SAFETY: operands checked above; groups `lo..hi` (and the tail group, only when the
-        // range reaches the last panel) are exactly the panels asked for, whose columns the
-        // caller vouches for in all `x.m` rows of `y`.
-        unsafe { self.call(w, x, y, lo, hi - lo, run_tail) };
+        // SAFETY: operands checked above; groups `lo..lo + count` (and the tail group, only
+        // when the range reaches the last panel) are exactly the panels asked for, whose
+        // columns the caller vouches for in all `x.m` rows of `y`.
+        unsafe { self.call(w, x, y, lo, count, run_tail) };
         Ok(())
     }
 
@@ -612,8 +583,7 @@ pub fn qgemm_panel_portable(
         });
     }
     let (ty, nb, pbb) = (w.ty, w.k / BLOCK, panel_block_bytes(w.ty));
-    // SAFETY: as in `pack`: the lines are plain initialized bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr(), w.lines.len() * 64) };
+    let bytes = w.bytes.as_slice();
     let f16_at = |at: usize| half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32();
     let lanes = (w.n - 16 * panel).min(16);
     for (lane, o) in out.iter_mut().enumerate().take(lanes) {
@@ -652,53 +622,46 @@ pub fn qgemm_panel_portable(
     Ok(())
 }
 
-type R = std::result::Result<(), iced_x86::IcedError>;
+use super::panels::R;
 
 struct QGen<'d> {
     a: CodeAssembler,
     d: &'d QGemmDesc,
 }
 
-// Registers: rdi = W, rsi = X, rdx = Y, rcx = full groups, r8 = run the tail group, r9 = M
-// (arguments); r12 = W panel-group cursor, rbx = Y group cursor, r13 = group counter, r14 = tail
-// flag, r15 = full m-tiles, rbp = rows in the last m-tile, r11 = X row-tile cursor, r9 = Y tile
-// cursor, rcx = m-tile counter, r8 = W block cursor, rax = X block cursor, r10 = block counter.
+// Registers: the loops' (see `jit::panels`): rsi = X, r12 = W panel-group cursor, r11 = X
+// row-tile cursor, r9 = Y tile cursor; in a tile r8 = W block cursor, rax = X block cursor,
+// r10 = block counter.
 // Vector registers: 31 = 0x0F bytes, 30 = d_w, 29 = m_w, 28 = codes, 27 = high nibbles,
 // 26 = d_w * d_x, 25 = correction; accumulators from 0, then the integer sums (AVX-512).
+// AVX2: 15 = 0x0F (or 0x80) bytes, 14 = 1 in every i16, 64 bytes of stack scratch for masks.
 fn generate(d: &QGemmDesc) -> R2<Vec<u8>> {
     let mut g = QGen {
         a: CodeAssembler::new(64)?,
         d,
     };
-    g.emit()?;
+    let loops = PanelLoops {
+        m_tile: d.m_tile,
+        n_panels: d.n_panels,
+        n: d.n,
+        panel_bytes: (d.k / BLOCK) * panel_block_bytes(d.quant),
+        x_row_bytes: (d.k / BLOCK) * ACT_BLOCK,
+        scratch_bytes: if d.isa == Isa::Avx2 { 64 } else { 0 },
+        prefetch_first_group: d.prefetch_blocks.is_some(),
+    };
+    emit_panel_loops(&mut g, &loops)?;
     g.a.assemble(0)
 }
 type R2<T> = std::result::Result<T, iced_x86::IcedError>;
 
-impl QGen<'_> {
-    fn emit(&mut self) -> R {
-        let d = self.d;
-        self.a.push(rbx)?;
-        self.a.push(r12)?;
-        self.a.push(r13)?;
-        self.a.push(r14)?;
-        self.a.push(r15)?;
-        self.a.push(rbp)?;
-        self.a.mov(r13, rcx)?;
-        self.a.mov(r14, r8)?;
-        self.a.mov(r12, rdi)?;
-        self.a.mov(rbx, rdx)?;
-        // M is known only now: full m-tiles in r15, the rest in rbp.
-        self.a.mov(rax, r9)?;
-        self.a.xor(edx, edx)?;
-        self.a.mov(ecx, d.m_tile as i32)?;
-        self.a.div(rcx)?;
-        self.a.mov(r15, rax)?;
-        self.a.mov(rbp, rdx)?;
-        if d.isa == Isa::Avx2 {
-            // Stack scratch for tail masks.
-            self.a.sub(rsp, 64)?;
-            let byte = if d.quant == QuantType::Q8_0 {
+impl PanelTiles for QGen<'_> {
+    fn asm(&mut self) -> &mut CodeAssembler {
+        &mut self.a
+    }
+
+    fn constants(&mut self) -> R {
+        if self.d.isa == Isa::Avx2 {
+            let byte = if self.d.quant == QuantType::Q8_0 {
                 0x8080_8080u32 as i32
             } else {
                 0x0F0F_0F0F
@@ -708,116 +671,19 @@ impl QGen<'_> {
             self.a.vpbroadcastd(ymm15, xmm15)?;
             self.a.mov(eax, 0x0001_0001)?;
             self.a.vmovd(xmm14, eax)?;
-            self.a.vpbroadcastd(ymm14, xmm14)?;
+            self.a.vpbroadcastd(ymm14, xmm14)
         } else {
             self.a.mov(eax, 0x0F0F_0F0F)?;
-            self.a.vpbroadcastd(zmm31, eax)?;
+            self.a.vpbroadcastd(zmm31, eax)
         }
-        if d.prefetch_blocks.is_some() {
-            // The first panel group has no tile before it to prefetch it: fetch all of it now,
-            // so that its cache misses overlap instead of waiting one stream at a time.
-            let lines = (d.n_panels * (d.k / BLOCK) * panel_block_bytes(d.quant)).div_ceil(64);
-            let mut top = self.a.create_label();
-            self.a.mov(r10, r12)?;
-            self.a.mov(ecx, lines as i32)?;
-            self.a.set_label(&mut top)?;
-            self.a.prefetcht0(byte_ptr(r10))?;
-            self.a.add(r10, 64)?;
-            self.a.dec(ecx)?;
-            self.a.jnz(top)?;
-        }
-        let (full_groups, tail_panels) = d.groups();
-        if full_groups > 0 {
-            let mut top = self.a.create_label();
-            let mut after = self.a.create_label();
-            self.a.test(r13, r13)?;
-            self.a.jz(after)?;
-            self.a.set_label(&mut top)?;
-            self.group(d.n_panels, false)?;
-            self.a.dec(r13)?;
-            self.a.jnz(top)?;
-            self.a.set_label(&mut after)?;
-            self.a.nop()?;
-        }
-        if tail_panels > 0 {
-            let mut done = self.a.create_label();
-            self.a.test(r14, r14)?;
-            self.a.jz(done)?;
-            self.group(tail_panels, d.n % 16 != 0)?;
-            self.a.set_label(&mut done)?;
-            self.a.nop()?;
-        }
-        if d.isa == Isa::Avx2 {
-            self.a.add(rsp, 64)?;
-        }
-        self.a.pop(rbp)?;
-        self.a.pop(r15)?;
-        self.a.pop(r14)?;
-        self.a.pop(r13)?;
-        self.a.pop(r12)?;
-        self.a.pop(rbx)?;
-        self.a.vzeroupper()?;
-        self.a.ret()
     }
 
-    fn group(&mut self, np: usize, last_partial: bool) -> R {
-        let d = self.d;
-        let nb = d.k / BLOCK;
-        let pbb = panel_block_bytes(d.quant);
-        self.a.mov(r11, rsi)?;
-        self.a.mov(r9, rbx)?;
-        // The group's first m-tile streams its weights from memory and prefetches ahead; the
-        // others find them in cache, so they carry no prefetches.
-        let mut tails = self.a.create_label();
-        let mut first_tails = self.a.create_label();
-        let mut done = self.a.create_label();
-        self.a.mov(rcx, r15)?;
-        self.a.test(rcx, rcx)?;
-        self.a.jz(first_tails)?;
-        self.tile(np, d.m_tile, last_partial, true)?;
-        self.next_m_tile()?;
-        self.a.dec(rcx)?;
-        self.a.jz(tails)?;
-        let mut top = self.a.create_label();
-        self.a.set_label(&mut top)?;
-        self.tile(np, d.m_tile, last_partial, false)?;
-        self.next_m_tile()?;
-        self.a.dec(rcx)?;
-        self.a.jnz(top)?;
-        self.a.set_label(&mut tails)?;
-        self.a.nop()?;
-        // The last m-tile's row count, 1..m_tile, is dispatched at run time.
-        for prefetch in [false, true] {
-            for rows in 1..d.m_tile {
-                let mut next = self.a.create_label();
-                self.a.cmp(rbp, rows as i32)?;
-                self.a.jne(next)?;
-                self.tile(np, rows, last_partial, prefetch)?;
-                self.a.jmp(done)?;
-                self.a.set_label(&mut next)?;
-                self.a.nop()?;
-            }
-            if !prefetch {
-                self.a.jmp(done)?;
-                self.a.set_label(&mut first_tails)?;
-                self.a.nop()?;
-            }
-        }
-        self.a.set_label(&mut done)?;
-        self.a.nop()?;
-        self.a.add(r12, (np * nb * pbb) as i32)?;
-        self.a.add(rbx, (np * 16 * 4) as i32)?;
-        Ok(())
+    fn tile(&mut self, np: usize, rows: usize, last_partial: bool, prefetch: bool) -> R {
+        QGen::tile(self, np, rows, last_partial, prefetch)
     }
+}
 
-    /// Advances the activation and output cursors by one m-tile.
-    fn next_m_tile(&mut self) -> R {
-        let d = self.d;
-        self.a
-            .add(r11, (d.m_tile * (d.k / BLOCK) * ACT_BLOCK) as i32)?;
-        self.a.add(r9, (d.m_tile * d.n * 4) as i32)
-    }
-
+impl QGen<'_> {
     /// AVX2 tile: each 16-row panel is two halves of 8 rows (one ymm each).
     fn tile_avx2(&mut self, np: usize, mt: usize, last_partial: bool, prefetch: bool) -> R {
         let d = self.d;

@@ -21,13 +21,14 @@
 //! lowering is a structural match: [`QGemmDesc::from_schedule`] accepts exactly this family and
 //! names the node, and the loops it expected, where a schedule leaves it.
 
+use super::panels::{lp, register_loops, same_loops};
 use super::qgemm::QGemmDesc;
 use super::Isa;
 use crate::error::{Error, Result};
 use crate::ir::library::qmatmul;
 use crate::ir::{args, BinaryOp, Expr, NodeId, Op, Storage, VarId};
 use crate::quant::{QuantType, BLOCK};
-use crate::schedule::{Annot, Fusion, Loop, NodeSchedule, Schedule, Tail};
+use crate::schedule::{Annot, Fusion, NodeSchedule, Schedule};
 
 /// The nodes of a `qmatmul` expression the lowering places.
 struct QmatmulNodes {
@@ -89,32 +90,6 @@ fn unsupported(reason: String) -> Error {
     }
 }
 
-fn lp(var: VarId, step: usize, annot: Annot) -> Loop {
-    Loop {
-        var,
-        step,
-        tail: Tail::Masked,
-        annot,
-    }
-}
-
-/// Loops and annotations equal, tails ignored (validation checks them) and a parallel
-/// outermost loop read as serial (it only says how threads split the groups).
-fn same_loops(a: &[Loop], b: &[Loop]) -> bool {
-    let norm = |(i, l): (usize, &Loop)| {
-        let annot = match l.annot {
-            Annot::Parallel if i == 0 => Annot::Serial,
-            a => a,
-        };
-        (l.var, l.step, annot)
-    };
-    a.len() == b.len()
-        && a.iter()
-            .enumerate()
-            .map(norm)
-            .eq(b.iter().enumerate().map(norm))
-}
-
 /// `(S, T)` from the block-accumulating node's first loops `n/S m/T`.
 fn tile_of(expr: &Expr, v: &Vars, schedule: &Schedule, acc: NodeId) -> Result<(usize, usize)> {
     match schedule.node(acc).loops.as_slice() {
@@ -155,14 +130,7 @@ impl QGemmDesc {
         let (t, s) = (self.m_tile, 16 * self.n_panels);
         // Per tile and panel group: the prefix every fused node shares.
         let tile = [lp(v.n, s, Annot::Serial), lp(v.m, t, Annot::Serial)];
-        let mut regs = Vec::new();
-        if t > 1 {
-            regs.push(lp(v.m, 1, Annot::RegisterTile));
-        }
-        if s > 16 {
-            regs.push(lp(v.n, 16, Annot::RegisterTile));
-        }
-        regs.push(lp(v.n, 1, Annot::Vectorize));
+        let regs = register_loops(v.m, v.n, t, s);
         let per_block = |with_kl: bool| {
             let mut l = tile.to_vec();
             l.push(lp(v.kb, 1, Annot::Serial));

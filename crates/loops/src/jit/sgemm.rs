@@ -99,6 +99,7 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
     };
     let (
         Op::Read {
+            input: a_input,
             index: ia,
             access:
                 Access::Strided {
@@ -120,6 +121,13 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
     else {
         return Err(unsupported("operands are not f32 reads at offset 0"));
     };
+    // F16/BF16 inputs are strided reads too; this generator loads only f32.
+    if [a_input, b_input]
+        .iter()
+        .any(|i| expr.inputs[i.0 as usize].storage != crate::ir::Storage::F32)
+    {
+        return Err(unsupported("operands are not f32 reads at offset 0"));
+    }
     if keep.len() != 2 || ia.len() != 2 || ib.len() != 2 {
         return Err(unsupported("not a 2-d matmul"));
     }
