@@ -126,6 +126,17 @@ impl SafetensorsFile {
         self.metadata.metadata().as_ref()
     }
 
+    /// Lets the pages of tensor `name` go from memory (they are reloaded from the file if read
+    /// again): for weights repacked at load, so the model is not resident twice. Unknown names
+    /// and non-mapped files are left alone.
+    pub fn release_tensor_pages(&self, name: &str) {
+        if let Some(info) = self.metadata.info(name) {
+            let (start, end) = info.data_offsets;
+            self.backing
+                .release(self.data_start + start..self.data_start + end);
+        }
+    }
+
     /// The tensor named `name`.
     pub fn tensor<'a>(&'a self, name: &'a str) -> Result<SafetensorRef<'a>> {
         let info = self

@@ -9,7 +9,7 @@ use peregrine_formats::safetensors_io::{Dtype, SafetensorsFile};
 use peregrine_formats::{GgmlType, GgufFile, ModelConfig, RopeScaling, TensorInfo};
 use peregrine_tensor::ops::RopeLayout;
 use peregrine_tensor::qdot::QuantKind;
-use peregrine_tensor::{PackedMatrix, WeightMatrix, Weights};
+use peregrine_tensor::{FloatType, PackedFloatMatrix, PackedMatrix, WeightMatrix, Weights};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,9 +46,18 @@ pub struct MatrixLoc {
     n_cols: usize,
     at: Located,
     /// The matrix in 16-row tiles, when it was repacked at load.
-    packed: Option<Arc<PackedMatrix>>,
+    packed: Option<Packed>,
     /// Reference numerics: f32 activations, no 8-bit kernels.
     f32_activations: bool,
+}
+
+/// A matrix repacked at load into the layout of a `loops` kernel.
+#[derive(Clone)]
+enum Packed {
+    /// Q4_0/Q4_1/Q8_0, computed on 8-bit activations.
+    Quant(Arc<PackedMatrix>),
+    /// f32/f16/bf16 in their own type, computed on f32 activations.
+    Float(Arc<PackedFloatMatrix>),
 }
 
 #[derive(Clone, Debug)]
@@ -69,33 +78,58 @@ impl MatrixLoc {
     /// The matmul operand: the repacked tiles when there are some, else the file's rows.
     pub fn weights<'s>(&'s self, source: &'s Source) -> Weights<'s> {
         match &self.packed {
-            Some(p) => Weights::Packed(p),
+            Some(Packed::Quant(p)) => Weights::Packed(p),
+            Some(Packed::Float(p)) => Weights::PackedFloat(p),
             None => Weights::Rows(self.matrix(source)),
         }
     }
 
-    /// Repacks a Q4_0/Q4_1/Q8_0 matrix into 16-row panels (the fast kernels' layout) and lets
-    /// the file's copy of its pages go, so resident memory stays about one model's worth.
+    /// Repacks a Q4_0/Q4_1/Q8_0 matrix (8-bit activation kernels; not under
+    /// `f32_activations`) or an f32/f16/bf16 one (float kernels, same numerics either way) into
+    /// 16-row panels and lets the file's copy of its pages go, so resident memory stays about
+    /// one model's worth. Other types stay in the file, computed row by row.
     fn pack(&mut self, source: &Source) {
-        let kind = match self.ty {
-            GgmlType::Q4_0 => QuantKind::Q4_0,
-            GgmlType::Q4_1 => QuantKind::Q4_1,
-            GgmlType::Q8_0 => QuantKind::Q8_0,
-            _ => return,
+        let quant = match self.ty {
+            GgmlType::Q4_0 => Some(QuantKind::Q4_0),
+            GgmlType::Q4_1 => Some(QuantKind::Q4_1),
+            GgmlType::Q8_0 => Some(QuantKind::Q8_0),
+            _ => None,
         };
+        let float = match self.ty {
+            GgmlType::F32 => Some(FloatType::F32),
+            GgmlType::F16 => Some(FloatType::F16),
+            GgmlType::BF16 => Some(FloatType::Bf16),
+            _ => None,
+        };
+        let w = self.matrix(source);
         // Any row count: the last 16-row panel may be partial.
-        if self.f32_activations || !self.n_cols.is_multiple_of(32) {
+        self.packed = match (quant, float) {
+            (Some(kind), _) if !self.f32_activations && self.n_cols.is_multiple_of(32) => {
+                Some(Packed::Quant(Arc::new(PackedMatrix::pack(
+                    kind,
+                    self.n_rows,
+                    self.n_cols,
+                    |r| w.row(r),
+                ))))
+            }
+            (_, Some(ty)) => {
+                match PackedFloatMatrix::pack(ty, self.n_rows, self.n_cols, |r| w.row(r)) {
+                    Ok(p) => Some(Packed::Float(Arc::new(p))),
+                    Err(e) => {
+                        tracing::warn!("{e}; computing this matrix row by row");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if self.packed.is_none() {
             return;
         }
-        let w = self.matrix(source);
-        self.packed = Some(Arc::new(PackedMatrix::pack(
-            kind,
-            self.n_rows,
-            self.n_cols,
-            |r| w.row(r),
-        )));
-        if let (Located::Gguf(info), Source::Gguf(g)) = (&self.at, source) {
-            g.release_tensor_pages(info);
+        match (&self.at, source) {
+            (Located::Gguf(info), Source::Gguf(g)) => g.release_tensor_pages(info),
+            (Located::Safetensors(name), Source::Safetensors(s)) => s.release_tensor_pages(name),
+            _ => {}
         }
     }
 

@@ -8,12 +8,15 @@ pub mod lanes;
 pub mod matmul;
 pub mod ops;
 pub mod packed;
+pub mod packed_float;
 pub mod pool;
 pub mod qdot;
 
 pub use attention::{attention, AttentionScratch, AttentionSeq, AttentionShape, Visibility};
 pub use matmul::{matmul, MatmulScratch, MatmulTarget, WeightMatrix, Weights};
 pub use packed::PackedMatrix;
+pub use packed_float::PackedFloatMatrix;
+pub use peregrine_loops::FloatType;
 pub use pool::ThreadPool;
 
 /// Errors from kernels: shapes that do not fit. Messages name the operation and the sizes.

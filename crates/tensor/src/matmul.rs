@@ -2,16 +2,18 @@
 //!
 //! Q4_0, Q4_1 and Q8_0 weights, repacked at load ([`PackedMatrix`]), run on 8-bit activations
 //! (`loops`' [`ActsQ8`], llama.cpp's `q8_1` numerics) with the kernels `peregrine-loops`
-//! generates. Weights in their file layout ([`Weights::Rows`], any type: f32, f16, bf16,
-//! K-quants, Q5_x, or a quantized matrix kept for f32 numerics) dequantize one row at a time
-//! into a per-thread buffer and take f32 dot products: the model is never copied to f32 as a
-//! whole.
+//! generates; f32, f16 and bf16 weights, repacked at load in their own type
+//! ([`PackedFloatMatrix`]), run on f32 activations with `loops`' float kernels. Weights in their
+//! file layout ([`Weights::Rows`], any type: K-quants, Q5_x, a quantized matrix kept for f32
+//! numerics, or a float matrix not repacked) dequantize one row at a time into a per-thread
+//! buffer and take f32 dot products: the model is never copied to f32 as a whole.
 //!
 //! Work is split over output features (weight rows), never over the reduction, so each output
 //! value is computed by the same instructions whatever M, the thread count or the split.
 
 use crate::lanes::dot16;
 use crate::packed::{PackedMatrix, TILE_ROWS};
+use crate::packed_float::PackedFloatMatrix;
 use crate::pool::{chunk_range, ThreadPool};
 use crate::{Error, Result};
 use peregrine_formats::GgmlType;
@@ -118,6 +120,8 @@ impl MatmulScratch {
 pub enum Weights<'a> {
     /// Repacked at load (Q4_0/Q4_1/Q8_0): the fast path, on 8-bit activations.
     Packed(&'a PackedMatrix),
+    /// Repacked at load (f32/f16/bf16): the fast path for float weights, f32 activations.
+    PackedFloat(&'a PackedFloatMatrix),
     /// In the file's layout: dequantized row by row, f32 dot products.
     Rows(WeightMatrix<'a>),
 }
@@ -127,6 +131,7 @@ impl Weights<'_> {
     pub fn n_rows(&self) -> usize {
         match self {
             Weights::Packed(p) => p.n_rows(),
+            Weights::PackedFloat(p) => p.n_rows(),
             Weights::Rows(w) => w.n_rows,
         }
     }
@@ -134,6 +139,7 @@ impl Weights<'_> {
     pub fn n_cols(&self) -> usize {
         match self {
             Weights::Packed(p) => p.n_cols(),
+            Weights::PackedFloat(p) => p.n_cols(),
             Weights::Rows(w) => w.n_cols,
         }
     }
@@ -278,7 +284,7 @@ pub fn matmul(
     // (chunks are cut at multiples of 16, so a partial last panel is never cut either).
     let mut base = 0;
     for (w, _) in outs.iter().flatten() {
-        if matches!(w, Weights::Packed(_)) && base % TILE_ROWS != 0 {
+        if matches!(w, Weights::Packed(_) | Weights::PackedFloat(_)) && base % TILE_ROWS != 0 {
             return Err(Error::Shape(format!(
                 "matmul: a packed matrix at row {base} of a fused call"
             )));
@@ -297,6 +303,7 @@ pub fn matmul(
                 let rows = lo - base..hi - base;
                 match w {
                     Weights::Packed(p) => compute_packed(scratch, p, out, m, rows),
+                    Weights::PackedFloat(p) => compute_packed_float(scratch, p, out, x, m, rows),
                     Weights::Rows(w) => compute_rows(scratch, thread_idx, w, out, x, m, rows),
                 }
             }
@@ -322,6 +329,29 @@ fn compute_packed(
         p.panels_dot_into(
             rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS),
             &scratch.acts,
+            scratch.use_jit,
+            out.ptr,
+        )
+    };
+}
+
+fn compute_packed_float(
+    scratch: &MatmulScratch,
+    p: &PackedFloatMatrix,
+    out: &OutPtr,
+    x: &[f32],
+    m: usize,
+    rows: std::ops::Range<usize>,
+) {
+    debug_assert!(rows.start.is_multiple_of(TILE_ROWS));
+    debug_assert!(rows.end.is_multiple_of(TILE_ROWS) || rows.end == out.n_rows);
+    // SAFETY: as in `compute_packed`: `m` rows of `n_rows` values, and the columns `rows` of
+    // them belong to this chunk alone.
+    unsafe {
+        p.panels_dot_into(
+            rows.start / TILE_ROWS..rows.end.div_ceil(TILE_ROWS),
+            x,
+            m,
             scratch.use_jit,
             out.ptr,
         )

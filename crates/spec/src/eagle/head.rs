@@ -11,7 +11,7 @@ use peregrine_formats::safetensors_io::{Dtype, SafetensorRef, SafetensorsFile};
 use peregrine_formats::{GgmlType, ModelConfig};
 use peregrine_tensor::packed::TILE_ROWS;
 use peregrine_tensor::qdot::QuantKind;
-use peregrine_tensor::{PackedMatrix, WeightMatrix, Weights};
+use peregrine_tensor::{FloatType, PackedFloatMatrix, PackedMatrix, WeightMatrix, Weights};
 use std::path::{Path, PathBuf};
 
 /// Which EAGLE generation a head belongs to.
@@ -87,9 +87,11 @@ impl Default for HeadOptions {
     }
 }
 
-/// A linear layer's weights, owned: Q8_0 tiles, or f32 rows.
+/// A linear layer's weights, owned: quantized tiles, f32 panels, or (if packing failed) f32
+/// rows.
 pub(crate) enum Linear {
     Packed(PackedMatrix),
+    Float(PackedFloatMatrix),
     F32 {
         bytes: Vec<u8>,
         n_rows: usize,
@@ -120,16 +122,25 @@ impl Linear {
                 &q[r * row_bytes..(r + 1) * row_bytes]
             }));
         }
-        Linear::F32 {
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            n_rows,
-            n_cols,
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let row_bytes = n_cols * 4;
+        match PackedFloatMatrix::pack(FloatType::F32, n_rows, n_cols, |r| {
+            &bytes[r * row_bytes..(r + 1) * row_bytes]
+        }) {
+            Ok(p) => Linear::Float(p),
+            // Unreachable with rows cut from the shape; the row-at-a-time path still computes.
+            Err(_) => Linear::F32 {
+                bytes,
+                n_rows,
+                n_cols,
+            },
         }
     }
 
     pub(crate) fn weights(&self) -> Weights<'_> {
         match self {
             Linear::Packed(p) => Weights::Packed(p),
+            Linear::Float(p) => Weights::PackedFloat(p),
             Linear::F32 {
                 bytes,
                 n_rows,
