@@ -11,7 +11,24 @@
 //! Semantics are those of [`crate::interp`]; in particular `Reduce(Add, Mul(a, b))` is contracted:
 //! the accumulator is updated with one fused multiply-add per point, `acc = fma(a, b, acc)`, in
 //! increasing order of the reduced variables. Every backend keeps that order, which makes every
-//! kernel of the matmul family bit-identical to the interpreter and batch-invariant.
+//! kernel of the matmul family bit-identical to the interpreter and batch-invariant. The one
+//! schedule annotation that changes a reduction's order, the lane split
+//! ([`crate::schedule::Annot::Lanes`]), is part of the semantics, and the interpreter follows it.
+//!
+//! **The elementwise ops are the kernels' arithmetic**, so that a row kernel can equal the
+//! interpreter bit for bit ([`UnaryOp`]):
+//! - `Exp` is the polynomial [`crate::kernel::portable::exp_clamped`] (the one every JIT row
+//!   kernel and portable twin uses), not libm's `exp`: clamp to `[-87, 88]`, Cody–Waite
+//!   reduction, a degree-6 Taylor polynomial by Horner's rule with fused multiply-adds, times
+//!   `2^n` built in the exponent bits. On `[-87, 88]` it is within 2.74 ulp (relative error
+//!   2.3e-7) of the exact value, against libm's 0.5 ulp (measured on every seventh f32 of the
+//!   range, 320 million values; `interp`'s tests check a grid). It differs from libm outside that range by design: below -87 it is 0 (libm gives
+//!   values down to about 1e-45 until -103.97), above 88 it stays at `exp(88)` ≈ 1.65e38
+//!   (libm reaches 3.4e38 at 88.72, then +inf); `-inf` gives 0 and NaN gives NaN.
+//! - `Rsqrt` is `1 / sqrt(x)` rounded twice (a correctly rounded square root, then a correctly
+//!   rounded division), as the kernels compute RMSNorm's scale; not a one-rounding reciprocal
+//!   square root, and not the hardware's `rsqrt` estimate.
+//! - `Silu` is `x / (1 + exp(-x))` with that `Exp`, each operation rounded.
 
 use crate::error::{Error, Result};
 use crate::quant::QuantType;
@@ -197,16 +214,17 @@ pub enum Access {
     },
 }
 
-/// Elementwise unary operations.
+/// Elementwise unary operations (module doc: their exact arithmetic).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
-    /// `-x`
+    /// `-x` (exact).
     Neg,
-    /// `e^x`
+    /// `e^x` by the polynomial [`crate::kernel::portable::exp_clamped`] (within 2.74 ulp on
+    /// `[-87, 88]`; 0 below, `exp(88)` above), not libm's `exp`.
     Exp,
-    /// `1/sqrt(x)`
+    /// `1 / sqrt(x)`: the square root rounded, then the division rounded.
     Rsqrt,
-    /// `x / (1 + e^-x)`
+    /// `x / (1 + exp(-x))` with the polynomial `Exp`, each operation rounded.
     Silu,
 }
 
@@ -475,6 +493,13 @@ impl Expr {
     /// The variable with handle `id`.
     pub fn var(&self, id: VarId) -> &Var {
         &self.vars[id.0 as usize]
+    }
+    /// The handle of the (first) variable named `name`.
+    pub fn var_named(&self, name: &str) -> Option<VarId> {
+        self.vars
+            .iter()
+            .position(|v| v.name == name)
+            .map(|i| VarId(i as u32))
     }
     /// The space a node's loops iterate: its own space, plus the reduced variables for a reduce.
     pub fn iter_space(&self, id: NodeId) -> Vec<VarId> {
@@ -1042,19 +1067,24 @@ pub mod library {
         b.finish(out, 0, &[n as isize, 1], m * n)
     }
 
-    /// RMSNorm of `m` rows of `d`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`.
-    pub fn rms_norm(m: usize, d: usize, eps: f32) -> Result<Expr> {
+    /// RMSNorm of `m` rows of `d`: `y = (x * rsqrt(sum(x^2) / d + eps)) * w`, the kernels'
+    /// arithmetic (`RowOp::RmsNorm`). Inputs in order: `x` (`m x d`, row-major), `w` (`d`),
+    /// `eps` (one value, a run-time argument of the kernel). Nodes: `%0 = x`, `%1 = w`,
+    /// `%2 = x * x`, `%3 = reduce` over `i` (one fma per point), `%4 = d`, `%5 = %3 / d`,
+    /// `%6 = eps`, `%7 = %5 + eps`, `%8 = rsqrt`, `%9 = x * %8`, `%10 = %9 * w`.
+    pub fn rms_norm(m: usize, d: usize) -> Result<Expr> {
         let mut b = Builder::new();
         let (vm, vi) = (b.var("m", m), b.var("i", d));
         let ix = b.input("x", Storage::F32, m * d);
         let iw = b.input("w", Storage::F32, d);
+        let ieps = b.input("eps", Storage::F32, 1);
         let x = b.read(ix, &[vm, vi], 0, &[d as isize, 1]);
         let w = b.read(iw, &[vi], 0, &[1]);
         let sq = b.binary(BinaryOp::Mul, x, x);
         let ss = b.reduce(ReduceOp::Add, sq, &[vm]);
-        let inv_d = b.constant(1.0 / d as f32);
-        let mean = b.binary(BinaryOp::Mul, ss, inv_d);
-        let e = b.constant(eps);
+        let n = b.constant(d as f32);
+        let mean = b.binary(BinaryOp::Div, ss, n);
+        let e = b.read(ieps, &[], 0, &[]);
         let var = b.binary(BinaryOp::Add, mean, e);
         let r = b.unary(UnaryOp::Rsqrt, var);
         let xr = b.binary(BinaryOp::Mul, x, r);
@@ -1062,17 +1092,50 @@ pub mod library {
         b.finish(y, 0, &[d as isize, 1], m * d)
     }
 
-    /// `y = silu(g) * u` over `m` rows of `d` (the Llama MLP gate).
-    pub fn silu_mul(m: usize, d: usize) -> Result<Expr> {
+    /// `y = x + y'` over `n` values (`RowOp::AddInPlace`). Inputs: `x`, `y`. Nodes: `%0 = x`,
+    /// `%1 = y`, `%2 = x + y`.
+    pub fn add(n: usize) -> Result<Expr> {
         let mut b = Builder::new();
-        let (vm, vi) = (b.var("m", m), b.var("i", d));
-        let ig = b.input("g", Storage::F32, m * d);
-        let iu = b.input("u", Storage::F32, m * d);
-        let g = b.read(ig, &[vm, vi], 0, &[d as isize, 1]);
-        let u = b.read(iu, &[vm, vi], 0, &[d as isize, 1]);
+        let vi = b.var("i", n);
+        let ix = b.input("x", Storage::F32, n);
+        let iy = b.input("y", Storage::F32, n);
+        let x = b.read(ix, &[vi], 0, &[1]);
+        let y = b.read(iy, &[vi], 0, &[1]);
+        let s = b.binary(BinaryOp::Add, x, y);
+        b.finish(s, 0, &[1], n)
+    }
+
+    /// `y = silu(g) * u` over `n` values, the Llama MLP gate (`RowOp::SiluMul`). Inputs: `g`,
+    /// `u`. Nodes: `%0 = g`, `%1 = u`, `%2 = silu(g)`, `%3 = %2 * u`.
+    pub fn silu_mul(n: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let vi = b.var("i", n);
+        let ig = b.input("g", Storage::F32, n);
+        let iu = b.input("u", Storage::F32, n);
+        let g = b.read(ig, &[vi], 0, &[1]);
+        let u = b.read(iu, &[vi], 0, &[1]);
         let s = b.unary(UnaryOp::Silu, g);
         let y = b.binary(BinaryOp::Mul, s, u);
-        b.finish(y, 0, &[d as isize, 1], m * d)
+        b.finish(y, 0, &[1], n)
+    }
+
+    /// `y = exp((x - shift) * scale)` over `n` values, softmax weights (`RowOp::ExpShifted`).
+    /// Inputs: `x`, `shift` and `scale` (one value each, run-time arguments of the kernel).
+    /// Nodes: `%0 = x`, `%1 = shift`, `%2 = x - shift`, `%3 = scale`, `%4 = %2 * scale`,
+    /// `%5 = exp`.
+    pub fn exp_shifted(n: usize) -> Result<Expr> {
+        let mut b = Builder::new();
+        let vi = b.var("i", n);
+        let ix = b.input("x", Storage::F32, n);
+        let ishift = b.input("shift", Storage::F32, 1);
+        let iscale = b.input("scale", Storage::F32, 1);
+        let x = b.read(ix, &[vi], 0, &[1]);
+        let shift = b.read(ishift, &[], 0, &[]);
+        let z = b.binary(BinaryOp::Sub, x, shift);
+        let scale = b.read(iscale, &[], 0, &[]);
+        let t = b.binary(BinaryOp::Mul, z, scale);
+        let e = b.unary(UnaryOp::Exp, t);
+        b.finish(e, 0, &[1], n)
     }
 
     /// Row softmax over `m` rows of `d`: `e = exp(x - max(x))`, `y = e / sum(e)`.
@@ -1087,6 +1150,34 @@ pub mod library {
         let s = b.reduce(ReduceOp::Add, e, &[vm]);
         let y = b.binary(BinaryOp::Div, e, s);
         b.finish(y, 0, &[d as isize, 1], m * d)
+    }
+
+    /// Softmax numerators and row sums of `m` rows of `n` values, row `r` at `x[r * stride..]`
+    /// (`RowOp::Softmax`, attention's softmax; the caller divides): the output is the sums
+    /// `s[m] = sum_i e[m, i]`, and node `%3` holds the numerators `e = exp(x - max(x))` that
+    /// the kernel writes in place ([`crate::interp::run_nodes`] reads them). Input: `x`.
+    /// Nodes: `%0 = x`, `%1 = max` over `i`, `%2 = x - %1`, `%3 = exp`, `%4 = sum` over `i`.
+    /// Rows must not overlap (`stride >= n` when `m > 1`).
+    pub fn softmax_rows(m: usize, n: usize, stride: usize) -> Result<Expr> {
+        if m > 1 && stride < n {
+            return Err(Error::BadShape {
+                op: "softmax_rows",
+                reason: format!("rows of {n} at a stride of {stride} overlap"),
+            });
+        }
+        let len = match m {
+            0 => 0,
+            _ => (m - 1) * stride + n,
+        };
+        let mut b = Builder::new();
+        let (vm, vi) = (b.var("m", m), b.var("i", n));
+        let ix = b.input("x", Storage::F32, len);
+        let x = b.read(ix, &[vm, vi], 0, &[stride as isize, 1]);
+        let mx = b.reduce(ReduceOp::Max, x, &[vm]);
+        let z = b.binary(BinaryOp::Sub, x, mx);
+        let e = b.unary(UnaryOp::Exp, z);
+        let s = b.reduce(ReduceOp::Add, e, &[vm]);
+        b.finish(s, 0, &[1], m)
     }
 
     /// Attention with an additive mask: for head `h`, query row `i`, key row `j`:

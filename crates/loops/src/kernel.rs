@@ -363,7 +363,12 @@ impl KernelCache {
 }
 
 /// Portable Rust kernels with the same semantics (and reduction order) as the interpreter, so
-/// results are bit-identical to it (`tests/portable_ops_match_interpreter.rs`).
+/// results are bit-identical to it (`tests/portable_ops_match_interpreter.rs`): the ones named
+/// after an [`crate::ir::library`] expression under its naive schedule, the engine's row ops
+/// (`rms_norm_lanes16`, `add_in_place`, `silu_mul_in_place`, `exp_shifted_in_place`,
+/// `softmax_rows`) under the schedule their JIT kernels follow
+/// ([`crate::jit::rowops_schedule`]). `exp` is
+/// [`exp_clamped`](crate::kernel::portable::exp_clamped) everywhere, as in the IR.
 pub mod portable {
     /// `c = (c + bias) + residual` (the sgemm epilogue).
     pub fn epilogue(c: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
@@ -429,11 +434,11 @@ pub mod portable {
                         .fold(0f32, |acc, (a, b)| a.mul_add(*b, acc));
                     let u = s * scale + mask[i * n_kv + j];
                     scratch[j] = u;
-                    mx = mx.max(u);
+                    mx = max_first(mx, u);
                 }
                 let mut den = 0f32;
                 for sj in scratch[..n_kv].iter_mut() {
-                    *sj = (*sj - mx).exp();
+                    *sj = exp_clamped(*sj - mx);
                     den += *sj;
                 }
                 let oi = &mut out[(h * n_q + i) * d..][..d];
@@ -449,38 +454,51 @@ pub mod portable {
         }
     }
 
-    /// RMSNorm of rows of `w.len()`: `y = x * rsqrt(sum(x^2) * (1/d) + eps) * w`
-    /// ([`crate::ir::library::rms_norm`]).
+    /// RMSNorm of rows of `w.len()`: `y = (x * (1 / sqrt(sum(x^2) / d + eps))) * w`, the sum
+    /// one fma chain ([`crate::ir::library::rms_norm`] under its naive schedule; the engine's
+    /// 16-lane order is [`rms_norm_lanes16`]).
     pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
         let d = w.len();
         for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
             let ss = xr.iter().fold(0f32, |acc, v| v.mul_add(*v, acc));
-            let r = 1.0 / (ss * (1.0 / d as f32) + eps).sqrt();
+            let r = 1.0 / (ss / d as f32 + eps).sqrt();
             for ((yv, xv), wv) in yr.iter_mut().zip(xr).zip(w) {
                 *yv = (xv * r) * wv;
             }
         }
     }
 
-    /// `y = silu(g) * u` ([`crate::ir::library::silu_mul`]).
+    /// `y = silu(g) * u` ([`crate::ir::library::silu_mul`]; into a separate output, the same
+    /// bits as [`silu_mul_in_place`]).
     pub fn silu_mul(g: &[f32], u: &[f32], y: &mut [f32]) {
         for ((yv, gv), uv) in y.iter_mut().zip(g).zip(u) {
-            *yv = (gv / (1.0 + (-gv).exp())) * uv;
+            *yv = (gv / (1.0 + exp_clamped(-gv))) * uv;
         }
     }
 
-    /// Softmax of rows of `d` ([`crate::ir::library::softmax`]).
+    /// Softmax of rows of `d` ([`crate::ir::library::softmax`]: one accumulator per row).
     pub fn softmax(x: &[f32], d: usize, y: &mut [f32]) {
         for (xr, yr) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
-            let mx = xr.iter().fold(f32::NEG_INFINITY, |a, v| a.max(*v));
+            let mx = xr.iter().fold(f32::NEG_INFINITY, |a, v| max_first(a, *v));
             let mut s = 0f32;
             for (yv, xv) in yr.iter_mut().zip(xr) {
-                *yv = (xv - mx).exp();
+                *yv = exp_clamped(xv - mx);
                 s += *yv;
             }
             for yv in yr.iter_mut() {
                 *yv /= s;
             }
+        }
+    }
+
+    /// `max(acc, v)` as the IR's `Reduce(Max)` takes it: `v` only if it is greater, so the
+    /// first of equal values stays and NaN never wins.
+    #[inline(always)]
+    fn max_first(acc: f32, v: f32) -> f32 {
+        if v > acc {
+            v
+        } else {
+            acc
         }
     }
 
@@ -608,7 +626,9 @@ pub mod portable {
 
     /// RMSNorm of rows of `w.len()` as the engine computes it: `out = (x * scale) * w` with
     /// `scale = 1 / sqrt(dot16(x, x) / d + eps)`. The JIT's `RowOp::RmsNorm` equals it bit
-    /// for bit. (Not the interpreter's order: see [`rms_norm`].)
+    /// for bit, and so does the interpreter of [`crate::ir::library::rms_norm`] under the
+    /// lane-split schedule (`m/1 i/16:lanes i/1:vec` on the sum); [`rms_norm`] is the naive
+    /// schedule's order.
     #[inline(always)]
     pub fn rms_norm_lanes16(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         let d = w.len();
@@ -679,16 +699,17 @@ pub mod portable {
     }
 
     /// The largest value of `x` (`-inf` for an empty row), NaN skipped: 16 lanes, then folded.
+    /// The same value as one pass in order (the IR's `Reduce(Max)`), except perhaps the sign
+    /// of a zero maximum, which `exp_clamped(v - max)` does not show.
     #[inline(always)]
     fn max16(x: &[f32]) -> f32 {
-        let max = |l: f32, v: f32| if v > l { v } else { l };
         let mut lanes = [f32::NEG_INFINITY; 16];
         for chunk in x.chunks(16) {
             for (l, &v) in lanes.iter_mut().zip(chunk) {
-                *l = max(*l, v);
+                *l = max_first(*l, v);
             }
         }
-        lanes.into_iter().fold(f32::NEG_INFINITY, max)
+        lanes.into_iter().fold(f32::NEG_INFINITY, max_first)
     }
 
     /// Rotates every head of `x` (heads of `head_dim`) by precomputed `angles` (`head_dim / 2`

@@ -7,13 +7,29 @@
 //! (clamped bounds, masked vector lanes), an error with [`Tail::Exact`]. Every variable of the
 //! node's iteration space must be walked down to step 1, so every point is visited once.
 //! Annotations tell backends how to run a loop; they never change the result (reductions are
-//! always accumulated in increasing order of the reduced variables, see [`crate::ir`]).
+//! always accumulated in increasing order of the reduced variables, see [`crate::ir`]), with
+//! one exception that is part of the semantics: the lane split.
+//!
+//! **Lane-split reductions** ([`Annot::Lanes`], text `i/16:lanes`). On the outermost loop over
+//! a variable `i` that an `Add` reduction sums over, with step [`LANES`] (16), it says: the
+//! reduction is carried in 16 partial accumulators per output, element `i` going to lane
+//! `i mod 16` (its offset in its chunk of 16), each lane starting at 0 and accumulating its
+//! elements in visiting order (so in increasing `i`; `Reduce(Add, Mul(a, b))` still one fused
+//! multiply-add per point); after the whole nest, the 16 lanes are folded exactly as
+//! [`crate::kernel::portable::reduce16`] does: `a[l] = v[l] + v[l + 8]`, `b[l] = a[l] + a[l + 4]`,
+//! then `(b0 + b2) + (b1 + b3)`. Lanes no element reaches stay 0. It is the only annotation that
+//! changes a reduction's order (and so, in general, its bits), which is why it is explicit:
+//! vector code that sums 16 lanes at once (`i/16:lanes i/1:vec`) computes exactly this, and
+//! vectorizing a reduced variable without an enclosing lane split is an error. The split is
+//! refused on a variable the node does not reduce, on a `Max` reduction, with any step but
+//! 16, below another loop over the same variable, or twice in one node. For `I32` nodes the
+//! lanes are exact and so is their fold.
 //!
 //! Edits ([`Schedule::split`], [`Schedule::reorder`], [`Schedule::annotate`], [`Schedule::fuse`])
 //! return a new schedule and never mutate; [`Schedule::validate`] says what is wrong with one.
 
 use crate::error::{Error, Result};
-use crate::ir::{Expr, InputId, NodeId, VarId};
+use crate::ir::{Expr, InputId, NodeId, Op, ReduceOp, VarId};
 use std::fmt;
 
 /// What happens when a loop's step does not divide its chunk.
@@ -32,13 +48,23 @@ pub enum Annot {
     Serial,
     /// Unrolled by this factor (1..=64).
     Unroll(u8),
-    /// Iterations run in the lanes of vector registers (step 1, not a reduced variable).
+    /// Iterations run in the lanes of vector registers (step 1; over a reduced variable only
+    /// inside that variable's [`Annot::Lanes`] loop, whose lanes it then computes).
     Vectorize,
     /// Iterations are split among threads (outermost loop only, not a reduced variable).
     Parallel,
     /// Fully unrolled into registers (accumulators held across inner reduction loops).
     RegisterTile,
+    /// A lane-split reduction (module doc): on the outermost loop over a variable an `Add`
+    /// reduction sums, with step [`LANES`]; element `i` accumulates into lane `i mod 16`, and
+    /// the lanes are folded as [`crate::kernel::portable::reduce16`]. Inner loops over the
+    /// variable may then be vectorized.
+    Lanes,
 }
+
+/// Lanes of a lane-split reduction ([`Annot::Lanes`]): the step of its loop and the width of
+/// the [`crate::kernel::portable::reduce16`] fold.
+pub const LANES: usize = 16;
 
 /// One loop of a node's nest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -279,6 +305,15 @@ impl Schedule {
             .map(|&v| (v, vec![expr.var(v).extent], usize::MAX))
             .collect();
         let mut n_vectorized = 0;
+        // The variable of this node's lane split, once its loop has been seen.
+        let mut lanes_var: Option<VarId> = None;
+        let is_add_reduce = matches!(
+            expr.node(node).op,
+            Op::Reduce {
+                op: ReduceOp::Add,
+                ..
+            }
+        );
         for p in &ns.packs {
             if p.input.0 as usize >= expr.inputs.len() || p.depth > ns.loops.len() {
                 return Err(Error::BadAnnotation {
@@ -305,6 +340,9 @@ impl Schedule {
                     space: space.iter().map(|&v| name(v)).collect(),
                 });
             };
+            // Whether an earlier loop already walks this variable (its chunks are not the
+            // whole extent).
+            let outermost = entry.2 == usize::MAX;
             if l.step == 0 || l.step >= entry.2 {
                 return Err(Error::BadSplitOrder {
                     node,
@@ -348,9 +386,9 @@ impl Schedule {
                     if l.step != 1 {
                         return Err(bad("a vectorized loop must have step 1"));
                     }
-                    if reduced.contains(&l.var) {
+                    if reduced.contains(&l.var) && lanes_var != Some(l.var) {
                         return Err(bad(
-                            "vectorizing a reduced variable would change the reduction order",
+                            "vectorizing a reduced variable would change the reduction order (split it into lanes first: `VAR/16:lanes VAR/1:vec`)",
                         ));
                     }
                     if n_vectorized > 1 {
@@ -374,6 +412,38 @@ impl Schedule {
                     return Err(bad(
                         "a register tile over a reduced variable would split the accumulator",
                     ))
+                }
+                Annot::Lanes => {
+                    if !reduced.contains(&l.var) {
+                        return Err(bad(
+                            "a lane split applies to a variable the node reduces over, and this one is not",
+                        ));
+                    }
+                    if !is_add_reduce {
+                        return Err(bad(
+                            "a lane split needs an Add reduction (its lanes are folded by a sum)",
+                        ));
+                    }
+                    if l.step != LANES {
+                        return Err(Error::BadAnnotation {
+                            node,
+                            loop_idx,
+                            var: name(l.var),
+                            reason: format!(
+                                "a lane split has step {LANES} (its lanes are folded as reduce16), not {}",
+                                l.step
+                            ),
+                        });
+                    }
+                    if !outermost {
+                        return Err(bad(
+                            "a lane split must be the outermost loop over its variable (element i goes to lane i mod 16)",
+                        ));
+                    }
+                    if lanes_var.is_some() {
+                        return Err(bad("only one loop per node can be split into lanes"));
+                    }
+                    lanes_var = Some(l.var);
                 }
                 _ => {}
             }
@@ -406,6 +476,7 @@ impl Schedule {
                     Annot::Vectorize => s.push_str(":vec"),
                     Annot::Parallel => s.push_str(":par"),
                     Annot::RegisterTile => s.push_str(":reg"),
+                    Annot::Lanes => s.push_str(":lanes"),
                 }
                 s
             })
@@ -474,6 +545,7 @@ impl Schedule {
                         "vec" => Annot::Vectorize,
                         "par" => Annot::Parallel,
                         "reg" => Annot::RegisterTile,
+                        "lanes" => Annot::Lanes,
                         u if u.starts_with('u') => Annot::Unroll(
                             u[1..]
                                 .parse()
@@ -481,7 +553,7 @@ impl Schedule {
                         ),
                         _ => {
                             return Err(perr(format!(
-                                "unknown annotation {a:?} (vec, par, reg, uN)"
+                                "unknown annotation {a:?} (vec, par, reg, lanes, uN)"
                             )))
                         }
                     },
@@ -680,6 +752,46 @@ mod tests {
             bad_prefix.validate(&e).unwrap_err(),
             Error::BadFusion { .. }
         ));
+    }
+
+    #[test]
+    fn lane_splits_validate_and_print() {
+        let e = matmul(4, 4, 40).unwrap();
+        let text = "m/1 n/1 k/16:lanes k/4:u4 k/1:vec";
+        let s = Schedule::naive(&e)
+            .with_node_text(&e, NodeId(3), text)
+            .unwrap();
+        s.validate(&e).unwrap();
+        assert_eq!(s.node_text(&e, NodeId(3)), text);
+        // Reordered past the kept variables, the split still applies (lane = k mod 16).
+        let s = s.reorder(NodeId(3), 0, 2).unwrap();
+        s.validate(&e).unwrap();
+        // An exact split of 40 into 16s is refused like any other.
+        let exact = Schedule::naive(&e)
+            .with_node_text(&e, NodeId(3), "m/1 n/1 k/16!:lanes k/1")
+            .unwrap();
+        assert!(matches!(
+            exact.validate(&e).unwrap_err(),
+            Error::SplitNoTail { .. }
+        ));
+        // A vectorized reduced variable outside its lanes, or a second split, is refused.
+        for text in [
+            "m/1 k/16:lanes n/1:vec k/1:vec",
+            "m/1 n/1 k/16:lanes k/1:lanes",
+        ] {
+            let err = Schedule::naive(&e)
+                .with_node_text(&e, NodeId(3), text)
+                .unwrap()
+                .validate(&e)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::BadAnnotation { .. } | Error::BadSplitOrder { .. }
+                ),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

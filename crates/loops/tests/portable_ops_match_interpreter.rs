@@ -1,9 +1,13 @@
-//! The portable row ops equal the interpreter bit for bit (same operations, same order).
+//! The portable row ops equal the interpreter bit for bit (same operations, same order, the
+//! polynomial `exp` of `portable::exp_clamped` on both sides): the ones named after a library
+//! expression under its naive schedule, the engine's twins (`rms_norm_lanes16`,
+//! `silu_mul_in_place`, `exp_shifted_in_place`, `softmax_rows`) under the schedules their JIT
+//! kernels follow (16-lane sums as lane-split reductions).
 
 use peregrine_loops::interp::{self, Buffer};
 use peregrine_loops::ir::library;
 use peregrine_loops::kernel::portable;
-use peregrine_loops::Schedule;
+use peregrine_loops::{Expr, Isa, RowOp, RowOpDesc, Schedule};
 
 fn data(len: usize, seed: u32) -> Vec<f32> {
     (0..len)
@@ -19,48 +23,118 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// `interp::run` of `e` under `s`.
+fn interp_run(e: &Expr, s: &Schedule, inputs: &[Buffer<'_>]) -> Vec<f32> {
+    let mut out = vec![0f32; e.out_len];
+    interp::run(e, s, inputs, &mut out).unwrap();
+    out
+}
+
+/// The schedule the portable twin of `op` follows (the row kernels' family, portable ISA).
+fn twin_schedule(op: RowOp, rows: usize, len: usize) -> (Expr, Schedule) {
+    RowOpDesc {
+        op,
+        isa: Isa::Portable,
+    }
+    .schedule(rows, len)
+    .unwrap()
+}
+
 #[test]
 fn rms_norm_matches() {
-    for (m, d) in [(1, 576), (3, 17), (5, 64)] {
+    for (m, d) in [(1, 576), (3, 17), (5, 64), (2, 5)] {
         let (x, w) = (data(m * d, 1), data(d, 2));
-        let e = library::rms_norm(m, d, 1e-5).unwrap();
-        let mut want = vec![0f32; m * d];
-        interp::run(
-            &e,
-            &Schedule::naive(&e),
-            &[Buffer::F32(&x), Buffer::F32(&w)],
-            &mut want,
-        )
-        .unwrap();
+        let eps = [1e-5f32];
+        let inputs = [Buffer::F32(&x), Buffer::F32(&w), Buffer::F32(&eps)];
+        // One accumulator per row: the naive schedule.
+        let e = library::rms_norm(m, d).unwrap();
+        let want = interp_run(&e, &Schedule::naive(&e), &inputs);
         let mut got = vec![0f32; m * d];
-        portable::rms_norm(&x, &w, 1e-5, &mut got);
+        portable::rms_norm(&x, &w, eps[0], &mut got);
         assert_eq!(bits(&got), bits(&want), "rms_norm {m}x{d}");
+        // The engine's 16 lanes: the lane-split schedule.
+        let (e, s) = twin_schedule(RowOp::RmsNorm { d }, m, d);
+        let want = interp_run(&e, &s, &inputs);
+        portable::rms_norm_lanes16(&x, &w, eps[0], &mut got);
+        assert_eq!(bits(&got), bits(&want), "rms_norm_lanes16 {m}x{d}");
     }
 }
 
 #[test]
 fn silu_mul_and_softmax_match() {
     let (m, d) = (4, 37);
-    let (g, u) = (data(m * d, 3), data(m * d, 4));
-    let e = library::silu_mul(m, d).unwrap();
-    let mut want = vec![0f32; m * d];
-    interp::run(
+    // Gates past the exp's clamp and zero cut too.
+    let (mut g, u) = (data(m * d, 3), data(m * d, 4));
+    g[..4].copy_from_slice(&[-90.0, 95.0, -87.0, 0.0]);
+    let e = library::silu_mul(m * d).unwrap();
+    let want = interp_run(
         &e,
         &Schedule::naive(&e),
         &[Buffer::F32(&g), Buffer::F32(&u)],
-        &mut want,
-    )
-    .unwrap();
+    );
     let mut got = vec![0f32; m * d];
     portable::silu_mul(&g, &u, &mut got);
     assert_eq!(bits(&got), bits(&want), "silu_mul");
+    let mut in_place = g.clone();
+    portable::silu_mul_in_place(&mut in_place, &u);
+    assert_eq!(bits(&in_place), bits(&want), "silu_mul_in_place");
 
     let e = library::softmax(m, d).unwrap();
-    interp::run(&e, &Schedule::naive(&e), &[Buffer::F32(&g)], &mut want).unwrap();
+    let want = interp_run(&e, &Schedule::naive(&e), &[Buffer::F32(&g)]);
     portable::softmax(&g, d, &mut got);
     assert_eq!(bits(&got), bits(&want), "softmax");
     for row in got.chunks(d) {
         assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
+
+/// The engine's element-wise twins and softmax rows equal the interpreter under the schedules
+/// their kernels follow (the stream ops under any schedule: nothing is reduced).
+#[test]
+fn engine_twins_match() {
+    let n = 77;
+    let (x, y) = (data(n, 5), data(n, 6));
+    let e = library::add(n).unwrap();
+    let want = interp_run(
+        &e,
+        &Schedule::naive(&e),
+        &[Buffer::F32(&x), Buffer::F32(&y)],
+    );
+    let mut got = x.clone();
+    portable::add_in_place(&mut got, &y);
+    assert_eq!(bits(&got), bits(&want), "add_in_place");
+
+    let (shift, scale) = ([1.5f32], [0.7f32]);
+    let (e, s) = twin_schedule(RowOp::ExpShifted, 1, n);
+    let inputs = [Buffer::F32(&x), Buffer::F32(&shift), Buffer::F32(&scale)];
+    for s in [s, Schedule::naive(&e)] {
+        let want = interp_run(&e, &s, &inputs);
+        let mut got = x.clone();
+        portable::exp_shifted_in_place(&mut got, shift[0], scale[0]);
+        assert_eq!(bits(&got), bits(&want), "exp_shifted_in_place");
+    }
+
+    for (rows, len, stride) in [(3, 37, 40), (1, 16, 16), (2, 5, 9)] {
+        let e = library::softmax_rows(rows, len, stride).unwrap();
+        let s = twin_schedule(RowOp::Softmax, rows, len).1;
+        let x = data(e.inputs[0].len, 7);
+        let nodes = interp::run_nodes(&e, &s, &[Buffer::F32(&x)]).unwrap();
+        let mut got = x.clone();
+        let mut sums = vec![0f32; rows];
+        portable::softmax_rows(&mut got, len, rows, stride, &mut sums);
+        assert_eq!(
+            bits(&sums),
+            bits(&nodes[4]),
+            "softmax_rows sums {rows}x{len}"
+        );
+        let numerators: Vec<f32> = (0..rows)
+            .flat_map(|r| got[r * stride..r * stride + len].to_vec())
+            .collect();
+        assert_eq!(
+            bits(&numerators),
+            bits(&nodes[3]),
+            "softmax_rows {rows}x{len}"
+        );
     }
 }
 

@@ -6,6 +6,10 @@
 //!   `vpmaddubsw` (AVX2), lowered from a schedule of `qmatmul` ([`qgemm_schedule`]).
 //! - [`fgemm`]: f32, f16 or bf16 weights × f32 activations, lowered from a schedule of
 //!   `matmul_wt` ([`fgemm_schedule`]).
+//! - [`rowops`]: the engine's row kernels (RMSNorm, add, SiLU·mul, RoPE, argmax, softmax
+//!   weights and rows), lowered from schedules of their library expressions
+//!   ([`rowops_schedule`]) except RoPE and argmax.
+//! - [`attention`]: attention's score and value loops over an f16 KV cache.
 //! - `panels` (private): what the two panel matmuls share (packed storage, groups, the loops
 //!   over groups and run-time row tiles).
 
@@ -18,6 +22,7 @@ pub mod qgemm;
 pub mod qgemm_schedule;
 mod regs;
 pub mod rowops;
+pub mod rowops_schedule;
 pub mod sgemm;
 
 use crate::error::{Error, Result};

@@ -14,6 +14,12 @@
 //! [`RowKernelCache`] compiles each description once. Row lengths that are part of the op
 //! ([`RowOp::RmsNorm`]'s `d`, [`RowOp::Rope`]'s `head_dim`) are compiled in; the number of rows
 //! or heads, and the length of the element-wise ops and argmax, are run-time arguments.
+//!
+//! Every op but RoPE and argmax is also the lowering of a schedule of its
+//! [`crate::ir::library`] expression ([`crate::jit::rowops_schedule`]:
+//! [`RowOpDesc::from_schedule`], [`RowKernel::compile_schedule`], [`RowOpDesc::schedule`]),
+//! and equals the interpreter under that schedule bit for bit
+//! (`tests/rowops_match_interpreter.rs`).
 
 mod asm;
 mod gen;
@@ -70,7 +76,7 @@ pub enum RowOp {
 }
 
 impl RowOp {
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             RowOp::RmsNorm { .. } => "rms_norm",
             RowOp::AddInPlace => "add_in_place",
