@@ -309,6 +309,43 @@ pub fn tune_sgemm(m: usize, n: usize, k: usize, isa: Isa, cfg: &TuneConfig) -> R
     })
 }
 
+/// Operands for timing a quantized matmul as the engine runs it, on weights that come from
+/// DRAM: enough packed copies of one `n x k` matrix to be rotated through more than the
+/// last-level cache (32 MiB here), and `m` rows of quantized activations (fixed values).
+pub struct ColdQgemm {
+    /// Copies of the same weights; call `i` should use copy `i % len`.
+    pub weights: Vec<PackedWeights>,
+    /// The activations.
+    pub acts: ActsQ8,
+}
+
+impl ColdQgemm {
+    /// Bytes the copies span together, at least (up to 64 copies).
+    const SPAN_BYTES: usize = 128 << 20;
+
+    /// Packs the copies and quantizes the activations.
+    pub fn new(quant: QuantType, m: usize, n: usize, k: usize) -> Result<Self> {
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let ggml = quantize_ggml(quant, &w);
+        drop(w);
+        let first = PackedWeights::pack(quant, n, k, &ggml)?;
+        let n_copies = Self::SPAN_BYTES.div_ceil(first.len_bytes()).clamp(1, 64);
+        let mut weights = vec![first];
+        for _ in 1..n_copies {
+            weights.push(PackedWeights::pack(quant, n, k, &ggml)?);
+        }
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        Ok(Self {
+            weights,
+            acts: ActsQ8::quantize(&x, m, k)?,
+        })
+    }
+}
+
 /// The outcome of a quantized matmul search.
 #[derive(Clone, Debug)]
 pub struct TunedQ {
@@ -376,21 +413,10 @@ pub fn tune_qgemm(
             });
         }
     }
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let ggml = quantize_ggml(quant, &w);
-    drop(w);
-    let first = PackedWeights::pack(quant, n, k, &ggml)?;
-    let n_copies = (96usize << 20).div_ceil(first.len_bytes()).clamp(1, 64);
-    let mut copies = vec![first];
-    for _ in 1..n_copies {
-        copies.push(PackedWeights::pack(quant, n, k, &ggml)?);
-    }
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let xq = ActsQ8::quantize(&x, m, k)?;
+    let ColdQgemm {
+        weights: copies,
+        acts: xq,
+    } = ColdQgemm::new(quant, m, n, k)?;
     let mut y = vec![0f32; m * n];
     let bytes = copies[0].len_bytes() as f64;
     let mut idx = 0;

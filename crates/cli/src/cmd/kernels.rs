@@ -309,26 +309,14 @@ fn qgemv_parts(
 }
 
 fn bench_qgemv(a: KernelArgs) -> Result<()> {
-    use peregrine_loops::{quant::quantize_ggml, ActsQ8, PackedWeights, QGemmKernel};
+    use peregrine_loops::{tune::ColdQgemm, QGemmKernel};
     let (desc, quant, tune_ms) = qgemv_parts(&a)?;
     let (m, n, k) = (a.m, a.n, a.k);
     let kernel = QGemmKernel::compile(&desc).context("compiling qgemv")?;
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let ggml = quantize_ggml(quant, &w);
-    drop(w);
-    let one = PackedWeights::pack(quant, n, k, &ggml)?;
-    // Enough copies that the weights come from DRAM on every call (L3 is 32 MiB here).
-    let n_copies = (128usize << 20).div_ceil(one.len_bytes()).clamp(1, 64);
-    let mut copies = vec![one];
-    for _ in 1..n_copies {
-        copies.push(PackedWeights::pack(quant, n, k, &ggml)?);
-    }
-    let x: Vec<f32> = (0..m * k)
-        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let xq = ActsQ8::quantize(&x, m, k)?;
+    let ColdQgemm {
+        weights: copies,
+        acts: xq,
+    } = ColdQgemm::new(quant, m, n, k)?;
     let mut y = vec![0f32; m * n];
     let mut idx = 0;
     let secs = best_secs(a.min_secs, || {
