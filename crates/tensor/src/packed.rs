@@ -144,18 +144,40 @@ impl PackedMatrix {
                 .unwrap_or_else(|e| panic!("PackedMatrix::panels_dot_into: {e}"));
             return;
         }
-        let mut res = [0f32; TILE_ROWS];
-        for p in panels {
-            let cols = p * TILE_ROWS..((p + 1) * TILE_ROWS).min(n);
-            for t in 0..acts.m() {
-                qgemm_panel_portable(&self.weights, acts, t, p, &mut res)
-                    .unwrap_or_else(|e| panic!("PackedMatrix::panels_dot_into: {e}"));
-                // SAFETY: the caller vouches for these cells of row `t`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.add(t * n + cols.start), cols.len())
-                };
-                dst.copy_from_slice(&res[..cols.len()]);
-            }
+        // SAFETY: the caller vouches for `out` and the columns of `panels`.
+        unsafe {
+            panels_portable(n, acts.m(), panels, out, |t, p, res| {
+                qgemm_panel_portable(&self.weights, acts, t, p, res)
+                    .unwrap_or_else(|e| panic!("PackedMatrix::panels_dot_into: {e}"))
+            })
+        }
+    }
+}
+
+/// Runs a portable per-panel twin for every activation row `t < m` and panel of `panels`
+/// (`panel(t, p, res)` fills the 16 outputs of panel `p` for row `t`) and writes each result
+/// into its cells of a row-major `m x n` output: only those cells, never a `&mut` over the
+/// whole output, which other threads are writing elsewhere.
+///
+/// # Safety
+/// `out` is valid for writes of `m * n` values, and nothing else accesses the columns of
+/// `panels` during the call.
+pub(crate) unsafe fn panels_portable(
+    n: usize,
+    m: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+    mut panel: impl FnMut(usize, usize, &mut [f32; TILE_ROWS]),
+) {
+    let mut res = [0f32; TILE_ROWS];
+    for p in panels {
+        let cols = p * TILE_ROWS..((p + 1) * TILE_ROWS).min(n);
+        for t in 0..m {
+            panel(t, p, &mut res);
+            // SAFETY: the caller vouches for these cells of row `t`.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.add(t * n + cols.start), cols.len()) };
+            dst.copy_from_slice(&res[..cols.len()]);
         }
     }
 }

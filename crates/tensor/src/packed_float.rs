@@ -7,7 +7,7 @@
 //! order, so it does not depend on the other rows of its batch, the panel split or the code
 //! path (JIT or portable): the same bits everywhere.
 
-use crate::packed::TILE_ROWS;
+use crate::packed::panels_portable;
 use peregrine_loops::jit::fgemm::fgemm_panel_portable;
 use peregrine_loops::{FGemmDesc, FGemmKernel, FloatType, Isa, KernelCache, PackedFloatWeights};
 use std::ops::Range;
@@ -118,19 +118,13 @@ impl PackedFloatMatrix {
             unsafe { kernel.run_panels(&self.weights, x, m, out, panels) }.unwrap_or_else(fail);
             return;
         }
-        let (n, k) = (self.n_rows(), self.n_cols());
-        let mut res = [0f32; TILE_ROWS];
-        for p in panels {
-            let cols = p * TILE_ROWS..((p + 1) * TILE_ROWS).min(n);
-            for t in 0..m {
-                fgemm_panel_portable(&self.weights, &x[t * k..(t + 1) * k], p, &mut res)
-                    .unwrap_or_else(fail);
-                // SAFETY: the caller vouches for these cells of row `t`.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.add(t * n + cols.start), cols.len())
-                };
-                dst.copy_from_slice(&res[..cols.len()]);
-            }
+        let k = self.n_cols();
+        // SAFETY: the caller vouches for `out` and the columns of `panels`.
+        unsafe {
+            panels_portable(self.n_rows(), m, panels, out, |t, p, res| {
+                fgemm_panel_portable(&self.weights, &x[t * k..(t + 1) * k], p, res)
+                    .unwrap_or_else(fail)
+            })
         }
     }
 }
@@ -138,6 +132,7 @@ impl PackedFloatMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::TILE_ROWS;
     use half::{bf16, f16};
     use rand::{Rng, SeedableRng};
 
