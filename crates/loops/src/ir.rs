@@ -944,16 +944,76 @@ pub mod library {
         matmul_strided(m, n, k, k, 1, n)
     }
 
-    /// `C = (A·B + bias[n]) + residual[m, n]` (either addition optional): the matmul with a
-    /// fused epilogue. Inputs in order: a, b, then bias and residual when present.
-    pub fn matmul_epilogue(
-        m: usize,
-        n: usize,
-        k: usize,
-        bias: bool,
-        residual: bool,
-    ) -> Result<Expr> {
-        matmul_general(m, n, k, (k, 1), n, bias, residual)
+    /// Work fused after a matmul's reduction: four optional stages, always applied in this
+    /// order to each output `t = sum_k A[m, k] * B[k, n]` (one fma chain, as without them):
+    ///
+    /// ```text
+    /// t = t * scale                      scale:    one f32, a run-time argument
+    /// t = t + bias[n]                    bias:     n values
+    /// t = silu(t) * up[m, n]             silu_mul: silu(x) = x / (1 + exp(-x)), the IR's Exp
+    /// t = t + residual[m, n]             residual: m x n, row-major
+    /// ```
+    ///
+    /// Each operation is rounded to f32 on its own (no contraction), so the kernels, their
+    /// portable twin and the interpreter agree bit for bit. With everything off it is the
+    /// plain matmul. Uses: attention scores `q·kᵀ / sqrt(d)` (+ mask as the residual), the Llama
+    /// MLP's gate `silu(x·W_gate) * (x·W_up)` with `up` computed first, a projection plus the
+    /// residual stream.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Epilogue {
+        /// Multiply by a scalar (given when the kernel runs).
+        pub scale: bool,
+        /// Add a bias vector of `n`.
+        pub bias: bool,
+        /// Replace `t` by `silu(t) * up[m, n]` (`up` row-major `m x n`).
+        pub silu_mul: bool,
+        /// Add a residual matrix of `m x n` (row-major).
+        pub residual: bool,
+    }
+
+    impl Epilogue {
+        /// No epilogue.
+        pub const NONE: Epilogue = Epilogue {
+            scale: false,
+            bias: false,
+            silu_mul: false,
+            residual: false,
+        };
+        /// Stage names in the order they apply (the order of the extra inputs, too).
+        pub const STAGES: [&'static str; 4] = ["scale", "bias", "silu_mul", "residual"];
+
+        /// Whether any stage is on.
+        pub fn any(&self) -> bool {
+            self.scale || self.bias || self.silu_mul || self.residual
+        }
+
+        /// The stages' flags in [`Epilogue::STAGES`] order.
+        pub fn flags(&self) -> [bool; 4] {
+            [self.scale, self.bias, self.silu_mul, self.residual]
+        }
+    }
+
+    impl fmt::Display for Epilogue {
+        /// The stages that are on, joined by `+` (`scale+bias`), or `none`.
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let on: Vec<&str> = Self::STAGES
+                .into_iter()
+                .zip(self.flags())
+                .filter_map(|(name, on)| on.then_some(name))
+                .collect();
+            if on.is_empty() {
+                f.write_str("none")
+            } else {
+                f.write_str(&on.join("+"))
+            }
+        }
+    }
+
+    /// `C = A·B` followed by `epilogue` ([`Epilogue`]: `scale`, `bias`, `silu_mul`,
+    /// `residual`, in that order). Inputs in order: a, b, then `scale` (one value), `bias`,
+    /// `up`, `residual`, each when present.
+    pub fn matmul_epilogue(m: usize, n: usize, k: usize, epilogue: Epilogue) -> Result<Expr> {
+        matmul_general(m, n, k, (k, 1), n, epilogue)
     }
 
     /// Matmul where `A[m, k]` is at `m * a_row + k * a_col` (so `a_col = m_len, a_row = 1` reads a
@@ -966,20 +1026,22 @@ pub mod library {
         a_col: usize,
         ldb: usize,
     ) -> Result<Expr> {
-        matmul_general(m, n, k, (a_row, a_col), ldb, false, false)
+        matmul_general(m, n, k, (a_row, a_col), ldb, Epilogue::NONE)
     }
 
     /// The matmul family in one builder: `A[m, k]` at `m * a_row + k * a_col`, `B[k, n]` at
-    /// `k * ldb + n`, `C` row-major, then the optional `+ bias[n]` and `+ residual[m, n]`.
-    /// Inputs in order: a, b, then bias and residual when present.
+    /// `k * ldb + n`, `C` row-major, then the [`Epilogue`]'s stages in its order. Inputs in
+    /// order: a, b, then `scale` (one value), `bias` (`n`), `up` (`m x n`) and `residual`
+    /// (`m x n`), each when present. Nodes: `%0 = A`, `%1 = B`, `%2 = mul`, `%3 = reduce`,
+    /// then per stage: `Mul(t, read scale[])`; `Add(t, read bias[n])`;
+    /// `Mul(Unary(Silu, t), read up[m, n])`; `Add(t, read residual[m, n])`.
     pub fn matmul_general(
         m: usize,
         n: usize,
         k: usize,
         (a_row, a_col): (usize, usize),
         ldb: usize,
-        bias: bool,
-        residual: bool,
+        epilogue: Epilogue,
     ) -> Result<Expr> {
         let mut b = Builder::new();
         let (vm, vn, vk) = (b.var("m", m), b.var("n", n), b.var("k", k));
@@ -998,12 +1060,23 @@ pub mod library {
         let rb = b.read(ib, &[vk, vn], 0, &[ldb as isize, 1]);
         let p = b.binary(BinaryOp::Mul, ra, rb);
         let mut c = b.reduce(ReduceOp::Add, p, &[vm, vn]);
-        if bias {
+        if epilogue.scale {
+            let i = b.input("scale", Storage::F32, 1);
+            let r = b.read(i, &[], 0, &[]);
+            c = b.binary(BinaryOp::Mul, c, r);
+        }
+        if epilogue.bias {
             let i = b.input("bias", Storage::F32, n);
             let r = b.read(i, &[vn], 0, &[1]);
             c = b.binary(BinaryOp::Add, c, r);
         }
-        if residual {
+        if epilogue.silu_mul {
+            let i = b.input("up", Storage::F32, m * n);
+            let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
+            let g = b.unary(UnaryOp::Silu, c);
+            c = b.binary(BinaryOp::Mul, g, r);
+        }
+        if epilogue.residual {
             let i = b.input("residual", Storage::F32, m * n);
             let r = b.read(i, &[vm, vn], 0, &[n as isize, 1]);
             c = b.binary(BinaryOp::Add, c, r);

@@ -1,4 +1,4 @@
-//! Kernels by description: [`KernelDesc`] → compiled [`SgemmKernel`] (JIT or portable), cached.
+//! Kernels by description: [`SgemmDesc`] → compiled [`SgemmKernel`] (JIT or portable), cached.
 
 use crate::compiled::CompiledByDesc;
 use crate::error::{Error, Result};
@@ -12,20 +12,30 @@ use crate::schedule::Schedule;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Work fused after the reduction, in this order: `C = (A·B + bias[n]) + residual[m, n]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct Epilogue {
-    /// Add a bias vector of `n`.
-    pub bias: bool,
-    /// Add a residual matrix of `m x n` (row-major).
-    pub residual: bool,
+pub use crate::ir::library::Epilogue;
+
+/// The run-time operands of an [`Epilogue`], one per stage the kernel was compiled with
+/// (`None` for the others): `scale` a value, `bias` `n` values, `up` and `residual` `m x n`
+/// row-major. [`SgemmKernel::run_epilogue`] checks that they match the kernel.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpilogueArgs<'a> {
+    /// The factor of the `scale` stage.
+    pub scale: Option<f32>,
+    /// The `bias` stage's vector.
+    pub bias: Option<&'a [f32]>,
+    /// The `silu_mul` stage's `up` matrix.
+    pub up: Option<&'a [f32]>,
+    /// The `residual` stage's matrix.
+    pub residual: Option<&'a [f32]>,
 }
 
-impl Epilogue {
-    /// No epilogue.
-    pub const NONE: Epilogue = Epilogue {
-        bias: false,
-        residual: false,
+impl EpilogueArgs<'_> {
+    /// No operands (a kernel without epilogue).
+    pub const NONE: EpilogueArgs<'static> = EpilogueArgs {
+        scale: None,
+        bias: None,
+        up: None,
+        residual: None,
     };
 }
 
@@ -64,22 +74,15 @@ impl SgemmDesc {
             a_transposed: false,
         }
     }
-    /// The expression.
+    /// The expression ([`library::matmul_general`] with this description's layout and
+    /// epilogue): what the kernel computes, run by the interpreter for reference.
     pub fn expr(&self) -> Result<Expr> {
         let a_strides = if self.a_transposed {
             (1, self.m)
         } else {
             (self.k, 1)
         };
-        library::matmul_general(
-            self.m,
-            self.n,
-            self.k,
-            a_strides,
-            self.n,
-            self.epilogue.bias,
-            self.epilogue.residual,
-        )
+        library::matmul_general(self.m, self.n, self.k, a_strides, self.n, self.epilogue)
     }
     /// The schedule text actually used (the default one when none is given).
     pub fn schedule_text(&self) -> String {
@@ -97,35 +100,54 @@ impl SgemmDesc {
         Schedule::naive(expr).with_node_text(expr, node, &self.schedule_text())
     }
 
-    fn check_epilogue(&self, bias: Option<&[f32]>, residual: Option<&[f32]>) -> Result<()> {
-        for (what, got, on, want) in [
-            ("bias", bias.map(|v| v.len()), self.epilogue.bias, self.n),
+    /// Errors unless `args` has exactly the operands of the compiled epilogue, each of its
+    /// length.
+    fn check_epilogue(&self, args: &EpilogueArgs) -> Result<()> {
+        let e = &self.epilogue;
+        let (m, n) = (self.m, self.n);
+        // (stage, compiled with it, given, length given, length wanted)
+        let stages = [
+            ("scale", e.scale, args.scale.is_some(), None, 1),
+            (
+                "bias",
+                e.bias,
+                args.bias.is_some(),
+                args.bias.map(<[f32]>::len),
+                n,
+            ),
+            (
+                "up",
+                e.silu_mul,
+                args.up.is_some(),
+                args.up.map(<[f32]>::len),
+                m * n,
+            ),
             (
                 "residual",
-                residual.map(|v| v.len()),
-                self.epilogue.residual,
-                self.m * self.n,
+                e.residual,
+                args.residual.is_some(),
+                args.residual.map(<[f32]>::len),
+                m * n,
             ),
-        ] {
-            match (got, on) {
-                (Some(got), true) if got != want => {
-                    return Err(Error::BufferLen {
-                        what: format!("sgemm {}x{}x{} {what}", self.m, self.n, self.k),
-                        want,
-                        got,
-                    })
-                }
-                (Some(_), true) | (None, false) => {}
-                (None, true) | (Some(_), false) => {
-                    return Err(Error::BadShape {
-                        op: "sgemm",
-                        reason: format!(
-                            "{what} given {} but the kernel was compiled {}",
-                            if got.is_some() { "" } else { "not" },
-                            if on { "with it" } else { "without it" }
-                        ),
-                    })
-                }
+        ];
+        for (what, on, given, got, want) in stages {
+            if on != given {
+                return Err(Error::BadShape {
+                    op: "sgemm",
+                    reason: format!(
+                        "{what} {} but the kernel ({m}x{n}x{}, epilogue {e}) was compiled {}",
+                        if given { "given" } else { "not given" },
+                        self.k,
+                        if on { "with it" } else { "without it" }
+                    ),
+                });
+            }
+            if let Some(got) = got.filter(|&got| got != want) {
+                return Err(Error::BufferLen {
+                    what: format!("sgemm {m}x{n}x{} {what}", self.k),
+                    want,
+                    got,
+                });
             }
         }
         Ok(())
@@ -159,6 +181,8 @@ type SgemmFn = unsafe extern "C" fn(
     *mut f32,
     *const f32,
     *const f32,
+    *const f32,
+    f32,
 );
 
 thread_local! {
@@ -226,10 +250,11 @@ impl SgemmKernel {
 
     /// `c = a · b` on the calling thread (a kernel without epilogue).
     pub fn run(&self, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
-        self.run_with(a, b, None, None, c)
+        self.run_epilogue(a, b, &EpilogueArgs::NONE, c)
     }
 
-    /// `c = (a · b + bias) + residual`, with the epilogue inputs the kernel was compiled for.
+    /// `c = (a · b + bias) + residual` for a kernel compiled with (at most) those two stages:
+    /// [`SgemmKernel::run_epilogue`] without `scale` and `up`.
     pub fn run_with(
         &self,
         a: &[f32],
@@ -238,27 +263,47 @@ impl SgemmKernel {
         residual: Option<&[f32]>,
         c: &mut [f32],
     ) -> Result<()> {
+        let args = EpilogueArgs {
+            bias,
+            residual,
+            ..EpilogueArgs::NONE
+        };
+        self.run_epilogue(a, b, &args, c)
+    }
+
+    /// `c = a · b` followed by the compiled [`Epilogue`] with the operands in `args`, in its
+    /// order: `t * scale`, `+ bias[n]`, `silu(t) * up[m, n]`, `+ residual[m, n]`. Errors if
+    /// `args` lacks an operand of the epilogue, has one it lacks, or one of the wrong length.
+    pub fn run_epilogue(
+        &self,
+        a: &[f32],
+        b: &[f32],
+        args: &EpilogueArgs,
+        c: &mut [f32],
+    ) -> Result<()> {
         self.desc.check(a, b, c)?;
-        self.desc.check_epilogue(bias, residual)?;
+        self.desc.check_epilogue(args)?;
         match &self.jit {
             None => {
                 let d = &self.desc;
                 let a_strides = if d.a_transposed { (1, d.m) } else { (d.k, 1) };
                 portable::sgemm(a, a_strides, b, c, (d.m, d.n, d.k));
-                portable::epilogue(c, self.desc.n, bias, residual);
+                portable::epilogue(c, d.n, args);
             }
             Some((_, entry, plan)) => {
                 let (full, tail) = plan.outer_iterations();
-                let (pbias, pres) = (
-                    bias.map_or(std::ptr::null(), |v| v.as_ptr()),
-                    residual.map_or(std::ptr::null(), |v| v.as_ptr()),
-                );
+                let ptr = |v: Option<&[f32]>| v.map_or(std::ptr::null(), <[f32]>::as_ptr);
+                let (pbias, pup, pres) = (ptr(args.bias), ptr(args.up), ptr(args.residual));
+                // Not read unless the kernel has the stage.
+                let scale = args.scale.unwrap_or(1.0);
                 with_scratch(plan.scratch_floats, |scratch| {
                     // SAFETY: the code was generated for `self.desc`'s shape and epilogue, whose
-                    // buffer lengths `check`/`check_epilogue` matched (a null epilogue pointer is
-                    // never read: the code for a kernel without it does not touch it); it reads
-                    // `a`, `b`, `bias`, `residual` and writes `c` only within those lengths
-                    // (tails are masked), writes at most `plan.scratch_floats` floats of
+                    // buffer lengths `check` (a: m*k, b: k*n, c: m*n, and the ISA) and
+                    // `check_epilogue` (bias: n, up and residual: m*n, each present exactly
+                    // when the epilogue has its stage) matched; a null epilogue pointer is never
+                    // read, as the code for a kernel without that stage does not touch it. It
+                    // reads `a`, `b`, `bias`, `up`, `residual` and writes `c` only within those
+                    // lengths (tails are masked), writes at most `plan.scratch_floats` floats of
                     // `scratch`, and visits iterations 0..full plus the tail.
                     unsafe {
                         entry(
@@ -271,6 +316,8 @@ impl SgemmKernel {
                             scratch,
                             pbias,
                             pres,
+                            pup,
+                            scale,
                         )
                     }
                 });
@@ -280,10 +327,11 @@ impl SgemmKernel {
     }
 
     /// `c = a · b` with the outermost loop split among `n_threads` scoped threads (when it is
-    /// over `m` or `n`; otherwise runs on one thread). Results equal [`SgemmKernel::run`]'s.
+    /// over `m` or `n`; otherwise runs on one thread), for a kernel without epilogue (an
+    /// error otherwise). Results equal [`SgemmKernel::run`]'s.
     pub fn run_threads(&self, a: &[f32], b: &[f32], c: &mut [f32], n_threads: usize) -> Result<()> {
         self.desc.check(a, b, c)?;
-        self.desc.check_epilogue(None, None)?;
+        self.desc.check_epilogue(&EpilogueArgs::NONE)?;
         let Some((_, entry, plan)) = &self.jit else {
             return self.run(a, b, c);
         };
@@ -316,6 +364,8 @@ impl SgemmKernel {
                                 scratch,
                                 std::ptr::null(),
                                 std::ptr::null(),
+                                std::ptr::null(),
+                                1.0,
                             )
                         }
                     });
@@ -370,18 +420,34 @@ impl KernelCache {
 /// ([`crate::jit::rowops_schedule`]). `exp` is
 /// [`exp_clamped`](crate::kernel::portable::exp_clamped) everywhere, as in the IR.
 pub mod portable {
-    /// `c = (c + bias) + residual` (the sgemm epilogue).
-    pub fn epilogue(c: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
-        if let Some(bias) = bias {
-            for row in c.chunks_exact_mut(n) {
-                for (v, b) in row.iter_mut().zip(bias) {
-                    *v += b;
-                }
-            }
+    /// The sgemm [`Epilogue`](crate::Epilogue) over `c` (rows of `n`, the matmul's sums), in
+    /// its order, each operation rounded: `t * scale`, `+ bias[j]`,
+    /// `(t / (1 + exp_clamped(-t))) * up`, `+ residual`. Stages whose operand is `None` are
+    /// skipped; operands have the lengths `SgemmKernel::run_epilogue` checks (elements a short
+    /// one does not cover skip its stage rather than panic).
+    pub fn epilogue(c: &mut [f32], n: usize, args: &crate::kernel::EpilogueArgs) {
+        if n == 0 {
+            return;
         }
-        if let Some(res) = residual {
-            for (v, r) in c.iter_mut().zip(res) {
-                *v += r;
+        for (i, row) in c.chunks_exact_mut(n).enumerate() {
+            let rows = i * n..(i + 1) * n;
+            let up = args.up.and_then(|v| v.get(rows.clone()));
+            let res = args.residual.and_then(|v| v.get(rows));
+            for (j, t) in row.iter_mut().enumerate() {
+                let mut v = *t;
+                if let Some(s) = args.scale {
+                    v *= s;
+                }
+                if let Some(b) = args.bias.and_then(|b| b.get(j)) {
+                    v += b;
+                }
+                if let Some(u) = up.map(|u| u[j]) {
+                    v = (v / (1.0 + exp_clamped(-v))) * u;
+                }
+                if let Some(r) = res.map(|r| r[j]) {
+                    v += r;
+                }
+                *t = v;
             }
         }
     }
@@ -778,6 +844,35 @@ mod tests {
         if other.isa != Isa::Portable {
             let c = cache.sgemm(&other).unwrap();
             assert!(!Arc::ptr_eq(&a, &c), "the schedule is part of the key");
+        }
+        // Each epilogue stage is part of the key (the scale's value is a run-time argument).
+        let mut seen = vec![a.clone()];
+        for e in [
+            Epilogue {
+                scale: true,
+                ..Epilogue::NONE
+            },
+            Epilogue {
+                silu_mul: true,
+                ..Epilogue::NONE
+            },
+            Epilogue {
+                scale: true,
+                silu_mul: true,
+                ..Epilogue::NONE
+            },
+        ] {
+            let desc = SgemmDesc {
+                epilogue: e,
+                ..SgemmDesc::new(8, 8, 8)
+            };
+            let k = cache.sgemm(&desc).unwrap();
+            assert!(Arc::ptr_eq(&k, &cache.sgemm(&desc).unwrap()));
+            assert!(
+                seen.iter().all(|s| !Arc::ptr_eq(s, &k)),
+                "{e} is in the key"
+            );
+            seen.push(k);
         }
         if Isa::Avx512.available() {
             let q = crate::quant::QuantType::Q4_1;

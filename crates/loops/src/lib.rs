@@ -20,6 +20,6 @@ pub use jit::fgemm::{FGemmDesc, FGemmKernel, PackedFloatWeights};
 pub use jit::qgemm::{ActsQ8, PackedWeights, QGemmDesc, QGemmKernel};
 pub use jit::rowops::{RopeLayout, RowKernel, RowKernelCache, RowOp, RowOpDesc};
 pub use jit::Isa;
-pub use kernel::{Epilogue, KernelCache, SgemmDesc, SgemmKernel};
+pub use kernel::{Epilogue, EpilogueArgs, KernelCache, SgemmDesc, SgemmKernel};
 pub use quant::QuantType;
 pub use schedule::{Annot, Loop, Pack, Schedule, Tail};

@@ -1,9 +1,11 @@
 //! Every JIT sgemm kernel equals the interpreter bit for bit, under random valid schedules,
-//! odd sizes and tails, with every buffer ending at a guard page.
+//! odd sizes and tails, both layouts of A and every combination of the fused epilogue's
+//! stages (scale, bias, SiLU·mul, residual), with every buffer ending at a guard page; and the
+//! portable path gives the same bits.
 
 use peregrine_loops::interp::{self, Buffer};
 use peregrine_loops::jit::exec_mem::GuardedF32;
-use peregrine_loops::{Epilogue, Isa, SgemmDesc, SgemmKernel};
+use peregrine_loops::{Epilogue, EpilogueArgs, Isa, SgemmDesc, SgemmKernel};
 use proptest::prelude::*;
 
 fn fill(buf: &mut [f32], seed: u64) {
@@ -84,7 +86,8 @@ fn schedule_strategy(
 }
 
 /// Runs `desc`'s kernel (its schedule text, or the default one) on random inputs and compares
-/// every output bit with the interpreter running the same expression and schedule.
+/// every output bit with the interpreter running the same expression and schedule, and with
+/// the portable path.
 fn check(desc: &SgemmDesc, seed: u64) -> Result<(), TestCaseError> {
     let (m, n, k, isa, epilogue) = (desc.m, desc.n, desc.k, desc.isa, desc.epilogue);
     let (text, a_transposed) = (desc.schedule_text(), desc.a_transposed);
@@ -98,40 +101,71 @@ fn check(desc: &SgemmDesc, seed: u64) -> Result<(), TestCaseError> {
     fill(a.as_mut_slice(), seed);
     fill(b.as_mut_slice(), seed + 1);
     c.as_mut_slice().fill(f32::NAN);
-    let (mut bias, mut res) = (GuardedF32::new(n).unwrap(), GuardedF32::new(m * n).unwrap());
-    fill(bias.as_mut_slice(), seed + 2);
-    fill(res.as_mut_slice(), seed + 3);
-    let (bias_in, res_in) = (
-        epilogue.bias.then(|| bias.as_slice()),
-        epilogue.residual.then(|| res.as_slice()),
+    let (mut bias, mut up, mut res) = (
+        GuardedF32::new(n).unwrap(),
+        GuardedF32::new(m * n).unwrap(),
+        GuardedF32::new(m * n).unwrap(),
     );
+    fill(bias.as_mut_slice(), seed + 2);
+    fill(up.as_mut_slice(), seed + 4);
+    fill(res.as_mut_slice(), seed + 3);
+    // A scale that is not a power of two, so its rounding shows.
+    let scale = [1.0 + (seed % 1000) as f32 / 997.0];
+    let args = EpilogueArgs {
+        scale: epilogue.scale.then_some(scale[0]),
+        bias: epilogue.bias.then(|| bias.as_slice()),
+        up: epilogue.silu_mul.then(|| up.as_slice()),
+        residual: epilogue.residual.then(|| res.as_slice()),
+    };
     kernel
-        .run_with(
-            a.as_slice(),
-            b.as_slice(),
-            bias_in,
-            res_in,
-            c.as_mut_slice(),
-        )
+        .run_epilogue(a.as_slice(), b.as_slice(), &args, c.as_mut_slice())
         .unwrap();
     let expr = desc.expr().unwrap();
     let sched = desc.schedule(&expr).unwrap();
     let mut want = vec![0f32; m * n];
     let mut inputs = vec![Buffer::F32(a.as_slice()), Buffer::F32(b.as_slice())];
-    inputs.extend(bias_in.map(Buffer::F32));
-    inputs.extend(res_in.map(Buffer::F32));
+    inputs.extend(epilogue.scale.then_some(Buffer::F32(&scale)));
+    inputs.extend(args.bias.map(Buffer::F32));
+    inputs.extend(args.up.map(Buffer::F32));
+    inputs.extend(args.residual.map(Buffer::F32));
     interp::run(&expr, &sched, &inputs, &mut want).unwrap();
+    let portable = SgemmKernel::compile(&SgemmDesc {
+        isa: Isa::Portable,
+        schedule: None,
+        ..desc.clone()
+    })
+    .unwrap();
+    let mut twin = vec![f32::NAN; m * n];
+    portable
+        .run_epilogue(a.as_slice(), b.as_slice(), &args, &mut twin)
+        .unwrap();
     let got = c.as_slice();
     let layout = if a_transposed { " (A transposed)" } else { "" };
     for i in 0..m * n {
         prop_assert!(
             got[i].to_bits() == want[i].to_bits(),
-            "{m}x{n}x{k}{layout} {isa} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}",
+            "{m}x{n}x{k}{layout} {isa} epilogue {epilogue} `{text}` seed {seed}: c[{i}] = {} but the interpreter gives {}",
             got[i],
+            want[i]
+        );
+        prop_assert!(
+            twin[i].to_bits() == want[i].to_bits(),
+            "{m}x{n}x{k}{layout} portable epilogue {epilogue} seed {seed}: c[{i}] = {} but the interpreter gives {}",
+            twin[i],
             want[i]
         );
     }
     Ok(())
+}
+
+/// An epilogue from its four stage flags (scale, bias, silu_mul, residual).
+fn epilogue([scale, bias, silu_mul, residual]: [bool; 4]) -> Epilogue {
+    Epilogue {
+        scale,
+        bias,
+        silu_mul,
+        residual,
+    }
 }
 
 fn random_desc(
@@ -153,16 +187,16 @@ fn random_desc(
 proptest! {
     #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
     #[test]
-    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>(), a_t in any::<bool>()) {
+    fn avx512_random_schedules(m in 1..40usize, n in 1..90usize, k in 1..40usize, text in schedule_strategy(16, 6, 4), seed in any::<u64>(), stages in any::<[bool; 4]>(), a_t in any::<bool>()) {
         if Isa::Avx512.available() {
-            check(&random_desc((m, n, k), Isa::Avx512, text, Epilogue { bias, residual }, a_t), seed)?;
+            check(&random_desc((m, n, k), Isa::Avx512, text, epilogue(stages), a_t), seed)?;
         }
     }
 
     #[test]
-    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>(), bias in any::<bool>(), residual in any::<bool>(), a_t in any::<bool>()) {
+    fn avx2_random_schedules(m in 1..30usize, n in 1..50usize, k in 1..30usize, text in schedule_strategy(8, 4, 2), seed in any::<u64>(), stages in any::<[bool; 4]>(), a_t in any::<bool>()) {
         if Isa::Avx2.available() {
-            check(&random_desc((m, n, k), Isa::Avx2, text, Epilogue { bias, residual }, a_t), seed)?;
+            check(&random_desc((m, n, k), Isa::Avx2, text, epilogue(stages), a_t), seed)?;
         }
     }
 }
@@ -287,7 +321,7 @@ fn epilogue_inputs_must_match_the_kernel() {
         schedule: None,
         epilogue: Epilogue {
             bias: true,
-            residual: false,
+            ..Epilogue::NONE
         },
         a_transposed: false,
     };
@@ -315,13 +349,20 @@ fn default_schedule_compiles_for_every_small_shape() {
         }
         for m in 1..=40 {
             for n in [1, 7, 8, 15, 16, 17, 100, 577] {
-                for k in [1, 600] {
+                // The default tiles leave room for every epilogue (SiLU·mul needs three free
+                // vector registers).
+                for (k, stages) in [(1, false), (600, false), (600, true)] {
                     let desc = SgemmDesc {
                         isa,
+                        epilogue: epilogue([stages; 4]),
                         ..SgemmDesc::new(m, n, k)
                     };
                     SgemmKernel::compile(&desc).unwrap_or_else(|e| {
-                        panic!("{m}x{n}x{k} {isa} `{}`: {e}", desc.schedule_text())
+                        panic!(
+                            "{m}x{n}x{k} {isa} epilogue {} `{}`: {e}",
+                            desc.epilogue,
+                            desc.schedule_text()
+                        )
                     });
                 }
             }

@@ -12,6 +12,9 @@
 //! - [`attention`]: attention's score and value loops over an f16 KV cache.
 //! - `panels` (private): what the two panel matmuls share (packed storage, groups, the loops
 //!   over groups and run-time row tiles).
+//! - `vasm`, `vexp` (private): a vector emitter for either ISA (zmm with k-mask tails, ymm
+//!   with `vmaskmovps` tails, a constant pool) and the `exp` polynomial on it, shared by the
+//!   row kernels and the f32 matmul's SiLU·mul epilogue.
 
 pub mod attention;
 pub mod exec_mem;
@@ -24,6 +27,8 @@ mod regs;
 pub mod rowops;
 pub mod rowops_schedule;
 pub mod sgemm;
+mod vasm;
+mod vexp;
 
 use crate::error::{Error, Result};
 use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};

@@ -21,7 +21,6 @@
 //! and equals the interpreter under that schedule bit for bit
 //! (`tests/rowops_match_interpreter.rs`).
 
-mod asm;
 mod gen;
 
 use crate::compiled::CompiledByDesc;

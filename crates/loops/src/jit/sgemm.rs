@@ -17,14 +17,28 @@
 //! accumulators from `C` unless it is the first `k` chunk; every output is one fma chain over
 //! `k` in increasing order, the interpreter's order, so results are bit-identical to it.
 //!
-//! The generated function is `extern "C" fn(a, b, c, lo, count, run_tail)`: it runs iterations
-//! `lo..lo + count` of the outermost loop's full iterations, then its tail iteration if
-//! `run_tail != 0`; threads split the outermost loop this way.
+//! The fused [`Epilogue`] (`t * scale`, `+ bias[n]`, `silu(t) * up[m, n]`, `+ residual[m, n]`,
+//! each optional, in this order) runs once per tile, after the last `k` chunk: the scale
+//! (one `vmulps` per accumulator by the broadcast value) and the additions (one `vaddps` per
+//! accumulator) on the accumulators in registers; with SiLU·mul, the tile is stored first and
+//! a short loop over its rows applies `silu(t) * up` (the `exp` polynomial of `jit::vexp`
+//! on `-t`, `1 + e`, `vdivps`, `vmulps` by `up`), then the residual, with every vector register
+//! free, so AVX-512 keeps the polynomial's 17 constants in registers (from memory, each use is
+//! a 64-byte load, which made the fused kernel slower than a separate pass) and evaluates
+//! three vectors side by side. Each step is one rounded IEEE operation, as in the interpreter.
+//!
+//! The generated function is `extern "C" fn(a, b, c, lo, count, run_tail, scratch, bias,
+//! residual, up, scale: f32)`: it runs iterations `lo..lo + count` of the outermost loop's full
+//! iterations, then its tail iteration if `run_tail != 0`; threads split the outermost loop
+//! this way. Epilogue pointers of stages the kernel lacks are never read.
 
 use super::regs::{YMM, ZMM};
+use super::vasm::{Gen as VecAsm, Mask, Src};
+use super::vexp::{ExpConsts, ExpRegs};
 use super::{asm_err, Isa};
 use crate::error::{Error, Result};
-use crate::ir::{Access, BinaryOp, Expr, InputId, NodeId, Op, ReduceOp, VarId};
+use crate::ir::library::Epilogue;
+use crate::ir::{Access, BinaryOp, Expr, InputId, NodeId, Op, ReduceOp, Storage, UnaryOp, VarId};
 use crate::schedule::{Annot, Loop, Schedule};
 use iced_x86::code_asm::*;
 
@@ -51,49 +65,96 @@ pub struct MatmulShape {
     pub node: NodeId,
     /// The input read as B.
     pub b_input: InputId,
-    /// Fused `+ bias[n]` after the reduction.
-    pub bias: bool,
-    /// Fused `+ residual[m, n]` (row-major, `n` wide) after the bias.
-    pub residual: bool,
+    /// The stages fused after the reduction (the expression's nodes above the reduce).
+    pub epilogue: Epilogue,
 }
 
-/// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C.
+/// Vectors of a row the SiLU·mul pass evaluates side by side (four registers each), so the
+/// `exp` polynomials of neighbouring vectors overlap.
+const SILU_CHAINS: usize = 4;
+
+/// Recognizes `C[m,n] = sum_k A[m,k] * B[k,n]` with unit column stride in B and C, followed
+/// by the [`Epilogue`]'s stages as [`crate::ir::library::matmul_general`] writes them (each
+/// optional, each at most once, in the order scale, bias, silu_mul, residual; their operands
+/// f32 reads at offset 0: `scale[]`, `bias[n]` stride 1, `up[m, n]` and `residual[m, n]` with
+/// strides `(n, 1)`). Anything else is `Error::Unsupported`.
 pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
     let unsupported = |reason: &str| Error::Unsupported {
         backend: "sgemm",
         reason: reason.to_string(),
     };
-    // Peel the epilogue `Add(Add(reduce, bias[n]), residual[m, n])` (either optional), outer first.
+    // Peel the epilogue, outer stage first: the stages met must have decreasing ranks in
+    // `Epilogue::STAGES` (scale 0, bias 1, silu_mul 2, residual 3).
     let mut out = expr.output;
-    let (mut bias, mut residual) = (false, false);
+    let mut on = [false; 4];
+    let mut last_rank = Epilogue::STAGES.len();
     let space = expr.node(expr.output).space.clone();
-    while let (Op::Binary(BinaryOp::Add, x, y), [vm, vn]) = (&expr.node(out).op, &space[..]) {
-        let Op::Read {
+    // An f32 read at offset 0: its index variables and strides.
+    let f32_read = |id: NodeId| match &expr.node(id).op {
+        Op::Read {
+            input,
             index,
             access: Access::Strided { offset: 0, strides },
-            ..
-        } = &expr.node(*y).op
-        else {
+        } if expr.inputs[input.0 as usize].storage == Storage::F32 => {
+            Some((index.as_slice(), strides.as_slice()))
+        }
+        _ => None,
+    };
+    while let [vm, vn] = space[..] {
+        let n = expr.var(vn).extent as isize;
+        let is_mn = |r: Option<(&[VarId], &[isize])>| r == Some((&[vm, vn], &[n, 1]));
+        let stage = match &expr.node(out).op {
+            Op::Binary(BinaryOp::Add, x, y) if is_mn(f32_read(*y)) => Some((3, *x)),
+            Op::Binary(BinaryOp::Add, x, y) if f32_read(*y) == Some((&[vn], &[1])) => Some((1, *x)),
+            Op::Binary(BinaryOp::Mul, x, y) => match (&expr.node(*x).op, f32_read(*y)) {
+                (Op::Unary(UnaryOp::Silu, t), r) if is_mn(r) => Some((2, *t)),
+                (_, Some((&[], &[]))) => Some((0, *x)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some((rank, inner)) = stage else {
             break;
         };
-        let n = expr.var(*vn).extent as isize;
-        if !residual && !bias && index[..] == [*vm, *vn] && strides[..] == [n, 1] {
-            residual = true;
-        } else if !bias && index[..] == [*vn] && strides[..] == [1] {
-            bias = true;
-        } else {
-            break;
+        if rank >= last_rank {
+            let names = Epilogue::STAGES;
+            return Err(unsupported(&if rank == last_rank {
+                format!("the epilogue stage `{}` appears twice", names[rank])
+            } else {
+                format!(
+                    "the epilogue applies `{}` before `{}`; the fused order is {}",
+                    names[rank],
+                    names[last_rank],
+                    names.join(", ")
+                )
+            }));
         }
-        out = *x;
+        on[rank] = true;
+        last_rank = rank;
+        out = inner;
     }
+    let [scale, bias, silu_mul, residual] = on;
+    let epilogue = Epilogue {
+        scale,
+        bias,
+        silu_mul,
+        residual,
+    };
     let Op::Reduce {
         op: ReduceOp::Add,
         arg,
         keep,
     } = &expr.node(out).op
     else {
-        return Err(unsupported("the output is not a sum reduction"));
+        return Err(unsupported(
+            "the output is not a sum reduction followed by the fused epilogue stages (scale, bias, silu_mul, residual, each optional, in this order)",
+        ));
     };
+    if keep[..] != space[..] {
+        return Err(unsupported(
+            "the output is not indexed like the reduction (m, n)",
+        ));
+    }
     let Op::Binary(BinaryOp::Mul, ra, rb) = expr.node(*arg).op else {
         return Err(unsupported("the reduction is not over a product"));
     };
@@ -153,8 +214,7 @@ pub fn matmul_shape(expr: &Expr) -> Result<MatmulShape> {
         vars: [vm, vn, vk],
         node: out,
         b_input: *b_input,
-        bias,
-        residual,
+        epilogue,
     })
 }
 
@@ -269,7 +329,8 @@ impl Plan {
             )));
         }
         // Accumulators, one B vector per column vector, a broadcast register (AVX2, or AVX-512
-        // with several vectors per row) and the AVX2 lane mask.
+        // with several vectors per row) and the AVX2 lane mask. (The epilogue needs one
+        // register besides the accumulators, and SiLU·mul runs after the tile is stored.)
         let needed = tile_rows * tile_vecs
             + tile_vecs
             + usize::from(isa == Isa::Avx2 || tile_vecs > 1)
@@ -362,52 +423,73 @@ impl Plan {
 
 // Register roles: rdi = A cursor, rsi = B cursor, rdx = C cursor, r10 = k offset (elements),
 // r11 / rax = A / B cursors inside the micro-kernel, rbx = k counter, rcx/r8/r9 = lo, count,
-// run_tail. Outer loop counters live on the stack.
+// run_tail, r12 / r13 / r14 = bias / residual / up cursors. Outer loop counters live on the
+// stack.
 struct Gen<'p> {
-    a: CodeAssembler,
+    /// The assembler (`v.a`), with the vector helpers and constant pool of `vasm`.
+    v: VecAsm,
     plan: &'p Plan,
     has_outer_k: bool,
     /// While emitting below the packing depth: the packed k chunk.
     packed_ck: Option<usize>,
+    /// The `exp` polynomial's constants (in the pool), when the epilogue has SiLU·mul.
+    exp: Option<ExpConsts>,
 }
 
-// Stack frame: [0] count, [8] run_tail, [16] scratch, [24] saved B cursor, [32 + 8 * level]
-// loop counters, then 32 bytes for the AVX2 lane mask.
+// Stack frame: [0] count, [8] run_tail, [16] scratch, [24] saved B cursor, [32] the scale,
+// [40 + 8 * level] loop counters, then 32 bytes for the AVX2 lane mask.
 const SLOT_SCRATCH: i32 = 16;
 const SLOT_SAVED_B: i32 = 24;
-const SLOT_LOOPS: i32 = 32;
+const SLOT_SCALE: i32 = 32;
+const SLOT_LOOPS: i32 = 40;
 
-/// Emits the machine code of `plan` (assembled at address 0, position-independent).
+/// Emits the machine code of `plan` (assembled at address 0, position-independent; the
+/// constants of the SiLU·mul epilogue follow the code).
 pub fn generate(plan: &Plan) -> Result<Vec<u8>> {
+    let mut v = VecAsm::new(plan.isa).map_err(asm_err)?;
+    let exp = if plan.shape.epilogue.silu_mul {
+        Some(ExpConsts::new(&mut v).map_err(asm_err)?)
+    } else {
+        None
+    };
     let mut g = Gen {
-        a: CodeAssembler::new(64).map_err(asm_err)?,
+        v,
         plan,
         has_outer_k: plan.outer.iter().any(|(v, _)| *v == 2),
         packed_ck: None,
+        exp,
     };
     g.emit().map_err(asm_err)?;
-    g.a.assemble(0).map_err(asm_err)
+    g.v.finish().map_err(asm_err)
 }
 
 type R = std::result::Result<(), iced_x86::IcedError>;
 
+/// The pointers the loops move: A, B, C, bias, residual, up.
+const CURSORS: [AsmRegister64; 6] = [rdi, rsi, rdx, r12, r13, r14];
+
 impl Gen<'_> {
     fn emit(&mut self) -> R {
         let n_slots = self.plan.outer.len() + 9;
-        self.a.push(rbx)?;
-        self.a.push(r12)?;
-        self.a.push(r13)?;
-        self.a.sub(rsp, (8 * n_slots) as i32)?;
-        // Stack arguments 7..9 (scratch, bias, residual) sit above the return address and the
-        // three saved registers.
-        let args = (8 * n_slots + 32) as i32;
-        self.a.mov(r11, qword_ptr(rsp + args))?;
-        self.a.mov(qword_ptr(rsp + SLOT_SCRATCH), r11)?;
-        self.a.mov(r12, qword_ptr(rsp + args + 8))?;
-        self.a.mov(r13, qword_ptr(rsp + args + 16))?;
-        self.a.mov(qword_ptr(rsp + 8), r9)?;
-        self.a.mov(qword_ptr(rsp), r8)?;
-        self.a.xor(r10d, r10d)?;
+        self.v.a.push(rbx)?;
+        self.v.a.push(r12)?;
+        self.v.a.push(r13)?;
+        self.v.a.push(r14)?;
+        self.v.a.sub(rsp, (8 * n_slots) as i32)?;
+        // The scale arrives in xmm0 (the one float argument), before any vector register is
+        // written.
+        self.v.a.vmovss(dword_ptr(rsp + SLOT_SCALE), xmm0)?;
+        // Stack arguments 7..10 (scratch, bias, residual, up) sit above the return address and
+        // the four saved registers.
+        let args = (8 * n_slots + 40) as i32;
+        self.v.a.mov(r11, qword_ptr(rsp + args))?;
+        self.v.a.mov(qword_ptr(rsp + SLOT_SCRATCH), r11)?;
+        self.v.a.mov(r12, qword_ptr(rsp + args + 8))?;
+        self.v.a.mov(r13, qword_ptr(rsp + args + 16))?;
+        self.v.a.mov(r14, qword_ptr(rsp + args + 24))?;
+        self.v.a.mov(qword_ptr(rsp + 8), r9)?;
+        self.v.a.mov(qword_ptr(rsp), r8)?;
+        self.v.a.xor(r10d, r10d)?;
         let extents = [self.plan.shape.m, self.plan.shape.n, self.plan.shape.k];
         if self.plan.pack_b == Some(0) {
             self.pack(extents)?;
@@ -420,25 +502,33 @@ impl Gen<'_> {
         if self.plan.pack_b == Some(0) {
             self.unpack()?;
         }
-        self.a.add(rsp, (8 * n_slots) as i32)?;
-        self.a.pop(r13)?;
-        self.a.pop(r12)?;
-        self.a.pop(rbx)?;
-        self.a.vzeroupper()?;
-        self.a.ret()
+        self.v.a.add(rsp, (8 * n_slots) as i32)?;
+        self.v.a.pop(r14)?;
+        self.v.a.pop(r13)?;
+        self.v.a.pop(r12)?;
+        self.v.a.pop(rbx)
+        // `generate` ends with `vzeroupper; ret` and the constant pool.
     }
 
-    /// Bytes a pointer moves per element of variable `v`: (A, B, C, bias, residual).
-    fn deltas(&self, v: usize) -> [i64; 5] {
+    /// Bytes a pointer moves per element of variable `v`: (A, B, C, bias, residual, up), the
+    /// order of [`CURSORS`].
+    fn deltas(&self, v: usize) -> [i64; 6] {
         let s = &self.plan.shape;
-        let (bias, res) = (i64::from(s.bias), i64::from(s.residual));
+        let e = s.epilogue;
+        let (bias, res, up) = (
+            i64::from(e.bias),
+            i64::from(e.residual),
+            i64::from(e.silu_mul),
+        );
+        let n = s.n as i64;
         match v {
             0 => [
                 4 * s.a_row as i64,
                 0,
                 4 * s.ldc as i64,
                 0,
-                4 * res * s.n as i64,
+                4 * res * n,
+                4 * up * n,
             ],
             1 => [
                 0,
@@ -446,8 +536,9 @@ impl Gen<'_> {
                 4,
                 4 * bias,
                 4 * res,
+                4 * up,
             ],
-            _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0, 0, 0],
+            _ => [4 * s.a_col as i64, 4 * s.ldb as i64, 0, 0, 0, 0],
         }
     }
 
@@ -456,13 +547,13 @@ impl Gen<'_> {
             return Ok(());
         }
         let d = self.deltas(v);
-        for (reg, dd) in [rdi, rsi, rdx, r12, r13].into_iter().zip(d) {
+        for (reg, dd) in CURSORS.into_iter().zip(d) {
             if dd != 0 {
-                self.a.add(reg, (dd * elems) as i32)?;
+                self.v.a.add(reg, (dd * elems) as i32)?;
             }
         }
         if v == 2 && self.has_outer_k {
-            self.a.add(r10, elems as i32)?;
+            self.v.a.add(r10, elems as i32)?;
         }
         Ok(())
     }
@@ -473,40 +564,40 @@ impl Gen<'_> {
         let tail = extents[v] % step;
         // Skip to iteration `lo`.
         let d = self.deltas(v);
-        for (reg, dd) in [rdi, rsi, rdx, r12, r13].into_iter().zip(d) {
+        for (reg, dd) in CURSORS.into_iter().zip(d) {
             if dd != 0 {
-                self.a.imul_3(r11, rcx, (dd * step as i64) as i32)?;
-                self.a.add(reg, r11)?;
+                self.v.a.imul_3(r11, rcx, (dd * step as i64) as i32)?;
+                self.v.a.add(reg, r11)?;
             }
         }
         if v == 2 {
-            self.a.imul_3(r11, rcx, step as i32)?;
-            self.a.add(r10, r11)?;
+            self.v.a.imul_3(r11, rcx, step as i32)?;
+            self.v.a.add(r10, r11)?;
         }
-        let mut after = self.a.create_label();
-        let mut top = self.a.create_label();
+        let mut after = self.v.a.create_label();
+        let mut top = self.v.a.create_label();
         if full > 0 {
-            self.a.cmp(qword_ptr(rsp), 0)?;
-            self.a.je(after)?;
-            self.a.set_label(&mut top)?;
+            self.v.a.cmp(qword_ptr(rsp), 0)?;
+            self.v.a.je(after)?;
+            self.v.a.set_label(&mut top)?;
             let mut sub = extents;
             sub[v] = step;
             self.level(1, sub)?;
             self.advance(v, step as i64)?;
-            self.a.dec(qword_ptr(rsp))?;
-            self.a.jnz(top)?;
+            self.v.a.dec(qword_ptr(rsp))?;
+            self.v.a.jnz(top)?;
         }
-        self.a.set_label(&mut after)?;
-        self.a.nop()?;
+        self.v.a.set_label(&mut after)?;
+        self.v.a.nop()?;
         if tail > 0 {
-            let mut done = self.a.create_label();
-            self.a.cmp(qword_ptr(rsp + 8), 0)?;
-            self.a.je(done)?;
+            let mut done = self.v.a.create_label();
+            self.v.a.cmp(qword_ptr(rsp + 8), 0)?;
+            self.v.a.je(done)?;
             let mut sub = extents;
             sub[v] = tail;
             self.level(1, sub)?;
-            self.a.set_label(&mut done)?;
-            self.a.nop()?;
+            self.v.a.set_label(&mut done)?;
+            self.v.a.nop()?;
         }
         Ok(())
     }
@@ -517,12 +608,12 @@ impl Gen<'_> {
     fn pack(&mut self, chunk: [usize; 3]) -> R {
         let (cn, ck, nr) = (chunk[1], chunk[2], self.plan.pack_nr);
         let lanes = 16;
-        self.a.mov(qword_ptr(rsp + SLOT_SAVED_B), rsi)?;
-        self.a.mov(r8, rsi)?;
-        self.a.mov(r9, qword_ptr(rsp + SLOT_SCRATCH))?;
-        self.a.mov(ebx, ck as i32)?;
-        let mut top = self.a.create_label();
-        self.a.set_label(&mut top)?;
+        self.v.a.mov(qword_ptr(rsp + SLOT_SAVED_B), rsi)?;
+        self.v.a.mov(r8, rsi)?;
+        self.v.a.mov(r9, qword_ptr(rsp + SLOT_SCRATCH))?;
+        self.v.a.mov(ebx, ck as i32)?;
+        let mut top = self.v.a.create_label();
+        self.v.a.set_label(&mut top)?;
         for t in 0..cn.div_ceil(nr) {
             let width = nr.min(cn - t * nr);
             for j in 0..width.div_ceil(lanes) {
@@ -530,27 +621,27 @@ impl Gen<'_> {
                 let src = r8 + (4 * (t * nr + j * lanes)) as i32;
                 let dst = r9 + (4 * (t * ck * nr + j * lanes)) as i32;
                 if cols == lanes {
-                    self.a.vmovups(zmm31, zmmword_ptr(src))?;
-                    self.a.vmovups(zmmword_ptr(dst), zmm31)?;
+                    self.v.a.vmovups(zmm31, zmmword_ptr(src))?;
+                    self.v.a.vmovups(zmmword_ptr(dst), zmm31)?;
                 } else {
-                    self.a.mov(r11d, ((1u32 << cols) - 1) as i32)?;
-                    self.a.kmovw(k2, r11d)?;
-                    self.a.vmovups(zmm31.k2().z(), zmmword_ptr(src))?;
-                    self.a.vmovups(zmmword_ptr(dst).k2(), zmm31)?;
+                    self.v.a.mov(r11d, ((1u32 << cols) - 1) as i32)?;
+                    self.v.a.kmovw(k2, r11d)?;
+                    self.v.a.vmovups(zmm31.k2().z(), zmmword_ptr(src))?;
+                    self.v.a.vmovups(zmmword_ptr(dst).k2(), zmm31)?;
                 }
             }
         }
-        self.a.add(r8, (4 * self.plan.shape.ldb) as i32)?;
-        self.a.add(r9, (4 * nr) as i32)?;
-        self.a.dec(ebx)?;
-        self.a.jnz(top)?;
-        self.a.mov(rsi, qword_ptr(rsp + SLOT_SCRATCH))?;
+        self.v.a.add(r8, (4 * self.plan.shape.ldb) as i32)?;
+        self.v.a.add(r9, (4 * nr) as i32)?;
+        self.v.a.dec(ebx)?;
+        self.v.a.jnz(top)?;
+        self.v.a.mov(rsi, qword_ptr(rsp + SLOT_SCRATCH))?;
         self.packed_ck = Some(ck);
         Ok(())
     }
 
     fn unpack(&mut self) -> R {
-        self.a.mov(rsi, qword_ptr(rsp + SLOT_SAVED_B))?;
+        self.v.a.mov(rsi, qword_ptr(rsp + SLOT_SAVED_B))?;
         self.packed_ck = None;
         Ok(())
     }
@@ -578,13 +669,13 @@ impl Gen<'_> {
         if full == 1 {
             self.level(level + 1, sub)?;
         } else if full > 1 {
-            self.a.mov(qword_ptr(rsp + slot), full as i32)?;
-            let mut top = self.a.create_label();
-            self.a.set_label(&mut top)?;
+            self.v.a.mov(qword_ptr(rsp + slot), full as i32)?;
+            let mut top = self.v.a.create_label();
+            self.v.a.set_label(&mut top)?;
             self.level(level + 1, sub)?;
             self.advance(v, step as i64)?;
-            self.a.dec(qword_ptr(rsp + slot))?;
-            self.a.jnz(top)?;
+            self.v.a.dec(qword_ptr(rsp + slot))?;
+            self.v.a.jnz(top)?;
             self.advance(v, -((full * step) as i64))?;
         }
         if tail > 0 {
@@ -592,6 +683,131 @@ impl Gen<'_> {
             sub[v] = tail;
             self.level(level + 1, sub)?;
             self.advance(v, -((full * step) as i64))?;
+        }
+        Ok(())
+    }
+
+    /// Vector register `d` = the f32 at `m` in every lane.
+    fn broadcast(&mut self, d: usize, m: AsmMemoryOperand) -> R {
+        match self.plan.isa {
+            Isa::Avx512 => self.v.a.vbroadcastss(ZMM[d], m),
+            _ => self.v.a.vbroadcastss(YMM[d], m),
+        }
+    }
+
+    /// `acc(i, j) += [base + 4 * (i * ld + j * lanes)]` for the tile's `rows x nv` vectors
+    /// (`ld` 0: a row vector added to every row), the last vector through `lane_mask`'s
+    /// mask; `tmp` is free for masked loads.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rows(
+        &mut self,
+        base: AsmRegister64,
+        ld: usize,
+        rows: usize,
+        nv: usize,
+        tmp: usize,
+        acc: &dyn Fn(usize, usize) -> usize,
+        lane_mask: &dyn Fn(usize) -> Mask,
+    ) -> R {
+        let lanes = self.plan.isa.lanes();
+        for i in 0..rows {
+            for j in 0..nv {
+                let m = base + (4 * (i * ld + j * lanes)) as i32;
+                let a = acc(i, j);
+                match (self.plan.isa, lane_mask(j)) {
+                    // A full vector: the addition reads memory directly.
+                    (Isa::Avx512, Mask::All) => self.v.a.vaddps(ZMM[a], ZMM[a], zmmword_ptr(m))?,
+                    (_, Mask::All) => self.v.a.vaddps(YMM[a], YMM[a], ymmword_ptr(m))?,
+                    (_, partial) => {
+                        self.v.load(tmp, m, partial)?;
+                        self.v.vaddps(a, a, Src::R(tmp))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// SiLU·mul, then the residual, over the stored tile of `rows x nv` vectors at `rdx`, in
+    /// the epilogue's order and roundings: `c = (c / (1 + exp(-c))) * up (+ residual)`. A
+    /// loop over the rows (small code); within a row, up to [`SILU_CHAINS`] vectors side by side, each in four registers from
+    /// `free` (with AVX-512, the last 17 of `free` hold the constants), the last vector
+    /// through `lane_mask`'s mask. Clobbers rax, rbx, r8, r9, `k2`.
+    fn silu_pass(
+        &mut self,
+        rows: usize,
+        nv: usize,
+        free: &[usize],
+        lane_mask: &dyn Fn(usize) -> Mask,
+    ) -> R {
+        let s = self.plan.shape;
+        let lanes = self.plan.isa.lanes();
+        let residual = s.epilogue.residual;
+        let mut exp = self
+            .exp
+            .expect("the plan has SiLU·mul, so generate made the constants");
+        let a = &mut self.v;
+        // AVX-512: the constants in registers (loaded once per tile, instead of a 64-byte
+        // memory operand per use), the rest for the chains.
+        let free = if self.plan.isa == Isa::Avx512 {
+            let (chains, consts) = free.split_at(free.len() - ExpConsts::N_CONSTS);
+            exp.hoist(a, consts)?;
+            chains
+        } else {
+            free
+        };
+        let n_chains = (free.len() / 4).min(nv).clamp(1, SILU_CHAINS);
+        a.a.mov(rax, rdx)?;
+        a.a.mov(r8, r14)?;
+        if residual {
+            a.a.mov(r9, r13)?;
+        }
+        let mut top = a.a.create_label();
+        if rows > 1 {
+            a.a.mov(ebx, rows as i32)?;
+            a.a.set_label(&mut top)?;
+        }
+        let vecs: Vec<usize> = (0..nv).collect();
+        for group in vecs.chunks(n_chains) {
+            let sets: Vec<ExpRegs> = free
+                .chunks_exact(4)
+                .take(group.len())
+                .map(|f| ExpRegs {
+                    x: f[0],
+                    p: f[1],
+                    r: f[2],
+                    n: f[3],
+                })
+                .collect();
+            for (&j, r) in group.iter().zip(&sets) {
+                a.load(r.x, rax + (4 * j * lanes) as i32, lane_mask(j))?;
+            }
+            exp.emit_neg(a, &sets)?;
+            for r in &sets {
+                a.vaddps(r.p, r.p, exp.one)?;
+            }
+            for r in &sets {
+                a.vdivps(r.x, r.x, Src::R(r.p))?;
+            }
+            for (&j, r) in group.iter().zip(&sets) {
+                let d = (4 * j * lanes) as i32;
+                a.load(r.p, r8 + d, lane_mask(j))?;
+                a.vmulps(r.x, r.x, Src::R(r.p))?;
+                if residual {
+                    a.load(r.p, r9 + d, lane_mask(j))?;
+                    a.vaddps(r.x, r.x, Src::R(r.p))?;
+                }
+                a.store(rax + d, r.x, lane_mask(j))?;
+            }
+        }
+        if rows > 1 {
+            a.a.add(rax, (4 * s.ldc) as i32)?;
+            a.a.add(r8, (4 * s.n) as i32)?;
+            if residual {
+                a.a.add(r9, (4 * s.n) as i32)?;
+            }
+            a.a.dec(ebx)?;
+            a.a.jnz(top)?;
         }
         Ok(())
     }
@@ -612,21 +828,20 @@ impl Gen<'_> {
         if rem > 0 {
             match isa {
                 Isa::Avx512 => {
-                    self.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
-                    self.a.kmovw(k1, eax)?;
+                    self.v.a.mov(eax, ((1u32 << rem) - 1) as i32)?;
+                    self.v.a.kmovw(k1, eax)?;
                 }
                 _ => {
-                    // Build the lane mask on the stack: `rem` lanes of -1, then zeros.
-                    // Stack frame: [0] count, [8] run_tail, [16 + 8 * level] loop counters, then
-                    // 32 bytes of mask.
+                    // Build the lane mask on the stack (after the loop counters): `rem` lanes
+                    // of -1, then zeros.
                     let base = SLOT_LOOPS + 8 * self.plan.outer.len() as i32;
                     for l in 0..8 {
-                        self.a.mov(
+                        self.v.a.mov(
                             dword_ptr(rsp + (base + 4 * l as i32)),
                             if l < rem { -1 } else { 0 },
                         )?;
                     }
-                    self.a.vmovdqu(YMM[mask], ymmword_ptr(rsp + base))?;
+                    self.v.a.vmovdqu(YMM[mask], ymmword_ptr(rsp + base))?;
                 }
             }
         }
@@ -638,46 +853,51 @@ impl Gen<'_> {
                 for j in 0..nv {
                     match isa {
                         Isa::Avx512 => {
-                            g.a.vpxord(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[acc(i, j)])?
+                            g.v.a
+                                .vpxord(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[acc(i, j)])?
                         }
-                        _ => g.a.vxorps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[acc(i, j)])?,
+                        _ => {
+                            g.v.a
+                                .vxorps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[acc(i, j)])?
+                        }
                     }
                 }
             }
             Ok(())
         };
         if self.has_outer_k {
-            let mut load = self.a.create_label();
-            let mut go = self.a.create_label();
-            self.a.test(r10, r10)?;
-            self.a.jnz(load)?;
+            let mut load = self.v.a.create_label();
+            let mut go = self.v.a.create_label();
+            self.v.a.test(r10, r10)?;
+            self.v.a.jnz(load)?;
             zero(self)?;
-            self.a.jmp(go)?;
-            self.a.set_label(&mut load)?;
+            self.v.a.jmp(go)?;
+            self.v.a.set_label(&mut load)?;
             for i in 0..rows {
                 for j in 0..nv {
                     let m = rdx + c_disp(i, j);
                     match (isa, last_masked(j)) {
-                        (Isa::Avx512, false) => self.a.vmovups(ZMM[acc(i, j)], zmmword_ptr(m))?,
+                        (Isa::Avx512, false) => self.v.a.vmovups(ZMM[acc(i, j)], zmmword_ptr(m))?,
                         (Isa::Avx512, true) => {
-                            self.a.vmovups(ZMM[acc(i, j)].k1().z(), zmmword_ptr(m))?
+                            self.v.a.vmovups(ZMM[acc(i, j)].k1().z(), zmmword_ptr(m))?
                         }
-                        (_, false) => self.a.vmovups(YMM[acc(i, j)], ymmword_ptr(m))?,
+                        (_, false) => self.v.a.vmovups(YMM[acc(i, j)], ymmword_ptr(m))?,
                         (_, true) => {
-                            self.a
+                            self.v
+                                .a
                                 .vmaskmovps(YMM[acc(i, j)], YMM[mask], ymmword_ptr(m))?
                         }
                     }
                 }
             }
-            self.a.set_label(&mut go)?;
-            self.a.nop()?;
+            self.v.a.set_label(&mut go)?;
+            self.v.a.nop()?;
         } else {
             zero(self)?;
         }
         // The k loop.
-        self.a.mov(r11, rdi)?;
-        self.a.mov(rax, rsi)?;
+        self.v.a.mov(r11, rdi)?;
+        self.v.a.mov(rax, rsi)?;
         let ldb = if self.packed_ck.is_some() {
             self.plan.pack_nr
         } else {
@@ -689,30 +909,33 @@ impl Gen<'_> {
             for j in 0..nv {
                 let m = rax + (4 * (t * ldb + j * lanes)) as i32;
                 match (isa, last_masked(j)) {
-                    (Isa::Avx512, false) => g.a.vmovups(ZMM[breg(j)], zmmword_ptr(m))?,
-                    (Isa::Avx512, true) => g.a.vmovups(ZMM[breg(j)].k1().z(), zmmword_ptr(m))?,
-                    (_, false) => g.a.vmovups(YMM[breg(j)], ymmword_ptr(m))?,
-                    (_, true) => g.a.vmaskmovps(YMM[breg(j)], YMM[mask], ymmword_ptr(m))?,
+                    (Isa::Avx512, false) => g.v.a.vmovups(ZMM[breg(j)], zmmword_ptr(m))?,
+                    (Isa::Avx512, true) => g.v.a.vmovups(ZMM[breg(j)].k1().z(), zmmword_ptr(m))?,
+                    (_, false) => g.v.a.vmovups(YMM[breg(j)], ymmword_ptr(m))?,
+                    (_, true) => g.v.a.vmaskmovps(YMM[breg(j)], YMM[mask], ymmword_ptr(m))?,
                 }
             }
             for i in 0..rows {
                 let am = r11 + (4 * (i * s.a_row + t * s.a_col)) as i32;
                 match isa {
                     Isa::Avx512 if nv == 1 => {
-                        g.a.vfmadd231ps(ZMM[acc(i, 0)], ZMM[breg(0)], dword_bcst(am))?
+                        g.v.a
+                            .vfmadd231ps(ZMM[acc(i, 0)], ZMM[breg(0)], dword_bcst(am))?
                     }
                     Isa::Avx512 => {
                         // One broadcast feeds the row's vectors (an embedded broadcast would
                         // reload A for each).
-                        g.a.vbroadcastss(ZMM[bcast], dword_ptr(am))?;
+                        g.v.a.vbroadcastss(ZMM[bcast], dword_ptr(am))?;
                         for j in 0..nv {
-                            g.a.vfmadd231ps(ZMM[acc(i, j)], ZMM[breg(j)], ZMM[bcast])?;
+                            g.v.a
+                                .vfmadd231ps(ZMM[acc(i, j)], ZMM[breg(j)], ZMM[bcast])?;
                         }
                     }
                     _ => {
-                        g.a.vbroadcastss(YMM[bcast], dword_ptr(am))?;
+                        g.v.a.vbroadcastss(YMM[bcast], dword_ptr(am))?;
                         for j in 0..nv {
-                            g.a.vfmadd231ps(YMM[acc(i, j)], YMM[breg(j)], YMM[bcast])?;
+                            g.v.a
+                                .vfmadd231ps(YMM[acc(i, j)], YMM[breg(j)], YMM[bcast])?;
                         }
                     }
                 }
@@ -720,79 +943,89 @@ impl Gen<'_> {
             Ok(())
         };
         if iters > 0 {
-            let mut top = self.a.create_label();
+            let mut top = self.v.a.create_label();
             if iters > 1 {
-                self.a.mov(ebx, iters as i32)?;
-                self.a.set_label(&mut top)?;
+                self.v.a.mov(ebx, iters as i32)?;
+                self.v.a.set_label(&mut top)?;
             }
             for t in 0..u {
                 step(self, t)?;
             }
             if iters > 1 {
-                self.a.add(r11, (4 * u * s.a_col) as i32)?;
-                self.a.add(rax, (4 * u * ldb) as i32)?;
-                self.a.dec(ebx)?;
-                self.a.jnz(top)?;
+                self.v.a.add(r11, (4 * u * s.a_col) as i32)?;
+                self.v.a.add(rax, (4 * u * ldb) as i32)?;
+                self.v.a.dec(ebx)?;
+                self.v.a.jnz(top)?;
             } else {
-                self.a.add(r11, (4 * u * s.a_col) as i32)?;
-                self.a.add(rax, (4 * u * ldb) as i32)?;
+                self.v.a.add(r11, (4 * u * s.a_col) as i32)?;
+                self.v.a.add(rax, (4 * u * ldb) as i32)?;
             }
         }
         for t in 0..ck - iters * u {
             step(self, t)?;
         }
-        if s.bias || s.residual {
-            // The epilogue runs once, after the last k chunk.
-            let mut skip = self.a.create_label();
-            if self.has_outer_k {
-                self.a.cmp(r10, (s.k - ck) as i32)?;
-                self.a.jne(skip)?;
+        let e = s.epilogue;
+        let lane_mask = |j: usize| match (isa, last_masked(j)) {
+            (_, false) => Mask::All,
+            (Isa::Avx512, true) => Mask::K(1),
+            (_, true) => Mask::Y(mask),
+        };
+        // The epilogue runs once, after the last k chunk: on the accumulators for the scale,
+        // the bias and (without SiLU·mul) the residual; then, after the tile is stored, in a
+        // pass over it for SiLU·mul and the residual.
+        let last_chunk = |g: &mut Self, skip: CodeLabel| -> R {
+            if g.has_outer_k {
+                g.v.a.cmp(r10, (s.k - ck) as i32)?;
+                g.v.a.jne(skip)?;
             }
+            Ok(())
+        };
+        if e.scale || e.bias || (e.residual && !e.silu_mul) {
+            let mut skip = self.v.a.create_label();
+            last_chunk(self, skip)?;
+            // Free after the k loop: the first B vector's register.
             let tmp = breg(0);
-            let ops = [(s.bias, r12, 0usize), (s.residual, r13, s.n)];
-            for (on, base, ld) in ops {
-                if !on {
-                    continue;
-                }
+            if e.scale {
+                self.broadcast(tmp, dword_ptr(rsp + SLOT_SCALE))?;
                 for i in 0..rows {
                     for j in 0..nv {
-                        let m = base + (4 * (i * ld + j * lanes)) as i32;
-                        match (isa, last_masked(j)) {
-                            (Isa::Avx512, false) => {
-                                self.a
-                                    .vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], zmmword_ptr(m))?
-                            }
-                            (Isa::Avx512, true) => {
-                                self.a.vmovups(ZMM[tmp].k1().z(), zmmword_ptr(m))?;
-                                self.a.vaddps(ZMM[acc(i, j)], ZMM[acc(i, j)], ZMM[tmp])?;
-                            }
-                            (_, false) => {
-                                self.a
-                                    .vaddps(YMM[acc(i, j)], YMM[acc(i, j)], ymmword_ptr(m))?
-                            }
-                            (_, true) => {
-                                self.a.vmaskmovps(YMM[tmp], YMM[mask], ymmword_ptr(m))?;
-                                self.a.vaddps(YMM[acc(i, j)], YMM[acc(i, j)], YMM[tmp])?;
-                            }
-                        }
+                        self.v.vmulps(acc(i, j), acc(i, j), Src::R(tmp))?;
                     }
                 }
             }
-            self.a.set_label(&mut skip)?;
-            self.a.nop()?;
+            if e.bias {
+                self.add_rows(r12, 0, rows, nv, tmp, &acc, &lane_mask)?;
+            }
+            if e.residual && !e.silu_mul {
+                self.add_rows(r13, s.n, rows, nv, tmp, &acc, &lane_mask)?;
+            }
+            self.v.a.set_label(&mut skip)?;
+            self.v.a.nop()?;
         }
         for i in 0..rows {
             for j in 0..nv {
                 let m = rdx + c_disp(i, j);
                 match (isa, last_masked(j)) {
-                    (Isa::Avx512, false) => self.a.vmovups(zmmword_ptr(m), ZMM[acc(i, j)])?,
-                    (Isa::Avx512, true) => self.a.vmovups(zmmword_ptr(m).k1(), ZMM[acc(i, j)])?,
-                    (_, false) => self.a.vmovups(ymmword_ptr(m), YMM[acc(i, j)])?,
+                    (Isa::Avx512, false) => self.v.a.vmovups(zmmword_ptr(m), ZMM[acc(i, j)])?,
+                    (Isa::Avx512, true) => self.v.a.vmovups(zmmword_ptr(m).k1(), ZMM[acc(i, j)])?,
+                    (_, false) => self.v.a.vmovups(ymmword_ptr(m), YMM[acc(i, j)])?,
                     (_, true) => self
+                        .v
                         .a
                         .vmaskmovps(ymmword_ptr(m), YMM[mask], YMM[acc(i, j)])?,
                 }
             }
+        }
+        if e.silu_mul {
+            let mut skip = self.v.a.create_label();
+            last_chunk(self, skip)?;
+            // Every vector register but the AVX2 mask is free once the tile is stored.
+            let free: Vec<usize> = (0..isa.n_vregs())
+                .filter(|&r| isa == Isa::Avx512 || r != mask)
+                .collect();
+            self.silu_pass(rows, nv, &free, &lane_mask)?;
+            self.v.a.set_label(&mut skip)?;
+            self.v.a.nop()?;
         }
         Ok(())
     }

@@ -8,8 +8,9 @@
 //! register), so there is no prologue; `vzeroupper` before `ret`. Constants live in a pool
 //! after the code, addressed RIP-relative, so the code is position-independent.
 
-use super::asm::{Gen, Mask, Src, CMP_GT_OQ, R, XMM, YMM, ZMM};
 use super::RopeLayout;
+use crate::jit::vasm::{Gen, Mask, Src, CMP_GT_OQ, R, XMM, YMM, ZMM};
+use crate::jit::vexp::{ExpConsts, ExpRegs};
 use crate::jit::Isa;
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
@@ -26,106 +27,21 @@ pub(super) fn add_in_place(isa: Isa) -> Result<Vec<u8>, IcedError> {
     g.finish()
 }
 
-/// Constants of the `exp` polynomial (the operands of `portable::exp_clamped`).
-struct ExpConsts {
-    sign: Src,
-    lo: Src,
-    hi: Src,
-    log2e: Src,
-    neg_ln2_hi: Src,
-    neg_ln2_lo: Src,
-    poly: [Src; 7],
-    magic: Src,
-    bias: Src,
-    one: Src,
-}
-
-impl ExpConsts {
-    /// The constants in the pool; with AVX-512 also hoisted into zmm16.. (AVX2 reads them from
-    /// memory: 16 ymm are too few).
-    fn new(g: &mut Gen) -> Result<ExpConsts, IcedError> {
-        use crate::kernel::portable::exp_consts as e;
-        let mut c = ExpConsts {
-            sign: g.splat(0x8000_0000),
-            lo: g.splat_f(e::LO),
-            hi: g.splat_f(e::HI),
-            log2e: g.splat_f(e::LOG2E),
-            neg_ln2_hi: g.splat_f(-e::LN2_HI),
-            neg_ln2_lo: g.splat_f(-e::LN2_LO),
-            poly: [Src::R(0); 7],
-            magic: g.splat_f(e::POW2I_MAGIC),
-            bias: g.splat(e::POW2I_BIAS),
-            one: g.splat_f(1.0),
-        };
-        for (p, v) in c.poly.iter_mut().zip(e::POLY) {
-            *p = g.splat_f(v);
-        }
-        if g.wide {
-            let mut next = 16;
-            let mut hoist = |g: &mut Gen, s: &mut Src| -> R {
-                g.mov(next, *s)?;
-                *s = Src::R(next);
-                next += 1;
-                Ok(())
-            };
-            for s in [
-                &mut c.sign,
-                &mut c.lo,
-                &mut c.hi,
-                &mut c.log2e,
-                &mut c.neg_ln2_hi,
-                &mut c.neg_ln2_lo,
-                &mut c.magic,
-                &mut c.bias,
-                &mut c.one,
-            ] {
-                hoist(g, s)?;
-            }
-            for s in c.poly.iter_mut() {
-                hoist(g, s)?;
-            }
-        }
-        Ok(c)
-    }
-
-    /// `p = portable::exp_clamped(x)`, `x` kept; `r`, `n`, `q` are scratch.
-    fn emit(&self, g: &mut Gen, x: usize, p: usize, [r, n, q]: [usize; 3]) -> R {
-        // xc = clamp(x, LO, HI).
-        g.vmaxps(r, x, self.lo)?;
-        g.vminps(r, r, self.hi)?;
-        // n = round_ties_even(xc * log2e); r = fma(n, -ln2_lo, fma(n, -ln2_hi, xc)).
-        g.vmulps(n, r, self.log2e)?;
-        g.round(n, n)?;
-        g.vfmadd231ps(r, n, self.neg_ln2_hi)?;
-        g.vfmadd231ps(r, n, self.neg_ln2_lo)?;
-        // Horner: p = fma(p, r, c_k).
-        g.mov(p, self.poly[0])?;
-        for &ck in &self.poly[1..] {
-            g.vfmadd213ps(p, r, ck)?;
-        }
-        // 2^n in the exponent bits: ((n + magic) as bits - bias) << 23.
-        g.vaddps(q, n, self.magic)?;
-        g.vpsubd(q, q, self.bias)?;
-        g.shl23(q)?;
-        g.vmulps(p, p, Src::R(q))?;
-        // x < LO gives 0.
-        g.zero_where_less(p, x, self.lo, n)
-    }
-}
-
 /// `gate = silu(gate) * up`: `fn(gate: *mut f32, up: *const f32, n: usize)`.
 pub(super) fn silu_mul(isa: Isa) -> Result<Vec<u8>, IcedError> {
     let mut g = Gen::new(isa)?;
-    let c = ExpConsts::new(&mut g)?;
-    // Two vectors per iteration, 7 registers each (0..7, 7..14); ymm15 is the AVX2 tail mask.
+    let c = exp_consts(&mut g)?;
+    // Two vectors per iteration, 6 registers each (0..6, 6..12); ymm15 is the AVX2 tail mask.
+    // (Negating into `t` and `emit` use the 16 constants AVX-512 keeps in registers;
+    // `emit_neg` would need a 17th.)
     g.stream(rdx, &[rdi, rsi], 2, 15, &mut |g, u, disp, mask| {
-        let b = 7 * u;
-        let (v, t, n, r, p, q, up) = (b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6);
+        let b = 6 * u;
+        let (v, t, n, r, p, up) = (b, b + 1, b + 2, b + 3, b + 4, b + 5);
         g.load(v, rdi + disp, mask)?;
         g.load(up, rsi + disp, mask)?;
         // p = exp(-v).
         g.xor(t, v, c.sign)?;
-        c.emit(g, t, p, [r, n, q])?;
+        c.emit(g, &[ExpRegs { x: t, p, r, n }])?;
         // v / (1 + e) * u.
         g.vaddps(p, p, c.one)?;
         g.vdivps(v, v, Src::R(p))?;
@@ -135,11 +51,21 @@ pub(super) fn silu_mul(isa: Isa) -> Result<Vec<u8>, IcedError> {
     g.finish()
 }
 
+/// The `exp` constants, with AVX-512 in zmm16.. (AVX2 reads them from memory: 16 ymm are too
+/// few).
+fn exp_consts(g: &mut Gen) -> Result<ExpConsts, IcedError> {
+    let mut c = ExpConsts::new(g)?;
+    if g.wide {
+        c.hoist(g, &(16..32).collect::<Vec<_>>())?;
+    }
+    Ok(c)
+}
+
 /// `x = exp((x - shift) * scale)` (the subtraction and the product rounded separately, then
 /// `portable::exp_clamped`): `fn(x: *mut f32, n: usize, shift: f32, scale: f32)`.
 pub(super) fn exp_shifted(isa: Isa) -> Result<Vec<u8>, IcedError> {
     let mut g = Gen::new(isa)?;
-    let c = ExpConsts::new(&mut g)?;
+    let c = exp_consts(&mut g)?;
     // shift and scale arrive in xmm0 and xmm1; broadcast to registers 12 and 13.
     let (shift, scale) = (12, 13);
     if g.wide {
@@ -152,11 +78,11 @@ pub(super) fn exp_shifted(isa: Isa) -> Result<Vec<u8>, IcedError> {
     // Two vectors per iteration, 6 registers each (0..6, 6..12); ymm15 is the AVX2 tail mask.
     g.stream(rsi, &[rdi], 2, 15, &mut |g, u, disp, mask| {
         let b = 6 * u;
-        let (v, t, n, r, p, q) = (b, b + 1, b + 2, b + 3, b + 4, b + 5);
+        let (v, t, n, r, p) = (b, b + 1, b + 2, b + 3, b + 4);
         g.load(v, rdi + disp, mask)?;
         g.vsubps(t, v, Src::R(shift))?;
         g.vmulps(t, t, Src::R(scale))?;
-        c.emit(g, t, p, [r, n, q])?;
+        c.emit(g, &[ExpRegs { x: t, p, r, n }])?;
         g.store(rdi + disp, p, mask)
     })?;
     g.finish()
@@ -168,11 +94,11 @@ pub(super) fn exp_shifted(isa: Isa) -> Result<Vec<u8>, IcedError> {
 /// with -inf), then `exp(v - max)` stored back and summed in 16 lanes, folded as `reduce16`.
 pub(super) fn softmax_rows(isa: Isa) -> Result<Vec<u8>, IcedError> {
     let mut g = Gen::new(isa)?;
-    let c = ExpConsts::new(&mut g)?;
+    let c = exp_consts(&mut g)?;
     let wide = g.wide;
     // Vector registers: sums and maxima (low lanes, and high lanes with AVX2), the exp's
     // scratch, -inf; ymm15 is the AVX2 tail mask.
-    let (acc, acc_hi, mx, mx_hi, v, n, r, p, q, ninf) = (0, 1, 2, 3, 4, 6, 7, 8, 9, 10);
+    let (acc, acc_hi, mx, mx_hi, v, n, r, p, ninf) = (0, 1, 2, 3, 4, 6, 7, 8, 10);
     let neg_inf = g.splat_f(f32::NEG_INFINITY);
     g.mov(ninf, neg_inf)?;
     g.a.mov(r9, rcx)?;
@@ -206,7 +132,7 @@ pub(super) fn softmax_rows(isa: Isa) -> Result<Vec<u8>, IcedError> {
         let a = if hi { acc_hi } else { acc };
         g.load(v, r10 + disp, mask)?;
         g.vsubps(v, v, Src::R(mx))?;
-        c.emit(g, v, p, [r, n, q])?;
+        c.emit(g, &[ExpRegs { x: v, p, r, n }])?;
         g.store(r10 + disp, p, mask)?;
         match mask {
             Mask::All => g.vaddps(a, a, Src::R(p)),

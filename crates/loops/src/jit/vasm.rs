@@ -1,6 +1,8 @@
-//! The emitter under the row kernels: one `Gen` writes either zmm (AVX-512, k-mask tails) or
-//! ymm (AVX2, `vmaskmovps` tails) code for the same vector operations, plus a constant pool
-//! (RIP-relative, after the code) and the loop skeletons the generators share.
+//! A vector emitter for code that runs on either ISA: one `Gen` writes either zmm (AVX-512,
+//! k-mask tails) or ymm (AVX2, `vmaskmovps` tails) code for the same vector operations, plus a
+//! constant pool (RIP-relative, after the code) and the loop skeletons the row kernels share.
+//! The row kernels (`rowops::gen`) are written on it, and so is the f32 matmul's epilogue
+//! (`sgemm`); the `exp` polynomial on it is [`super::vexp`].
 
 use crate::jit::regs::ConstPool;
 pub(super) use crate::jit::regs::{XMM, YMM, ZMM};
@@ -304,23 +306,25 @@ impl Gen {
             self.a.vpslld(YMM[d], YMM[d], 23)
         }
     }
-    /// `d = if x < lim { 0 } else { d }` (`tmp` is free for the AVX2 compare mask).
-    pub(super) fn zero_where_less(&mut self, d: usize, x: usize, lim: Src, tmp: usize) -> R {
+    /// `d = if cmp(x, lim) { 0 } else { d }` for a `vcmpps` predicate `pred` (`CMP_LT_OQ`,
+    /// `CMP_GT_OQ`: NaN compares false, so keeps `d`); `tmp` is free for the AVX2 compare mask,
+    /// AVX-512 uses `k2`.
+    pub(super) fn zero_where(&mut self, d: usize, x: usize, pred: i32, lim: Src, tmp: usize) -> R {
         match (self.wide, lim) {
             (true, Src::R(l)) => {
-                self.a.vcmpps(k2, ZMM[x], ZMM[l], CMP_LT_OQ)?;
+                self.a.vcmpps(k2, ZMM[x], ZMM[l], pred)?;
                 self.a.vpxord(ZMM[d].k2(), ZMM[d], ZMM[d])
             }
             (true, Src::M(m)) => {
-                self.a.vcmpps(k2, ZMM[x], zmmword_ptr(m), CMP_LT_OQ)?;
+                self.a.vcmpps(k2, ZMM[x], zmmword_ptr(m), pred)?;
                 self.a.vpxord(ZMM[d].k2(), ZMM[d], ZMM[d])
             }
             (false, Src::R(l)) => {
-                self.a.vcmpps(YMM[tmp], YMM[x], YMM[l], CMP_LT_OQ)?;
+                self.a.vcmpps(YMM[tmp], YMM[x], YMM[l], pred)?;
                 self.a.vandnps(YMM[d], YMM[tmp], YMM[d])
             }
             (false, Src::M(m)) => {
-                self.a.vcmpps(YMM[tmp], YMM[x], ymmword_ptr(m), CMP_LT_OQ)?;
+                self.a.vcmpps(YMM[tmp], YMM[x], ymmword_ptr(m), pred)?;
                 self.a.vandnps(YMM[d], YMM[tmp], YMM[d])
             }
         }
