@@ -20,7 +20,7 @@
 //! names the node, and the loops it expected, where a schedule leaves it.
 
 use super::fgemm::FGemmDesc;
-use super::panels::{lp, register_loops, same_loops};
+use super::panels::{lp, panel_tile_of, register_loops, same_loops};
 use super::Isa;
 use crate::error::{Error, Result};
 use crate::ir::library::matmul_wt;
@@ -41,16 +41,10 @@ struct Vars {
 
 impl Vars {
     fn find(expr: &Expr) -> Option<Vars> {
-        let var = |name: &str| {
-            expr.vars
-                .iter()
-                .position(|v| v.name == name)
-                .map(|i| VarId(i as u32))
-        };
         Some(Vars {
-            m: var("m")?,
-            n: var("n")?,
-            k: var("k")?,
+            m: expr.var_named("m")?,
+            n: expr.var_named("n")?,
+            k: expr.var_named("k")?,
         })
     }
 }
@@ -64,13 +58,7 @@ fn unsupported(reason: String) -> Error {
 
 /// `(S, T)` from the reduction's first loops `n/S m/T`.
 fn tile_of(expr: &Expr, v: &Vars, schedule: &Schedule) -> Result<(usize, usize)> {
-    match schedule.node(REDUCE).loops.as_slice() {
-        [a, b, ..] if a.var == v.n && a.step % 16 == 0 && b.var == v.m => Ok((a.step, b.step)),
-        _ => Err(unsupported(format!(
-            "the reduction {REDUCE} must start `n/S m/T k/1` with S a multiple of 16 (panel groups, then tiles of rows); got `{}`",
-            schedule.node_text(expr, REDUCE)
-        ))),
-    }
+    panel_tile_of(expr, schedule, REDUCE, (v.n, v.m), "fgemm", "k/1")
 }
 
 impl FGemmDesc {

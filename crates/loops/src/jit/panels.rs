@@ -14,8 +14,8 @@
 //! n/16:reg n/1:vec`; [`lp`], [`register_loops`] and [`same_loops`] build and compare it.
 
 use crate::error::{Error, Result};
-use crate::ir::VarId;
-use crate::schedule::{Annot, Loop, Tail};
+use crate::ir::{Expr, NodeId, VarId};
+use crate::schedule::{Annot, Loop, Schedule, Tail};
 use iced_x86::code_asm::*;
 use std::ops::Range;
 
@@ -349,6 +349,29 @@ pub(crate) fn same_loops(a: &[Loop], b: &[Loop]) -> bool {
             .enumerate()
             .map(norm)
             .eq(b.iter().enumerate().map(norm))
+}
+
+/// `(S, T)` from the first loops `n/S m/T` of `node`, the panel kernels' outer loops (panel
+/// groups of `S` rows, a multiple of 16, then tiles of `T` activation rows); `inner` names the
+/// reduction loop that follows, for the error.
+pub(crate) fn panel_tile_of(
+    expr: &Expr,
+    schedule: &Schedule,
+    node: NodeId,
+    (n, m): (VarId, VarId),
+    backend: &'static str,
+    inner: &str,
+) -> Result<(usize, usize)> {
+    match schedule.node(node).loops.as_slice() {
+        [a, b, ..] if a.var == n && a.step % 16 == 0 && b.var == m => Ok((a.step, b.step)),
+        _ => Err(Error::Unsupported {
+            backend,
+            reason: format!(
+                "node {node} must start `n/S m/T {inner}` with S a multiple of 16 (panel groups, then tiles of rows); got `{}`",
+                schedule.node_text(expr, node)
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 //! lowering is a structural match: [`QGemmDesc::from_schedule`] accepts exactly this family and
 //! names the node, and the loops it expected, where a schedule leaves it.
 
-use super::panels::{lp, register_loops, same_loops};
+use super::panels::{lp, panel_tile_of, register_loops, same_loops};
 use super::qgemm::QGemmDesc;
 use super::Isa;
 use crate::error::{Error, Result};
@@ -68,17 +68,11 @@ struct Vars {
 
 impl Vars {
     fn find(expr: &Expr) -> Option<Vars> {
-        let var = |name: &str| {
-            expr.vars
-                .iter()
-                .position(|v| v.name == name)
-                .map(|i| VarId(i as u32))
-        };
         Some(Vars {
-            m: var("m")?,
-            n: var("n")?,
-            kb: var("kb")?,
-            kl: var("kl")?,
+            m: expr.var_named("m")?,
+            n: expr.var_named("n")?,
+            kb: expr.var_named("kb")?,
+            kl: expr.var_named("kl")?,
         })
     }
 }
@@ -92,13 +86,7 @@ fn unsupported(reason: String) -> Error {
 
 /// `(S, T)` from the block-accumulating node's first loops `n/S m/T`.
 fn tile_of(expr: &Expr, v: &Vars, schedule: &Schedule, acc: NodeId) -> Result<(usize, usize)> {
-    match schedule.node(acc).loops.as_slice() {
-        [a, b, ..] if a.var == v.n && a.step % 16 == 0 && b.var == v.m => Ok((a.step, b.step)),
-        _ => Err(unsupported(format!(
-            "the block loop's node {acc} must start `n/S m/T kb/1` with S a multiple of 16 (panel groups, then tiles of rows); got `{}`",
-            schedule.node_text(expr, acc)
-        ))),
-    }
+    panel_tile_of(expr, schedule, acc, (v.n, v.m), "qgemm", "kb/1")
 }
 
 impl QGemmDesc {
