@@ -20,7 +20,7 @@
 //! names the node, and the loops it expected, where a schedule leaves it.
 
 use super::fgemm::FGemmDesc;
-use super::panels::{lp, panel_tile_of, register_loops, same_loops};
+use super::panels::{first_unlike, lp, node_matches, panel_tile_of, register_loops};
 use super::Isa;
 use crate::error::{Error, Result};
 use crate::ir::library::matmul_wt;
@@ -134,8 +134,8 @@ impl FGemmDesc {
             ..FGemmDesc::for_isa(ty, m, n, k, isa)
         };
         let want = desc.schedule_of(expr)?;
-        for i in 0..expr.nodes.len() {
-            same_node(expr, NodeId(i as u32), schedule, &want)?;
+        if let Some(id) = first_unlike(schedule, &want) {
+            same_node(expr, id, schedule, &want)?;
         }
         Ok(desc)
     }
@@ -174,8 +174,7 @@ impl FGemmDesc {
 /// Errors unless node `id` has the same loops, fusion and (no) packs in `got` as in `want`,
 /// naming the loops the generator emits there.
 fn same_node(expr: &Expr, id: NodeId, got: &Schedule, want: &Schedule) -> Result<()> {
-    let (g, w) = (got.node(id), want.node(id));
-    if same_loops(&g.loops, &w.loops) && g.fusion == w.fusion && g.packs.is_empty() {
+    if node_matches(got, want, id) {
         return Ok(());
     }
     Err(unsupported(format!(

@@ -351,6 +351,20 @@ pub(crate) fn same_loops(a: &[Loop], b: &[Loop]) -> bool {
             .eq(b.iter().enumerate().map(norm))
 }
 
+/// Whether node `id` has in `got` the loops ([`same_loops`]), fusion and (no) packs it has in
+/// `want`, the schedule a generator emits: the one rule every schedule lowering matches by.
+pub(crate) fn node_matches(got: &Schedule, want: &Schedule, id: NodeId) -> bool {
+    let (g, w) = (got.node(id), want.node(id));
+    same_loops(&g.loops, &w.loops) && g.fusion == w.fusion && g.packs.is_empty()
+}
+
+/// The first node that [`node_matches`] refuses, if any.
+pub(crate) fn first_unlike(got: &Schedule, want: &Schedule) -> Option<NodeId> {
+    (0..want.nodes.len() as u32)
+        .map(NodeId)
+        .find(|&id| !node_matches(got, want, id))
+}
+
 /// `(S, T)` from the first loops `n/S m/T` of `node`, the panel kernels' outer loops (panel
 /// groups of `S` rows, a multiple of 16, then tiles of `T` activation rows); `inner` names the
 /// reduction loop that follows, for the error.

@@ -21,7 +21,7 @@
 //! lowering is a structural match: [`QGemmDesc::from_schedule`] accepts exactly this family and
 //! names the node, and the loops it expected, where a schedule leaves it.
 
-use super::panels::{lp, panel_tile_of, register_loops, same_loops};
+use super::panels::{first_unlike, lp, panel_tile_of, register_loops};
 use super::qgemm::QGemmDesc;
 use super::Isa;
 use crate::error::{Error, Result};
@@ -200,18 +200,12 @@ impl QGemmDesc {
         desc.m_tile = t;
         desc.n_panels = s / 16;
         let want = desc.schedule_of(expr)?;
-        for (i, (got, exp)) in schedule.nodes.iter().zip(&want.nodes).enumerate() {
-            if !same_loops(&got.loops, &exp.loops)
-                || got.fusion != exp.fusion
-                || !got.packs.is_empty()
-            {
-                let id = NodeId(i as u32);
-                return Err(unsupported(format!(
-                    "node {id}: the quantized generator emits `{}` here, not `{}` (the loop family is in jit::qgemm_schedule)",
-                    want.node_text(expr, id),
-                    text(id)
-                )));
-            }
+        if let Some(id) = first_unlike(schedule, &want) {
+            return Err(unsupported(format!(
+                "node {id}: the quantized generator emits `{}` here, not `{}` (the loop family is in jit::qgemm_schedule)",
+                want.node_text(expr, id),
+                text(id)
+            )));
         }
         Ok(desc)
     }

@@ -45,7 +45,7 @@
 //! generator emits there. [`RowOp::Rope`] and [`RowOp::Argmax`] have no expression (the IR has
 //! no select and no index-valued reduction; see the crate's "Not yet here").
 
-use super::panels::{lp, same_loops};
+use super::panels::{first_unlike, lp};
 use super::rowops::{RowKernel, RowOp, RowOpDesc};
 use super::Isa;
 use crate::error::{Error, Result};
@@ -230,19 +230,13 @@ impl RowOpDesc {
         })?;
         let desc = RowOpDesc { op, isa };
         let want = desc.schedule_of(expr)?;
-        for (i, (got, exp)) in schedule.nodes.iter().zip(&want.nodes).enumerate() {
-            if !same_loops(&got.loops, &exp.loops)
-                || got.fusion != exp.fusion
-                || !got.packs.is_empty()
-            {
-                let id = NodeId(i as u32);
-                return Err(unsupported(format!(
-                    "node {id}: the {} generator for {isa} emits `{}` here, not `{}` (the loop family is in jit::rowops_schedule)",
-                    op.name(),
-                    want.node_text(expr, id),
-                    schedule.node_text(expr, id)
-                )));
-            }
+        if let Some(id) = first_unlike(schedule, &want) {
+            return Err(unsupported(format!(
+                "node {id}: the {} generator for {isa} emits `{}` here, not `{}` (the loop family is in jit::rowops_schedule)",
+                op.name(),
+                want.node_text(expr, id),
+                schedule.node_text(expr, id)
+            )));
         }
         Ok(desc)
     }
