@@ -222,12 +222,17 @@ impl FGemmDesc {
         }
     }
 
+    /// Bytes of one packed 16-row panel (the same as [`PackedFloatWeights`]' panels).
+    fn panel_bytes(&self) -> usize {
+        self.k * 16 * self.ty.bytes()
+    }
+
     fn loops(&self) -> PanelLoops {
         PanelLoops {
             m_tile: self.m_tile,
             n_panels: self.n_panels,
             n: self.n,
-            panel_bytes: self.k * 16 * self.ty.bytes(),
+            panel_bytes: self.panel_bytes(),
             x_row_bytes: self.k * 4,
             scratch_bytes: 0,
             prefetch_first_group: false,
@@ -650,7 +655,7 @@ impl FGen<'_> {
     fn k_step(&mut self, np: usize, rows: usize, t: usize) -> R {
         let d = self.d;
         let eb = d.ty.bytes();
-        let panel_bytes = d.k * 16 * eb;
+        let panel_bytes = d.panel_bytes();
         if d.isa == Isa::Avx512 {
             let acc = |i: usize, p: usize| ZMM[i * np + p];
             let wv = |p: usize| ZMM[rows * np + p];
